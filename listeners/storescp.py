@@ -1,0 +1,244 @@
+"""The node's Verification and Storage SCP (pynetdicom): association policy, C-ECHO, C-STORE.
+
+Handlers are thin: they decide on associations, hand each received instance to intake, and return the
+status intake gives. Nothing slow (inference, assembly) happens on these threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from listeners.pdu_guard import PduGuardSocket
+from listeners.policy import AssociationPolicy, AssociationRequest
+from ortho_node.associations import AssociationCounts, AssociationLog, Peer
+from ortho_node.config import Settings
+from ortho_node.dicom_status import Status
+from ortho_node.intake import AssociationRef, IncomingInstance, Intake
+
+log = logging.getLogger(__name__)
+
+#: Every transfer syntax we accept; instances are stored exactly as received in any of them.
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+    JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+
+def supported_contexts() -> list[Any]:
+    """Verification plus every standard storage SOP class, each with all our transfer syntaxes."""
+    contexts = [build_context(Verification, TRANSFER_SYNTAXES[:3])]
+    contexts += [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+    return contexts
+
+
+@dataclass
+class _AssociationState:
+    peer: Peer
+    association_id: int | None
+    counts: AssociationCounts = field(default_factory=AssociationCounts)
+    closed: bool = False
+
+
+class StorageSCP:
+    """Listens for associations and stores what they carry through :class:`Intake`."""
+
+    def __init__(self, settings: Settings, *, intake: Intake, association_log: AssociationLog,
+                 policy: AssociationPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.association_log = association_log
+        self.policy = policy
+        self.ssl_context = ssl_context
+        self._states: dict[Any, _AssociationState] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _make_ae(self) -> AE:
+        dicom = self.settings.dicom
+        ae = AE(ae_title=dicom.ae_title)
+        ae.supported_contexts = supported_contexts()
+        ae.acse_timeout = dicom.acse_timeout
+        ae.dimse_timeout = dicom.dimse_timeout
+        ae.network_timeout = dicom.network_timeout
+        ae.maximum_pdu_size = dicom.max_pdu_size
+        # Our policy decides (and audits) first; pynetdicom's own limit is only a backstop.
+        ae.maximum_associations = dicom.max_associations + 1
+        ae.require_called_aet = False
+        return ae
+
+    def start(self) -> None:
+        """Bind and serve on a background thread; ``port`` then gives the bound port."""
+        dicom = self.settings.dicom
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_ended, ["released"]),
+            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
+            (evt.EVT_CONN_CLOSE, self._on_ended, ["closed"]),
+        ]
+        self._server = self._make_ae().make_server(
+            (dicom.host, dicom.port), evt_handlers=handlers, ssl_context=self.ssl_context,
+            server_class=_NodeAssociationServer, request_handler=_GuardedRequestHandler,
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="storescp-accept",
+                                        daemon=True)
+        self._thread.start()
+        log.info("Storage SCP %s listening on %s:%d%s", dicom.ae_title, dicom.host, self.port,
+                 " (TLS)" if self.ssl_context else "")
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        log.info("Storage SCP stopped")
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    # Event handlers ---------------------------------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        peer = Peer(calling_ae=primitive.calling_ae_title.strip(), called_ae=primitive.called_ae_title.strip(),
+                    host=assoc.requestor.address, port=assoc.requestor.port, tls_subject=_tls_subject(assoc))
+        active = sum(1 for a in assoc.ae.active_associations if a.is_acceptor)
+        rejection = self.policy.evaluate(AssociationRequest(peer.called_ae, peer.calling_ae, peer.host, active))
+        if rejection is not None:
+            log.warning("association from %s at %s:%d rejected: %s", peer.calling_ae, peer.host, peer.port,
+                        rejection.text)
+            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+            self.association_log.rejected(peer, rejection.text, transient=rejection.result == 0x02)
+            return
+        association_id = self.association_log.accepted(peer)
+        with self._lock:
+            self._states[assoc] = _AssociationState(peer, association_id)
+        log.info("association %s from %s at %s:%d accepted", association_id, peer.calling_ae, peer.host,
+                 peer.port)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return Status.SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        state = self._states.get(event.assoc)
+        ref = AssociationRef(state.association_id if state else None,
+                             state.peer.calling_ae if state else "?", state.peer.host if state else "?")
+        try:
+            dataset = event.dataset
+        except Exception as exc:  # noqa: BLE001 - pydicom signals corrupt data with many exception types
+            log.warning("undecodable data set from %s at %s: %s", ref.calling_ae, ref.peer_host,
+                        type(exc).__name__)
+            return self._count(state, Status.CANNOT_UNDERSTAND_UNDECODABLE, 0)
+        encoded = event.encoded_dataset(include_meta=True)
+        incoming = IncomingInstance(
+            encoded=encoded, dataset=dataset, transfer_syntax_uid=str(event.context.transfer_syntax),
+            affected_sop_class_uid=str(event.request.AffectedSOPClassUID),
+            affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID), association=ref,
+        )
+        try:
+            result = self.intake.receive(incoming)
+        except Exception:  # noqa: BLE001 - a bug must not be acknowledged as success; the sender retries
+            log.exception("unexpected failure storing an instance from %s; answered 0xA700", ref.calling_ae)
+            return self._count(state, Status.OUT_OF_RESOURCES, 0)
+        if state is not None and result.duplicate:
+            state.counts.duplicates += 1
+        return self._count(state, result.status, len(encoded) if not result.duplicate else 0)
+
+    def _count(self, state: _AssociationState | None, status: Status, size: int) -> int:
+        if state is not None:
+            counts = state.counts
+            counts.statuses[int(status)] = counts.statuses.get(int(status), 0) + 1
+            if status == Status.SUCCESS:
+                counts.received += 1
+                counts.bytes += size
+            else:
+                counts.failed += 1
+        return int(status)
+
+    def _on_ended(self, event: evt.Event, how: str) -> None:
+        with self._lock:
+            state = self._states.pop(event.assoc, None)
+        if state is None:  # rejected, or already closed by an earlier event
+            return
+        self.association_log.ended(state.association_id, state.peer, how, state.counts)
+        log.info("association %s from %s %s: %d stored, %d failed", state.association_id,
+                 state.peer.calling_ae, how, state.counts.received, state.counts.failed)
+
+
+def _tls_subject(assoc: Any) -> str | None:
+    sock = getattr(assoc.dul.socket, "socket", None)
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    cert = getpeercert()
+    if not cert:
+        return None
+    return ", ".join("=".join(pair) for rdn in cert.get("subject", ()) for pair in rdn)[:512]
+
+
+class _NodeAssociationServer(ThreadedAssociationServer):
+    """Defers the TLS handshake to the connection's own thread so a slow peer cannot stall accepts."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
+                                                         do_handshake_on_connect=False)
+        return client_socket, address
+
+    def shutdown(self) -> None:
+        # pynetdicom's version also unregisters from AE.start_server's list, which we do not use.
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """Completes TLS and wraps the connection in the PDU length guard before pynetdicom reads it."""
+
+    def handle(self) -> None:
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        try:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.settimeout(self.ae.acse_timeout)
+                self.request.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("TLS handshake with %s failed: %s", peer, exc)
+            self.request.close()
+            return
+        self.request = PduGuardSocket(self.request, max_pdata_length=self.ae.maximum_pdu_size, peer=peer)
+        super().handle()

@@ -1,0 +1,64 @@
+"""The one write path for the audit trail (append-only ``audit_events``)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.db.models import AuditEvent
+
+log = logging.getLogger(__name__)
+
+
+class AuditKind(str, enum.Enum):
+    NODE_STARTED = "node_started"
+    NODE_STOPPED = "node_stopped"
+    ASSOCIATION_ACCEPTED = "association_accepted"
+    ASSOCIATION_REJECTED = "association_rejected"
+    ASSOCIATION_ENDED = "association_ended"
+    INSTANCE_REJECTED = "instance_rejected"
+    STORAGE_FAILED = "storage_failed"
+    FILE_RECOVERED = "file_recovered"
+    LOW_DISK_SPACE = "low_disk_space"
+
+
+class Severity(str, enum.Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class AuditTrail:
+    """Appends audit events; each ``record`` call is its own transaction."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+
+    def record(self, kind: AuditKind, message: str, *, severity: Severity = Severity.INFO,
+               **context: Any) -> bool:
+        """Append one event; returns False (and logs) when the database cannot take it."""
+        try:
+            with self._session_factory.begin() as session:
+                session.add(make_event(kind, message, severity=severity, **context))
+        except SQLAlchemyError as exc:
+            log.error("audit event %s could not be written (database unavailable: %s): %s",
+                      kind.value, type(exc).__name__, message)
+            return False
+        return True
+
+
+def make_event(kind: AuditKind, message: str, *, severity: Severity = Severity.INFO,
+               association_id: int | None = None, calling_ae: str | None = None,
+               peer_host: str | None = None, study_instance_uid: str | None = None,
+               series_instance_uid: str | None = None, sop_instance_uid: str | None = None,
+               details: dict[str, Any] | None = None) -> AuditEvent:
+    """An event row for callers that add it inside their own transaction."""
+    return AuditEvent(
+        kind=kind.value, severity=severity.value, message=message, association_id=association_id,
+        calling_ae=calling_ae, peer_host=peer_host, study_instance_uid=study_instance_uid,
+        series_instance_uid=series_instance_uid, sop_instance_uid=sop_instance_uid, details=details,
+    )

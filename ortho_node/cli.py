@@ -1,0 +1,229 @@
+"""``ortho-node`` command line: a thin layer over the library (``main(argv=None)`` for tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from ortho_node import __version__
+from ortho_node.config import ConfigError, Settings, describe, load_settings
+from ortho_node.logs import configure_logging
+
+log = logging.getLogger("ortho_node")
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $ORTHO_NODE_CONFIG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ortho-node", description="OrthoDiffusion DICOM node")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the DICOM node")
+    _add_config_flag(serve)
+    serve.add_argument("--aet", help="our AE title (dicom.ae_title)")
+    serve.add_argument("--host", help="listen address (dicom.host)")
+    serve.add_argument("--port", type=int, help="listen port (dicom.port)")
+    serve.add_argument("--data-dir", help="data folder (storage.data_dir)")
+    serve.set_defaults(handler=cmd_serve)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply Alembic migrations up to the newest schema")
+    _add_config_flag(upgrade)
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    config = sub.add_parser("config", help="configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective settings")
+    _add_config_flag(show)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_config_show)
+
+    echo = sub.add_parser("echo", help="C-ECHO a remote node")
+    echo.add_argument("remote", metavar="AE@HOST:PORT")
+    echo.add_argument("--aet", default="ORTHODIFF", help="our calling AE title")
+    echo.set_defaults(handler=cmd_echo)
+
+    send = sub.add_parser("send", help="C-STORE files or folders to a remote node")
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    send.add_argument("--aet", default="ORTHODIFF", help="our calling AE title")
+    send.set_defaults(handler=cmd_send)
+
+    studies = sub.add_parser("studies", help="list received studies")
+    _add_config_flag(studies)
+    studies.add_argument("--json", action="store_true")
+    studies.set_defaults(handler=cmd_studies)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """Commands whose modules import torch or scipy: their imports happen only when they run."""
+    synth = sub.add_parser("synth", help="generate synthetic MSK MRI studies with ground truth")
+    synth.set_defaults(handler=_deferred("ortho_node.synthetic.cli"), argument_module="ortho_node.synthetic.cli")
+    train = sub.add_parser("train", help="train models")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    pretrain = train_sub.add_parser("pretrain", help="self-supervised diffusion pretraining of a backbone")
+    pretrain.set_defaults(handler=_deferred("ortho_node.model.pretrain"), argument_module="ortho_node.model.pretrain")
+
+
+def _deferred(module_name: str):
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module_name).run(args)
+
+    return handler
+
+
+def _settings(args: argparse.Namespace, **overrides) -> Settings:
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ortho_node.app import Node
+
+    settings = _settings(args, **{"dicom.ae_title": args.aet, "dicom.host": args.host, "dicom.port": args.port,
+                                  "storage.data_dir": args.data_dir})
+    configure_logging(settings.logging.level, settings.logging.format)
+    node = Node(settings)
+    node.prepare()
+    node.start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    node.stop()
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from ortho_node.db import migrations
+    from ortho_node.db.engine import make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    migrations.upgrade(engine)
+    print(f"database at revision {migrations.current_revision(engine)}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.json:
+        print(json.dumps(settings.to_dict(), indent=2))
+        return 0
+    for key, value, doc in describe(settings):
+        print(f"{key} = {json.dumps(value)}    # {doc}")
+    print(f"# effective database URL: {_redact_url(settings.database_url)}")
+    return 0
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from ortho_node.delivery.scu import RemoteNode, echo
+
+    try:
+        remote = RemoteNode.parse(args.remote)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    status = echo(remote, calling_ae=args.aet)
+    if status is None:
+        print(f"C-ECHO to {remote}: no association or no response", file=sys.stderr)
+        return 1
+    print(f"C-ECHO to {remote}: status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ortho_node.delivery.scu import RemoteNode, collect_files, send_files
+
+    try:
+        remote = RemoteNode.parse(args.to)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = collect_files(args.paths)
+    if not files:
+        print("no files to send", file=sys.stderr)
+        return 1
+    with tqdm(total=len(files), unit="file", disable=not sys.stderr.isatty()) as bar:
+        results = send_files(remote, files, calling_ae=args.aet, progress=lambda _r: bar.update())
+    failures = [r for r in results if not r.ok]
+    for failure in failures:
+        status = "no status" if failure.status is None else f"0x{failure.status:04X}"
+        print(f"FAILED {failure.path}: {status} {failure.reason}", file=sys.stderr)
+    print(f"sent {len(results) - len(failures)} of {len(results)} to {remote}")
+    return 1 if failures else 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from ortho_node.db.engine import make_engine, make_session_factory
+    from ortho_node.queries import list_studies
+
+    settings = _settings(args)
+    studies = list_studies(make_session_factory(make_engine(settings.database_url)))
+    if args.json:
+        print(json.dumps(studies, indent=2, default=str))
+        return 0
+    for study in studies:
+        print(f"{study['study_instance_uid']}  {study['instance_count']} instances in "
+              f"{len(study['series'])} series, last received {study['last_received_at']}")
+        for series in study["series"]:
+            print(f"    {series['series_instance_uid']}  {series['modality'] or '-':3} "
+                  f"{series['instance_count']:5d}  {series['series_description'] or ''}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _ = parser.parse_known_args(argv)
+    module = getattr(args, "argument_module", None)
+    if module:
+        import importlib
+
+        subparser = _find_subparser(parser, argv)
+        importlib.import_module(module).add_arguments(subparser)
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        configure_logging("INFO")
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _find_subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    current = parser
+    for token in argv:
+        actions = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or token not in actions[0].choices:
+            break
+        current = actions[0].choices[token]
+    return current
+
+
+if __name__ == "__main__":
+    sys.exit(main())

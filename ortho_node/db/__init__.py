@@ -1,0 +1,1 @@
+"""The node's database: typed models, engine creation, and migrations (schema only through Alembic)."""

@@ -1,0 +1,149 @@
+"""SQLAlchemy 2.0 models of everything the node records: associations, studies, series, instances, audit.
+
+The schema is created and changed only by the Alembic migrations in ``alembic/versions``; these classes
+describe it for queries. Timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+AE = String(16)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Association(Base):
+    """One DICOM association request, accepted or rejected, with what it carried."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    tls_subject: Mapped[str | None] = mapped_column(String(512))
+    accepted: Mapped[bool]
+    reject_reason: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[dt.datetime | None]
+    end_state: Mapped[str | None] = mapped_column(String(16))  # released, aborted, rejected
+    instances_received: Mapped[int] = mapped_column(default=0)
+    instances_failed: Mapped[int] = mapped_column(default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_description: Mapped[str | None] = mapped_column(String(128))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    patient_age: Mapped[str | None] = mapped_column(String(4))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    patient_size: Mapped[float | None] = mapped_column(Float)  # metres
+    patient_weight: Mapped[float | None] = mapped_column(Float)  # kilograms
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None]
+    series_description: Mapped[str | None] = mapped_column(String(128))
+    protocol_name: Mapped[str | None] = mapped_column(String(128))
+    body_part_examined: Mapped[str | None] = mapped_column(String(32))
+    laterality: Mapped[str | None] = mapped_column(String(4))
+    receive_coil_name: Mapped[str | None] = mapped_column(String(64))
+    frame_of_reference_uid: Mapped[str | None] = mapped_column(UID)
+    instance_count: Mapped[int] = mapped_column(default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")
+
+
+class Instance(Base):
+    """A stored SOP instance and the header facts later stages need (no decoding required)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"))
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    file_path: Mapped[str] = mapped_column(String(300))  # relative to the data folder
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    calling_ae: Mapped[str | None] = mapped_column(AE)
+
+    modality: Mapped[str | None] = mapped_column(String(16))
+    instance_number: Mapped[int | None]
+    acquisition_number: Mapped[int | None]
+    image_type: Mapped[str | None] = mapped_column(String(128))
+    rows: Mapped[int | None]
+    columns: Mapped[int | None]
+    number_of_frames: Mapped[int | None]
+    image_orientation_patient: Mapped[str | None] = mapped_column(String(160))  # backslash-separated
+    image_position_patient: Mapped[str | None] = mapped_column(String(120))
+    pixel_spacing: Mapped[str | None] = mapped_column(String(64))
+    slice_thickness: Mapped[float | None]
+    spacing_between_slices: Mapped[float | None]
+    slice_location: Mapped[float | None]
+    echo_number: Mapped[int | None]
+    echo_time: Mapped[float | None]
+    repetition_time: Mapped[float | None]
+    inversion_time: Mapped[float | None]
+    flip_angle: Mapped[float | None]
+    scanning_sequence: Mapped[str | None] = mapped_column(String(64))
+    sequence_variant: Mapped[str | None] = mapped_column(String(64))
+    scan_options: Mapped[str | None] = mapped_column(String(128))
+    mr_acquisition_type: Mapped[str | None] = mapped_column(String(4))
+    magnetic_field_strength: Mapped[float | None]
+    images_in_acquisition: Mapped[int | None]
+    image_laterality: Mapped[str | None] = mapped_column(String(4))
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class AuditEvent(Base):
+    """Append-only audit trail; database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(48), index=True)
+    severity: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    association_id: Mapped[int | None]
+    calling_ae: Mapped[str | None] = mapped_column(AE)
+    peer_host: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    details: Mapped[dict[str, Any] | None]

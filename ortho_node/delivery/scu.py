@@ -1,0 +1,160 @@
+"""C-ECHO and C-STORE SCU: every response status checked; an empty response is a failure."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from ortho_node.dicom_status import describe
+
+log = logging.getLogger(__name__)
+
+_ADDRESS = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@]+):(?P<port>\d{1,5})$")
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> RemoteNode:
+        """Parse ``AE@HOST:PORT``."""
+        match = _ADDRESS.match(text.strip())
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"expected AE@HOST:PORT, got {text!r}")
+        return cls(match["ae"].strip(), match["host"].strip("[]"), int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    path: Path
+    sop_instance_uid: str | None
+    status: int | None  # None: no response (timeout, abort, no context)
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and (self.status == 0x0000 or self.status in (0xB000, 0xB007, 0xB006))
+
+
+def echo(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 30.0) -> int | None:
+    """C-ECHO; returns the status, or ``None`` when no association or response came."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title)
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def collect_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
+
+
+def send_files(remote: RemoteNode, files: Sequence[Path], *, calling_ae: str = "ORTHODIFF",
+               timeout: float = 60.0, progress: Callable[[SendResult], None] | None = None) -> list[SendResult]:
+    """C-STORE each file as stored (no transcoding); one result per file, in order."""
+    results: list[SendResult] = []
+    items: list[_Item] = []
+    for path in files:
+        item = _read_item(path)
+        if isinstance(item, SendResult):
+            results.append(item)
+            if progress:
+                progress(item)
+        else:
+            items.append(item)
+    for batch in _batches(items):
+        for result in _send_batch(remote, batch, calling_ae, timeout):
+            results.append(result)
+            if progress:
+                progress(result)
+    return results
+
+
+def _read_item(path: Path) -> _Item | SendResult:
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        return _Item(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
+    except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
+        return SendResult(path, None, None, f"not a readable DICOM file: {type(exc).__name__}")
+
+
+def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
+    batch: list[_Item] = []
+    contexts: set[tuple[str, str]] = set()
+    for item in items:
+        key = (item.sop_class_uid, item.transfer_syntax_uid)
+        if key not in contexts and len(contexts) == MAX_CONTEXTS:
+            yield batch
+            batch, contexts = [], set()
+        contexts.add(key)
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout: float) -> list[SendResult]:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=0)
+    if not assoc.is_established:
+        reason = "association rejected" if assoc.is_rejected else "association failed"
+        log.error("%s by %s", reason, remote)
+        return [SendResult(i.path, i.sop_instance_uid, None, reason) for i in batch]
+    results = []
+    try:
+        for item in batch:
+            results.append(_store_one(assoc, item))
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    sent = len(results)
+    results += [SendResult(i.path, i.sop_instance_uid, None, "association lost") for i in batch[sent:]]
+    return results
+
+
+def _store_one(assoc, item: _Item) -> SendResult:
+    try:
+        # A path is streamed from disk exactly as stored (file meta stripped), without decoding.
+        status = assoc.send_c_store(item.path)
+    except ValueError as exc:  # no accepted presentation context for this SOP class / transfer syntax
+        return SendResult(item.path, item.sop_instance_uid, None, f"not sent: {exc}")
+    if "Status" not in status:
+        return SendResult(item.path, item.sop_instance_uid, None, "no response (timeout or abort)")
+    code = int(status.Status)
+    return SendResult(item.path, item.sop_instance_uid, code, describe(code))

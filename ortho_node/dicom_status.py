@@ -1,0 +1,40 @@
+"""Named DICOM status codes the node answers with (PS3.4 Annex B, PS3.7 Annex C); one place for all."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.IntEnum):
+    SUCCESS = 0x0000
+    #: Refused: Out of Resources (disk full, database unavailable): the sender should retry later.
+    OUT_OF_RESOURCES = 0xA700
+    #: Error: Data Set does not match SOP Class (or the request's Affected SOP Instance UID).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: Error: Cannot understand - the data set could not be decoded.
+    CANNOT_UNDERSTAND_UNDECODABLE = 0xC210
+    #: Error: Cannot understand - Study, Series or SOP Instance UID is missing.
+    CANNOT_UNDERSTAND_MISSING_UID = 0xC220
+    #: Error: Cannot understand - a UID is not a valid DICOM UID (and is never used as a file name).
+    CANNOT_UNDERSTAND_INVALID_UID = 0xC221
+
+    @property
+    def is_success(self) -> bool:
+        return self == Status.SUCCESS
+
+
+def describe(status: int) -> str:
+    """A human-readable name for any status value, ours or a peer's."""
+    try:
+        return Status(status).name.replace("_", " ").lower()
+    except ValueError:
+        pass
+    if status in (0xB000, 0xB007, 0xB006):
+        return "warning"
+    if 0xA700 <= status <= 0xA7FF:
+        return "refused: out of resources"
+    if 0xA900 <= status <= 0xA9FF:
+        return "error: data set does not match SOP class"
+    if 0xC000 <= status <= 0xCFFF:
+        return "error: cannot understand"
+    return "unknown status"

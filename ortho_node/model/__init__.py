@@ -1,0 +1,1 @@
+"""The OrthoDiffusion backbone: 3D denoising UNet, diffusion, checkpoints, preprocessing, pretraining."""

@@ -1,0 +1,119 @@
+"""Where received instances live on disk, and how they get there durably.
+
+Layout: ``<data>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. UIDs are
+validated against the DICOM UID grammar before they become path components, so dataset content can never
+name a path outside the data folder. A file appears under its final name only complete and fsynced
+(write to ``<data>/tmp``, fsync, rename, fsync the folder).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class InvalidUID(ValueError):
+    """A UID that does not follow PS3.5 section 9.1 and so is unsafe as a file name."""
+
+
+class StorageFull(OSError):
+    """The disk (or quota) is full; nothing partial was left behind."""
+
+
+def is_valid_uid(value: str | None) -> bool:
+    return bool(value) and len(value) <= 64 and _UID.match(value) is not None
+
+
+def check_uid(name: str, value: str) -> str:
+    if not is_valid_uid(value):
+        raise InvalidUID(f"{name} is not a valid DICOM UID")
+    return value
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    relative_path: str
+    size: int
+    sha256: str
+
+
+class InstanceStore:
+    """The data folder's instance area: durable writes, lookups, free-space checks."""
+
+    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.instances_dir = self.data_dir / "instances"
+        self.tmp_dir = self.data_dir / "tmp"
+        self.fsync = fsync
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        check_uid("StudyInstanceUID", study_uid)
+        check_uid("SeriesInstanceUID", series_uid)
+        check_uid("SOPInstanceUID", sop_uid)
+        return f"instances/{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+    def absolute(self, relative_path: str) -> Path:
+        path = (self.data_dir / relative_path).resolve()
+        if not path.is_relative_to(self.data_dir):
+            raise InvalidUID(f"path {relative_path!r} escapes the data folder")
+        return path
+
+    def write(self, relative_path: str, payload: bytes) -> StoredFile:
+        """Write ``payload`` durably under ``relative_path``; raise :class:`StorageFull` on ENOSPC/EDQUOT."""
+        final = self.absolute(relative_path)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            if not final.parent.is_dir():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if self.fsync:  # the new study/series folders must survive a crash too
+                    _fsync_dir(final.parent.parent)
+                    _fsync_dir(final.parent.parent.parent)
+            with open(tmp, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(exc.errno, "no space left for the instance") from exc
+            raise
+        return StoredFile(relative_path, len(payload), hashlib.sha256(payload).hexdigest())
+
+    def exists(self, relative_path: str) -> bool:
+        return self.absolute(relative_path).is_file()
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.data_dir).free
+
+    def clear_partial_files(self) -> int:
+        """Remove leftovers of writes interrupted by a crash; they were never acknowledged."""
+        removed = 0
+        for leftover in self.tmp_dir.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def iter_instance_files(self):
+        yield from self.instances_dir.glob("*/*/*.dcm")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,113 @@
+"""The 3D scene: a label volume and an appearance volume on a regular grid, and the painter that fills them.
+
+Anatomy is built in a canonical limb frame (mm; +x lateral, +y posterior, +z superior; origin at the joint)
+and placed into the patient's DICOM LPS frame by ``Scene.to_world`` (mirroring for the right side, limb
+rotation, table offset), so sampling a series never needs to resample the scene itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from ortho_node.labels import Joint
+from ortho_node.synthetic.shapes import Bounds, Shape, _axis_slices
+from ortho_node.synthetic.structures import Signal, Structure, default_signal
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A regular canonical-frame grid: voxel (i, j, k) sits at ``origin + spacing * (i, j, k)``."""
+
+    origin: tuple[float, float, float]
+    spacing: float
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def covering(cls, lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
+        shape = tuple(int(np.ceil((h - l) / spacing)) + 1 for l, h in zip(lo, hi))
+        return cls(tuple(float(v) for v in lo), float(spacing), shape)  # type: ignore[arg-type]
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable float32 coordinate vectors of shapes (nx,1,1), (1,ny,1), (1,1,nz)."""
+        vecs = [np.float32(o) + np.float32(self.spacing) * np.arange(n, dtype=np.float32)
+                for o, n in zip(self.origin, self.shape)]
+        return vecs[0][:, None, None], vecs[1][None, :, None], vecs[2][None, None, :]
+
+    def index_to_canonical(self) -> np.ndarray:
+        """4x4 affine from voxel indices to canonical mm."""
+        affine = np.diag([self.spacing, self.spacing, self.spacing, 1.0])
+        affine[:3, 3] = self.origin
+        return affine
+
+
+@dataclasses.dataclass(frozen=True)
+class Paint:
+    """Fill ``shape`` with ``label`` (None: keep the label) and ``signal`` (None: the label's default).
+
+    ``within`` restricts the fill to voxels currently holding one of those labels (a lesion stays inside
+    its tendon; a meniscus fills only the gap the bones leave). ``rim`` paints the outer ``rim[0]`` mm of the
+    filled region with ``rim[1]`` (cortical bone).
+    """
+
+    shape: Shape
+    label: Structure | None
+    signal: Signal | None = None
+    within: frozenset[Structure] | None = None
+    rim: tuple[float, Signal] | None = None
+
+    def fill_signal(self) -> Signal | None:
+        if self.signal is not None:
+            return self.signal
+        return None if self.label is None else default_signal(self.label)
+
+
+@dataclasses.dataclass
+class Scene:
+    """Label and appearance volumes (uint8, indexed [i, j, k]) with their placement in the patient."""
+
+    joint: Joint
+    grid: Grid
+    labels: np.ndarray
+    signal: np.ndarray
+    to_world: np.ndarray  # 4x4, canonical mm -> patient LPS mm
+
+    @classmethod
+    def empty(cls, joint: Joint, grid: Grid, to_world: np.ndarray) -> Scene:
+        return cls(joint, grid, np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, np.uint8), to_world)
+
+    def index_to_world(self) -> np.ndarray:
+        return self.to_world @ self.grid.index_to_canonical()
+
+    def paint(self, op: Paint) -> None:
+        """Apply one paint operation in place."""
+        axes = self.grid.axes()
+        sl = _axis_slices(*axes, op.shape.bounds())
+        if sl is None:
+            return
+        d = op.shape.sdf(axes[0][sl[0]], axes[1][:, sl[1]], axes[2][:, :, sl[2]])
+        labels, signal = self.labels[sl], self.signal[sl]
+        inside = np.broadcast_to(d < 0, labels.shape)
+        if op.within is not None:
+            allowed = np.zeros(256, dtype=bool)
+            allowed[[int(s) for s in op.within]] = True
+            inside = inside & allowed[labels]
+        if op.label is not None:
+            labels[inside] = int(op.label)
+        fill = op.fill_signal()
+        if fill is not None:
+            signal[inside] = int(fill)
+        if op.rim is not None:
+            signal[inside & np.broadcast_to(d > -op.rim[0], labels.shape)] = int(op.rim[1])
+
+    def paint_all(self, ops: Iterable[Paint]) -> None:
+        for op in ops:
+            self.paint(op)
+
+
+def bounds_union(*boxes: Bounds) -> Bounds:
+    """The smallest box holding every finite box given."""
+    los, his = zip(*boxes)
+    return np.min(los, axis=0), np.max(his, axis=0)
