@@ -37,7 +37,7 @@ class DicomSettings:
     ae_title: str = _field("ORTHODIFF", "Our AE title; the called AE title of every association must match it.",
                            ae_title=True)
     host: str = _field("0.0.0.0", "Address the Storage SCP listens on.")
-    port: int = _field(11112, "TCP port of the Storage SCP.", min=1, max=65535)
+    port: int = _field(11112, "TCP port of the Storage SCP (0 picks a free port).", min=0, max=65535)
     allowed_calling_aets: list[str] = _field(
         [], "If not empty, only these calling AE titles are accepted; an entry 'AE@host' also requires the "
             "association to come from that host (IP address or name).")

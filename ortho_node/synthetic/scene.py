@@ -48,7 +48,8 @@ class Paint:
     """Fill ``shape`` with ``label`` (None: keep the label) and ``signal`` (None: the label's default).
 
     ``within`` restricts the fill to voxels currently holding one of those labels (a lesion stays inside
-    its tendon; a meniscus fills only the gap the bones leave). ``rim`` paints the outer ``rim[0]`` mm of the
+    its tendon; a meniscus fills only the gap the bones leave), ``on_signal`` to voxels of those appearances
+    (marrow oedema spares the cortex). ``rim`` paints the outer ``rim[0]`` mm of the
     filled region with ``rim[1]`` (cortical bone).
     """
 
@@ -57,6 +58,7 @@ class Paint:
     signal: Signal | None = None
     within: frozenset[Structure] | None = None
     rim: tuple[float, Signal] | None = None
+    on_signal: frozenset[Signal] | None = None
 
     def fill_signal(self) -> Signal | None:
         if self.signal is not None:
@@ -90,10 +92,11 @@ class Scene:
         d = op.shape.sdf(axes[0][sl[0]], axes[1][:, sl[1]], axes[2][:, :, sl[2]])
         labels, signal = self.labels[sl], self.signal[sl]
         inside = np.broadcast_to(d < 0, labels.shape)
-        if op.within is not None:
-            allowed = np.zeros(256, dtype=bool)
-            allowed[[int(s) for s in op.within]] = True
-            inside = inside & allowed[labels]
+        for restriction, volume in ((op.within, labels), (op.on_signal, signal)):
+            if restriction is not None:
+                allowed = np.zeros(256, dtype=bool)
+                allowed[[int(v) for v in restriction]] = True
+                inside = inside & allowed[volume]
         if op.label is not None:
             labels[inside] = int(op.label)
         fill = op.fill_signal()

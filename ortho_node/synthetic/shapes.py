@@ -112,6 +112,28 @@ class Capsule(Shape):
         return (np.sqrt(d2) - radius).astype(np.float32)
 
 
+class LimbTube(Shape):
+    """A limb-like tube along z: elliptic cross-sections whose centre and radii vary linearly between knots.
+
+    Cheaper than a blend of capsules because the cross-section terms are computed on 2D planes.
+    """
+
+    def __init__(self, z: Sequence[float], cx: Sequence[float], cy: Sequence[float],
+                 rx: Sequence[float], ry: Sequence[float]):
+        self.knots = [np.asarray(v, dtype=np.float64) for v in (z, cx, cy, rx, ry)]
+
+    def bounds(self) -> Bounds:
+        z, cx, cy, rx, ry = self.knots
+        return (np.array([(cx - rx).min(), (cy - ry).min(), z.min()]),
+                np.array([(cx + rx).max(), (cy + ry).max(), z.max()]))
+
+    def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        kz = self.knots[0]
+        cx, cy, rx, ry = (np.interp(z, kz, k).astype(np.float32) for k in self.knots[1:])
+        rho = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
+        return ((rho - 1.0) * np.minimum(rx, ry)).astype(np.float32)
+
+
 class HalfSpace(Shape):
     """Points p with normal . (p - point) < 0."""
 
