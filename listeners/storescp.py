@@ -142,8 +142,9 @@ class StorageSCP:
         if rejection is not None:
             log.warning("association from %s at %s:%d rejected: %s", peer.calling_ae, peer.host, peer.port,
                         rejection.text)
-            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
             self.association_log.rejected(peer, rejection.text, transient=rejection.result == 0x02)
+            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+            assoc.kill()  # as pynetdicom's own rejections: returns once the A-ASSOCIATE-RJ is sent
             return
         association_id = self.association_log.accepted(peer)
         with self._lock:

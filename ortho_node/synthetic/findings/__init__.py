@@ -18,14 +18,30 @@ from ortho_node.synthetic.anatomy import AnatomyModel
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import Bounds, Shape
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesion:
+    """What a finding paints on the built anatomy, in words, and any further shape it moved or changed."""
+
+    paints: list[Paint]
+    description: str
+    extent: tuple[Shape, ...] = ()
+
+    def region(self) -> Bounds:
+        """The canonical box covering every paint and extra shape of the lesion."""
+        boxes = [p.shape.bounds() for p in self.paints] + [s.bounds() for s in self.extent]
+        return np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+
+
 Adjust = Callable[[Any, np.random.Generator], Any]
-Lesion = Callable[[AnatomyModel, np.random.Generator], tuple[list[Paint], str]]
+MakeLesion = Callable[[AnatomyModel, np.random.Generator], Lesion]
 
 
 @dataclasses.dataclass(frozen=True)
 class FindingSpec:
     label: str
-    lesion: Lesion
+    lesion: MakeLesion
     adjust: Adjust | None = None
 
 
@@ -36,13 +52,6 @@ class Finding:
     label: str
     description: str
     region: Bounds
-
-
-def region_of(paints: list[Paint], extra: list[Shape] = ()) -> Bounds:  # type: ignore[assignment]
-    """The box covering every paint of a lesion (plus ``extra`` shapes, e.g. a patella's old position)."""
-    boxes = [p.shape.bounds() for p in paints] + [s.bounds() for s in extra]
-    finite = [(np.maximum(lo, -1e4), np.minimum(hi, 1e4)) for lo, hi in boxes]
-    return np.min([b[0] for b in finite], axis=0), np.max([b[1] for b in finite], axis=0)
 
 
 def registry(joint: Joint) -> dict[str, FindingSpec]:

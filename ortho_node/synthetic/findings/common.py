@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ortho_node.synthetic.findings import Lesion
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import Capsule, Ellipsoid, Union
 from ortho_node.synthetic.structures import Signal, Structure as S
@@ -24,7 +25,7 @@ def along(points: np.ndarray, t: float) -> np.ndarray:
 
 
 def band_injury(points: np.ndarray, radius: float, structure: S, rng: np.random.Generator,
-                scale: float = 1.0) -> tuple[list[Paint], str]:
+                scale: float = 1.0) -> Lesion:
     """Sprain or tear of a ligament/tendon running along ``points``: thickening with intermediate signal,
     periligamentous oedema, and for a tear a fluid-filled gap across the fibres."""
     grade = int(rng.integers(1, 4))
@@ -40,7 +41,7 @@ def band_injury(points: np.ndarray, radius: float, structure: S, rng: np.random.
         gap = along(points, float(rng.uniform(0.3, 0.7)))
         paints.append(Paint(Ellipsoid(gap, [radius * 2.2 * scale] * 3), S.FLUID,
                             within=frozenset({structure, S.OEDEMA})))
-    return paints, description
+    return Lesion(paints, description)
 
 
 def marrow_oedema(centre: np.ndarray, radii: np.ndarray | list[float], bones: frozenset[S]) -> Paint:

@@ -8,28 +8,29 @@ import numpy as np
 
 from ortho_node.synthetic.anatomy import AnatomyModel
 from ortho_node.synthetic.anatomy.knee import KneeParams
-from ortho_node.synthetic.findings import FindingSpec
-from ortho_node.synthetic.findings.common import SOFT, band_injury, marrow_oedema
+from ortho_node.synthetic.findings import FindingSpec, Lesion
+from ortho_node.synthetic.findings.common import band_injury, marrow_oedema
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import Ellipsoid, rotation
 from ortho_node.synthetic.structures import Signal, Structure as S
 
 
 def _cruciate(structure: S, key: str, radius: float):
-    def lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list[Paint], str]:
-        paints, description = band_injury(m.points[key], radius * m.points["scale"][0], structure, rng)
-        if structure is S.ACL:
-            # Pivot-shift contusions: lateral femoral condyle and posterolateral tibial plateau.
-            s = m.points["scale"][0]
-            paints += [marrow_oedema(m.points["lateral_condyle"] + np.array([0, 10, -22]) * s, np.array([10, 12, 8]) * s,
-                                     frozenset({S.FEMUR})),
-                       marrow_oedema(np.array([22, 16, -10]) * s, np.array([11, 10, 7]) * s, frozenset({S.TIBIA}))]
-        return paints, description
+    def lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
+        injury = band_injury(m.points[key], radius * m.points["scale"][0], structure, rng)
+        if structure is not S.ACL:
+            return injury
+        # Pivot-shift contusions: lateral femoral condyle and posterolateral tibial plateau.
+        s = m.points["scale"][0]
+        bruises = [marrow_oedema(m.points["lateral_condyle"] + np.array([0, 10, -22]) * s, np.array([10, 12, 8]) * s,
+                                 frozenset({S.FEMUR})),
+                   marrow_oedema(np.array([22, 16, -10]) * s, np.array([11, 10, 7]) * s, frozenset({S.TIBIA}))]
+        return Lesion(injury.paints + bruises, injury.description)
     return lesion
 
 
 def _meniscal_tear(structure: S, horn: str):
-    def lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list[Paint], str]:
+    def lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
         s = m.points["scale"][0]
         kind = ["horizontal", "oblique", "vertical longitudinal", "radial"][int(rng.integers(4))]
         tilt = {"horizontal": 0.0, "oblique": 35.0, "vertical longitudinal": 90.0, "radial": 90.0}[kind]
@@ -39,12 +40,12 @@ def _meniscal_tear(structure: S, horn: str):
         turn = rotation((0, 0, 1), spin) @ rotation((1, 0, 0), tilt)
         # A thin fluid disc confined to the meniscus: since it extends beyond it, it reaches the surface.
         slab = Ellipsoid(centre, np.array([9.0, 9.0, 0.55]) * s, turn)
-        return [Paint(slab, None, Signal.FLUID, within=frozenset({structure}))], f"{kind} tear of the {place} horn"
+        return Lesion([Paint(slab, None, Signal.FLUID, within=frozenset({structure}))], f"{kind} tear of the {place} horn")
     return lesion
 
 
 def _collateral(structure: S, key: str, radius: float):
-    def lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list[Paint], str]:
+    def lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
         return band_injury(m.points[key], radius * m.points["scale"][0], structure, rng)
     return lesion
 
@@ -53,7 +54,7 @@ def _dislocate(p: KneeParams, rng: np.random.Generator) -> KneeParams:
     return dataclasses.replace(p, patella_shift=float(rng.uniform(6.0, 14.0)), patella_tilt=float(rng.uniform(8, 20)))
 
 
-def _dislocation_lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list[Paint], str]:
+def _dislocation_lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
     s = m.points["scale"][0]
     pc = m.points["patella"]
     paints = [
@@ -64,18 +65,16 @@ def _dislocation_lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list
         Paint(Ellipsoid(pc + np.array([-28, 6, 0]) * s, np.array([10, 9, 16]) * s), S.OEDEMA, Signal.SOFT_OEDEMA,
               within=frozenset({S.FAT})),
     ]
-    reference = Ellipsoid(pc - np.array([m.points["scale"][0] * 14.0, 0, 0]), np.array([21, 10, 23]) * s)
-    paints.append(Paint(reference, None, None))  # covers the patella's normal site in the region; paints nothing
-    return paints, "lateral patellar displacement and tilt with kissing contusions"
+    normal_site = Ellipsoid(pc - np.array([14.0 * s, 0, 0]), np.array([21, 10, 23]) * s)
+    return Lesion(paints, "lateral patellar displacement and tilt with kissing contusions", (normal_site, m.parts["patella"]))
 
 
 def _effuse(p: KneeParams, rng: np.random.Generator) -> KneeParams:
     return dataclasses.replace(p, effusion=float(rng.uniform(6.0, 13.0)))
 
 
-def _effusion_lesion(m: AnatomyModel, rng: np.random.Generator) -> tuple[list[Paint], str]:
-    recess = m.parts["recess"]
-    return [Paint(recess, None, None)], "joint effusion distending the suprapatellar recess"
+def _effusion_lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
+    return Lesion([], "joint effusion distending the suprapatellar recess", (m.parts["recess"],))
 
 
 FINDINGS: dict[str, FindingSpec] = {
