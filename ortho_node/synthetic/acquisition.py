@@ -120,8 +120,8 @@ def sample_intensity(scene: Scene, intensity: np.ndarray, geometry: SeriesGeomet
     return (total[0, 0] / len(offsets)).numpy()
 
 
-def sample_nearest(scene: Scene, volume: np.ndarray, geometry: SeriesGeometry) -> np.ndarray:
-    """Nearest-neighbour samples of a scene-grid uint8 ``volume`` at the slice centres (0 outside)."""
+def sample_nearest(scene: Scene, volumes: tuple[np.ndarray, ...], geometry: SeriesGeometry) -> list[np.ndarray]:
+    """Nearest-neighbour samples of scene-grid uint8 ``volumes`` at the slice centres (0 outside the scene)."""
     to_index = np.linalg.inv(scene.index_to_world()) @ geometry.index_to_world()
     k, j, i = (np.arange(n, dtype=np.float32) for n in geometry.shape)
     a = to_index.astype(np.float32)
@@ -131,4 +131,5 @@ def sample_nearest(scene: Scene, volume: np.ndarray, geometry: SeriesGeometry) -
     for d, n in enumerate(scene.grid.shape):
         inside &= (idx[d] >= 0) & (idx[d] < n)
         np.clip(idx[d], 0, n - 1, out=idx[d])
-    return np.where(inside, volume[idx[0], idx[1], idx[2]], 0).astype(np.uint8)
+    flat = np.ravel_multi_index(idx, scene.grid.shape)
+    return [np.where(inside, volume.ravel()[flat], 0).astype(np.uint8) for volume in volumes]

@@ -61,7 +61,7 @@ _PROTOCOL: dict[Weighting, tuple[tuple[float, float], tuple[float, float], int]]
 _TISSUE: dict[Signal, tuple[float, float, float, float, float]] = {
     Signal.AIR: (0.0, 1000.0, 1000.0, 1.0, 0.0),
     Signal.CORTEX: (0.04, 1000.0, 1200.0, 1.0, 0.0),
-    Signal.MARROW: (0.9, 800.0, 1000.0, 50.0, 0.8),
+    Signal.MARROW: (0.7, 800.0, 1000.0, 40.0, 0.88),
     Signal.MARROW_OEDEMA: (0.95, 1200.0, 1500.0, 90.0, 0.35),
     Signal.CARTILAGE: (0.8, 1000.0, 1250.0, 42.0, 0.0),
     Signal.FIBROCARTILAGE: (0.4, 700.0, 900.0, 9.0, 0.0),
@@ -70,7 +70,7 @@ _TISSUE: dict[Signal, tuple[float, float, float, float, float]] = {
     Signal.MUSCLE: (0.7, 900.0, 1400.0, 33.0, 0.03),
     Signal.FAT: (0.0, 1000.0, 1000.0, 1.0, 1.0),
     Signal.FLUID: (1.0, 3000.0, 3500.0, 700.0, 0.0),
-    Signal.SKIN: (0.8, 800.0, 1000.0, 45.0, 0.3),
+    Signal.SKIN: (0.55, 800.0, 1000.0, 30.0, 0.3),
     Signal.VESSEL: (0.12, 1500.0, 1800.0, 150.0, 0.0),
     Signal.SOFT_OEDEMA: (0.95, 2000.0, 2500.0, 180.0, 0.3),
 }
@@ -113,14 +113,15 @@ def texture_lut(amplitude: float) -> np.ndarray:
 
 
 def bias_field(world: tuple[np.ndarray, np.ndarray, np.ndarray], centre: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    """exp of a quadratic polynomial in world position (coil sensitivity), normalised over ~100 mm."""
-    u, v, w = ((c - float(m)) / 100.0 for c, m in zip(world, centre))
+    """exp of a quadratic polynomial in world position (coil sensitivity), normalised over ~150 mm."""
+    u, v, w = ((c - float(m)) / 150.0 for c, m in zip(world, centre))
     terms = (u, v, w, u * u, v * v, w * w, u * v, v * w, u * w)
     return np.exp(sum(float(c) * t for c, t in zip(coeffs, terms))).astype(np.float32)
 
 
 def sample_bias_coeffs(rng: np.random.Generator, dr: DomainRandomization) -> np.ndarray:
-    return rng.uniform(-1.0, 1.0, 9) * dr.bias_strength
+    # Nine terms of up to a third of the strength each keep the field within about +-strength over the FOV.
+    return rng.uniform(-1.0, 1.0, 9) * dr.bias_strength / 3.0
 
 
 def finish_image(image: np.ndarray, signal_nn: np.ndarray, rng: np.random.Generator, dr: DomainRandomization,

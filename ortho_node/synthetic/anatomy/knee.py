@@ -108,11 +108,11 @@ def _femur(f: _Frame, p: KneeParams) -> tuple[Shape, Shape, Shape]:
 
 def _tibia(f: _Frame, p: KneeParams) -> tuple[Shape, Shape]:
     slope = np.tan(np.deg2rad(p.tibial_slope))
-    plateau = Intersection(f.leg_ellipsoid((0, 3, -32), (41, 27, 44)),
+    plateau = Intersection(f.leg_ellipsoid((0, 3, -30), (41, 25, 42)),
                            HalfSpace(f.leg_pt(0, 0, -3), f.flex @ np.array([0.0, slope, 1.0])))
     tibia = Union(
         plateau,
-        f.leg_capsule((0, 4, -40), (0, 6, -100), 24, 15),
+        f.leg_capsule((0, 2, -40), (0, 6, -100), 20, 15),
         f.leg_capsule((0, 6, -100), (0, 8, -260), 15, 13),
         f.leg_ellipsoid((-5, 2, -3), (4, 7, 5)), f.leg_ellipsoid((5, 0, -3), (4, 7, 5)),
         f.leg_ellipsoid((0, -20, -38), (13, 9, 16)), blend=8 * f.s,

@@ -8,6 +8,7 @@ own random stream, so adding or removing one finding never changes the anatomy o
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,6 @@ class Finding:
 
 def registry(joint: Joint) -> dict[str, FindingSpec]:
     """The finding specifications of ``joint``, keyed by diagnosis label in the official order."""
-    from ortho_node.synthetic.findings import ankle, knee, shoulder
-
-    specs = {Joint.KNEE: knee.FINDINGS, Joint.ANKLE: ankle.FINDINGS, Joint.SHOULDER: shoulder.FINDINGS}[joint]
+    # Imported here: the joint modules import this one for FindingSpec and Lesion.
+    specs = importlib.import_module(f"ortho_node.synthetic.findings.{Joint(joint).value}").FINDINGS
     return {label: specs[label] for label in DIAGNOSIS_LABELS[joint]}

@@ -1,0 +1,64 @@
+"""Run ``ortho-node serve`` as a real subprocess on a free loopback port (for crash and log tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ortho_node.delivery.scu import RemoteNode, echo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NodeProcess:
+    def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "INFO",
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.log_path = data_dir.parent / f"node-{self.port}-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")}
+        env.update({"ORTHO_NODE_LOGGING_LEVEL": log_level, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0"})
+        env.update(extra_env or {})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--data-dir", str(data_dir)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.remote = RemoteNode("ORTHODIFF", "127.0.0.1", self.port)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}: {self.log()[-2000:]}")
+            if echo(self.remote, calling_ae="PROBE", timeout=2) == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("node did not become ready")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self._log.close()
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
