@@ -197,6 +197,7 @@ class StorageSCP:
         if state is None:  # rejected, or already closed by an earlier event
             return
         self.association_log.ended(state.association_id, state.peer, how, state.counts)
+        self.intake.association_ended(state.association_id, how)
         log.info("association %s from %s %s: %d stored, %d failed", state.association_id,
                  state.peer.calling_ae, how, state.counts.received, state.counts.failed)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -46,6 +46,24 @@ class IncomingInstance:
 
 
 @dataclass(frozen=True)
+class StoredInstance:
+    """What later stages learn about each newly stored instance (after its row is committed)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    association_id: int | None
+
+
+class IntakeListener(Protocol):
+    """Receives intake notifications (the scheduler uses them to time study completeness)."""
+
+    def instance_stored(self, instance: StoredInstance) -> None: ...
+
+    def association_ended(self, association_id: int | None, state: str) -> None: ...
+
+
+@dataclass(frozen=True)
 class IntakeResult:
     status: Status
     reason: str
@@ -61,6 +79,14 @@ class Intake:
         self._session_factory = session_factory
         self._audit = audit
         self._write_locks = _KeyedLocks()
+        self._listeners: list[IntakeListener] = []
+
+    def add_listener(self, listener: IntakeListener) -> None:
+        self._listeners.append(listener)
+
+    def association_ended(self, association_id: int | None, state: str) -> None:
+        for listener in self._listeners:
+            listener.association_ended(association_id, state)
 
     def receive(self, incoming: IncomingInstance) -> IntakeResult:
         header = InstanceHeader.from_dataset(incoming.dataset)
@@ -95,6 +121,10 @@ class Intake:
         except SQLAlchemyError as exc:
             # The file stays: it is complete, and start-up recovery indexes it if never re-sent.
             return self._database_unavailable(incoming, header, exc)
+        stored_instance = StoredInstance(header.study_uid, header.series_uid, header.sop_uid,
+                                         incoming.association.id)
+        for listener in self._listeners:
+            listener.instance_stored(stored_instance)
         return IntakeResult(Status.SUCCESS, "stored")
 
     def _already_stored(self, sop_uid: str) -> bool:

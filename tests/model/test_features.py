@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_any_named_block_can_be_read(tiny_model):
 
 
 def test_official_default_feature_shape(official_model):
-    model = prepare_for_inference(official_model, torch.device("cpu"))
+    model = prepare_for_inference(copy.deepcopy(official_model), torch.device("cpu"))
     features = extract_features(model, torch.rand(1, 1, 16, 64, 64), block="mid_0")
     assert features.shape == (1, 256, 1, 4, 4)  # (256, 1, 16, 16) on the 16 x 256 x 256 grid
 

@@ -93,7 +93,8 @@ def build(p: AnkleParams) -> AnatomyModel:
         Paint(talus, S.TALUS, rim=(1.0, Signal.CORTEX)),
         Paint(calcaneus, S.CALCANEUS, rim=(1.0, Signal.CORTEX)),
         Paint(tarsals, S.TARSAL, rim=(1.0, Signal.CORTEX), within=SOFT),
-        Paint(Shell(talus, 1.0 * s, p.cartilage * s), S.FLUID, within=SOFT),  # thin physiological joint fluid
+        Paint(Intersection(Shell(talus, 0.6 * s, p.cartilage * s), HalfSpace(pivot, (0, 0, -1))), S.FLUID,
+              within=SOFT),  # thin physiological joint fluid over the dome
         Paint(dome, S.TALAR_CARTILAGE, within=SOFT),
         Paint(Union(*tendons), S.TENDON, within=SOFT),
         Paint(atfl, S.ATFL, within=SOFT),
@@ -102,7 +103,8 @@ def build(p: AnkleParams) -> AnatomyModel:
         Paint(Capsule(pt(-14, 20, 120), pt(-20, 18, -30), 2.5 * s), S.VESSEL, within=SOFT),
     ]
     lo, hi = limb.bounds()
-    bounds = (np.array([lo[0] - 2, lo[1] - 2, -90 * s]), np.array([hi[0] + 2, min(hi[1] + 2, 110 * s), 80 * s]))
+    # Only what the largest field of view around the talus can see.
+    bounds = (np.array([lo[0] - 2, -95 * s, -95 * s]), np.array([hi[0] + 2, min(hi[1] + 2, 105 * s), 80 * s]))
     parts = {"talus": talus, "dome": dome, "achilles": achilles}
     points = {"atfl": np.array([pt(24, -2, -14), foot(14, -20, -17)]), "cfl": np.array([pt(24, 9, -25), foot(22, 22, -40)]),
               "achilles": np.array([achilles_top, pt(0, 52, 20), achilles_bottom]), "dome": pt(0, 2, 1), "scale": np.full(3, s)}

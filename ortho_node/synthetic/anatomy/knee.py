@@ -219,7 +219,8 @@ def build(p: KneeParams) -> AnatomyModel:
     lo, hi = limb.bounds()
     bounds = (lo - 2.0, hi + 2.0)
     parts = {"femur": femur, "tibia": tibia, "patella": patella, "acl": acl, "pcl": pcl, "mcl": mcl, "lcl": lcl,
-             "medial_meniscus": medial_meniscus, "lateral_meniscus": lateral_meniscus, "recess": recess}
+             "medial_meniscus": medial_meniscus, "lateral_meniscus": lateral_meniscus, "recess": recess,
+             "posterior_recess": posterior_recess}
     points = {"acl": np.array([acl_femur, acl_tibia]), "patella": pc, "pcl": np.array(pcl_points),
               "mcl": np.array(mcl_points), "lcl": np.array([f.pt(39, 6, 30), f.pt(40, 10, 0), f.leg_pt(40, 16, -22)]),
               "medial_meniscus_posterior": f.leg_pt(-21, 19, 0), "lateral_meniscus_posterior": f.leg_pt(21, 13, 0),

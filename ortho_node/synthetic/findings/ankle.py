@@ -44,7 +44,7 @@ def _osteochondral(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
     centre = m.points["dome"] + np.array([side * 8.0, float(rng.uniform(-6, 6)), -1.0]) * s
     size = float(rng.uniform(4.0, 7.0)) * s
     paints = [
-        marrow_oedema(centre - np.array([0, 0, 7]) * s, np.array([11, 12, 10]) * s, frozenset({S.TALUS})),
+        marrow_oedema(centre - np.array([0, 0, 6]) * s, np.array([8, 9, 7]) * s, frozenset({S.TALUS})),
         Paint(Ellipsoid(centre, [size, size, size * 0.8]), S.FLUID,
               within=frozenset({S.TALUS, S.TALAR_CARTILAGE, S.FLUID})),
         Paint(Ellipsoid(centre - np.array([0, 0, size * 0.9]), [size * 0.8] * 3), None, Signal.DEGENERATE,

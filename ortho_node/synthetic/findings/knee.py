@@ -74,7 +74,8 @@ def _effuse(p: KneeParams, rng: np.random.Generator) -> KneeParams:
 
 
 def _effusion_lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
-    return Lesion([], "joint effusion distending the suprapatellar recess", (m.parts["recess"],))
+    return Lesion([], "joint effusion distending the suprapatellar recess",
+                  (m.parts["recess"], m.parts["posterior_recess"]))
 
 
 FINDINGS: dict[str, FindingSpec] = {

@@ -1,0 +1,210 @@
+"""Ingest benchmark: our node vs Orthanc vs DCMTK storescp, receiving a 3-series 512x512 knee study.
+
+Sends 120 MR instances (~63 MB) with dcmtk ``storescu`` over loopback, with 1 and with N parallel
+associations, and prints instances/s, MB/s, receiver CPU seconds and peak RSS, plus our ratios to the
+reference receivers. Every receiver is started fresh per run so peak RSS is that run's.
+
+    python3 bench/ingest.py [--instances-per-series 40] [--parallel 4] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_study(folder: Path, per_series: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    study = generate_uid()
+    files = []
+    orientations = {"SAG": [0, 1, 0, 0, 0, -1], "COR": [1, 0, 0, 0, 0, -1], "AX": [1, 0, 0, 0, 1, 0]}
+    base = rng.integers(0, 4096, size=(512, 512), dtype=np.uint16)
+    for number, (plane, iop) in enumerate(orientations.items(), start=1):
+        series = generate_uid()
+        for index in range(per_series):
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.PatientName, ds.PatientID, ds.Modality = "BENCH^KNEE", "BENCH1", "MR"
+            ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = number, index + 1, f"{plane} PD FS"
+            ds.ImageOrientationPatient = iop
+            ds.ImagePositionPatient = [0.0, 0.0, float(index) * 3.5]
+            ds.PixelSpacing, ds.SliceThickness = [0.35, 0.35], 3.0
+            ds.Rows = ds.Columns = 512
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = np.roll(base, index, axis=0).tobytes()
+            path = folder / f"{plane}{index:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+    return files
+
+
+class Receiver:
+    name = "receiver"
+
+    def start(self, workdir: Path) -> None: ...
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def wait_ready(self, port: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.process.returncode}")
+            result = subprocess.run(["/usr/bin/echoscu", "-aec", self.ae_title, "127.0.0.1", str(port)],
+                                    capture_output=True, env=ENV)
+            if result.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready")
+
+
+class OurNode(Receiver):
+    name, ae_title = "ortho-node", "ORTHODIFF"
+
+    def start(self, workdir: Path) -> None:
+        self.port = free_port()
+        env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--data-dir", str(workdir / "node")], env=env)
+        self.wait_ready(self.port)
+
+
+class Orthanc(Receiver):
+    name, ae_title = "orthanc", "ORTHANC"
+
+    def start(self, workdir: Path) -> None:
+        self.port = free_port()
+        config = {
+            "Name": "bench", "StorageDirectory": str(workdir / "orthanc-db"),
+            "IndexDirectory": str(workdir / "orthanc-db"), "DicomAet": self.ae_title, "DicomPort": self.port,
+            "HttpPort": free_port(), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False, "Plugins": [],
+        }
+        path = workdir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        self.process = subprocess.Popen(["/usr/sbin/Orthanc", str(path)], env=ENV, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.wait_ready(self.port)
+
+
+class Storescp(Receiver):
+    name, ae_title = "dcmtk storescp", "STORESCP"
+
+    def start(self, workdir: Path) -> None:
+        self.port = free_port()
+        out = workdir / "storescp"
+        out.mkdir()
+        self.process = subprocess.Popen(["/usr/bin/storescp", "-aet", self.ae_title, "-od", str(out),
+                                         str(self.port)], env=ENV)
+        self.wait_ready(self.port)
+
+
+def peak_rss_sampler(process: psutil.Process, stop: threading.Event, result: list[int]) -> None:
+    peak = 0
+    while not stop.is_set():
+        try:
+            procs = [process, *process.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
+        except psutil.NoSuchProcess:
+            break
+        stop.wait(0.02)
+    result.append(peak)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=os.environ.get("BENCH_TMP")))
+    try:
+        receiver.start(workdir)
+        proc = psutil.Process(receiver.process.pid)
+        cpu_before = cpu_seconds(proc)
+        stop, peak = threading.Event(), []
+        sampler = threading.Thread(target=peak_rss_sampler, args=(proc, stop, peak))
+        sampler.start()
+        groups = [files[i::parallel] for i in range(parallel)]
+        started = time.perf_counter()
+        senders = [subprocess.Popen(["/usr/bin/storescu", "-aec", receiver.ae_title, "127.0.0.1",
+                                     str(receiver.port), *map(str, group)], env=ENV,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for group in groups]
+        failures = [s.communicate()[1] for s in senders if s.wait() != 0]
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(proc) - cpu_before
+        stop.set()
+        sampler.join()
+        receiver.stop()
+        if failures:
+            raise RuntimeError(f"{receiver.name}: storescu failed: {failures[0][-500:]!r}")
+        size = sum(p.stat().st_size for p in files)
+        return {"inst_s": len(files) / elapsed, "mb_s": size / 1e6 / elapsed, "cpu_s": cpu,
+                "peak_rss_mb": peak[0] / 1e6, "seconds": elapsed}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances-per-series", type=int, default=40)
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per case; the best is reported")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ingest-study-") as folder:
+        files = make_study(Path(folder), args.instances_per_series)
+        size = sum(p.stat().st_size for p in files) / 1e6
+        print(f"study: {len(files)} instances, {size:.1f} MB, 512x512 MR, 3 series")
+        rows = []
+        for receiver in (OurNode(), Orthanc(), Storescp()):
+            for parallel in (1, args.parallel):
+                best = max((run_once(receiver, files, parallel) for _ in range(args.repeat)),
+                           key=lambda r: r["inst_s"])
+                rows.append((receiver.name, parallel, best))
+    print(f"\n{'receiver':16} {'assoc':>5} {'inst/s':>8} {'MB/s':>7} {'CPU s':>7} {'peak RSS MB':>12}")
+    for name, parallel, r in rows:
+        print(f"{name:16} {parallel:5d} {r['inst_s']:8.1f} {r['mb_s']:7.1f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.1f}")
+    ours = {p: r for n, p, r in rows if n == "ortho-node"}
+    for name in ("orthanc", "dcmtk storescp"):
+        for parallel in (1, args.parallel):
+            ref = next(r for n, p, r in rows if n == name and p == parallel)
+            print(f"ortho-node / {name} at {parallel} association(s): "
+                  f"{ours[parallel]['inst_s'] / ref['inst_s']:.2f}x instances/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
