@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydicom import Dataset
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit import AuditKind, AuditTrail, Severity
-from ortho_node.db.models import Instance, Series, Study, utcnow
+from ortho_node.catalog import Catalog
 from ortho_node.dicom_status import Status
 from ortho_node.header import InstanceHeader
 from ortho_node.storage import InstanceStore, StorageFull, is_valid_uid
@@ -73,10 +71,9 @@ class IntakeResult:
 class Intake:
     """Validates, stores and records received instances."""
 
-    def __init__(self, store: InstanceStore, session_factory: sessionmaker[Session],
-                 audit: AuditTrail) -> None:
+    def __init__(self, store: InstanceStore, catalog: Catalog, audit: AuditTrail) -> None:
         self.store = store
-        self._session_factory = session_factory
+        self.catalog = catalog
         self._audit = audit
         self._write_locks = _KeyedLocks()
         self._listeners: list[IntakeListener] = []
@@ -128,17 +125,14 @@ class Intake:
         return IntakeResult(Status.SUCCESS, "stored")
 
     def _already_stored(self, sop_uid: str) -> bool:
-        with self._session_factory() as session:
-            row = session.scalar(select(Instance.file_path).where(Instance.sop_instance_uid == sop_uid))
-        return row is not None and self.store.exists(row)
+        path = self.catalog.stored_path(sop_uid)
+        return path is not None and self.store.exists(path)
 
     def _record(self, incoming: IncomingInstance, header: InstanceHeader, path: str, size: int,
                 sha256: str) -> None:
-        with self._session_factory.begin() as session:
-            record_instance(session, header, path=path, size=size, sha256=sha256,
+        self.catalog.record(header, path=path, size=size, sha256=sha256,
                             transfer_syntax_uid=incoming.transfer_syntax_uid,
-                            association_id=incoming.association.id,
-                            calling_ae=incoming.association.calling_ae)
+                            association_id=incoming.association.id, calling_ae=incoming.association.calling_ae)
 
     def _reject(self, incoming: IncomingInstance, header: InstanceHeader, status: Status,
                 reason: str) -> IntakeResult:
@@ -188,34 +182,6 @@ def _check_identity(header: InstanceHeader, incoming: IncomingInstance) -> tuple
 def _safe_uid(value: str | None) -> str | None:
     """Only valid UIDs go into audit columns (a hostile value is described, not copied)."""
     return value if is_valid_uid(value) else None
-
-
-def record_instance(session: Session, header: InstanceHeader, *, path: str, size: int, sha256: str,
-                    transfer_syntax_uid: str, association_id: int | None,
-                    calling_ae: str | None) -> Instance:
-    """Insert the instance row, creating or updating its study and series rows."""
-    now = utcnow()
-    study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_uid))
-    if study is None:
-        study = Study(study_instance_uid=header.study_uid, first_received_at=now, **header.study_facts())
-        session.add(study)
-        session.flush()
-    study.last_received_at = now
-    series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_uid))
-    if series is None:
-        series = Series(series_instance_uid=header.series_uid, study_id=study.id, first_received_at=now,
-                        **header.series_facts())
-        session.add(series)
-        session.flush()
-    series.last_received_at = now
-    series.instance_count = Series.instance_count + 1
-    instance = Instance(
-        series_id=series.id, association_id=association_id, sop_instance_uid=header.sop_uid,
-        sop_class_uid=header.sop_class_uid, transfer_syntax_uid=transfer_syntax_uid, file_path=path,
-        file_size=size, sha256=sha256, received_at=now, calling_ae=calling_ae, **header.instance_facts(),
-    )
-    session.add(instance)
-    return instance
 
 
 class _KeyedLocks:
