@@ -70,7 +70,10 @@ class InstanceStore:
 
     def write(self, relative_path: str, payload: bytes) -> StoredFile:
         """Write ``payload`` durably under ``relative_path``; raise :class:`StorageFull` on ENOSPC/EDQUOT."""
-        final = self.absolute(relative_path)
+        parts = relative_path.split("/")
+        if relative_path.startswith("/") or ".." in parts or "" in parts:
+            raise InvalidUID(f"path {relative_path!r} escapes the data folder")
+        final = self.data_dir / relative_path  # built from validated UIDs: no resolve() on the hot path
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             if not final.parent.is_dir():
@@ -78,11 +81,15 @@ class InstanceStore:
                 if self.fsync:  # the new study/series folders must survive a crash too
                     _fsync_dir(final.parent.parent)
                     _fsync_dir(final.parent.parent.parent)
-            with open(tmp, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
                 if self.fsync:
-                    os.fsync(handle.fileno())
+                    os.fdatasync(fd)  # data and size; the rename is made durable by the folder's fsync
+            finally:
+                os.close(fd)
             os.replace(tmp, final)
             if self.fsync:
                 _fsync_dir(final.parent)
