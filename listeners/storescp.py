@@ -77,6 +77,7 @@ class StorageSCP:
         self.policy = policy
         self.ssl_context = ssl_context
         self._states: dict[Any, _AssociationState] = {}
+        self._unrequested: dict[Any, tuple[str, int]] = {}  # connections with no A-ASSOCIATE-RQ yet
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -98,6 +99,7 @@ class StorageSCP:
         """Bind and serve on a background thread; ``port`` then gives the bound port."""
         dicom = self.settings.dicom
         handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -132,8 +134,14 @@ class StorageSCP:
 
     # Event handlers ---------------------------------------------------------------------------------
 
+    def _on_connection_open(self, event: evt.Event) -> None:
+        with self._lock:
+            self._unrequested[event.assoc] = (event.address[0], event.address[1])
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
+        with self._lock:
+            self._unrequested.pop(assoc, None)
         primitive = assoc.requestor.primitive
         peer = Peer(calling_ae=primitive.calling_ae_title.strip(), called_ae=primitive.called_ae_title.strip(),
                     host=assoc.requestor.address, port=assoc.requestor.port, tls_subject=_tls_subject(assoc))
@@ -194,6 +202,10 @@ class StorageSCP:
     def _on_ended(self, event: evt.Event, how: str) -> None:
         with self._lock:
             state = self._states.pop(event.assoc, None)
+            never_requested = self._unrequested.pop(event.assoc, None)
+        if never_requested is not None:
+            log.warning("connection from %s:%d closed without a valid association request", *never_requested)
+            self.association_log.malformed(*never_requested)
         if state is None:  # rejected, or already closed by an earlier event
             return
         self.association_log.ended(state.association_id, state.peer, how, state.counts)

@@ -72,6 +72,18 @@ class AssociationLog:
             log.error("rejected association from %s at %s not recorded: database unavailable (%s)",
                       peer.calling_ae, peer.host, type(exc).__name__)
 
+    def malformed(self, host: str, port: int) -> None:
+        """A connection that closed without a valid association request (a probe, HTTP, garbage)."""
+        try:
+            with self._session_factory.begin() as session:
+                session.add(make_event(
+                    AuditKind.MALFORMED_CONNECTION, f"connection from {host}:{port} closed without a valid "
+                    "association request", severity=Severity.WARNING, peer_host=host, details={"peer_port": port},
+                ))
+        except SQLAlchemyError as exc:
+            log.error("malformed connection from %s not recorded: database unavailable (%s)", host,
+                      type(exc).__name__)
+
     def ended(self, association_id: int | None, peer: Peer, state: str, counts: AssociationCounts) -> None:
         if association_id is None:
             return

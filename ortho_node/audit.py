@@ -23,7 +23,7 @@ class AuditKind(str, enum.Enum):
     INSTANCE_REJECTED = "instance_rejected"
     STORAGE_FAILED = "storage_failed"
     FILE_RECOVERED = "file_recovered"
-    LOW_DISK_SPACE = "low_disk_space"
+    MALFORMED_CONNECTION = "malformed_connection"
 
 
 class Severity(str, enum.Enum):

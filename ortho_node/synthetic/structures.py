@@ -97,6 +97,7 @@ _CARTILAGE = (
     Structure.TALAR_CARTILAGE, Structure.HUMERAL_CARTILAGE, Structure.GLENOID_CARTILAGE,
 )
 _FIBROCARTILAGE = (Structure.MEDIAL_MENISCUS, Structure.LATERAL_MENISCUS, Structure.LABRUM)
+# AC joint, bursa and sheath are fluid-lined spaces: thin and fluid-bright even when normal.
 _FLUID = (Structure.FLUID, Structure.AC_JOINT, Structure.SASD_BURSA, Structure.BICEPS_SHEATH)
 _OTHER = {
     Structure.BACKGROUND: Signal.AIR, Structure.LUNG: Signal.AIR, Structure.MUSCLE: Signal.MUSCLE,
@@ -115,9 +116,11 @@ def default_signal(structure: Structure) -> Signal:
         return Signal.FIBROCARTILAGE
     if structure in _FLUID:
         return Signal.FLUID
-    # AC joint, bursa and sheath are fluid-lined spaces: thin and fluid-bright even when normal.
     return _OTHER.get(structure, Signal.LIGAMENT)
 
+
+#: Filler tissues that anatomy painted later may overwrite (``Paint.within``).
+SOFT_TISSUES = frozenset({Structure.BACKGROUND, Structure.FAT, Structure.MUSCLE, Structure.FLUID, Structure.SKIN})
 
 #: Ground-truth label sets exported per joint: index = value in an exported label map.
 ANKLE_STRUCTURES: tuple[str, ...] = (

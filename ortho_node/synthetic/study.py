@@ -79,15 +79,16 @@ class SyntheticStudy:
     def series_for(self, plane: Plane) -> SyntheticSeries:
         return next(s for s in self.series if s.plane == plane)
 
-    def finding_mask(self, label: str, series: SyntheticSeries) -> np.ndarray:
-        """Voxels of ``series`` inside the region the finding ``label`` changed (bool, [slice, row, col])."""
+    def finding_mask(self, label: str, series: SyntheticSeries, margin: float = 0.0) -> np.ndarray:
+        """Voxels of ``series`` inside the region the finding ``label`` changed, grown by ``margin`` mm
+        (bool, [slice, row, col]); a margin of half a slice plus a few pixels covers partial volume and blur."""
         finding = next(f for f in self.findings if f.label == label)
         to_canonical = np.linalg.inv(self.to_world)
         world = series.geometry.world_coordinates()
         inside = np.ones(series.geometry.shape, dtype=bool)
         for d in range(3):
             c = sum(float(to_canonical[d, e]) * world[e] for e in range(3)) + float(to_canonical[d, 3])
-            inside &= (c >= finding.region[0][d]) & (c <= finding.region[1][d])
+            inside &= (c >= finding.region[0][d] - margin) & (c <= finding.region[1][d] + margin)
         return inside
 
 
@@ -205,7 +206,7 @@ def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | s
 
     study_date = datetime.date(2020, 1, 1) + datetime.timedelta(days=seed % 1800)
     field = float(stream(seed, "scanner").choice(dr.field_strengths))
-    centre = (to_world @ np.append(PROTOCOLS[joint].centre, 1.0))[:3] * 1.0
+    centre = (to_world @ np.append(PROTOCOLS[joint].centre, 1.0))[:3]
     bias = render.sample_bias_coeffs(stream(seed, "bias"), dr)
     gt = ground_truth_lut(joint)
     weightings = _weightings(joint, weighting)

@@ -117,6 +117,8 @@ def test_garbage_is_aborted_and_node_keeps_serving(start_node):
         assert answer[:1] in (b"\x07", b""), "expected an A-ABORT PDU or a closed connection"
     assert oversized[:1] in (b"\x07", b"")
     assert echo(RemoteNode("ORTHODIFF", "127.0.0.1", port), calling_ae="NEXT") == 0x0000
+    assert len(_events(node, "malformed_connection")) == 3
+    assert _events(node, "association_accepted")[0].calling_ae == "NEXT"
 
 
 def test_silent_peer_is_dropped_after_acse_timeout(start_node):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 
 import numpy as np
@@ -18,6 +19,7 @@ CASES = [(joint, label) for joint, labels in DIAGNOSIS_LABELS.items() for label 
 
 @pytest.fixture(scope="module")
 def normals() -> dict[Joint, object]:
+    """Normal study per joint (seed 41), generated on first use and shared by the module."""
     return {}
 
 
@@ -31,21 +33,25 @@ def test_finding_changes_the_image_inside_its_region(joint, label, normals):
     changed_inside, changed_total = 0.0, 0.0
     for before, after in zip(normal.series, sick.series):
         diff = np.abs(after.pixels.astype(np.float64) - before.pixels.astype(np.float64))
-        inside = sick.finding_mask(label, after)
+        g = after.geometry
+        margin = g.slice_thickness / 2 + 3 * g.pixel_spacing + FAST["scene_spacing"]
+        inside = sick.finding_mask(label, after, margin=margin)
         changed_inside += diff[inside].sum()
         changed_total += diff.sum()
     assert changed_inside > 0, f"{label} left the image unchanged"
-    # Blur and partial volume spread a change by a pixel or two past the region's box, no further.
-    assert changed_inside / changed_total > 0.9
+    # Partial volume and blur spread a change a little past the region's box (the margin), no further.
+    assert changed_inside / changed_total > 0.98
+
+
+def _cli_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def test_labels_csv_matches_injected_findings(tmp_path):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--joint", "knee", "--n", "3", "--seed", "50", "--out", str(tmp_path),
-                              "--findings", "random", "--format", "nifti", "--scene-spacing", "1.5"])
+    args = _cli_args("--joint", "knee", "--n", "3", "--seed", "50", "--out", str(tmp_path),
+                     "--findings", "random", "--format", "nifti", "--scene-spacing", "1.5")
     assert run(args) == 0
     with (tmp_path / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -58,12 +64,8 @@ def test_labels_csv_matches_injected_findings(tmp_path):
 
 
 def test_explicit_findings_list_in_cli(tmp_path):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--joint", "ankle", "--n", "1", "--seed", "60", "--out", str(tmp_path),
-                              "--findings", "ATR,olt", "--format", "nifti", "--scene-spacing", "1.5"])
+    args = _cli_args("--joint", "ankle", "--n", "1", "--seed", "60", "--out", str(tmp_path),
+                     "--findings", "ATR,olt", "--format", "nifti", "--scene-spacing", "1.5")
     assert run(args) == 0
     row = next(csv.DictReader((tmp_path / "labels.csv").open()))
     assert {k: row[k] for k in DIAGNOSIS_LABELS[Joint.ANKLE]} == {"ATFL": "0", "CFL": "0", "ATR": "1", "OLT": "1"}

@@ -14,9 +14,8 @@ from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import (
     Capsule, Difference, Ellipsoid, HalfSpace, Intersection, LimbTube, Offset, Shell, Union, rotation,
 )
-from ortho_node.synthetic.structures import Signal, Structure as S
+from ortho_node.synthetic.structures import SOFT_TISSUES as SOFT, Signal, Structure as S
 
-SOFT = frozenset({S.BACKGROUND, S.FAT, S.MUSCLE, S.FLUID, S.SKIN})
 
 
 @dataclasses.dataclass(frozen=True)

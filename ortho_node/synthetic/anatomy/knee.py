@@ -17,10 +17,8 @@ from ortho_node.synthetic.shapes import (
     Union,
     rotation,
 )
-from ortho_node.synthetic.structures import Signal, Structure as S
+from ortho_node.synthetic.structures import SOFT_TISSUES as SOFT, Signal, Structure as S
 
-SOFT = frozenset({S.BACKGROUND, S.FAT, S.MUSCLE, S.FLUID, S.SKIN})
-BONES = frozenset({S.FEMUR, S.TIBIA, S.FIBULA, S.PATELLA})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +184,7 @@ def build(p: KneeParams) -> AnatomyModel:
                   for a, b in zip(mcl_points, mcl_points[1:])))
     lcl = Union(Capsule(f.pt(39, 6, 30), f.pt(40, 10, 0), 2.4 * f.s),
                 Capsule(f.pt(40, 10, 0), f.leg_pt(40, 16, -22), 2.4 * f.s))
-    tendon_top = pc + f.pt(0, -1, -19 + 0 * p.patella_height)
-    patellar_tendon = Capsule(tendon_top, f.leg_pt(1, -28, -38), 2.3 * f.s, 2.6 * f.s, (1, 0, 0), 5.0)
+    patellar_tendon = Capsule(pc + f.pt(0, -1, -19), f.leg_pt(1, -28, -38), 2.3 * f.s, 2.6 * f.s, (1, 0, 0), 5.0)
     quad_tendon = Capsule(pc + f.pt(-1, 0, 18), f.pt(0, -30, 130), 3.0 * f.s, 4.5 * f.s, (1, 0, 0), 5.0)
     recess = Ellipsoid(f.pt(0, -27, 64), (24 * f.s, p.effusion * f.s, 26 * f.s))
     posterior_recess = Intersection(Shell(condyles, 0.5 * p.effusion * f.s, p.cartilage * f.s),
@@ -220,7 +217,7 @@ def build(p: KneeParams) -> AnatomyModel:
     bounds = (lo - 2.0, hi + 2.0)
     parts = {"femur": femur, "tibia": tibia, "patella": patella, "acl": acl, "pcl": pcl, "mcl": mcl, "lcl": lcl,
              "medial_meniscus": medial_meniscus, "lateral_meniscus": lateral_meniscus, "recess": recess,
-             "posterior_recess": posterior_recess}
+             "posterior_recess": posterior_recess, "patellar_tendon": patellar_tendon, "quad_tendon": quad_tendon}
     points = {"acl": np.array([acl_femur, acl_tibia]), "patella": pc, "pcl": np.array(pcl_points),
               "mcl": np.array(mcl_points), "lcl": np.array([f.pt(39, 6, 30), f.pt(40, 10, 0), f.leg_pt(40, 16, -22)]),
               "medial_meniscus_posterior": f.leg_pt(-21, 19, 0), "lateral_meniscus_posterior": f.leg_pt(21, 13, 0),

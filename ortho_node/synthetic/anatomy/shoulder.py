@@ -17,9 +17,8 @@ from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import (
     Capsule, Difference, Ellipsoid, HalfSpace, Intersection, LimbTube, Offset, Shape, Shell, Union,
 )
-from ortho_node.synthetic.structures import Signal, Structure as S
+from ortho_node.synthetic.structures import SOFT_TISSUES as SOFT, Signal, Structure as S
 
-SOFT = frozenset({S.BACKGROUND, S.FAT, S.MUSCLE, S.FLUID, S.SKIN})
 CUFF_THICKNESS = 5.0
 
 
@@ -61,7 +60,6 @@ def build(p: ShoulderParams) -> AnatomyModel:
     humerus = Difference(Union(head, Ellipsoid(pt(16, -2, 10), pt(9, 13, 12)), Ellipsoid(pt(6, -18, -2), pt(7, 7, 9)),
                                Capsule(pt(6, 2, -14), pt(10, 4, -200), 15 * s, 12 * s), blend=6 * s),
                          Capsule(pt(15, -21, 12), pt(15, -19, -70), 3.5 * s))
-    articular = Ellipsoid(pt(0, 0, 0), [r + 1.3 * s] * 3)
     joint_r = r + 2.0 * s  # head + cartilage + joint space: the glenoid's concavity
     glenoid = Difference(Union(Ellipsoid(pt(-36, 0, 0), pt(11, 14, 20)), Capsule(pt(-40, 2, 0), pt(-58, 6, -4), 10 * s),
                                Ellipsoid(pt(-85, 8, -25), pt(42, 5, 60)), Capsule(pt(-100, 26, 35), pt(-18, 22, 38), 6 * s),
@@ -73,7 +71,8 @@ def build(p: ShoulderParams) -> AnatomyModel:
     labrum = Union(*(Capsule(a, b, 2.6 * s) for a, b in zip(rim, rim[1:])))
     acromion = Capsule(pt(-16, 12, 36 + r / s - 24), pt(22, 2, 33 + r / s - 24 - p.acromion_tilt), 4.5 * s,
                        width_dir=(0, 1, 0), aspect=3.5)
-    clavicle = Capsule(pt(-16 - p.ac_gap - 8, -8, 40), pt(-150, -25, 34), 8 * s, 9 * s)
+    # The clavicle does not move with the AC gap: a widened joint (finding AC) eats into its lateral end.
+    clavicle = Capsule(pt(-26.5, -8, 40), pt(-150, -25, 34), 8 * s, 9 * s)
     ac_joint = Ellipsoid(pt(-16 - p.ac_gap / 2, -2, 39), [p.ac_gap * s / 2 + 0.5, 8 * s, 7 * s])
     cuff = Shell(head, CUFF_THICKNESS * s, 1.3 * s)
     ssp = _sector(cuff, ((0, 0, 6 * s), (0, 0, -1)), ((0, -12 * s, 0), (0, -1, 0)), ((0, 10 * s, 0), (0, 1, 0)),
@@ -104,7 +103,7 @@ def build(p: ShoulderParams) -> AnatomyModel:
         Paint(glenoid, S.SCAPULA, rim=(1.2, Signal.CORTEX)),
         Paint(acromion, S.ACROMION, rim=(1.2, Signal.CORTEX)),
         Paint(clavicle, S.CLAVICLE, rim=(1.2, Signal.CORTEX)),
-        Paint(ac_joint, S.AC_JOINT, within=SOFT),
+        Paint(ac_joint, S.AC_JOINT, within=SOFT | {S.CLAVICLE}),
         Paint(Intersection(Shell(head, 1.3 * s), Ellipsoid(pt(-14, 0, 8), [26 * s] * 3)), S.HUMERAL_CARTILAGE, within=SOFT),
         Paint(glenoid_cartilage, S.GLENOID_CARTILAGE, within=SOFT),
         Paint(labrum, S.LABRUM, within=SOFT),

@@ -7,11 +7,9 @@ import numpy as np
 from ortho_node.synthetic.findings import Lesion
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import Capsule, Ellipsoid, Union
-from ortho_node.synthetic.structures import Signal, Structure as S
+from ortho_node.synthetic.structures import SOFT_TISSUES, Signal, Structure as S
 
-SOFT = frozenset({S.FAT, S.MUSCLE, S.SKIN, S.FLUID, S.BACKGROUND})
-BONES = frozenset({S.FEMUR, S.TIBIA, S.FIBULA, S.PATELLA, S.TALUS, S.CALCANEUS, S.TARSAL, S.HUMERUS, S.SCAPULA,
-                   S.ACROMION, S.CLAVICLE})
+SOFT = SOFT_TISSUES
 
 
 def along(points: np.ndarray, t: float) -> np.ndarray:

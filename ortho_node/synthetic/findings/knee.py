@@ -66,7 +66,9 @@ def _dislocation_lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
               within=frozenset({S.FAT})),
     ]
     normal_site = Ellipsoid(pc - np.array([14.0 * s, 0, 0]), np.array([21, 10, 23]) * s)
-    return Lesion(paints, "lateral patellar displacement and tilt with kissing contusions", (normal_site, m.parts["patella"]))
+    # The tendons follow the patella; their old course lies inside the box of the new one and the normal site.
+    moved = (normal_site, m.parts["patella"], m.parts["patellar_tendon"], m.parts["quad_tendon"])
+    return Lesion(paints, "lateral patellar displacement and tilt with kissing contusions", moved)
 
 
 def _effuse(p: KneeParams, rng: np.random.Generator) -> KneeParams:
