@@ -68,3 +68,11 @@ def test_cli_reports_config_errors(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ORTHO_NODE_DICOM_PORT: must be at least 0" in captured.err
+
+
+def test_deployment_example_configuration_is_valid():
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "deploy" / "node.example.toml", environ={})
+    assert settings.logging.format == "json"
+    assert "PACS@10.10.0.5" in settings.dicom.allowed_calling_aets
