@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ortho_node.db.models import Instance, Series, Study, utcnow
 from ortho_node.header import InstanceHeader
+
+
+# Built once: executing a prepared statement with a parameter dict skips per-call statement compilation.
+_INSERT_INSTANCE = insert(Instance)
+_BUMP_SERIES = update(Series).where(Series.id == bindparam("sid")).values(
+    instance_count=Series.instance_count + 1, last_received_at=bindparam("now"))
+_TOUCH_STUDY = update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
+_STORED_PATH = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"))
 
 
 class Catalog:
@@ -23,8 +31,7 @@ class Catalog:
 
     def stored_path(self, sop_instance_uid: str) -> str | None:
         with self.engine.connect() as connection:
-            return connection.scalar(
-                select(Instance.file_path).where(Instance.sop_instance_uid == sop_instance_uid))
+            return connection.scalar(_STORED_PATH, {"uid": sop_instance_uid})
 
     def record(self, header: InstanceHeader, *, path: str, size: int, sha256: str, transfer_syntax_uid: str,
                association_id: int | None, calling_ae: str | None) -> None:
@@ -47,10 +54,9 @@ class Catalog:
         now = utcnow()
         with self.engine.begin() as connection:
             study_id, series_id = self._ids(connection, header, now)
-            connection.execute(insert(Instance).values(series_id=series_id, received_at=now, **values))
-            connection.execute(update(Series).where(Series.id == series_id).values(
-                instance_count=Series.instance_count + 1, last_received_at=now))
-            connection.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
+            connection.execute(_INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values})
+            connection.execute(_BUMP_SERIES, {"sid": series_id, "now": now})
+            connection.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
         with self._lock:  # only committed rows are cached
             self._series_ids[header.series_uid] = (study_id, series_id)
 
