@@ -34,6 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from listeners.latency import BurstPolling
 from listeners.pdu_guard import PduGuardSocket
 from listeners.policy import AssociationPolicy, AssociationRequest
 from ortho_node.associations import AssociationCounts, AssociationLog, Peer
@@ -80,6 +81,7 @@ class StorageSCP:
         self._unrequested: dict[Any, tuple[str, int]] = {}  # connections with no A-ASSOCIATE-RQ yet
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
+        self._polling = BurstPolling()
         self._thread: threading.Thread | None = None
 
     def _make_ae(self) -> AE:
@@ -111,6 +113,7 @@ class StorageSCP:
             (dicom.host, dicom.port), evt_handlers=handlers, ssl_context=self.ssl_context,
             server_class=_NodeAssociationServer, request_handler=_GuardedRequestHandler,
         )
+        self._polling.start()
         self._thread = threading.Thread(target=self._server.serve_forever, name="storescp-accept",
                                         daemon=True)
         self._thread.start()
@@ -126,6 +129,7 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._polling.stop()
         log.info("Storage SCP stopped")
 
     def wait(self) -> None:
@@ -186,6 +190,7 @@ class StorageSCP:
             return self._count(state, Status.OUT_OF_RESOURCES, 0)
         if state is not None and result.duplicate:
             state.counts.duplicates += 1
+        self._polling.stored(event.assoc)
         return self._count(state, result.status, len(encoded) if not result.duplicate else 0)
 
     def _count(self, state: _AssociationState | None, status: Status, size: int) -> int:
@@ -203,6 +208,7 @@ class StorageSCP:
         with self._lock:
             state = self._states.pop(event.assoc, None)
             never_requested = self._unrequested.pop(event.assoc, None)
+        self._polling.forget(event.assoc)
         if never_requested is not None:
             log.warning("connection from %s:%d closed without a valid association request", *never_requested)
             self.association_log.malformed(*never_requested)
