@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
-
 from listeners.latency import DEFAULT_DELAY, BurstPolling
 from pynetdicom.dul import DULServiceProvider
+
+
+class _Dul:
+    _run_loop_delay = DEFAULT_DELAY
+
+
+class _Association:
+    def __init__(self) -> None:
+        self.dul = _Dul()
 
 
 def test_pynetdicom_still_has_the_polling_knob():
@@ -18,7 +25,7 @@ def test_delay_is_zero_while_storing_and_restored_when_quiet():
     polling = BurstPolling(idle_after=0.1, tick=0.01)
     polling.start()
     try:
-        assoc = SimpleNamespace(dul=SimpleNamespace(_run_loop_delay=DEFAULT_DELAY))
+        assoc = _Association()
         for _ in range(20):  # an instance every 10 ms keeps the association in burst mode
             polling.stored(assoc)
             time.sleep(0.01)
