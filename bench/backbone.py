@@ -5,8 +5,10 @@ Prints wall-clock seconds, peak memory and achieved TFLOP/s (no assertions). Exa
     python bench/backbone.py --device cpu --threads 2
     python bench/backbone.py --device cuda --train-batch 10 --peak-tflops 989
 
-CPU peak memory is the rise of the process's resident set over its level before the operation (sampled
-every 5 ms); CUDA peak memory is ``torch.cuda.max_memory_allocated``. CUDA runs use bf16 autocast.
+Seconds are the median of ``--repeats`` runs after a warm-up. CPU peak memory is the rise of the process's
+resident set over its level before the operation (sampled every 5 ms); CUDA peak memory is
+``torch.cuda.max_memory_allocated``. CUDA runs use bf16 autocast; the CPU runs float32. The load average is
+printed because on a shared machine other processes' load shows directly in CPU timings.
 """
 
 from __future__ import annotations
@@ -61,18 +63,21 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak MiB) over ``repeats`` runs after one warm-up run."""
+    """(median seconds over ``repeats`` runs, peak MiB of one more run), after a warm-up run.
+
+    Memory is sampled in a separate run: the sampling thread would steal time from the compute threads.
+    """
     fn()
-    seconds, peaks = [], []
+    seconds = []
     for _ in range(repeats):
-        with peak_memory(device) as memory:
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-        peaks.append(memory["peak_mib"])
-    return statistics.median(seconds), max(peaks)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    with peak_memory(device) as memory:
+        fn()
+    return statistics.median(seconds), memory["peak_mib"]
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -100,7 +105,10 @@ def train_job(model: GaussianDiffusion, batch: torch.Tensor, device: torch.devic
 
 def report(name: str, device: torch.device, seconds: float, peak_mib: float, flops: int, peak_tflops: float) -> None:
     achieved = flops / seconds / 1e12
-    line = f"{name:<28} {device.type:<5} {seconds:8.3f} s  peak {peak_mib:9.1f} MiB  {flops / 1e9:9.1f} GFLOP  {achieved:7.2f} TFLOP/s"
+    line = (
+        f"{name:<28} {device.type:<5} {seconds:8.3f} s  peak {peak_mib:9.1f} MiB"
+        f"  {flops / 1e9:9.1f} GFLOP  {achieved:7.2f} TFLOP/s"
+    )
     if device.type == "cuda" and peak_tflops > 0:
         line += f"  ({100 * achieved / peak_tflops:.1f}% of {peak_tflops:g} bf16 peak)"
     print(line, flush=True)
@@ -146,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda"))
     elif args.device == "cuda":
         parser.error("no CUDA device available")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, config {args.config}", flush=True)
+    load = ", ".join(f"{v:.2f}" for v in psutil.getloadavg())
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} CPU threads, config {args.config}, load {load}", flush=True)
     for device in devices:
         bench_device(device, args)
     return 0

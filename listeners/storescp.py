@@ -7,10 +7,12 @@ status intake gives. Nothing slow (inference, assembly) happens on these threads
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import socket
 import socketserver
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,14 +66,16 @@ class _AssociationState:
     peer: Peer
     association_id: int | None
     counts: AssociationCounts = field(default_factory=AssociationCounts)
-    closed: bool = False
 
 
 class StorageSCP:
     """Listens for associations and stores what they carry through :class:`Intake`."""
 
     def __init__(self, settings: Settings, *, intake: Intake, association_log: AssociationLog,
-                 policy: AssociationPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+                 policy: AssociationPolicy, ssl_context: ssl.SSLContext | None = None,
+                 active_associations: Any = None) -> None:
+        """``active_associations``: a shared ``multiprocessing.Value('i')`` when several processes serve
+        the same port, so that ``dicom.max_associations`` holds across them."""
         self.settings = settings
         self.intake = intake
         self.association_log = association_log
@@ -83,6 +87,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._polling = BurstPolling()
         self._thread: threading.Thread | None = None
+        self._active = active_associations if active_associations is not None else multiprocessing.Value("i", 0)
 
     def _make_ae(self) -> AE:
         dicom = self.settings.dicom
@@ -97,10 +102,8 @@ class StorageSCP:
         ae.require_called_aet = False
         return ae
 
-    def start(self) -> None:
-        """Bind and serve on a background thread; ``port`` then gives the bound port."""
-        dicom = self.settings.dicom
-        handlers = [
+    def _handlers(self) -> list[tuple]:
+        return [
             (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -109,8 +112,12 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_ended, ["closed"]),
         ]
+
+    def start(self) -> None:
+        """Bind and serve on a background thread; ``port`` then gives the bound port."""
+        dicom = self.settings.dicom
         self._server = self._make_ae().make_server(
-            (dicom.host, dicom.port), evt_handlers=handlers, ssl_context=self.ssl_context,
+            (dicom.host, dicom.port), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
             server_class=_NodeAssociationServer, request_handler=_GuardedRequestHandler,
         )
         self._polling.start()
@@ -120,6 +127,21 @@ class StorageSCP:
         log.info("Storage SCP %s listening on %s:%d%s", dicom.ae_title, dicom.host, self.port,
                  " (TLS)" if self.ssl_context else "")
 
+    def start_without_listening(self) -> None:
+        """Serve only connections handed over by :meth:`serve_connection` (a worker process)."""
+        self._server = self._make_ae().make_server(
+            ("127.0.0.1", 0), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
+            server_class=_HandedOverConnectionServer, request_handler=_GuardedRequestHandler,
+        )
+        self._polling.start()
+
+    def serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Run an association on an accepted connection (accepted by another process)."""
+        assert self._server is not None, "start_without_listening() first"
+        if self.ssl_context:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self._server.process_request(sock, address)
+
     @property
     def port(self) -> int:
         assert self._server is not None, "start() first"
@@ -127,14 +149,23 @@ class StorageSCP:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()  # stops serve_forever, then closes the listening socket
+            else:
+                self._server.server_close()
             self._server = None
             self._polling.stop()
         log.info("Storage SCP stopped")
 
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+    def drain(self, timeout: float) -> bool:
+        """Wait until no association or pending connection is open; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._states and not self._unrequested:
+                    return True
+            time.sleep(0.05)
+        return False
 
     # Event handlers ---------------------------------------------------------------------------------
 
@@ -149,8 +180,12 @@ class StorageSCP:
         primitive = assoc.requestor.primitive
         peer = Peer(calling_ae=primitive.calling_ae_title.strip(), called_ae=primitive.called_ae_title.strip(),
                     host=assoc.requestor.address, port=assoc.requestor.port, tls_subject=_tls_subject(assoc))
-        active = sum(1 for a in assoc.ae.active_associations if a.is_acceptor)
-        rejection = self.policy.evaluate(AssociationRequest(peer.called_ae, peer.calling_ae, peer.host, active))
+        with self._active.get_lock():
+            active = self._active.value + 1  # this one included
+            rejection = self.policy.evaluate(AssociationRequest(peer.called_ae, peer.calling_ae, peer.host,
+                                                                active))
+            if rejection is None:
+                self._active.value += 1
         if rejection is not None:
             log.warning("association from %s at %s:%d rejected: %s", peer.calling_ae, peer.host, peer.port,
                         rejection.text)
@@ -214,6 +249,8 @@ class StorageSCP:
             self.association_log.malformed(*never_requested)
         if state is None:  # rejected, or already closed by an earlier event
             return
+        with self._active.get_lock():
+            self._active.value -= 1
         self.association_log.ended(state.association_id, state.peer, how, state.counts)
         self.intake.association_ended(state.association_id, how)
         log.info("association %s from %s %s: %d stored, %d failed", state.association_id,
@@ -245,6 +282,16 @@ class _NodeAssociationServer(ThreadedAssociationServer):
         # pynetdicom's version also unregisters from AE.start_server's list, which we do not use.
         socketserver.TCPServer.shutdown(self)
         self.server_close()
+
+
+class _HandedOverConnectionServer(_NodeAssociationServer):
+    """A server that never listens: connections arrive through ``process_request`` from the parent."""
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
 
 
 class _GuardedRequestHandler(RequestHandler):

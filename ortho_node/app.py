@@ -5,41 +5,65 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from listeners.policy import AssociationPolicy
 from listeners.storescp import StorageSCP
+from listeners.workers import EventRelay, WorkerPoolSCP, serve_handed_over_connections
 from ortho_node import __version__
+from ortho_node.assembly.assembler import Assembler
+from ortho_node.assembly.plan import AssemblyRules
 from ortho_node.associations import AssociationLog
+from ortho_node.catalog import Catalog
 from ortho_node.audit import AuditKind, AuditTrail, Severity
 from ortho_node.config import Settings, TlsSettings
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import Instance
+from ortho_node.delivery.worker import DeliveryService
 from ortho_node.header import InstanceHeader
-from ortho_node.intake import Intake, record_instance
-from ortho_node.logs import silence_identifier_sources
+from ortho_node.intake import Intake
+from ortho_node.logs import configure_logging, silence_identifier_sources
+from ortho_node.pipeline import Pipeline
+from ortho_node.scheduling.service import Scheduler
+from ortho_node.scheduling.time import TimeSource
 from ortho_node.storage import InstanceStore, is_valid_uid
 
 log = logging.getLogger(__name__)
 
 
 class Node:
-    """The running node: database, storage, intake and the Storage SCP, wired together."""
+    """The running node: database, storage, intake, the Storage SCP and the scheduler, wired together.
 
-    def __init__(self, settings: Settings) -> None:
+    ``pipeline_factory`` and ``time`` default to the real ones; tests pass a manual clock (and, for crash and
+    retry tests, a pipeline whose stage stands in for a slow or failing GPU).
+    """
+
+    def __init__(self, settings: Settings, *,
+                 pipeline_factory: Callable[[sessionmaker[Session]], Pipeline] = Pipeline,
+                 time: TimeSource | None = None) -> None:
         silence_identifier_sources()
         self.settings = settings
         self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditTrail(self.session_factory)
         self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
-        self.intake = Intake(self.store, self.session_factory, self.audit)
-        self.scp: StorageSCP | None = None
+        self.catalog = Catalog(self.engine)
+        self.intake = Intake(self.store, self.catalog, self.audit)
+        self.assembler = Assembler(self.session_factory, self.store.absolute,
+                                   AssemblyRules.from_settings(settings.assembly))
+        self.pipeline = pipeline_factory(self.session_factory)
+        self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
+                                   time=time)
+        self.intake.add_listener(self.scheduler.watcher)
+        self.scp: StorageSCP | WorkerPoolSCP | None = None
+        self.delivery = DeliveryService(settings, self.session_factory)
 
     def prepare(self) -> None:
         """Bring the schema up to date and recover from an earlier crash; run before serving."""
@@ -73,8 +97,7 @@ class Node:
             log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
             return False
         payload = path.read_bytes()
-        with self.session_factory.begin() as session:
-            record_instance(session, header, path=relative, size=len(payload),
+        self.catalog.record(header, path=relative, size=len(payload),
                             sha256=hashlib.sha256(payload).hexdigest(),
                             transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
                             association_id=None, calling_ae=None)
@@ -82,15 +105,20 @@ class Node:
                           study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
         return True
 
-    def start(self) -> StorageSCP:
-        dicom, storage = self.settings.dicom, self.settings.storage
-        policy = AssociationPolicy(
-            dicom.ae_title, allowed=dicom.allowed_calling_aets, max_associations=dicom.max_associations,
-            min_free_bytes=storage.min_free_mb * 1024 * 1024, free_bytes=self.store.free_bytes,
-        )
-        self.scp = StorageSCP(self.settings, intake=self.intake, association_log=AssociationLog(self.session_factory),
-                              policy=policy, ssl_context=server_ssl_context(self.settings.tls))
+    def start(self) -> StorageSCP | WorkerPoolSCP:
+        """Start the scheduler (recovering interrupted jobs and timers), then the Storage SCP."""
+        self.scheduler.start()
+        dicom = self.settings.dicom
+        if dicom.workers > 1:
+            self.scp = WorkerPoolSCP(self.settings, workers=dicom.workers, intake=self.intake,
+                                     target=run_storage_worker)
+        else:
+            self.scp = StorageSCP(self.settings, intake=self.intake,
+                                  association_log=AssociationLog(self.session_factory),
+                                  policy=storage_policy(self.settings, self.store),
+                                  ssl_context=server_ssl_context(self.settings.tls))
         self.scp.start()
+        self.delivery.start()  # resumes whatever the queue held when the node last stopped
         self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started as {dicom.ae_title} on port "
                                                   f"{self.scp.port}")
         return self.scp
@@ -100,7 +128,36 @@ class Node:
             self.scp.stop()
             self.scp = None
             self.audit.record(AuditKind.NODE_STOPPED, "node stopped")
+        self.scheduler.stop()
+        self.delivery.stop()
         self.engine.dispose()
+
+
+def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolicy:
+    dicom = settings.dicom
+    return AssociationPolicy(
+        dicom.ae_title, allowed=dicom.allowed_calling_aets, max_associations=dicom.max_associations,
+        min_free_bytes=settings.storage.min_free_mb * 1024 * 1024, free_bytes=store.free_bytes,
+    )
+
+
+def run_storage_worker(settings: Settings, channel, events, active, index: int) -> None:
+    """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
+    configure_logging(settings.logging.level, settings.logging.format)
+    engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+    session_factory = make_session_factory(engine)
+    store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+    intake = Intake(store, Catalog(engine), AuditTrail(session_factory))
+    intake.add_listener(EventRelay(events))
+    scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),
+                     policy=storage_policy(settings, store), ssl_context=server_ssl_context(settings.tls),
+                     active_associations=active)
+    scp.start_without_listening()
+    events.put(("ready", index))
+    serve_handed_over_connections(channel, scp.serve_connection)
+    scp.drain(timeout=settings.dicom.network_timeout)
+    scp.stop()
+    engine.dispose()
 
 
 def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:

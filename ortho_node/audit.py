@@ -24,6 +24,21 @@ class AuditKind(str, enum.Enum):
     STORAGE_FAILED = "storage_failed"
     FILE_RECOVERED = "file_recovered"
     MALFORMED_CONNECTION = "malformed_connection"
+    STUDY_READY = "study_ready"  # completeness decided; a job was queued (reason in the message)
+    STUDY_ASSEMBLED = "study_assembled"
+    STUDY_SKIPPED = "study_skipped"  # assembled but not processable (unknown joint, no usable plane)
+    JOB_QUEUED = "job_queued"  # queued on request (ortho-node reprocess)
+    JOB_STARTED = "job_started"
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_RETRY = "job_retry"
+    JOB_FAILED = "job_failed"
+    JOB_SUPERSEDED = "job_superseded"
+    JOB_REQUEUED = "job_requeued"  # left running by a crash, queued again at start-up
+
+    DELIVERY_QUEUED = "delivery_queued"
+    DELIVERY_ATTEMPT = "delivery_attempt"  # one per object and attempt, with its status and outcome
+    DELIVERY_FAILED = "delivery_failed"  # flagged: permanent rejection, or retry time exhausted
+    DELIVERY_RESEND = "delivery_resend"
 
 
 class Severity(str, enum.Enum):

@@ -81,6 +81,10 @@ class Intake:
     def add_listener(self, listener: IntakeListener) -> None:
         self._listeners.append(listener)
 
+    def notify_stored(self, instance: StoredInstance) -> None:
+        for listener in self._listeners:
+            listener.instance_stored(instance)
+
     def association_ended(self, association_id: int | None, state: str) -> None:
         for listener in self._listeners:
             listener.association_ended(association_id, state)
@@ -118,10 +122,8 @@ class Intake:
         except SQLAlchemyError as exc:
             # The file stays: it is complete, and start-up recovery indexes it if never re-sent.
             return self._database_unavailable(incoming, header, exc)
-        stored_instance = StoredInstance(header.study_uid, header.series_uid, header.sop_uid,
-                                         incoming.association.id)
-        for listener in self._listeners:
-            listener.instance_stored(stored_instance)
+        self.notify_stored(StoredInstance(header.study_uid, header.series_uid, header.sop_uid,
+                                          incoming.association.id))
         return IntakeResult(Status.SUCCESS, "stored")
 
     def _already_stored(self, sop_uid: str) -> bool:

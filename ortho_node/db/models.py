@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
@@ -147,3 +147,76 @@ class AuditEvent(Base):
     series_instance_uid: Mapped[str | None] = mapped_column(UID)
     sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     details: Mapped[dict[str, Any] | None]
+
+
+class Job(Base):
+    """One unit of study processing; this table, not the timer store, is the truth about pending work.
+
+    States: pending -> running -> succeeded | failed | superseded (a newer job of the same study succeeded).
+    ``last_instance_id`` is the newest instance row the job was queued for: a study with instances beyond
+    it has unprocessed material and gets a superseding job, never a duplicate.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text)  # why it was queued: the completeness decision or a request
+    last_instance_id: Mapped[int] = mapped_column(Integer)
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    study: Mapped[Study] = relationship()
+
+
+class StudyAssembly(Base):
+    """The persisted outcome of assembling a study for one job: joint, laterality, planes and why."""
+
+    __tablename__ = "study_assemblies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))  # assembled, skipped
+    joint: Mapped[str] = mapped_column(String(16))
+    laterality: Mapped[str] = mapped_column(String(1))  # R, L, U (unknown or conflicting)
+    completeness_reason: Mapped[str] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any]]  # AssembledStudy.summary(): planes, chosen series and why, conflicts
+
+
+class DeliveryItem(Base):
+    """One result object owed to one destination: the durable delivery queue (``ortho_node.delivery``).
+
+    States: pending -> delivered | failed (a permanent rejection, or transient failures for longer than
+    ``delivery.retry_for_hours``). Unique per (destination, SOP Instance UID): queueing the same object
+    twice, or rebuilding it with the same UID, never sends it twice.
+    """
+
+    __tablename__ = "delivery_items"
+    __table_args__ = (UniqueConstraint("destination", "sop_instance_uid", name="uq_delivery_items_destination_sop"),
+                      Index("ix_delivery_items_due", "state", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(16))  # seg, sr, summary
+    file_path: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    queued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[dt.datetime | None]
+    delivered_at: Mapped[dt.datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,1 +1,2 @@
-"""Sending DICOM objects to other nodes: C-ECHO and C-STORE SCU (and, later, the durable result queue)."""
+"""Sending DICOM objects to other nodes: C-ECHO / C-STORE SCU (scu), and the durable result delivery queue
+(queue), its retry policy (policy) and worker (worker)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +41,24 @@ class RemoteNode:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class Failure(str, enum.Enum):
+    """Why an object got no status from the peer; ``delivery.policy`` decides which ones are retried."""
+
+    UNREADABLE = "unreadable"  # not a DICOM file we can read
+    NO_ASSOCIATION = "no-association"  # connection refused, timed out or TLS handshake failed
+    REJECTED_TRANSIENT = "rejected-transient"  # A-ASSOCIATE-RJ result 2
+    REJECTED_PERMANENT = "rejected-permanent"  # A-ASSOCIATE-RJ result 1
+    NO_CONTEXT = "no-context"  # the peer accepted no presentation context for this SOP class
+    ABORTED = "aborted"  # no response: timeout, A-ABORT or connection lost
+
+
 @dataclass(frozen=True)
 class SendResult:
     path: Path
     sop_instance_uid: str | None
     status: int | None  # None: no response (timeout, abort, no context)
     reason: str
+    failure: Failure | None = None  # set when status is None
 
     @property
     def ok(self) -> bool:
@@ -82,23 +96,29 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def send_files(remote: RemoteNode, files: Sequence[Path], *, calling_ae: str = "ORTHODIFF",
-               timeout: float = 60.0, progress: Callable[[SendResult], None] | None = None) -> list[SendResult]:
-    """C-STORE each file as stored (no transcoding); one result per file, in order."""
+               timeout: float = 60.0, progress: Callable[[SendResult], None] | None = None,
+               ssl_context: ssl.SSLContext | None = None) -> list[SendResult]:
+    """C-STORE each file as stored (no transcoding); one result per file, in order.
+
+    One association per batch of at most 128 presentation contexts, requesting exactly the (SOP class,
+    transfer syntax) pairs of its files. ``progress`` sees each result as soon as its response arrives.
+    """
     results: list[SendResult] = []
     items: list[_Item] = []
+
+    def report(result: SendResult) -> None:
+        results.append(result)
+        if progress:
+            progress(result)
+
     for path in files:
         item = _read_item(path)
         if isinstance(item, SendResult):
-            results.append(item)
-            if progress:
-                progress(item)
+            report(item)
         else:
             items.append(item)
     for batch in _batches(items):
-        for result in _send_batch(remote, batch, calling_ae, timeout):
-            results.append(result)
-            if progress:
-                progress(result)
+        _send_batch(remote, batch, calling_ae, timeout, ssl_context, report)
     return results
 
 
@@ -107,7 +127,8 @@ def _read_item(path: Path) -> _Item | SendResult:
         ds = dcmread(path, stop_before_pixels=True)
         return _Item(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
     except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
-        return SendResult(path, None, None, f"not a readable DICOM file: {type(exc).__name__}")
+        return SendResult(path, None, None, f"not a readable DICOM file: {type(exc).__name__}",
+                          Failure.UNREADABLE)
 
 
 def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
@@ -124,28 +145,42 @@ def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
         yield batch
 
 
-def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout: float) -> list[SendResult]:
+def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout: float,
+                ssl_context: ssl.SSLContext | None, report: Callable[[SendResult], None]) -> None:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}):
         ae.add_requested_context(sop_class, syntax)
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=0)
+    tls_args = (ssl_context, remote.host) if ssl_context else None
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=0, tls_args=tls_args)
     if not assoc.is_established:
-        reason = "association rejected" if assoc.is_rejected else "association failed"
-        log.error("%s by %s", reason, remote)
-        return [SendResult(i.path, i.sop_instance_uid, None, reason) for i in batch]
-    results = []
+        failure, reason = _association_failure(assoc)
+        log.error("%s: %s", remote, reason)
+        for item in batch:
+            report(SendResult(item.path, item.sop_instance_uid, None, reason, failure))
+        return
+    sent = 0
     try:
         for item in batch:
-            results.append(_store_one(assoc, item))
+            report(_store_one(assoc, item))
+            sent += 1
             if not assoc.is_established:
                 break
     finally:
         if assoc.is_established:
             assoc.release()
-    sent = len(results)
-    results += [SendResult(i.path, i.sop_instance_uid, None, "association lost") for i in batch[sent:]]
-    return results
+    for item in batch[sent:]:
+        report(SendResult(item.path, item.sop_instance_uid, None, "association lost", Failure.ABORTED))
+
+
+def _association_failure(assoc) -> tuple[Failure, str]:
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        text = f"association rejected ({primitive.result_str}, {primitive.source_str}: {primitive.reason_str})"
+        return (Failure.REJECTED_PERMANENT if primitive.result == 0x01 else Failure.REJECTED_TRANSIENT), text
+    if primitive is not None and primitive.result == 0x00:
+        return Failure.NO_CONTEXT, "association accepted without any presentation context, aborted"
+    return Failure.NO_ASSOCIATION, "association failed (connection refused, timed out or aborted)"
 
 
 def _store_one(assoc, item: _Item) -> SendResult:
@@ -153,8 +188,9 @@ def _store_one(assoc, item: _Item) -> SendResult:
         # A path is streamed from disk exactly as stored (file meta stripped), without decoding.
         status = assoc.send_c_store(item.path)
     except ValueError as exc:  # no accepted presentation context for this SOP class / transfer syntax
-        return SendResult(item.path, item.sop_instance_uid, None, f"not sent: {exc}")
+        return SendResult(item.path, item.sop_instance_uid, None, f"not sent: {exc}", Failure.NO_CONTEXT)
     if "Status" not in status:
-        return SendResult(item.path, item.sop_instance_uid, None, "no response (timeout or abort)")
+        return SendResult(item.path, item.sop_instance_uid, None, "no response (timeout or abort)",
+                          Failure.ABORTED)
     code = int(status.Status)
     return SendResult(item.path, item.sop_instance_uid, code, describe(code))

@@ -121,7 +121,9 @@ class GaussianDiffusion(nn.Module):
             self.sqrt_recipm1_alphas_cumprod, t, x_t.ndim
         )
 
-    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_timesteps(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """t ~ U{0, ..., T-1}: [batch] long."""
         return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
 

@@ -108,7 +108,8 @@ def _to_source_grid(x: torch.Tensor, mapping: GridMapping, mode: str) -> torch.T
     n = x.shape[0]
     used = x[:, : mapping.count].reshape(n * mapping.count, *x.shape[-2:])
     resized = _resize(used, mapping.oriented_shape, mode)
-    restored = torch.rot90(resized, -mapping.spec.rot90_k, dims=(-2, -1)).reshape(n, mapping.count, *mapping.source_shape[1:])
+    restored = torch.rot90(resized, -mapping.spec.rot90_k, dims=(-2, -1))
+    restored = restored.reshape(n, mapping.count, *mapping.source_shape[1:])
     out = x.new_zeros((n, *mapping.source_shape))
     out[:, mapping.start : mapping.start + mapping.count] = restored
     return out

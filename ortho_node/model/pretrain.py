@@ -25,7 +25,7 @@ from ortho_node.labels import MODEL_PLANES, Plane
 from ortho_node.model.checkpoint import ModelCard, build_model, preprocess_spec_for, save_checkpoint
 from ortho_node.model.data import find_volumes, read_volume
 from ortho_node.model.diffusion import GaussianDiffusion
-from ortho_node.model.preprocessing import ConstantVolumeError, PreprocessSpec, preprocess_volume
+from ortho_node.model.preprocessing import PreprocessSpec, preprocess_volume
 from ortho_node.model.runtime import DeviceChoice, autocast, resolve_device
 from ortho_node.model.unet import UNetConfig
 
@@ -84,11 +84,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> PretrainSettings:
     return PretrainSettings(
-        plane=Plane(args.plane), data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, config=args.config, ema_decay=args.ema_decay, ema_every=args.ema_every,
-        ema_start=args.ema_start, checkpoint_every=args.checkpoint_every, resume=args.resume,
-        device=DeviceChoice(args.device), seed=args.seed,
-    )  # fmt: skip
+        plane=Plane(args.plane),
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        config=args.config,
+        ema_decay=args.ema_decay,
+        ema_every=args.ema_every,
+        ema_start=args.ema_start,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        device=DeviceChoice(args.device),
+        seed=args.seed,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +123,7 @@ def load_training_set(data: Path, plane: Plane, spec: PreprocessSpec) -> torch.T
             continue
         try:
             volumes.append(preprocess_volume(read_volume(source), spec)[0])
-        except (ValueError, ConstantVolumeError) as error:
+        except ValueError as error:  # includes ConstantVolumeError
             logger.warning("skipping %s: %s", source.path, error)
     if not volumes:
         raise PretrainError(f"no usable {plane.value} volumes under {data}")
@@ -157,11 +167,16 @@ def _restore_state(path: Path, model, ema, opt, rng: torch.Generator, settings: 
 def _card(settings: PretrainSettings, model: GaussianDiffusion, step: int, loss: float, n: int) -> ModelCard:
     unet = model.denoise_fn.config
     return ModelCard(
-        plane=settings.plane, unet=unet, diffusion=model.config, preprocessing=preprocess_spec_for(unet),
-        version=f"pretrain-{settings.plane.value}-{settings.config}-step{step}", source="ortho-node train pretrain",
-        training_data=f"{n} unlabelled {settings.plane.value} volumes from {settings.data}", step=step,
+        plane=settings.plane,
+        unet=unet,
+        diffusion=model.config,
+        preprocessing=preprocess_spec_for(unet),
+        version=f"pretrain-{settings.plane.value}-{settings.config}-step{step}",
+        source="ortho-node train pretrain",
+        training_data=f"{n} unlabelled {settings.plane.value} volumes from {settings.data}",
+        step=step,
         metrics={"train_loss": loss},
-    )  # fmt: skip
+    )
 
 
 def pretrain(settings: PretrainSettings) -> float:
@@ -203,9 +218,13 @@ def pretrain(settings: PretrainSettings) -> float:
 
 
 def _train_step(
-    model: GaussianDiffusion, opt: torch.optim.Optimizer, volumes: torch.Tensor, batch: int,
-    rng: torch.Generator, device: torch.device,
-) -> float:  # fmt: skip
+    model: GaussianDiffusion,
+    opt: torch.optim.Optimizer,
+    volumes: torch.Tensor,
+    batch: int,
+    rng: torch.Generator,
+    device: torch.device,
+) -> float:
     """One Adam step on a random batch; t, eps and the batch come from ``rng`` so runs are reproducible."""
     index = torch.randint(len(volumes), (batch,), generator=rng)
     x_0 = volumes[index].to(device, non_blocking=True)

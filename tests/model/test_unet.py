@@ -17,7 +17,8 @@ TOLERANCE = 1e-4
 
 def test_state_dict_equals_official_manifest(official_model, manifest):
     expected = [(e["key"], tuple(e["shape"]), e["dtype"]) for e in manifest["state_dict"]]
-    actual = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in official_model.state_dict().items()]
+    state = official_model.state_dict()
+    actual = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
     assert actual == expected  # names, order, shapes and dtypes
     assert sum(p.numel() for p in official_model.denoise_fn.parameters()) == manifest["unet_parameter_count"]
 
@@ -64,7 +65,8 @@ def test_activations_equal_golden_features(official_model, manifest, golden):
 
 def test_official_block_names():
     names = UNet(UNetConfig.reduced()).block_names
-    assert names == (*(f"in_{i}" for i in range(10)), "mid_0", "mid_1", "mid_2", *(f"out_{i}" for i in range(10)), "final")
+    encoder, decoder = [f"in_{i}" for i in range(10)], [f"out_{i}" for i in range(10)]
+    assert names == (*encoder, "mid_0", "mid_1", "mid_2", *decoder, "final")
 
 
 def test_activations_stop_at_the_last_requested_block(tiny_model):

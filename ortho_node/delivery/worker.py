@@ -1,0 +1,134 @@
+"""The delivery worker: sends due queue items, one association per destination and batch, on its own thread.
+
+``run_once`` does one pass and is what tests drive with an injected clock; ``start`` runs passes until
+``stop``, every ``delivery.poll_interval`` seconds or sooner when woken by new work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.config import DestinationSettings, Settings, TlsSettings
+from ortho_node.delivery.policy import Clock, Outcome, RetryPolicy, SystemClock
+from ortho_node.delivery.queue import DeliveryQueue, ResultFile
+from ortho_node.delivery.scu import Failure, RemoteNode, SendResult, send_files
+
+log = logging.getLogger(__name__)
+
+
+def client_ssl_context(destination: DestinationSettings, tls: TlsSettings) -> ssl.SSLContext | None:
+    """DICOM TLS towards a destination: TLS 1.2 or newer, its CA bundle (or the system's), and our
+    certificate when [tls] configures one."""
+    if not destination.tls:
+        return None
+    context = ssl.create_default_context(cafile=destination.ca_certificates or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.certificate and tls.private_key:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    return context
+
+
+class DeliveryWorker:
+    def __init__(self, queue: DeliveryQueue, destinations: Sequence[DestinationSettings], *, calling_ae: str,
+                 timeout: float, batch_size: int, poll_interval: float, tls: TlsSettings | None = None) -> None:
+        self.queue = queue
+        self.destinations = tuple(destinations)
+        self._calling_ae = calling_ae
+        self._timeout = timeout
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._tls = tls or TlsSettings()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        """Send every item that is due now; returns the number of attempts made."""
+        attempts = 0
+        for dest in self.destinations:
+            while items := self.queue.due(dest.name, self._batch_size):
+                attempts += self._deliver(dest, items)
+                if len(items) < self._batch_size or self._stop.is_set():
+                    break
+        return attempts
+
+    def _deliver(self, dest: DestinationSettings, items) -> int:
+        remote = RemoteNode(dest.ae_title, dest.host, dest.port)
+        label = f"{dest.name} ({remote})"
+        by_path = {Path(item.file_path): item.id for item in items}
+        outcomes: list[Outcome] = []
+
+        def on_result(result: SendResult) -> None:
+            outcomes.append(self.queue.record(by_path[result.path], result, destination_label=label))
+
+        present = [path for path in by_path if path.is_file()]
+        for missing in by_path.keys() - set(present):
+            on_result(SendResult(missing, None, None, "result file is missing", Failure.UNREADABLE))
+        if present:
+            send_files(remote, present, calling_ae=self._calling_ae, timeout=self._timeout, progress=on_result,
+                       ssl_context=client_ssl_context(dest, self._tls))
+        delivered = outcomes.count(Outcome.DELIVERED)
+        log.info("delivery to %s: %d of %d delivered", label, delivered, len(outcomes))
+        return len(outcomes)
+
+    def start(self) -> None:
+        if self._thread is None and self.destinations:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:  # database away: the queue is intact, try again next round
+                log.error("delivery pass failed, database unavailable: %s", type(exc).__name__)
+            self._wake.wait(self._poll_interval)
+
+
+class DeliveryService:
+    """Queue, policy and worker built from settings: what the node's composition root holds."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *,
+                 clock: Clock | None = None) -> None:
+        delivery = settings.delivery
+        policy = RetryPolicy(initial=dt.timedelta(seconds=delivery.initial_backoff),
+                             maximum=dt.timedelta(seconds=max(delivery.max_backoff, delivery.initial_backoff)),
+                             retry_for=dt.timedelta(hours=delivery.retry_for_hours))
+        self.destinations = settings.destinations
+        self.queue = DeliveryQueue(session_factory, clock or SystemClock(), policy)
+        self.worker = DeliveryWorker(
+            self.queue, settings.destinations, calling_ae=delivery.calling_ae or settings.dicom.ae_title,
+            timeout=delivery.timeout, batch_size=delivery.batch_size, poll_interval=delivery.poll_interval,
+            tls=settings.tls)
+
+    def enqueue_files(self, paths: Sequence[Path]) -> int:
+        """Queue result files (SEG, SR, summary) for every destination accepting their kind."""
+        added = self.queue.enqueue([ResultFile.read(Path(p)) for p in paths], self.destinations)
+        self.worker.wake()
+        return added
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()

@@ -1,0 +1,1 @@
+"""Scheduling: completeness timers per study, the durable job queue, the worker pool, start-up recovery."""

