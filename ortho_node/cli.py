@@ -88,8 +88,94 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "every one the study was queued for)")
     resend.set_defaults(handler=cmd_resend)
 
+    _add_audit_commands(sub)
+    _add_console_commands(sub)
     _add_optional_commands(sub)
     return parser
+
+
+def _add_audit_commands(sub) -> None:
+    """``ortho-node audit``: what happened to studies, results and deliveries (shared with the web console)."""
+    audit = sub.add_parser("audit", help="admin audit views: studies, a study's timeline, deliveries, failures")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    views = {"studies": "processed studies with joint, status, findings, turnaround and delivery state",
+             "deliveries": "result deliveries (status: pending, delivered, failed)",
+             "failures": "failed steps: job retries and failures, skipped studies, flagged deliveries",
+             "summary": "per-day volumes, failures and turnaround percentiles"}
+    for name, help_text in views.items():
+        view = audit_sub.add_parser(name, help=help_text)
+        _add_config_flag(view)
+        _add_audit_output_flags(view)
+        if name == "summary":
+            view.add_argument("--days", type=int, default=14, help="days up to today (default 14)")
+            continue
+        view.add_argument("--since", type=_iso_day, metavar="YYYY-MM-DD", help="from this day (UTC)")
+        view.add_argument("--until", type=_iso_day, metavar="YYYY-MM-DD", help="up to this day (UTC)")
+        view.add_argument("--status", help="studies: " + ", ".join(_audit_statuses()) +
+                          "; deliveries: pending, delivered, failed; failures: a step name")
+        view.add_argument("--search", help="part of a Study Instance UID (or study description)")
+        view.add_argument("--limit", type=int, default=500)
+        if name == "studies":
+            view.add_argument("--joint", choices=("knee", "ankle", "shoulder", "unknown"))
+            view.add_argument("--ae", dest="calling_ae", metavar="AE", help="sending (calling) AE title")
+    timeline = audit_sub.add_parser("timeline", help="a study's timeline, results and deliveries")
+    _add_config_flag(timeline)
+    _add_audit_output_flags(timeline)
+    timeline.add_argument("study_uid", metavar="STUDY_UID")
+    audit.set_defaults(handler=cmd_audit)
+
+
+def _add_audit_output_flags(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON on stdout")
+    output.add_argument("--csv", action="store_true", help="CSV on stdout")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+
+
+def _audit_statuses() -> tuple[str, ...]:
+    from ortho_node.admin_queries import STATUSES
+
+    return STATUSES
+
+
+def _iso_day(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ortho_node import audit_cli
+
+    return audit_cli.run(args, _session_factory(_settings(args)))
+
+
+def _add_console_commands(sub) -> None:
+    console = sub.add_parser("console", help="admin web console")
+    console_sub = console.add_subparsers(dest="console_command", required=True)
+    hash_password = console_sub.add_parser(
+        "hash-password", help="print a console.users entry NAME:HASH for a password read from stdin or a prompt")
+    hash_password.add_argument("user", metavar="NAME")
+    hash_password.set_defaults(handler=cmd_console_hash_password)
+
+
+def cmd_console_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from ortho_node.passwords import hash_password, valid_user_name
+
+    if not valid_user_name(args.user):
+        print("error: user names are 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+        return 2
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("error: the password must have at least 8 characters", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
 
 
 def _add_optional_commands(sub) -> None:

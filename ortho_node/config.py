@@ -159,6 +159,26 @@ class DeliverySettings:
     calling_ae: str = _field("", "Calling AE title for deliveries (empty: dicom.ae_title).")
 
 
+@dataclasses.dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool = _field(False, "Serve the read-only admin web console (login required).")
+    host: str = _field("127.0.0.1", "Address the console listens on (put an HTTPS reverse proxy in front of it "
+                                    "for access from other machines).")
+    port: int = _field(8080, "TCP port of the console (0 picks a free port).", min=0, max=65535)
+    users: list[str] = _field([], "Console users as 'NAME:HASH' entries; make one with `ortho-node console "
+                                  "hash-password NAME` (scrypt; plaintext passwords are refused).")
+    session_hours: float = _field(8.0, "Hours a login stays valid.", min=0.01, max=24 * 30)
+    secure_cookie: bool = _field(False, "Mark the session cookie Secure (set it when users reach the console "
+                                        "through HTTPS).")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = _field(False, "Serve Prometheus metrics (/metrics) and the health check (/healthz).")
+    host: str = _field("127.0.0.1", "Address the metrics endpoint listens on.")
+    port: int = _field(9110, "TCP port of the metrics endpoint (0 picks a free port).", min=0, max=65535)
+
+
 OBJECT_KINDS = ("seg", "sr", "summary")
 DESTINATIONS_ENV = "ORTHO_NODE_DESTINATIONS"  # NAME=AE@HOST:PORT,...
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -190,6 +210,8 @@ class Settings:
     results: ResultsSettings = dataclasses.field(default_factory=ResultsSettings)
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     destinations: tuple[DestinationSettings, ...] = ()
+    console: ConsoleSettings = dataclasses.field(default_factory=ConsoleSettings)
+    metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -213,6 +235,8 @@ SECTIONS: dict[str, type] = {
     "scheduling": SchedulingSettings,
     "results": ResultsSettings,
     "delivery": DeliverySettings,
+    "console": ConsoleSettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -368,6 +392,7 @@ def _check_cross_field(settings: Settings) -> None:
     if scheduling.retry_cap < scheduling.retry_base:
         raise ConfigError("scheduling.retry_cap: must be at least scheduling.retry_base")
     _check_results(settings.results)
+    _check_console(settings.console)
     url = settings.database.url
     if url and not (url.startswith("sqlite") or url.startswith("postgresql")):
         raise ConfigError(f"database.url: only sqlite and postgresql URLs are supported, got {url.split(':')[0]}")
@@ -457,3 +482,19 @@ def _check_results(results: ResultsSettings) -> None:
     numbers = {results.sr_series_number, results.summary_series_number}
     if len(numbers) < 2:
         raise ConfigError("results.summary_series_number: must differ from results.sr_series_number")
+
+
+def _check_console(console: ConsoleSettings) -> None:
+    from ortho_node.passwords import parse_user
+
+    names = set()
+    for index, user in enumerate(console.users):
+        try:
+            name, _ = parse_user(user)
+        except ValueError as exc:
+            raise ConfigError(f"console.users[{index}]: {exc}") from None
+        if name in names:
+            raise ConfigError(f"console.users[{index}]: user {name!r} is listed twice")
+        names.add(name)
+    if console.enabled and not names:
+        raise ConfigError("console.users: at least one user is required when console.enabled is true")

@@ -220,3 +220,40 @@ class DeliveryItem(Base):
     delivered_at: Mapped[dt.datetime | None]
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class TimelineEntry(Base):
+    """One step in a study's life (``ortho_node.timeline``): ready and why, job states, assembly, inference,
+    objects built, each delivery acknowledged or flagged. Written in the transaction of the step it records."""
+
+    __tablename__ = "study_timeline"
+    __table_args__ = (Index("ix_study_timeline_step_at", "step", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    job_id: Mapped[int | None]
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    step: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+
+
+class StudyResult(Base):
+    """One result set built for a study: the model (name, version, card) that made it, the findings and
+    the objects written, with the inference start and end."""
+
+    __tablename__ = "study_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    job_id: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    joint: Mapped[str] = mapped_column(String(16))
+    laterality: Mapped[str | None] = mapped_column(String(1))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_card: Mapped[dict[str, Any]]
+    findings: Mapped[list[Any]] = mapped_column(JSON)  # [{label, probability, threshold, present}]
+    objects: Mapped[list[Any]] = mapped_column(JSON)  # [{kind, sop_instance_uid, series_instance_uid, ...}]
+    inference_started_at: Mapped[dt.datetime | None]
+    inference_finished_at: Mapped[dt.datetime | None]

@@ -23,6 +23,7 @@ from ortho_node.config import DestinationSettings
 from ortho_node.db.models import DeliveryItem
 from ortho_node.delivery.policy import Clock, Outcome, RetryPolicy, classify
 from ortho_node.delivery.scu import SendResult
+from ortho_node.timeline import Step, entry
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _SR_STORAGE = {"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
@@ -94,6 +95,8 @@ class DeliveryQueue:
                     count = sum(f.study_instance_uid == study for f in new)
                     session.add(make_event(AuditKind.DELIVERY_QUEUED, f"{count} result objects queued for {dest.name}",
                                            study_instance_uid=study, details={"destination": dest.name}))
+                    session.add(entry(Step.DELIVERY_QUEUED, study, f"{count} result objects queued for {dest.name}",
+                                      at=now, data={"destination": dest.name, "count": count}))
                 added += len(new)
         return added
 
@@ -126,6 +129,10 @@ class DeliveryQueue:
                                    **context))
             if outcome is Outcome.DELIVERED:
                 item.state, item.delivered_at, item.last_error = State.DELIVERED.value, now, None
+                session.add(entry(Step.DELIVERED, item.study_instance_uid, f"{item.kind} acknowledged by "
+                                  f"{destination_label}: {status}", at=now, data={
+                                      "destination": item.destination, "kind": item.kind, "status": result.status,
+                                      "sop_instance_uid": item.sop_instance_uid, "attempt": item.attempts}))
                 return outcome
             item.last_error = f"{status} {result.reason}"
             retry_at = None
@@ -138,6 +145,9 @@ class DeliveryQueue:
             why = "rejected permanently" if outcome is Outcome.PERMANENT else "retry time exhausted"
             session.add(make_event(AuditKind.DELIVERY_FAILED, f"{item.kind} to {destination_label} {why}: "
                                    f"{item.last_error}", severity=Severity.ERROR, details=details, **context))
+            session.add(entry(Step.DELIVERY_FAILED, item.study_instance_uid, f"{item.kind} to {destination_label} "
+                              f"{why}: {item.last_error}", at=now, data={
+                                  **details, "kind": item.kind, "sop_instance_uid": item.sop_instance_uid}))
         return outcome
 
     def next_due(self) -> dt.datetime | None:
@@ -178,6 +188,8 @@ class DeliveryQueue:
                     queued += 1
                 session.add(make_event(AuditKind.DELIVERY_RESEND, f"results queued again for {name}",
                                        study_instance_uid=study_instance_uid, details={"destination": name}))
+                session.add(entry(Step.DELIVERY_RESEND, study_instance_uid, f"results queued again for {name}",
+                                  at=now, data={"destination": name}))
         return queued
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ortho_node.audit import AuditKind, Severity, make_event
 from ortho_node.db.models import Instance, Job, Series, Study
 from ortho_node.scheduling.time import TimeSource, as_utc
+from ortho_node.timeline import Step, entry
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class JobQueue:
                 message += f" (supersedes job {previous.id})"
             session.add(make_event(kind, message, study_instance_uid=study_uid,
                                    details={"job_id": job.id, "supersedes_job_id": job.supersedes_job_id}))
+            step = Step.READY if kind is AuditKind.STUDY_READY else Step.REQUESTED
+            session.add(entry(step, study_uid, message, job_id=job.id, at=now, data={
+                "reason": reason, "first_received_at": as_utc(study.first_received_at).isoformat(),
+                "last_received_at": as_utc(study.last_received_at).isoformat(), "last_instance_id": newest or 0,
+                "supersedes_job_id": job.supersedes_job_id}))
             log.info("study %s: %s", study_uid, message)
             return job.id
 
@@ -110,6 +116,8 @@ class JobQueue:
                 claimed.append(ClaimedJob(job.id, study_uid, job.reason, job.attempts + 1))
                 session.add(make_event(AuditKind.JOB_STARTED, f"job {job.id} started (attempt {job.attempts + 1})",
                                        study_instance_uid=study_uid, details={"job_id": job.id}))
+                session.add(entry(Step.JOB_STARTED, study_uid, f"job {job.id} started (attempt {job.attempts + 1})",
+                                  job_id=job.id, at=now, data={"attempt": job.attempts + 1}))
         return claimed
 
     def succeed(self, job: ClaimedJob) -> None:
@@ -119,6 +127,8 @@ class JobQueue:
             row.state, row.finished_at, row.last_error = JobState.SUCCEEDED.value, now, None
             session.add(make_event(AuditKind.JOB_SUCCEEDED, f"job {job.id} succeeded",
                                    study_instance_uid=job.study_instance_uid, details={"job_id": job.id}))
+            session.add(entry(Step.JOB_SUCCEEDED, job.study_instance_uid, f"job {job.id} succeeded", job_id=job.id,
+                              at=now))
             older = session.scalars(select(Job).where(Job.study_id == row.study_id, Job.id < row.id,
                                                       Job.state == JobState.SUCCEEDED.value)).all()
             for old in older:  # their results are replaced by this job's
@@ -126,6 +136,9 @@ class JobQueue:
                 session.add(make_event(AuditKind.JOB_SUPERSEDED, f"job {old.id} superseded by job {job.id}",
                                        study_instance_uid=job.study_instance_uid,
                                        details={"job_id": old.id, "superseded_by": job.id}))
+                session.add(entry(Step.JOB_SUPERSEDED, job.study_instance_uid,
+                                  f"job {old.id} superseded by job {job.id}", job_id=old.id, at=now,
+                                  data={"superseded_by": job.id}))
 
     def fail(self, job: ClaimedJob, error: str) -> dt.datetime | None:
         """Record a failed attempt; returns the retry time, or None when the job is given up."""
@@ -140,6 +153,9 @@ class JobQueue:
                 session.add(make_event(AuditKind.JOB_RETRY, f"job {job.id} attempt {row.attempts} failed; retry at "
                                        f"{retry_at.isoformat()}", severity=Severity.WARNING,
                                        study_instance_uid=job.study_instance_uid, details=details))
+                session.add(entry(Step.JOB_RETRY, job.study_instance_uid, f"attempt {row.attempts} failed: "
+                                  f"{error[:500]}; retry at {retry_at.isoformat()}", job_id=job.id, at=now,
+                                  data=details))
                 log.warning("job %s for study %s failed (attempt %d): %s; retry at %s", job.id,
                             job.study_instance_uid, row.attempts, error, retry_at.isoformat())
                 return retry_at
@@ -147,6 +163,8 @@ class JobQueue:
             session.add(make_event(AuditKind.JOB_FAILED, f"job {job.id} failed after {row.attempts} attempts",
                                    severity=Severity.ERROR, study_instance_uid=job.study_instance_uid,
                                    details=details))
+            session.add(entry(Step.JOB_FAILED, job.study_instance_uid, f"job {job.id} failed after {row.attempts} "
+                              f"attempts: {error[:500]}", job_id=job.id, at=now, data=details))
             log.error("job %s for study %s failed for good after %d attempts: %s", job.id,
                       job.study_instance_uid, row.attempts, error)
             return None
@@ -162,6 +180,8 @@ class JobQueue:
                 session.add(make_event(AuditKind.JOB_REQUEUED, f"job {job.id} was running when the node stopped; "
                                        "queued again", severity=Severity.WARNING, study_instance_uid=study_uid,
                                        details={"job_id": job.id, "attempts": job.attempts}))
+                session.add(entry(Step.JOB_REQUEUED, study_uid, f"job {job.id} was running when the node stopped; "
+                                  "queued again", job_id=job.id, at=now, data={"attempts": job.attempts}))
                 log.warning("job %s for study %s requeued after an interrupted run", job.id, study_uid)
         return len(rows)
 

@@ -70,9 +70,3 @@ def test_explicit_findings_list_in_cli(tmp_path):
     row = next(csv.DictReader((tmp_path / "labels.csv").open()))
     assert {k: row[k] for k in DIAGNOSIS_LABELS[Joint.ANKLE]} == {"ATFL": "0", "CFL": "0", "ATR": "1", "OLT": "1"}
     assert (tmp_path / "ankle_000060" / "nifti" / "sagittal_labels.nii.gz").exists()
-
-
-@pytest.mark.skip(reason="needs ortho_node.assembly (a later issue): send studies through the node and check "
-                         "joint, laterality and planes")
-def test_studies_sent_through_the_node_are_assembled_correctly():
-    raise AssertionError("unreachable")

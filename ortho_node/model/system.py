@@ -1,0 +1,239 @@
+"""The task model: three plane backbones with the knee segmentation decoders and per-joint diagnosis heads,
+and its on-disk form (``model.safetensors`` + ``model_card.json``, :class:`SystemCard`).
+
+All joints share the (knee-pretrained) backbones, as in the paper's transfer experiments. Tensor names:
+``backbones.<plane>.*`` (GaussianDiffusion names up to the middle block, so a pretrained backbone loads
+unchanged; the UNet decoder is not kept),
+``segmentation.<plane>.*`` and ``diagnosis.<joint>.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ortho_node import __version__
+from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
+from ortho_node.model.checkpoint import CheckpointError, build_model, check_state_dict, load_checkpoint
+from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
+from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
+from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder
+from ortho_node.model.preprocessing import PreprocessSpec
+from ortho_node.model.unet import UNetConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+SYSTEM_CARD_FORMAT = 1
+SEGMENTATION_JOINT = Joint.KNEE
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class DiagnosisTask:
+    """One joint's labels, how its planes are fused, and the operating threshold of each label."""
+
+    labels: tuple[str, ...]
+    thresholds: Mapping[str, float]
+    fusion: FusionMode = FusionMode.MPAE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "thresholds": dict(self.thresholds), "fusion": self.fusion.value}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DiagnosisTask:
+        return cls(tuple(values["labels"]), dict(values["thresholds"]), FusionMode(values["fusion"]))
+
+    @classmethod
+    def default(cls, joint: Joint, fusion: FusionMode = FusionMode.MPAE) -> DiagnosisTask:
+        labels = DIAGNOSIS_LABELS[joint]
+        return cls(labels, {label: DEFAULT_THRESHOLD for label in labels}, fusion)
+
+
+@dataclass(frozen=True)
+class SystemCard:
+    """Everything needed to rebuild, trust and describe the task model, stored beside its weights."""
+
+    name: str
+    version: str
+    unet: UNetConfig
+    diffusion: DiffusionConfig
+    preprocessing: PreprocessSpec
+    feature: FeatureSpec = FeatureSpec()
+    structures: tuple[str, ...] = KNEE_STRUCTURES
+    diagnosis: Mapping[Joint, DiagnosisTask] = field(default_factory=dict)
+    intended_use: str = ""
+    training: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    weights_file: str = WEIGHTS_FILE
+    weights_sha256: str = ""
+    software_version: str = __version__
+    created: str = ""
+    card_format: int = SYSTEM_CARD_FORMAT
+
+    def to_json(self) -> str:
+        values = dataclasses.asdict(self)
+        values.update(
+            unet=self.unet.to_dict(), diffusion=self.diffusion.to_dict(), preprocessing=self.preprocessing.to_dict(),
+            feature={"t": self.feature.t, "block": self.feature.block}, structures=list(self.structures),
+            diagnosis={j.value: task.to_dict() for j, task in self.diagnosis.items()},
+            training=dict(self.training), metrics=dict(self.metrics),
+        )
+        return json.dumps(values, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SystemCard:
+        values = json.loads(text)
+        if values.get("card_format") != SYSTEM_CARD_FORMAT or "diagnosis" not in values:
+            raise CheckpointError(f"not a task-model card (card_format {values.get('card_format')!r})")
+        values.update(
+            unet=UNetConfig.from_dict(values["unet"]), diffusion=DiffusionConfig.from_dict(values["diffusion"]),
+            preprocessing=PreprocessSpec.from_dict(values["preprocessing"]), feature=FeatureSpec(**values["feature"]),
+            structures=tuple(values["structures"]),
+            diagnosis={Joint(j): DiagnosisTask.from_dict(t) for j, t in values["diagnosis"].items()},
+        )
+        return cls(**values)
+
+    def threshold(self, joint: Joint, label: str) -> float:
+        return float(self.diagnosis[joint].thresholds.get(label, DEFAULT_THRESHOLD))
+
+
+class OrthoModel(nn.Module):
+    """Backbones per plane (``MODEL_PLANES`` order), knee segmentation decoders per plane, diagnosis heads."""
+
+    def __init__(self, card: SystemCard) -> None:
+        super().__init__()
+        self.card = card
+        self.backbones = nn.ModuleDict(
+            {p.value: encoder_only(build_model(card.unet, card.diffusion)) for p in MODEL_PLANES}
+        )
+        channels = self.feature_channels(card.unet, card.feature.block)
+        self.segmentation = nn.ModuleDict(
+            {p.value: SegmentationDecoder(channels, len(card.structures)) for p in MODEL_PLANES}
+        )
+        self.diagnosis = nn.ModuleDict(
+            {j.value: DiagnosisHead(channels, len(task.labels), len(MODEL_PLANES), task.fusion)
+             for j, task in card.diagnosis.items()}
+        )
+
+    @staticmethod
+    def feature_channels(unet: UNetConfig, block: str) -> int:
+        if block not in ("mid_0", "mid_1", "mid_2"):
+            raise ValueError(f"the heads read a middle block, not {block!r}")
+        return unet.model_channels * unet.channel_mult[-1]
+
+    def backbone(self, plane: Plane) -> GaussianDiffusion:
+        return self.backbones[plane.value]  # type: ignore[return-value]
+
+    def features(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_0, noise [B, 1, D, S, S] -> the feature block at step ``card.feature.t`` [B, C, d, h, w].
+
+        Differentiable (fine-tuning); for inference wrap in ``torch.inference_mode``.
+        """
+        backbone = self.backbone(plane)
+        t = torch.full((x_0.shape[0],), self.card.feature.t, dtype=torch.long, device=x_0.device)
+        x_t = backbone.q_sample(x_0, t, noise)
+        block = self.card.feature.block
+        return backbone.denoise_fn.activations(x_t, t, (block,))[block]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Encoder, middle block and time embedding: what fine-tuning trains at 0.05x the head rate."""
+        params = []
+        for backbone in self.backbones.values():
+            unet = backbone.denoise_fn
+            for module in (unet.time_embed, unet.input_blocks, unet.middle_block):
+                params.extend(module.parameters())
+        return params
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.segmentation.parameters(), *self.diagnosis.parameters()]
+
+    def load_backbones(self, directories: Mapping[Plane, Path]) -> None:
+        """Load pretrained backbones (``train pretrain`` output folders) into their planes."""
+        for plane, directory in directories.items():
+            backbone, card = load_checkpoint(directory)
+            if card.unet != self.card.unet:
+                raise CheckpointError(f"{directory}: backbone configuration differs from the task model's")
+            own = self.backbones[plane.value]
+            own.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in own.state_dict()})
+
+
+def encoder_only(backbone: GaussianDiffusion) -> GaussianDiffusion:
+    """Drop the UNet decoder: features stop at the middle block, so the task model never runs it (and the
+    bundled weights stay small). ``activations`` of ``in_*``/``mid_*`` blocks work as before."""
+    backbone.denoise_fn.output_blocks = nn.ModuleList()
+    backbone.denoise_fn.out = nn.Sequential()
+    return backbone
+
+
+def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.ANKLE, Joint.SHOULDER), *,
+             fusion: FusionMode = FusionMode.MPAE, name: str = "OrthoDiffusion", version: str = "untrained",
+             t: int = DEFAULT_T, block: str = DEFAULT_BLOCK) -> SystemCard:
+    return SystemCard(
+        name=name, version=version, unet=unet, diffusion=DiffusionConfig(),
+        preprocessing=PreprocessSpec(depth=unet.depth_size, size=unet.image_size), feature=FeatureSpec(t, block),
+        diagnosis={j: DiagnosisTask.default(j, fusion) for j in joints},
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_system(directory: Path, model: OrthoModel, card: SystemCard | None = None) -> SystemCard:
+    """Write weights and card (temporary names, then rename); returns the card as written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    card = card or model.card
+    weights, card_path = directory / WEIGHTS_FILE, directory / CARD_FILE
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    tmp = weights.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "ortho_node_card": CARD_FILE})
+    tmp.replace(weights)
+    written = dataclasses.replace(
+        card, weights_file=WEIGHTS_FILE, weights_sha256=_sha256(weights),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    tmp_card = card_path.with_suffix(".tmp")
+    tmp_card.write_text(written.to_json() + "\n", encoding="utf-8")
+    tmp_card.replace(card_path)
+    model.card = written
+    logger.info("saved task model %s to %s", written.version, directory)
+    return written
+
+
+def read_system_card(directory: Path) -> SystemCard:
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {CARD_FILE}")
+    return SystemCard.from_json(path.read_text(encoding="utf-8"))
+
+
+def load_system(directory: Path) -> OrthoModel:
+    """Rebuild the task model on the CPU, verifying the weights' hash and every tensor name and shape."""
+    directory = Path(directory)
+    card = read_system_card(directory)
+    weights = directory / card.weights_file
+    actual = _sha256(weights)
+    if actual != card.weights_sha256:
+        raise CheckpointError(f"{weights}: sha256 {actual} does not match the model card ({card.weights_sha256})")
+    model = OrthoModel(card)
+    state = load_file(str(weights))
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return model

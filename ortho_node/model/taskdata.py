@@ -1,0 +1,197 @@
+"""Labelled examples for the task heads: synthetic studies (generated, or read from an ``ortho-node synth``
+folder) -> model-grid tensors, and a synthetic study as the :class:`AssembledStudy` the predictor consumes.
+
+Every example goes through the same ``AssembledStudy`` pixels and ``preprocess_volume`` as inference, so
+training and prediction see one input convention (slices ascending along the normal, centre window).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import torch
+from pydicom.uid import generate_uid
+
+from ortho_node.assembly.anatomy import Laterality
+from ortho_node.assembly.contrast import Contrast, Weighting
+from ortho_node.assembly.study import AssembledStudy, ClinicalFacts, PlaneVolume, VolumeGeometry
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.model.heads import CLINICAL_INPUTS, clinical_vector
+from ortho_node.model.preprocessing import ConstantVolumeError, PreprocessSpec, labels_to_model_grid, preprocess_volume
+from ortho_node.synthetic import DomainRandomization, SyntheticStudy, generate_study
+
+logger = logging.getLogger(__name__)
+
+
+def clinical_from_facts(facts: ClinicalFacts) -> torch.Tensor:
+    """[8] clinical input of the diagnosis heads from the header facts (missing values flagged)."""
+    return clinical_vector(facts.age_years, facts.patient_sex, facts.patient_size, facts.patient_weight)
+
+
+def assembled_from_synthetic(study: SyntheticStudy, planes: Sequence[Plane] | None = None) -> AssembledStudy:
+    """The study as assembly would deliver it: float32 pixels, per-slice SOP UIDs as the DICOM writer makes."""
+    chosen = [s for s in study.series if planes is None or s.plane in planes]
+    volumes = {}
+    for series in chosen:
+        g = series.geometry
+        geometry = VolumeGeometry(
+            series_instance_uid=series.uid,
+            sop_instance_uids=tuple(generate_uid(entropy_srcs=[series.uid, str(k)]) for k in range(g.n_slices)),
+            frame_numbers=(None,) * g.n_slices,
+            image_orientation_patient=(*map(float, g.row_dir), *map(float, g.col_dir)),  # type: ignore[arg-type]
+            image_positions=tuple(tuple(map(float, g.slice_position(k))) for k in range(g.n_slices)),  # type: ignore[misc]
+            pixel_spacing=(g.pixel_spacing, g.pixel_spacing), slice_spacing=g.slice_spacing,
+            slice_thickness=g.slice_thickness, frame_of_reference_uid=study.frame_of_reference_uid,
+        )
+        contrast = Contrast(Weighting.UNKNOWN, False, None, "synthetic")
+        volumes[series.plane] = PlaneVolume(series.plane, series.pixels.astype(np.float32), geometry, contrast,
+                                            series.description, "synthetic study")
+    p = study.patient
+    return AssembledStudy(
+        study_instance_uid=study.study_uid, joint=study.joint, joint_reason="synthetic",
+        laterality=Laterality(study.laterality), laterality_reason="synthetic",
+        clinical=ClinicalFacts(f"{p.age_years:03d}Y", p.sex, p.height_m, p.weight_kg),
+        planes=volumes, missing_planes=tuple(pl for pl in MODEL_PLANES if pl not in volumes),
+        completeness_reason="synthetic",
+    )
+
+
+@dataclass
+class TaskData:
+    """N studies of one joint on the model grid (CPU tensors).
+
+    images [N, P, 1, D, S, S] float32; present [N, P] bool; segmentation [N, P, D, S, S] uint8 (knee, else
+    None); diagnosis [N, K] float32; clinical [N, 8] float32.
+    """
+
+    joint: Joint
+    images: torch.Tensor
+    present: torch.Tensor
+    segmentation: torch.Tensor | None
+    diagnosis: torch.Tensor
+    clinical: torch.Tensor
+    study_uids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> TaskData:
+        index = torch.as_tensor(index, dtype=torch.long)
+        seg = None if self.segmentation is None else self.segmentation[index]
+        return TaskData(self.joint, self.images[index], self.present[index], seg, self.diagnosis[index],
+                        self.clinical[index], tuple(self.study_uids[int(i)] for i in index))
+
+    def save(self, path: Path) -> None:
+        torch.save({"joint": self.joint.value, "images": self.images, "present": self.present,
+                    "segmentation": self.segmentation, "diagnosis": self.diagnosis, "clinical": self.clinical,
+                    "study_uids": list(self.study_uids)}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TaskData:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(Joint(data["joint"]), data["images"], data["present"], data["segmentation"], data["diagnosis"],
+                   data["clinical"], tuple(data["study_uids"]))
+
+
+@dataclass(frozen=True)
+class _Example:
+    images: torch.Tensor
+    present: torch.Tensor
+    segmentation: torch.Tensor | None
+    diagnosis: torch.Tensor
+    clinical: torch.Tensor
+    uid: str
+
+
+def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels: Mapping[Plane, np.ndarray] | None,
+             diagnosis: Mapping[str, int], clinical: torch.Tensor, spec: PreprocessSpec) -> _Example:
+    shape = (spec.depth, spec.size, spec.size)
+    images = torch.zeros((len(MODEL_PLANES), 1, *shape))
+    segmentation = torch.zeros((len(MODEL_PLANES), *shape), dtype=torch.uint8) if labels is not None else None
+    present = torch.zeros(len(MODEL_PLANES), dtype=torch.bool)
+    for i, plane in enumerate(MODEL_PLANES):
+        if plane not in volumes:
+            continue
+        try:
+            images[i] = preprocess_volume(volumes[plane], spec)[0]
+        except ConstantVolumeError:
+            continue
+        present[i] = True
+        if segmentation is not None and labels is not None:
+            segmentation[i] = labels_to_model_grid(labels[plane], spec).to(torch.uint8)
+    target = torch.tensor([float(diagnosis.get(label, 0)) for label in DIAGNOSIS_LABELS[joint]])
+    return _Example(images, present, segmentation, target, clinical, uid)
+
+
+def _stack(joint: Joint, examples: list[_Example]) -> TaskData:
+    if not examples:
+        raise ValueError(f"no {joint.value} examples")
+    seg = None if examples[0].segmentation is None else torch.stack([e.segmentation for e in examples])  # type: ignore[misc]
+    return TaskData(joint, torch.stack([e.images for e in examples]), torch.stack([e.present for e in examples]),
+                    seg, torch.stack([e.diagnosis for e in examples]), torch.stack([e.clinical for e in examples]),
+                    tuple(e.uid for e in examples))
+
+
+def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmentation: bool) -> _Example:
+    assembled = assembled_from_synthetic(study)
+    volumes = {p: v.pixels for p, v in assembled.planes.items()}
+    labels = {s.plane: s.labels for s in study.series} if segmentation else None
+    return _example(study.joint, study.study_uid, volumes, labels, study.diagnosis,
+                    clinical_from_facts(assembled.clinical), spec)
+
+
+def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec, *,
+                       domain: DomainRandomization | None = None, segmentation: bool | None = None,
+                       scene_spacing: float = 1.0) -> TaskData:
+    """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it."""
+    segmentation = joint is Joint.KNEE if segmentation is None else segmentation
+    examples = []
+    for seed in seeds:
+        study = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
+        examples.append(example_from_synthetic(study, spec, segmentation))
+    logger.info("generated %d %s studies", len(examples), joint.value)
+    return _stack(joint, examples)
+
+
+def _nifti_volume(path: Path) -> np.ndarray:
+    """Our synthetic NIfTI (i=col, j=row, k=slice) -> (slice, row, col), the DICOM/assembly order."""
+    return np.ascontiguousarray(np.transpose(np.asarray(nib.load(path).dataobj), (2, 1, 0)))
+
+
+def _clinical_from_dicom(root: Path) -> torch.Tensor:
+    first = next(iter(sorted(root.glob("dicom/*/*.dcm"))), None)
+    if first is None:
+        return torch.tensor([0.0] * (CLINICAL_INPUTS // 2) + [1.0] * (CLINICAL_INPUTS // 2))
+    ds = pydicom.dcmread(first, stop_before_pixels=True)
+    facts = ClinicalFacts(ds.get("PatientAge"), ds.get("PatientSex"),
+                          float(ds.PatientSize) if ds.get("PatientSize") else None,
+                          float(ds.PatientWeight) if ds.get("PatientWeight") else None)
+    return clinical_from_facts(facts)
+
+
+def read_synth_folder(root: Path, joint: Joint, spec: PreprocessSpec, *, segmentation: bool | None = None) -> TaskData:
+    """Every ``<joint>_<seed>/`` study written by ``ortho-node synth`` (NIfTI + findings.json) under ``root``."""
+    segmentation = joint is Joint.KNEE if segmentation is None else segmentation
+    examples = []
+    for summary_path in sorted(Path(root).glob(f"{joint.value}_*/findings.json")):
+        study_dir = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        volumes, labels = {}, {}
+        for plane in MODEL_PLANES:
+            image = study_dir / "nifti" / f"{plane.value}.nii.gz"
+            if image.is_file():
+                volumes[plane] = _nifti_volume(image).astype(np.float32)
+                labels[plane] = _nifti_volume(study_dir / "nifti" / f"{plane.value}_labels.nii.gz")
+        if not volumes:
+            logger.warning("skipping %s: no NIfTI volumes (write with --format nifti or both)", study_dir)
+            continue
+        examples.append(_example(joint, summary["study_instance_uid"], volumes, labels if segmentation else None,
+                                 summary["labels"], _clinical_from_dicom(study_dir), spec))
+    return _stack(joint, examples)
