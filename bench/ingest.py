@@ -91,11 +91,16 @@ class Receiver:
 
 
 class OurNode(Receiver):
-    name, ae_title = "ortho-node", "ORTHODIFF"
+    ae_title = "ORTHODIFF"
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+        self.name = "ortho-node" if workers == 1 else f"ortho-node x{workers}"
 
     def start(self, workdir: Path) -> None:
         self.port = free_port()
-        env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING"}
+        env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING",
+               "ORTHO_NODE_DICOM_WORKERS": str(self.workers)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(workdir / "node")], env=env)
@@ -145,8 +150,15 @@ def peak_rss_sampler(process: psutil.Process, stop: threading.Event, result: lis
 
 
 def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
+    """CPU of the receiver and its live worker processes (children are not reaped until the end)."""
+    total = 0.0
+    for proc in (process, *process.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, float]:
@@ -183,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances-per-series", type=int, default=40)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="runs per case; the best is reported")
+    parser.add_argument("--workers", type=int, default=2, help="storage worker processes for the second node run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ingest-study-") as folder:
         files = make_study(Path(folder), args.instances_per_series)
         size = sum(p.stat().st_size for p in files) / 1e6
         print(f"study: {len(files)} instances, {size:.1f} MB, 512x512 MR, 3 series")
         rows = []
-        for receiver in (OurNode(), Orthanc(), Storescp()):
+        for receiver in (OurNode(), OurNode(args.workers), Orthanc(), Storescp()):
             for parallel in (1, args.parallel):
                 best = max((run_once(receiver, files, parallel) for _ in range(args.repeat)),
                            key=lambda r: r["inst_s"])
@@ -197,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'receiver':16} {'assoc':>5} {'inst/s':>8} {'MB/s':>7} {'CPU s':>7} {'peak RSS MB':>12}")
     for name, parallel, r in rows:
         print(f"{name:16} {parallel:5d} {r['inst_s']:8.1f} {r['mb_s']:7.1f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.1f}")
-    ours = {p: r for n, p, r in rows if n == "ortho-node"}
-    for name in ("orthanc", "dcmtk storescp"):
-        for parallel in (1, args.parallel):
-            ref = next(r for n, p, r in rows if n == name and p == parallel)
-            print(f"ortho-node / {name} at {parallel} association(s): "
-                  f"{ours[parallel]['inst_s'] / ref['inst_s']:.2f}x instances/s")
+    for ours in ("ortho-node", f"ortho-node x{args.workers}"):
+        for name in ("orthanc", "dcmtk storescp"):
+            for parallel in (1, args.parallel):
+                mine = next(r for n, p, r in rows if n == ours and p == parallel)
+                ref = next(r for n, p, r in rows if n == name and p == parallel)
+                print(f"{ours} / {name} at {parallel} association(s): {mine['inst_s'] / ref['inst_s']:.2f}x "
+                      "instances/s")
     return 0
 
 

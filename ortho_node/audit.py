@@ -40,6 +40,9 @@ class AuditKind(str, enum.Enum):
     DELIVERY_FAILED = "delivery_failed"  # flagged: permanent rejection, or retry time exhausted
     DELIVERY_RESEND = "delivery_resend"
 
+    CONSOLE_LOGIN = "console_login"
+    CONSOLE_LOGIN_FAILED = "console_login_failed"
+
 
 class Severity(str, enum.Enum):
     INFO = "info"

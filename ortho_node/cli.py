@@ -186,6 +186,12 @@ def _add_optional_commands(sub) -> None:
     train_sub = train.add_subparsers(dest="train_command", required=True)
     pretrain = train_sub.add_parser("pretrain", help="self-supervised diffusion pretraining of a backbone")
     pretrain.set_defaults(handler=_deferred("ortho_node.model.pretrain"), argument_module="ortho_node.model.pretrain")
+    finetune = train_sub.add_parser("finetune", help="train a task's heads (segmentation or diagnosis)")
+    finetune.set_defaults(handler=_deferred("ortho_node.model.finetune"), argument_module="ortho_node.model.finetune")
+    bundle = train_sub.add_parser("bundle", help="train the bundled model on synthetic studies, end to end")
+    bundle.set_defaults(handler=_deferred("ortho_node.model.bundle"), argument_module="ortho_node.model.bundle")
+    infer = sub.add_parser("infer", help="run the model on a folder of DICOM files (NIfTI masks + findings JSON)")
+    infer.set_defaults(handler=_deferred("ortho_node.inference.offline"), argument_module="ortho_node.inference.offline")
 
 
 def _deferred(module_name: str):

@@ -88,6 +88,10 @@ class DeliveryWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
@@ -129,6 +133,11 @@ class DeliveryService:
 
     def start(self) -> None:
         self.worker.start()
+
+    @property
+    def running(self) -> bool | None:
+        """None when no destination is configured (nothing to run), else whether the worker thread runs."""
+        return self.worker.running if self.destinations else None
 
     def stop(self) -> None:
         self.worker.stop()

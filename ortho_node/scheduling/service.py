@@ -38,11 +38,13 @@ class Scheduler:
         self.pool = WorkerPool(self.queue, self._run_job, self.time, settings.concurrency)
         self.watcher = StudyWatcher(assembler, self.queue, self.time, CompletenessRules.from_settings(settings),
                                     on_queued=self.pool.dispatch)
+        self.running = False  # for the health check
 
     def start(self) -> None:
         self.recover()
         self.time.every(POLL_TIMER, self._settings.poll_interval, self.pool.dispatch)
         self.time.start()
+        self.running = True
         self.pool.dispatch()
 
     def recover(self) -> None:
@@ -59,6 +61,7 @@ class Scheduler:
         return job_id  # type: ignore[return-value]  # force always queues or returns the pending job
 
     def stop(self) -> None:
+        self.running = False
         self.time.shutdown()
         self.pool.shutdown(wait=True)
 

@@ -1,0 +1,1 @@
+"""Model inference: ``Predictor`` (assembled study -> ``StudyPrediction``) and the offline ``infer`` command."""

@@ -1,0 +1,221 @@
+"""The predictor: an :class:`AssembledStudy` -> :class:`StudyPrediction` (masks on each source series' grid,
+findings at the model card's thresholds, per-label plane weights).
+
+Per analysed plane the series is covered by overlapping windows of the model's depth (stride depth / 2,
+the last window flush with the last slice), so every source slice is segmented; softmax maps of
+overlapping windows are averaged on the model grid, restored onto the source grid (bilinear) and arg-maxed.
+Diagnosis reads the official centre window of each plane. Planes that are absent or carry no image (a
+single intensity, e.g. all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ortho_node.assembly.study import AssembledStudy, PlaneVolume
+from ortho_node.labels import MODEL_PLANES, Joint, Plane
+from ortho_node.model.preprocessing import (
+    ConstantVolumeError,
+    GridMapping,
+    PreprocessSpec,
+    preprocess_volume,
+    restore_probabilities,
+)
+from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
+from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
+from ortho_node.model.taskdata import clinical_from_facts
+from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyPrediction
+
+logger = logging.getLogger(__name__)
+
+Locate = Callable[[str], Path]
+NOISE_SEED = 0
+#: Source slices restored to full resolution at a time (bounds memory on 512 x 512 series).
+RESTORE_CHUNK = 4
+WINDOW_BATCH = 4
+
+
+class PredictionError(ValueError):
+    """The study cannot be analysed by this model; the message says why."""
+
+
+@dataclass(frozen=True)
+class PredictionOutcome:
+    """The prediction and how it was reached."""
+
+    prediction: StudyPrediction
+    analysed_planes: tuple[Plane, ...]
+    skipped_planes: Mapping[Plane, str]  # plane -> reason (absent, no image)
+    windows: Mapping[Plane, tuple[int, ...]]  # first source slice of each window
+    seconds: float
+
+
+def window_starts(slices: int, depth: int, stride: int | None = None) -> tuple[int, ...]:
+    """First slices of the windows covering ``slices`` source slices: overlapping, the last flush with the end.
+
+    A series no longer than ``depth`` is one window (zero-padded after its last slice).
+    """
+    if slices <= depth:
+        return (0,)
+    stride = max(1, stride or depth // 2)
+    starts = list(range(0, slices - depth + 1, stride))
+    if starts[-1] != slices - depth:
+        starts.append(slices - depth)
+    return tuple(starts)
+
+
+class Predictor:
+    """Ready to predict once built. ``from_checkpoint`` is the usual way to make one."""
+
+    def __init__(self, model: OrthoModel, device: torch.device, *, locate: Locate | None = None,
+                 use_autocast: bool = True, window_stride: int | None = None) -> None:
+        self.model = prepare_for_inference(model, device)
+        self.device = device
+        self.card: SystemCard = model.card
+        self.locate = locate
+        self.use_autocast = use_autocast
+        self.window_stride = window_stride
+        spec = self.card.preprocessing
+        # One fixed eps for every window and study (as features.extract_features): results do not depend on
+        # batching, and CPU runs are bit-reproducible.
+        generator = torch.Generator().manual_seed(NOISE_SEED)
+        self._noise = torch.randn((1, 1, spec.depth, spec.size, spec.size), generator=generator).to(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: DeviceChoice | str = "auto", *, locate: Locate | None = None,
+                        deterministic: bool = False, window_stride: int | None = None) -> Predictor:
+        """Load a task model folder (``model.safetensors`` + ``model_card.json``) onto ``device``.
+
+        Args:
+            device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+            locate: SOP Instance UID -> stored file path, for the mask slices' references (e.g. the
+                catalog's ``stored_path``); may instead be passed to each ``predict`` call.
+            deterministic: ask torch for deterministic kernels (CUDA; CPU results are deterministic anyway:
+                the diffusion noise is seeded).
+        """
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        resolved = resolve_device(device)
+        return cls(load_system(Path(path)), resolved, locate=locate, use_autocast=not deterministic,
+                   window_stride=window_stride)
+
+    def predict(self, study: AssembledStudy, *, locate: Locate | None = None) -> StudyPrediction:
+        return self.analyse(study, locate=locate).prediction
+
+    def analyse(self, study: AssembledStudy, *, locate: Locate | None = None) -> PredictionOutcome:
+        """Predict, and say which planes were analysed, which skipped (and why), and the windows used."""
+        started = time.perf_counter()
+        joint = self._check(study)
+        segment = joint is SEGMENTATION_JOINT and len(self.card.structures) > 1
+        locate = locate or self.locate
+        if segment and locate is None:
+            raise PredictionError("knee masks need a locate(sop_instance_uid) -> Path callable for their references")
+        skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
+        features: dict[Plane, torch.Tensor] = {}
+        segmentations, windows = [], {}
+        with torch.inference_mode():
+            for plane in MODEL_PLANES:
+                volume = study.planes.get(plane)
+                if volume is None:
+                    continue
+                if float(volume.pixels.min()) == float(volume.pixels.max()):
+                    skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
+                    continue
+                centre, mask, starts = self._plane(plane, volume, segment)
+                features[plane], windows[plane] = centre, starts
+                if mask is not None:
+                    segmentations.append(self._segmentation(plane, volume, mask, locate))  # type: ignore[arg-type]
+            if not features:
+                raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
+            findings = self._findings(joint, features, study)
+        prediction = StudyPrediction(
+            study_instance_uid=study.study_instance_uid, joint=joint,
+            laterality=study.laterality.value if study.laterality.value in ("R", "L") else None,
+            segmentations=tuple(segmentations), findings=findings,
+            model=ModelIdentity(self.card.name, self.card.version, json.loads(self.card.to_json())),
+        )
+        for plane, reason in skipped.items():
+            logger.warning("study %s: %s plane not analysed: %s", study.study_instance_uid, plane.value, reason)
+        return PredictionOutcome(prediction, tuple(features), skipped, windows, time.perf_counter() - started)
+
+    def _check(self, study: AssembledStudy) -> Joint:
+        if study.skipped:
+            raise PredictionError(f"study was skipped by assembly: {study.skip_reason}")
+        if study.joint not in self.card.diagnosis:
+            known = ", ".join(j.value for j in self.card.diagnosis)
+            raise PredictionError(f"no model for joint {study.joint.value!r} (this model knows: {known})")
+        return study.joint
+
+    def _features(self, plane: Plane, x_0: torch.Tensor) -> torch.Tensor:
+        x_0 = x_0.to(self.device)
+        with autocast(self.device, self.use_autocast):
+            return self.model.features(plane, x_0, self._noise.expand_as(x_0)).float()
+
+    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+        """(centre-window features [1, C, d, h, w], averaged class maps [K, n, S, S] or None, window starts)."""
+        spec = self.card.preprocessing
+        pixels = volume.pixels
+        centre_input, centre_mapping = preprocess_volume(pixels, spec)
+        centre = self._features(plane, centre_input[None])
+        if not segment:
+            return centre, None, (centre_mapping.start,)
+        starts = window_starts(pixels.shape[0], spec.depth, self.window_stride)
+        n, classes = pixels.shape[0], len(self.card.structures)
+        total = torch.zeros((classes, n, spec.size, spec.size), device=self.device)
+        counts = torch.zeros(n, device=self.device)
+        inputs = []
+        for start in starts:
+            try:
+                inputs.append((start, preprocess_volume(pixels[start : start + spec.depth], spec)[0]))
+            except ConstantVolumeError:
+                logger.debug("%s window at slice %d carries no image: background", plane.value, start)
+        for i in range(0, len(inputs), WINDOW_BATCH):
+            batch = inputs[i : i + WINDOW_BATCH]
+            features = self._features(plane, torch.stack([x for _, x in batch]))
+            with autocast(self.device, self.use_autocast):
+                logits = self.model.segmentation[plane.value](features)
+            probabilities = torch.softmax(logits.float(), dim=1)
+            for (start, _), p in zip(batch, probabilities):
+                count = min(spec.depth, n - start)
+                total[:, start : start + count] += p[:, :count]
+                counts[start : start + count] += 1
+        uncovered = counts == 0
+        total[0, uncovered] = 1.0  # slices of constant windows: background
+        return centre, total / counts.clamp(min=1)[None, :, None, None], starts
+
+    def _segmentation(self, plane: Plane, volume: PlaneVolume, maps: torch.Tensor, locate: Locate) -> SeriesSegmentation:
+        n, rows, cols = volume.pixels.shape
+        spec = self.card.preprocessing
+        mask = np.zeros((n, rows, cols), dtype=np.uint8)
+        for start in range(0, n, RESTORE_CHUNK):
+            stop = min(n, start + RESTORE_CHUNK)
+            mapping = GridMapping((stop - start, rows, cols), PreprocessSpec(stop - start, spec.size, spec.rot90_k))
+            restored = restore_probabilities(maps[:, start:stop].cpu(), mapping)
+            mask[start:stop] = restored.argmax(axis=0).astype(np.uint8)
+        g = volume.geometry
+        slices = tuple(SliceRef(uid, Path(locate(uid)), frame) for uid, frame in zip(g.sop_instance_uids, g.frame_numbers))
+        return SeriesSegmentation(g.series_instance_uid, plane, slices, mask, tuple(self.card.structures))
+
+    def _findings(self, joint: Joint, features: Mapping[Plane, torch.Tensor], study: AssembledStudy) -> tuple[Finding, ...]:
+        head = self.model.diagnosis[joint.value]
+        clinical = clinical_from_facts(study.clinical)[None].to(self.device)
+        out = head([features.get(p) for p in MODEL_PLANES], clinical)
+        probabilities = torch.sigmoid(out.logits.float())[0].cpu().numpy()
+        weights = None if out.plane_weights is None else out.plane_weights[0].float().cpu().numpy()
+        findings = []
+        for k, label in enumerate(self.card.diagnosis[joint].labels):
+            plane_weights = None if weights is None else {
+                p: float(weights[i, k]) for i, p in enumerate(MODEL_PLANES) if p in features}
+            findings.append(Finding(label, float(np.clip(probabilities[k], 0.0, 1.0)),
+                                    self.card.threshold(joint, label), plane_weights))
+        return tuple(findings)

@@ -1,0 +1,89 @@
+"""Validation metrics of the task heads: Dice per structure, AUC, sensitivity and specificity per label, and
+the operating threshold chosen on validation data (Youden's J)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FALLBACK_THRESHOLD = 0.5
+#: Thresholds stay inside (0, 1), as ``prediction.Finding`` demands.
+THRESHOLD_RANGE = (0.01, 0.99)
+
+
+def dice_per_structure(prediction: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
+    """Dice of each class 1..classes-1 between two label maps; NaN where both are empty. Returns [classes-1]."""
+    scores = np.full(classes - 1, np.nan)
+    for k in range(1, classes):
+        p, t = prediction == k, target == k
+        total = int(p.sum()) + int(t.sum())
+        if total:
+            scores[k - 1] = 2.0 * int((p & t).sum()) / total
+    return scores
+
+
+def mean_dice(volumes: Sequence[tuple[np.ndarray, np.ndarray]], classes: int) -> np.ndarray:
+    """Per class, the mean over volumes whose ground truth holds the class ([classes-1], NaN if none does)."""
+    rows = []
+    for prediction, target in volumes:
+        scores = dice_per_structure(prediction, target, classes)
+        present = np.array([(target == k).any() for k in range(1, classes)])
+        rows.append(np.where(present, scores, np.nan))
+    if not rows:
+        return np.full(classes - 1, np.nan)
+    stacked = np.array(rows)
+    with np.errstate(invalid="ignore"):
+        counts = np.sum(~np.isnan(stacked), axis=0)
+        sums = np.nansum(stacked, axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); NaN without both classes."""
+    labels = labels.astype(bool)
+    positives, negatives = scores[labels], scores[~labels]
+    if not len(positives) or not len(negatives):
+        return math.nan
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    sensitivity: float
+    specificity: float
+
+
+def sensitivity_specificity(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
+    labels = labels.astype(bool)
+    called = scores >= threshold
+    sens = float(called[labels].mean()) if labels.any() else math.nan
+    spec = float((~called[~labels]).mean()) if (~labels).any() else math.nan
+    return sens, spec
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> OperatingPoint:
+    """The threshold maximising sensitivity + specificity (midway between neighbouring scores).
+
+    Without both classes the fallback 0.5 is kept (and reported with what can be measured).
+    """
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        sens, spec = sensitivity_specificity(scores, labels, FALLBACK_THRESHOLD)
+        return OperatingPoint(FALLBACK_THRESHOLD, sens, spec)
+    unique = np.unique(scores)
+    candidates = np.concatenate([[unique[0] - 1e-6], (unique[:-1] + unique[1:]) / 2, [unique[-1] + 1e-6]])
+    candidates = np.clip(candidates, *THRESHOLD_RANGE)
+    best = max(candidates, key=lambda c: (sum(sensitivity_specificity(scores, labels, c)), -abs(c - 0.5)))
+    sens, spec = sensitivity_specificity(scores, labels, float(best))
+    return OperatingPoint(float(best), sens, spec)
+
+
+def nanmean(values) -> float:
+    array = np.asarray(list(values), dtype=float)
+    return float(np.nanmean(array)) if np.isfinite(array).any() else math.nan
