@@ -13,6 +13,8 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from listeners.console import Console, ConsoleServer
+from listeners.metrics import MetricsServer
 from listeners.policy import AssociationPolicy
 from listeners.storescp import StorageSCP
 from listeners.workers import EventRelay, WorkerPoolSCP, serve_handed_over_connections
@@ -30,7 +32,11 @@ from ortho_node.delivery.worker import DeliveryService
 from ortho_node.header import InstanceHeader
 from ortho_node.intake import Intake
 from ortho_node.logs import configure_logging, silence_identifier_sources
-from ortho_node.pipeline import Pipeline
+from ortho_node.delivery.queue import ResultFile
+from ortho_node.metrics import Liveness, NodeCollector, health, make_registry
+from ortho_node.pipeline import Pipeline, ResultStages, StudyPredictor
+from ortho_node.prediction import StudyPrediction
+from ortho_node.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.time import TimeSource
 from ortho_node.storage import InstanceStore, is_valid_uid
@@ -42,12 +48,13 @@ class Node:
     """The running node: database, storage, intake, the Storage SCP and the scheduler, wired together.
 
     ``pipeline_factory`` and ``time`` default to the real ones; tests pass a manual clock (and, for crash and
-    retry tests, a pipeline whose stage stands in for a slow or failing GPU).
+    retry tests, a pipeline whose stage stands in for a slow or failing GPU). With a ``predictor`` (loaded
+    once) the pipeline runs inference, writes the result objects and queues them for delivery.
     """
 
     def __init__(self, settings: Settings, *,
-                 pipeline_factory: Callable[[sessionmaker[Session]], Pipeline] = Pipeline,
-                 time: TimeSource | None = None) -> None:
+                 pipeline_factory: Callable[..., Pipeline] = Pipeline,
+                 time: TimeSource | None = None, predictor: StudyPredictor | None = None) -> None:
         silence_identifier_sources()
         self.settings = settings
         self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
@@ -58,12 +65,15 @@ class Node:
         self.intake = Intake(self.store, self.catalog, self.audit)
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
-        self.pipeline = pipeline_factory(self.session_factory)
+        self.delivery = DeliveryService(settings, self.session_factory)
+        stages = result_stages(settings, self.delivery, predictor) if predictor is not None else None
+        self.pipeline = pipeline_factory(self.session_factory, **({"stages": stages} if stages else {}))
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=time)
         self.intake.add_listener(self.scheduler.watcher)
         self.scp: StorageSCP | WorkerPoolSCP | None = None
-        self.delivery = DeliveryService(settings, self.session_factory)
+        self.console: ConsoleServer | None = None
+        self.metrics: MetricsServer | None = None
 
     def prepare(self) -> None:
         """Bring the schema up to date and recover from an earlier crash; run before serving."""
@@ -119,11 +129,40 @@ class Node:
                                   ssl_context=server_ssl_context(self.settings.tls))
         self.scp.start()
         self.delivery.start()  # resumes whatever the queue held when the node last stopped
+        self._start_operations()
         self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started as {dicom.ae_title} on port "
                                                   f"{self.scp.port}")
         return self.scp
 
+    def _start_operations(self) -> None:
+        """The admin console and the metrics / health endpoint, each on its own port when enabled."""
+        console, metrics = self.settings.console, self.settings.metrics
+        if console.enabled:
+            self.console = ConsoleServer(Console(console, self.session_factory, self.audit), console.host,
+                                         console.port)
+            self.console.start()
+        if metrics.enabled:
+            collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),
+                                      self.liveness())
+            self.metrics = MetricsServer(metrics.host, metrics.port, make_registry(collector), self.health)
+            self.metrics.start()
+
+    def liveness(self) -> Liveness:
+        return Liveness(scheduler=lambda: self.scheduler.running, delivery=lambda: self.delivery.running,
+                        extra={"storage_scp": lambda: self.scp is not None})
+
+    def _min_free_bytes(self) -> int:
+        return self.settings.storage.min_free_mb * 1024 * 1024
+
+    def health(self) -> dict:
+        """Database reachable, disk above the watermark, scheduler, delivery and Storage SCP running."""
+        return health(self.session_factory, self.settings.data_dir, self._min_free_bytes(), self.liveness())
+
     def stop(self) -> None:
+        for server in (self.console, self.metrics):
+            if server is not None:
+                server.stop()
+        self.console = self.metrics = None
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
@@ -131,6 +170,27 @@ class Node:
         self.scheduler.stop()
         self.delivery.stop()
         self.engine.dispose()
+
+
+def result_stages(settings: Settings, delivery: DeliveryService, predictor: StudyPredictor) -> ResultStages:
+    """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
+    ``<data>/results/<study>/job-<id>``, then queued for every destination."""
+    from reports.results import build_result_objects, write_result_objects
+
+    def write(prediction: StudyPrediction, job_id: int | None) -> list[Path]:
+        uid = prediction.study_instance_uid
+        if not is_valid_uid(uid):
+            raise ValueError("prediction for an invalid Study Instance UID")
+        folder = settings.data_dir / "results" / uid / (f"job-{job_id}" if job_id is not None else "manual")
+        return write_result_objects(build_result_objects(prediction, settings), folder, fsync=settings.storage.fsync)
+
+    def describe(path: Path) -> BuiltObject:
+        result = ResultFile.read(path)
+        return BuiltObject(result.kind, result.sop_instance_uid, result.series_instance_uid, result.sop_class_uid,
+                           str(result.path))
+
+    return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
+                        describe_object=describe)
 
 
 def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolicy:

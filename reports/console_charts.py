@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from html import escape
 
 WIDTH, HEIGHT = 720, 220
-_LEFT, _RIGHT, _TOP, _BOTTOM = 48, 12, 24, 36
+_LEFT, _RIGHT, _TOP, _BOTTOM = 48, 12, 42, 36
 COLOURS = ("#2b6cb0", "#dd6b20", "#c53030", "#2f855a")
 
 
@@ -94,6 +94,6 @@ def _legend(series: dict[str, Sequence]) -> list[str]:
     x = WIDTH - _RIGHT - 110 * len(series)
     for k, name in enumerate(series):
         colour = COLOURS[k % len(COLOURS)]
-        parts.append(f'<rect x="{x + 110 * k}" y="6" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{x + 110 * k + 14}" y="15" class="axis">{escape(name)}</text>')
+        parts.append(f'<rect x="{x + 110 * k}" y="22" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 110 * k + 14}" y="31" class="axis">{escape(name)}</text>')
     return parts
