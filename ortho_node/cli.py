@@ -400,12 +400,13 @@ def cmd_resend(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = parser.parse_known_args(argv)
-    module = getattr(args, "argument_module", None)
+    # Find the command's parser from the tokens (not by parsing: ``--help`` would exit before the deferred
+    # module added its flags, and the help would list none of them).
+    subparser = _find_subparser(parser, argv)
+    module = subparser.get_default("argument_module")
     if module:
         import importlib
 
-        subparser = _find_subparser(parser, argv)
         importlib.import_module(module).add_arguments(subparser)
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:

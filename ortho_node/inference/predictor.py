@@ -98,8 +98,9 @@ class Predictor:
             device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
             locate: SOP Instance UID -> stored file path, for the mask slices' references (e.g. the
                 catalog's ``stored_path``); may instead be passed to each ``predict`` call.
-            deterministic: ask torch for deterministic kernels (CUDA; CPU results are deterministic anyway:
-                the diffusion noise is seeded).
+            deterministic: ask torch for deterministic kernels and run in float32 without bf16 autocast
+                (matters on CUDA; CPU results are deterministic anyway: the diffusion noise is seeded).
+            window_stride: slices between overlapping segmentation windows (default: depth / 2).
         """
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

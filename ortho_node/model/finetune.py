@@ -328,7 +328,9 @@ def run(args: argparse.Namespace) -> int:
     result = train_task(model, task, data.subset(train_index), data.subset(val_index), settings)
     apply_result(model, task, result, len(train_index), len(val_index))
     command = command_line(args)
-    model.card = dataclasses.replace(model.card, training={**model.card.training, task.value: command})
+    version = model.card.version if model.card.version != "untrained" else f"finetuned-{task.value}"
+    model.card = dataclasses.replace(model.card, version=version,
+                                     training={**model.card.training, task.value: command})
     save_system(settings.out, model)
     logger.info("%s: best epoch %d, validation score %.4f; model written to %s", task.value, result.epoch,
                 result.score, settings.out)

@@ -204,6 +204,7 @@ def save_system(directory: Path, model: OrthoModel, card: SystemCard | None = No
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "ortho_node_card": CARD_FILE})
+    tmp.chmod(0o644)  # readable like any package file (safetensors creates it 0600)
     tmp.replace(weights)
     written = dataclasses.replace(
         card, weights_file=WEIGHTS_FILE, weights_sha256=_sha256(weights),

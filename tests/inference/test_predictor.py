@@ -1,0 +1,123 @@
+"""Issue 6: the predictor puts masks on every source series' own grid, over every slice, and handles missing
+planes, one-slice series and image-less volumes with a clear result or a clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ortho_node.inference.predictor import PredictionError, Predictor, window_starts
+from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
+from tests.inference.conftest import locate, with_planes
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor.from_checkpoint(model_dir, "cpu", locate=locate)
+
+
+@pytest.mark.parametrize("slices, depth, expected", [
+    (1, 16, (0,)), (16, 16, (0,)), (17, 16, (0, 1)), (24, 16, (0, 8)), (40, 16, (0, 8, 16, 24)), (41, 16, (0, 8, 16, 24, 25)),
+])
+def test_windows_overlap_and_cover_every_slice(slices, depth, expected):
+    starts = window_starts(slices, depth)
+    assert starts == expected
+    covered = set().union(*(range(s, min(s + depth, slices)) for s in starts))
+    assert covered == set(range(slices))
+
+
+def test_masks_land_on_each_source_grid_with_slice_references(predictor, knee_study):
+    outcome = predictor.analyse(knee_study)
+    prediction = outcome.prediction
+    assert {s.plane for s in prediction.segmentations} == set(MODEL_PLANES)
+    for segmentation in prediction.segmentations:
+        volume = knee_study.planes[segmentation.plane]
+        assert segmentation.mask.shape == volume.pixels.shape  # exact slices, rows, columns
+        assert segmentation.mask.dtype == np.uint8 and segmentation.structures == KNEE_STRUCTURES
+        assert [s.sop_instance_uid for s in segmentation.slices] == list(volume.geometry.sop_instance_uids)
+        assert [s.path for s in segmentation.slices] == [locate(u) for u in volume.geometry.sop_instance_uids]
+        assert segmentation.series_instance_uid == volume.geometry.series_instance_uid
+        assert len(outcome.windows[segmentation.plane]) >= 2  # the synthetic series are longer than 16 slices
+    assert [f.label for f in prediction.findings] == list(DIAGNOSIS_LABELS[Joint.KNEE])
+    for finding in prediction.findings:
+        assert set(finding.plane_weights) == set(MODEL_PLANES)
+        assert sum(finding.plane_weights.values()) == pytest.approx(1.0, abs=1e-5)
+        assert finding.threshold == predictor.card.threshold(Joint.KNEE, finding.label)
+    assert prediction.model.version == "test" and prediction.laterality in ("R", "L")
+
+
+def test_long_series_is_segmented_on_every_slice_not_cropped(predictor, knee_study):
+    sagittal = knee_study.planes[Plane.SAGITTAL].pixels
+    long = np.concatenate([sagittal, sagittal[::-1], sagittal])  # 3x the slices
+    study = with_planes(knee_study, {Plane.SAGITTAL: long})
+    outcome = predictor.analyse(study)
+    [segmentation] = outcome.prediction.segmentations
+    assert segmentation.mask.shape == long.shape
+    starts = outcome.windows[Plane.SAGITTAL]
+    assert starts[0] == 0 and starts[-1] == long.shape[0] - 16
+    # Slices far outside the official centre window still get the model's labels, not "not analysed".
+    assert segmentation.mask[:4].any() and segmentation.mask[-4:].any()
+
+
+def test_prediction_is_deterministic(predictor, knee_study):
+    first, second = predictor.predict(knee_study), predictor.predict(knee_study)
+    assert [f.probability for f in first.findings] == [f.probability for f in second.findings]
+    for a, b in zip(first.segmentations, second.segmentations):
+        assert np.array_equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize("planes", [(Plane.SAGITTAL,), (Plane.CORONAL, Plane.AXIAL)])
+def test_missing_planes_fuse_over_what_is_present(predictor, knee_study, planes):
+    study = with_planes(knee_study, {p: knee_study.planes[p].pixels for p in planes})
+    outcome = predictor.analyse(study)
+    assert outcome.analysed_planes == planes
+    assert set(outcome.skipped_planes) == set(MODEL_PLANES) - set(planes)
+    assert {s.plane for s in outcome.prediction.segmentations} == set(planes)
+    for finding in outcome.prediction.findings:
+        assert set(finding.plane_weights) == set(planes)
+        assert sum(finding.plane_weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_one_slice_series_gives_a_one_slice_mask(predictor, knee_study):
+    volume = knee_study.planes[Plane.CORONAL].pixels
+    study = with_planes(knee_study, {Plane.CORONAL: volume[10:11], Plane.AXIAL: knee_study.planes[Plane.AXIAL].pixels})
+    prediction = predictor.predict(study)
+    coronal = next(s for s in prediction.segmentations if s.plane is Plane.CORONAL)
+    assert coronal.mask.shape == (1, *volume.shape[1:])
+
+
+def test_all_zero_plane_is_skipped_with_its_reason(predictor, knee_study):
+    pixels = {p: v.pixels for p, v in knee_study.planes.items()}
+    pixels[Plane.AXIAL] = np.zeros_like(pixels[Plane.AXIAL])
+    outcome = predictor.analyse(with_planes(knee_study, pixels))
+    assert "no image" in outcome.skipped_planes[Plane.AXIAL]
+    assert Plane.AXIAL not in {s.plane for s in outcome.prediction.segmentations}
+    assert all(Plane.AXIAL not in f.plane_weights for f in outcome.prediction.findings)
+
+
+def test_all_zero_study_is_a_clear_error(predictor, knee_study):
+    study = with_planes(knee_study, {p: np.zeros((5, 32, 32), np.float32) for p in MODEL_PLANES})
+    with pytest.raises(PredictionError, match="no analysable plane"):
+        predictor.predict(study)
+
+
+def test_unknown_joint_and_skipped_study_are_clear_errors(predictor, knee_study):
+    with pytest.raises(PredictionError, match="no model for joint 'unknown'"):
+        predictor.predict(dataclasses.replace(knee_study, joint=Joint.UNKNOWN))
+    with pytest.raises(PredictionError, match="skipped by assembly"):
+        predictor.predict(dataclasses.replace(knee_study, skip_reason="no usable series", planes={}))
+
+
+def test_knee_masks_need_a_way_to_name_their_source_files(model_dir, knee_study):
+    with pytest.raises(PredictionError, match="locate"):
+        Predictor.from_checkpoint(model_dir, "cpu").predict(knee_study)
+
+
+def test_ankle_and_shoulder_studies_get_findings_without_masks(model_dir, knee_study):
+    predictor = Predictor.from_checkpoint(model_dir, "cpu")  # no locate needed: no masks
+    for joint in (Joint.ANKLE, Joint.SHOULDER):
+        prediction = predictor.predict(dataclasses.replace(knee_study, joint=joint))
+        assert prediction.segmentations == ()
+        assert [f.label for f in prediction.findings] == list(DIAGNOSIS_LABELS[joint])
