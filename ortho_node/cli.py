@@ -191,7 +191,7 @@ def _add_optional_commands(sub) -> None:
     bundle = train_sub.add_parser("bundle", help="train the bundled model on synthetic studies, end to end")
     bundle.set_defaults(handler=_deferred("ortho_node.model.bundle"), argument_module="ortho_node.model.bundle")
     infer = sub.add_parser("infer", help="run the model on a folder of DICOM files (NIfTI masks + findings JSON)")
-    infer.set_defaults(handler=_deferred("ortho_node.inference.offline"), argument_module="ortho_node.inference.offline")
+    infer.set_defaults(handler=cmd_infer, argument_module="ortho_node.inference.offline")
 
 
 def _deferred(module_name: str):
@@ -223,6 +223,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("shutting down")
     node.stop()
     return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from ortho_node.inference import offline
+
+    settings = _settings(args)
+
+    def write_dicom_results(out: Path, prediction) -> None:
+        from reports.results import build_result_objects, write_result_objects
+
+        write_result_objects(build_result_objects(prediction, settings), out)
+
+    return offline.run(args, write_dicom_results=write_dicom_results)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

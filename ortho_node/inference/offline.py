@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -113,15 +114,9 @@ def findings_document(prediction: StudyPrediction, outcome: PredictionOutcome) -
     }
 
 
-def _write_dicom_results(out: Path, prediction: StudyPrediction) -> None:
-    from reports.results import build_result_objects, write_result_objects  # composition-root style import
-
-    from ortho_node.config import Settings
-
-    write_result_objects(build_result_objects(prediction, Settings()), out)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *,
+        write_dicom_results: Callable[[Path, StudyPrediction], None] | None = None) -> int:
+    """``write_dicom_results`` (given by the CLI, which may import ``reports``) writes the result objects."""
     if args.threads:
         torch.set_num_threads(args.threads)
     files = sorted(p for p in Path(args.dicom_dir).rglob("*") if p.is_file())
@@ -153,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     written = write_outputs(args.out, study, outcome)
     if args.dicom_results:
-        _write_dicom_results(args.out, outcome.prediction)
+        if write_dicom_results is None:
+            logger.error("--dicom-results needs the result-object writer of the command line")
+            return EXIT_USAGE
+        write_dicom_results(args.out, outcome.prediction)
     logger.info("study %s: %d files written to %s", study_uid, len(written), args.out)
     return EXIT_OK
