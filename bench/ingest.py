@@ -4,7 +4,11 @@ Sends 120 MR instances (~63 MB) with dcmtk ``storescu`` over loopback, with 1 an
 associations, and prints instances/s, MB/s, receiver CPU seconds and peak RSS, plus our ratios to the
 reference receivers. Every receiver is started fresh per run so peak RSS is that run's.
 
-    python3 bench/ingest.py [--instances-per-series 40] [--parallel 4] [--repeat 2]
+Our node runs as the receiver the references are (``model.enabled = false``): the model is loaded once at
+start-up and adds its own memory (torch and weights, about 230 MB for the bundled model) whatever the
+traffic; ``--with-model`` adds a run of the node as ``serve`` starts it by default, model loaded.
+
+    python3 bench/ingest.py [--instances-per-series 40] [--parallel 4] [--repeat 2] [--with-model]
 """
 
 from __future__ import annotations
@@ -93,14 +97,14 @@ class Receiver:
 class OurNode(Receiver):
     ae_title = "ORTHODIFF"
 
-    def __init__(self, workers: int = 1) -> None:
-        self.workers = workers
-        self.name = "ortho-node" if workers == 1 else f"ortho-node x{workers}"
+    def __init__(self, workers: int = 1, model: bool = False) -> None:
+        self.workers, self.model = workers, model
+        self.name = ("ortho-node" if workers == 1 else f"ortho-node x{workers}") + (" +model" if model else "")
 
     def start(self, workdir: Path) -> None:
         self.port = free_port()
         env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING",
-               "ORTHO_NODE_DICOM_WORKERS": str(self.workers)}
+               "ORTHO_NODE_DICOM_WORKERS": str(self.workers), "ORTHO_NODE_MODEL_ENABLED": str(self.model).lower()}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(workdir / "node")], env=env)
@@ -196,13 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2, help="runs per case; the best is reported")
     parser.add_argument("--workers", type=int, default=2, help="storage worker processes for the second node run")
+    parser.add_argument("--with-model", action="store_true", help="also run the node with the model loaded")
     args = parser.parse_args(argv)
+    receivers = [OurNode(), OurNode(args.workers), *([OurNode(model=True)] if args.with_model else []),
+                 Orthanc(), Storescp()]
     with tempfile.TemporaryDirectory(prefix="ingest-study-") as folder:
         files = make_study(Path(folder), args.instances_per_series)
         size = sum(p.stat().st_size for p in files) / 1e6
         print(f"study: {len(files)} instances, {size:.1f} MB, 512x512 MR, 3 series")
         rows = []
-        for receiver in (OurNode(), OurNode(args.workers), Orthanc(), Storescp()):
+        for receiver in receivers:
             for parallel in (1, args.parallel):
                 best = max((run_once(receiver, files, parallel) for _ in range(args.repeat)),
                            key=lambda r: r["inst_s"])

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             prediction = predictor.predict(assembled_from_synthetic(generated))
             scores.append([f.probability for f in prediction.findings])
             truth.append([generated.diagnosis[label] for label in DIAGNOSIS_LABELS[joint]])
-            pairs += [(s.mask, generated.series_for(s.plane).labels) for s in prediction.segmentations]
+            pairs += [(s.mask, generated.series_for(s.plane).labels) for s in prediction.segmentations
+                      if len(s.structures) > 1]  # ankle and shoulder series carry empty maps, no masks
         scores_a, truth_a = np.array(scores), np.array(truth)
         aucs = {label: roc_auc(scores_a[:, k], truth_a[:, k]) for k, label in enumerate(DIAGNOSIS_LABELS[joint])}
         print(f"\n{joint.value}: {count} held-out studies; macro AUC {nanmean(aucs.values()):.3f}")

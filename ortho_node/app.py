@@ -4,42 +4,40 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from listeners.console import Console, ConsoleServer
 from listeners.metrics import MetricsServer
-from listeners.policy import AssociationPolicy
 from listeners.storescp import StorageSCP
-from listeners.workers import EventRelay, WorkerPoolSCP, serve_handed_over_connections
+from listeners.workers import WorkerPoolSCP
 from ortho_node import __version__
 from ortho_node.assembly.assembler import Assembler
 from ortho_node.assembly.plan import AssemblyRules
 from ortho_node.associations import AssociationLog
 from ortho_node.catalog import Catalog
 from ortho_node.audit import AuditKind, AuditTrail, Severity
-from ortho_node.config import Settings, TlsSettings
+from ortho_node.config import ConfigError, Settings
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import Instance
 from ortho_node.delivery.worker import DeliveryService
 from ortho_node.header import InstanceHeader
 from ortho_node.intake import Intake
-from ortho_node.logs import configure_logging, silence_identifier_sources
+from ortho_node.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
 from ortho_node.metrics import Liveness, NodeCollector, health, make_registry
-from ortho_node.pipeline import Pipeline, ResultStages, StudyPredictor
+from ortho_node.pipeline import Locate, Pipeline, ResultStages, StudyPredictor
 from ortho_node.prediction import StudyPrediction
 from ortho_node.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.time import TimeSource
 from ortho_node.storage import InstanceStore, is_valid_uid
+from ortho_node.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,8 @@ class Node:
 
     ``pipeline_factory`` and ``time`` default to the real ones; tests pass a manual clock (and, for crash and
     retry tests, a pipeline whose stage stands in for a slow or failing GPU). With a ``predictor`` (loaded
-    once) the pipeline runs inference, writes the result objects and queues them for delivery.
+    once, :func:`load_predictor`; ``serve`` passes the configured model) the pipeline runs inference, writes
+    the result objects and queues them for delivery; without one the node receives, assembles and records.
     """
 
     def __init__(self, settings: Settings, *,
@@ -66,7 +65,8 @@ class Node:
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory)
-        stages = result_stages(settings, self.delivery, predictor) if predictor is not None else None
+        stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store))
+                  if predictor is not None else None)
         self.pipeline = pipeline_factory(self.session_factory, **({"stages": stages} if stages else {}))
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=time)
@@ -172,7 +172,56 @@ class Node:
         self.engine.dispose()
 
 
-def result_stages(settings: Settings, delivery: DeliveryService, predictor: StudyPredictor) -> ResultStages:
+def load_predictor(settings: Settings) -> StudyPredictor | None:
+    """The configured model (``[model]``), loaded once at start-up; None for a receive-only node.
+
+    Raises :class:`ConfigError` naming the key when the folder, its card or weights, or the device are
+    unusable, so ``serve`` stops before it accepts a study it could not analyse.
+    """
+    model = settings.model
+    if not model.enabled:
+        log.info("model.enabled is false: studies are received and assembled, not analysed")
+        return None
+    folder = settings.model_path
+    where = f"model.path ({folder})" if model.path else f"model.path (empty: the bundled model at {folder})"
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder does not exist")
+    import torch  # only a node that runs the model pays for importing torch
+
+    from ortho_node.inference.predictor import Predictor
+    from ortho_node.model.system import read_system_card
+
+    try:
+        card = read_system_card(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # CheckpointError and bad JSON are ValueErrors
+        raise ConfigError(f"{where}: model card cannot be read: {exc}") from None
+    if model.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: cuda was asked for, but no CUDA device is available")
+    if model.threads:
+        torch.set_num_threads(model.threads)
+    try:
+        predictor = Predictor.from_checkpoint(folder, model.device)
+    except (OSError, ValueError, RuntimeError) as exc:  # missing or altered weights, tensors not matching the card
+        raise ConfigError(f"{where}: model {card.name} {card.version} cannot be loaded: {exc}") from None
+    log.info("model %s %s loaded from %s on %s (%d CPU threads)", card.name, card.version, folder,
+             predictor.device, torch.get_num_threads())
+    return predictor
+
+
+def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:
+    """SOP Instance UID -> its stored file, through the catalog: where the masks' slice references point."""
+
+    def locate(sop_instance_uid: str) -> Path:
+        relative = catalog.stored_path(sop_instance_uid)
+        if relative is None:
+            raise LookupError(f"instance {sop_instance_uid} is not stored")
+        return store.absolute(relative)
+
+    return locate
+
+
+def result_stages(settings: Settings, delivery: DeliveryService, predictor: StudyPredictor,
+                  locate: Locate) -> ResultStages:
     """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
     ``<data>/results/<study>/job-<id>``, then queued for every destination."""
     from reports.results import build_result_objects, write_result_objects
@@ -190,45 +239,4 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
                            str(result.path))
 
     return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
-                        describe_object=describe)
-
-
-def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolicy:
-    dicom = settings.dicom
-    return AssociationPolicy(
-        dicom.ae_title, allowed=dicom.allowed_calling_aets, max_associations=dicom.max_associations,
-        min_free_bytes=settings.storage.min_free_mb * 1024 * 1024, free_bytes=store.free_bytes,
-    )
-
-
-def run_storage_worker(settings: Settings, channel, events, active, index: int) -> None:
-    """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
-    configure_logging(settings.logging.level, settings.logging.format)
-    engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
-    session_factory = make_session_factory(engine)
-    store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
-    intake = Intake(store, Catalog(engine), AuditTrail(session_factory))
-    intake.add_listener(EventRelay(events))
-    scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),
-                     policy=storage_policy(settings, store), ssl_context=server_ssl_context(settings.tls),
-                     active_associations=active)
-    scp.start_without_listening()
-    events.put(("ready", index))
-    serve_handed_over_connections(channel, scp.serve_connection)
-    scp.drain(timeout=settings.dicom.network_timeout)
-    scp.stop()
-    engine.dispose()
-
-
-def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
-    """DICOM TLS (PS3.15 B.9 profile family): TLS 1.2 or newer, optional client certificates."""
-    if not tls.enabled:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.certificate, tls.private_key)
-    if tls.ca_certificates:
-        context.load_verify_locations(tls.ca_certificates)
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-    return context
-
+                        describe_object=describe, locate=locate)

@@ -208,12 +208,13 @@ def _settings(args: argparse.Namespace, **overrides) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ortho_node.app import Node
+    from ortho_node.app import Node, load_predictor
 
     settings = _settings(args, **{"dicom.ae_title": args.aet, "dicom.host": args.host, "dicom.port": args.port,
                                   "storage.data_dir": args.data_dir, "destinations": args.destination})
     configure_logging(settings.logging.level, settings.logging.format)
-    node = Node(settings)
+    # Loaded once, before the Storage SCP accepts anything; every study reuses it.
+    node = Node(settings, predictor=load_predictor(settings))
     node.prepare()
     node.start()
     stop = threading.Event()

@@ -179,6 +179,23 @@ class MetricsSettings:
     port: int = _field(9110, "TCP port of the metrics endpoint (0 picks a free port).", min=0, max=65535)
 
 
+#: The model shipped with the package (``ortho-node train bundle`` writes it): used when ``model.path`` is empty.
+BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled"
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    enabled: bool = _field(True, "Run the model on every ready study and deliver its results; false gives a "
+                                 "receive-only node (studies are stored, assembled and recorded, not analysed).")
+    path: str = _field("", "Task model folder (model.safetensors + model_card.json); empty: the bundled model "
+                           "(trained on synthetic data only, not for clinical use).")
+    device: str = _field("auto", "Where the model runs: auto (CUDA when available, else CPU), cpu or cuda "
+                                 "(start-up fails when no CUDA device is available).", choices=_DEVICES)
+    threads: int = _field(0, "torch CPU threads for inference (0: torch's default, one per core).", min=0,
+                          max=256)
+
+
 OBJECT_KINDS = ("seg", "sr", "summary")
 DESTINATIONS_ENV = "ORTHO_NODE_DESTINATIONS"  # NAME=AE@HOST:PORT,...
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -212,10 +229,15 @@ class Settings:
     destinations: tuple[DestinationSettings, ...] = ()
     console: ConsoleSettings = dataclasses.field(default_factory=ConsoleSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
+    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model.path) if self.model.path else BUNDLED_MODEL
 
     @property
     def database_url(self) -> str:
@@ -237,6 +259,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "console": ConsoleSettings,
     "metrics": MetricsSettings,
+    "model": ModelSettings,
 }
 
 

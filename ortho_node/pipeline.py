@@ -1,14 +1,14 @@
 """The processing pipeline of an assembled study: ``Pipeline.run(assembled_study)``.
 
-Today it records the assembly decision (joint, laterality, chosen volume per plane and why, missing
-planes, completeness reason) so it is durable and visible (``ortho-node studies``). Inference, result
-objects and delivery are added as stages here; stages that use the GPU hold ``gpu_lock`` so GPU work is
-serialized whatever the worker concurrency. ``run`` is idempotent per job: a job re-run after a crash
-replaces its own record instead of adding a second one.
+It records the assembly decision (joint, laterality, chosen volume per plane and why, missing planes,
+completeness reason) so it is durable and visible (``ortho-node studies``). ``run`` is idempotent per job: a
+job re-run after a crash replaces its own record instead of adding a second one.
 
-With :class:`ResultStages` (plugged in by the composition root once a predictor is configured) a study
-that was not skipped then goes predictor -> result objects written -> delivery queue, each step on the
-study's timeline (``ortho_node.timeline``) with the model card version recorded with the results.
+With :class:`ResultStages` (plugged in by the composition root when a model is configured, the usual case
+for ``ortho-node serve``) a study that was not skipped then goes predictor -> result objects written ->
+delivery queue, each step on the study's timeline (``ortho_node.timeline``) with the model card version
+recorded with the results. The predictor holds ``gpu_lock``, so model work is serialized whatever the
+worker concurrency; building and writing the objects runs outside it.
 """
 
 from __future__ import annotations
@@ -39,22 +39,27 @@ class PipelineResult:
     result_id: int | None = None  # study_results row, when the inference stages ran
 
 
+#: SOP Instance UID -> the stored file (the node's catalog and store), for the masks' slice references.
+Locate = Callable[[str], Path]
+
+
 class StudyPredictor(Protocol):
     """What ``ortho_node.inference.Predictor`` offers the pipeline (loaded once, reused for every study)."""
 
-    def predict(self, assembled: AssembledStudy) -> StudyPrediction: ...
+    def predict(self, assembled: AssembledStudy, *, locate: Locate | None = None) -> StudyPrediction: ...
 
 
 @dataclass(frozen=True)
 class ResultStages:
     """The stages after assembly: the predictor, a writer that builds the result objects of a prediction
-    and writes them durably (returns their paths; ``reports.results`` in the composition root), and the
-    delivery queue (``DeliveryService.enqueue_files``)."""
+    and writes them durably (returns their paths; ``reports.results`` in the composition root), the
+    delivery queue (``DeliveryService.enqueue_files``), and where stored instances are."""
 
     predictor: StudyPredictor
     write_results: Callable[[StudyPrediction, int | None], Sequence[Path]]
     deliver: Callable[[Sequence[Path]], int]
     describe_object: Callable[[Path], BuiltObject]
+    locate: Locate
 
 
 class Pipeline:
@@ -77,7 +82,7 @@ class Pipeline:
         with self.gpu_lock:
             started = self.timeline.inference_started(uid, job_id=job_id,
                                                       planes=[p.value for p in assembled.planes])
-            prediction = stages.predictor.predict(assembled)
+            prediction = stages.predictor.predict(assembled, locate=stages.locate)
             finished = self.timeline.inference_finished(prediction, job_id=job_id, started_at=started)
         paths = list(stages.write_results(prediction, job_id))
         result_id = self.timeline.objects_built(prediction, [stages.describe_object(p) for p in paths],

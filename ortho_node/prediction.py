@@ -16,6 +16,11 @@ import numpy as np
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint, Plane
 
 
+class StudyNotAnalysable(ValueError):
+    """The study's content rules out analysis (a joint without a model, no usable plane): retrying the job
+    cannot help, so the scheduler fails it at once instead of backing off ``max_attempts`` times."""
+
+
 @dataclass(frozen=True)
 class SliceRef:
     """One mask slice's source: a stored image and, for multi-frame images, its 1-based frame number."""
@@ -75,6 +80,9 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class StudyPrediction:
+    """One study's results. ``segmentations`` has an entry per analysed series: the knee's label maps, and
+    for diagnosis-only joints an empty map (structures ``("background",)``) that names the source images."""
+
     study_instance_uid: str
     joint: Joint
     laterality: str | None  # "R", "L" or None when unknown

@@ -101,7 +101,9 @@ def _findings_page(prediction: StudyPrediction) -> np.ndarray:
             "PRESENT" if finding.present else "absent",
             f"{finding.probability * 100:.1f} %",
             f"{finding.threshold * 100:.1f} %",
-            " / ".join(f"{weights[p]:.2f}" for p in (Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL))
+            # A plane the study lacks has no weight (the fusion ran over the others): shown as "-".
+            " / ".join(f"{weights[p]:.2f}" if p in weights else "-" for p in (Plane.SAGITTAL, Plane.CORONAL,
+                                                                               Plane.AXIAL))
             if weights else "-",
         )
         colour = (255, 120, 90) if finding.present else "white"

@@ -29,7 +29,7 @@ def mr_dataset(*, study_uid: str | None = None, series_uid: str | None = None, s
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["frame-of-reference", ds.SeriesInstanceUID])  # one per series
     ds.PatientName = PATIENT_NAME
     ds.PatientID = PATIENT_ID
     ds.PatientBirthDate = "19700101"

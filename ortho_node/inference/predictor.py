@@ -32,7 +32,7 @@ from ortho_node.model.preprocessing import (
 from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
 from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
 from ortho_node.model.taskdata import clinical_from_facts
-from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyPrediction
+from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyNotAnalysable, StudyPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ RESTORE_CHUNK = 4
 WINDOW_BATCH = 4
 
 
-class PredictionError(ValueError):
+class PredictionError(StudyNotAnalysable):
     """The study cannot be analysed by this model; the message says why."""
 
 
@@ -135,6 +135,8 @@ class Predictor:
                 features[plane], windows[plane] = centre, starts
                 if mask is not None:
                     segmentations.append(self._segmentation(plane, volume, mask, locate))  # type: ignore[arg-type]
+                elif locate is not None:
+                    segmentations.append(self._analysed_series(plane, volume, locate))
             if not features:
                 raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
             findings = self._findings(joint, features, study)
@@ -182,9 +184,9 @@ class Predictor:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
         for i in range(0, len(inputs), WINDOW_BATCH):
             batch = inputs[i : i + WINDOW_BATCH]
-            features = self._features(plane, torch.stack([x for _, x in batch]))
+            x_0 = torch.stack([x for _, x in batch]).to(self.device)
             with autocast(self.device, self.use_autocast):
-                logits = self.model.segmentation[plane.value](features)
+                logits = self.model.segment(plane, x_0, self._noise.expand_as(x_0))
             probabilities = torch.softmax(logits.float(), dim=1)
             for (start, _), p in zip(batch, probabilities):
                 count = min(spec.depth, n - start)
@@ -193,6 +195,18 @@ class Predictor:
         uncovered = counts == 0
         total[0, uncovered] = 1.0  # slices of constant windows: background
         return centre, total / counts.clamp(min=1)[None, :, None, None], starts
+
+    @staticmethod
+    def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:
+        g = volume.geometry
+        return tuple(SliceRef(uid, Path(locate(uid)), frame) for uid, frame in zip(g.sop_instance_uids, g.frame_numbers))
+
+    def _analysed_series(self, plane: Plane, volume: PlaneVolume, locate: Locate) -> SeriesSegmentation:
+        """A series analysed for diagnosis only (ankle, shoulder): an empty mask, so the result objects still
+        take the study's attributes from, and anchor the findings on, the images the model read; no SEG."""
+        mask = np.zeros(volume.pixels.shape, dtype=np.uint8)
+        return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
+                                  ("background",))
 
     def _segmentation(self, plane: Plane, volume: PlaneVolume, maps: torch.Tensor, locate: Locate) -> SeriesSegmentation:
         n, rows, cols = volume.pixels.shape
@@ -203,9 +217,8 @@ class Predictor:
             mapping = GridMapping((stop - start, rows, cols), PreprocessSpec(stop - start, spec.size, spec.rot90_k))
             restored = restore_probabilities(maps[:, start:stop].cpu(), mapping)
             mask[start:stop] = restored.argmax(axis=0).astype(np.uint8)
-        g = volume.geometry
-        slices = tuple(SliceRef(uid, Path(locate(uid)), frame) for uid, frame in zip(g.sop_instance_uids, g.frame_numbers))
-        return SeriesSegmentation(g.series_instance_uid, plane, slices, mask, tuple(self.card.structures))
+        return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
+                                  tuple(self.card.structures))
 
     def _findings(self, joint: Joint, features: Mapping[Plane, torch.Tensor], study: AssembledStudy) -> tuple[Finding, ...]:
         head = self.model.diagnosis[joint.value]

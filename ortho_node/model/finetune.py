@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import logging
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,15 @@ def _drop_planes(present: torch.Tensor, p: float, generator: torch.Generator) ->
     return keep
 
 
+def _noise(x_0: torch.Tensor, noise_seed: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Fresh eps per volume when training; one seeded eps shared by every volume when evaluating."""
+    if noise_seed is not None:
+        noise = torch.randn(x_0.shape[1:], generator=torch.Generator().manual_seed(noise_seed)).expand_as(x_0)
+    else:
+        noise = torch.randn(x_0.shape, generator=generator)
+    return noise.to(x_0.device)
+
+
 def _plane_features(model: OrthoModel, images: torch.Tensor, present: torch.Tensor, noise_seed: int | None,
                     generator: torch.Generator | None) -> list[torch.Tensor | None]:
     features: list[torch.Tensor | None] = []
@@ -117,12 +127,19 @@ def _plane_features(model: OrthoModel, images: torch.Tensor, present: torch.Tens
             features.append(None)
             continue
         x_0 = images[:, i]
-        if noise_seed is not None:
-            noise = torch.randn(x_0.shape[1:], generator=torch.Generator().manual_seed(noise_seed)).expand_as(x_0)
-        else:
-            noise = torch.randn(x_0.shape, generator=generator)
-        features.append(model.features(plane, x_0, noise.to(x_0.device)))
+        features.append(model.features(plane, x_0, _noise(x_0, noise_seed, generator)))
     return features
+
+
+def _plane_segmentations(model: OrthoModel, images: torch.Tensor, present: torch.Tensor, noise_seed: int | None,
+                         generator: torch.Generator | None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(plane index, rows with that plane, class logits of those rows) for each plane present in the batch."""
+    for i, plane in enumerate(MODEL_PLANES):
+        rows = present[:, i]
+        if not rows.any():
+            continue
+        x_0 = images[rows.to(images.device), i]
+        yield i, rows, model.segment(plane, x_0, _noise(x_0, noise_seed, generator))
 
 
 def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tensor, settings: FinetuneSettings,
@@ -132,18 +149,12 @@ def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tens
     if not task.segmentation:
         present = _drop_planes(present, settings.plane_dropout, generator)
     with autocast(device):
-        features = _plane_features(model, images, present, None, generator)
         if task.segmentation:
             assert data.segmentation is not None
-            losses = []
-            for i, plane in enumerate(MODEL_PLANES):
-                rows = present[:, i]
-                if features[i] is None or not rows.any():
-                    continue
-                logits = model.segmentation[plane.value](features[i][rows.to(device)])
-                target = data.segmentation[index][rows, i].long().to(device)
-                losses.append(segmentation_loss(logits, target))
+            losses = [segmentation_loss(logits, data.segmentation[index][rows, i].long().to(device))
+                      for i, rows, logits in _plane_segmentations(model, images, present, None, generator)]
             return torch.stack(losses).mean()
+        features = _plane_features(model, images, present, None, generator)
         out = model.diagnosis[task.joint.value](features, data.clinical[index].to(device), present.to(device))
         return diagnosis_loss(out.logits, data.diagnosis[index].to(device), weights)
 
@@ -159,16 +170,14 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
         index = torch.arange(start, min(start + batch_size, len(data)))
         images, present = data.images[index].to(device), data.present[index]
         with autocast(device):
-            features = _plane_features(model, images, present, EVAL_NOISE_SEED, None)
             if task.segmentation:
                 assert data.segmentation is not None
-                for i, plane in enumerate(MODEL_PLANES):
-                    if features[i] is None:
-                        continue
-                    predicted = model.segmentation[plane.value](features[i]).argmax(1).cpu().numpy()
-                    truth = data.segmentation[index][:, i].numpy()
-                    seg_pairs += [(predicted[b], truth[b]) for b in range(len(index)) if present[b, i]]
+                for i, rows, logits in _plane_segmentations(model, images, present, EVAL_NOISE_SEED, None):
+                    predicted = logits.argmax(1).cpu().numpy()
+                    truth = data.segmentation[index][rows, i].numpy()
+                    seg_pairs += list(zip(predicted, truth))
             else:
+                features = _plane_features(model, images, present, EVAL_NOISE_SEED, None)
                 out = model.diagnosis[task.joint.value](features, data.clinical[index].to(device), present.to(device))
                 probabilities.append(torch.sigmoid(out.logits.float()).cpu())
     if task.segmentation:
@@ -237,6 +246,58 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
     model.load_state_dict(best_state)
     for p in model.parameters():
         p.requires_grad_(True)
+    return best
+
+
+def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskData]],
+                settings: FinetuneSettings) -> dict[Task, TaskResult]:
+    """Every task at once on shared backbones: each step sums one batch of every task (smaller training sets
+    cycle), heads at ``settings.lr`` and backbones at ``backbone_lr_factor`` of it. One model serves all
+    joints, and a backbone tuned for one task alone serves the others poorly (frozen features do not separate
+    the findings), so the backbones learn from every task together. The epoch with the best mean validation
+    score is kept; each task's figures and thresholds come from that epoch."""
+    device = resolve_device(settings.device)
+    model.to(device)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    groups = [{"params": model.head_parameters(), "lr": settings.lr},
+              {"params": model.backbone_parameters(), "lr": settings.lr * settings.backbone_lr_factor}]
+    optimizer = torch.optim.Adam(groups)
+    weights = {task: None if task.segmentation else pos_weight(train.diagnosis).to(device)
+               for task, (train, _) in splits.items()}
+    steps = max(math.ceil(len(train) / settings.batch_size) for train, _ in splits.values())
+    best: dict[Task, TaskResult] | None = None
+    best_score, best_state, stale = -math.inf, None, 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        orders = {task: torch.randperm(len(train), generator=generator) for task, (train, _) in splits.items()}
+        losses: list[float] = []
+        for step in range(steps):
+            loss = torch.zeros((), device=device)
+            for task, (train, _) in splits.items():
+                order = orders[task]
+                index = order[(torch.arange(settings.batch_size) + step * settings.batch_size) % len(order)]
+                loss = loss + _batch_loss(model, task, train, index, settings, weights[task], generator, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        results = {}
+        for task, (_, val) in splits.items():
+            score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
+            results[task] = TaskResult(epoch, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+        score = metrics.nanmean(r.score for r in results.values())
+        logger.info("joint epoch %d: train loss %.4f, validation %s -> mean %.4f", epoch, np.mean(losses),
+                    ", ".join(f"{t.value} {r.score:.3f}" for t, r in results.items()), score)
+        if best is None or score > best_score:
+            best, best_score, best_state, stale = results, score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                logger.info("joint: early stop after epoch %d (best epoch %d)", epoch, next(iter(best.values())).epoch)
+                break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
     return best
 
 

@@ -198,21 +198,38 @@ class SegmentationDecoder(nn.Module):
 
     Four ConvTranspose3d (kernel 4, stride 2, padding 1) each followed by a residual conv block, then a
     1x1x1 convolution to the classes: [B, 256, 1, 16, 16] -> [B, classes, 16, 256, 256] official.
+
+    ``skip_channels`` (one per stage, coarse to fine; empty = the paper's decoder) adds encoder activations
+    at each stage's resolution, concatenated and fused by a 1x1x1 convolution before the residual block.
+    A reduced backbone with a 64-pixel input leaves a 4 x 4 middle block, too coarse to place cartilage
+    a pixel or two thick; the encoder's finer blocks carry that position.
     """
 
-    def __init__(self, channels: int, classes: int, widths: Sequence[int] | None = None) -> None:
+    def __init__(self, channels: int, classes: int, widths: Sequence[int] | None = None,
+                 skip_channels: Sequence[int] = ()) -> None:
         super().__init__()
         widths = tuple(widths or decoder_widths(channels))
+        if skip_channels and len(skip_channels) != len(widths):
+            raise ValueError(f"need one skip per decoder stage ({len(widths)}), got {len(skip_channels)}")
         stages, previous = [], channels
         for width in widths:
             stages += [nn.ConvTranspose3d(previous, width, 4, stride=2, padding=1), ResidualConvBlock(width)]
             previous = width
         self.stages = nn.Sequential(*stages)
+        self.fuse = nn.ModuleList(nn.Conv3d(w + s, w, 1) for w, s in zip(widths, skip_channels))
         self.classify = nn.Conv3d(previous, classes, 1)
         self.widths = widths
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.stages(features))
+    def forward(self, features: torch.Tensor, skips: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        if len(skips) != len(self.fuse):
+            raise ValueError(f"decoder expects {len(self.fuse)} skip tensors, got {len(skips)}")
+        h = features
+        for i in range(len(self.widths)):
+            h = self.stages[2 * i](h)
+            if self.fuse:
+                h = self.fuse[i](torch.cat([h, skips[i].to(h.dtype)], dim=1))
+            h = self.stages[2 * i + 1](h)
+        return self.classify(h)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

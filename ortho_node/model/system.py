@@ -28,7 +28,7 @@ from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, J
 from ortho_node.model.checkpoint import CheckpointError, build_model, check_state_dict, load_checkpoint
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
-from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder
+from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder, decoder_widths
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.model.unet import UNetConfig
 
@@ -72,6 +72,8 @@ class SystemCard:
     diffusion: DiffusionConfig
     preprocessing: PreprocessSpec
     feature: FeatureSpec = FeatureSpec()
+    #: Encoder blocks (``in_*``, coarse to fine) the segmentation decoders also read; () = the paper's decoder.
+    segmentation_skips: tuple[str, ...] = ()
     structures: tuple[str, ...] = KNEE_STRUCTURES
     diagnosis: Mapping[Joint, DiagnosisTask] = field(default_factory=dict)
     intended_use: str = ""
@@ -101,7 +103,7 @@ class SystemCard:
         values.update(
             unet=UNetConfig.from_dict(values["unet"]), diffusion=DiffusionConfig.from_dict(values["diffusion"]),
             preprocessing=PreprocessSpec.from_dict(values["preprocessing"]), feature=FeatureSpec(**values["feature"]),
-            structures=tuple(values["structures"]),
+            structures=tuple(values["structures"]), segmentation_skips=tuple(values.get("segmentation_skips", ())),
             diagnosis={Joint(j): DiagnosisTask.from_dict(t) for j, t in values["diagnosis"].items()},
         )
         return cls(**values)
@@ -120,8 +122,10 @@ class OrthoModel(nn.Module):
             {p.value: encoder_only(build_model(card.unet, card.diffusion)) for p in MODEL_PLANES}
         )
         channels = self.feature_channels(card.unet, card.feature.block)
+        skip_channels = self._skip_channels(card)
         self.segmentation = nn.ModuleDict(
-            {p.value: SegmentationDecoder(channels, len(card.structures)) for p in MODEL_PLANES}
+            {p.value: SegmentationDecoder(channels, len(card.structures), skip_channels=skip_channels)
+             for p in MODEL_PLANES}
         )
         self.diagnosis = nn.ModuleDict(
             {j.value: DiagnosisHead(channels, len(task.labels), len(MODEL_PLANES), task.fusion)
@@ -134,19 +138,46 @@ class OrthoModel(nn.Module):
             raise ValueError(f"the heads read a middle block, not {block!r}")
         return unet.model_channels * unet.channel_mult[-1]
 
+    def _skip_channels(self, card: SystemCard) -> list[int]:
+        """Channels of each skip block, checked against the resolution of its decoder stage."""
+        layout = self.backbone(MODEL_PLANES[0]).denoise_fn.encoder_layout
+        stages = len(decoder_widths(self.feature_channels(card.unet, card.feature.block)))
+        if card.segmentation_skips and len(card.segmentation_skips) != stages:
+            raise CheckpointError(f"segmentation_skips needs {stages} blocks, got {list(card.segmentation_skips)}")
+        total = 2 ** (len(card.unet.channel_mult) - 1)
+        channels = []
+        for stage, name in enumerate(card.segmentation_skips):
+            if name not in layout:
+                raise CheckpointError(f"segmentation skip {name!r} is not an encoder block ({sorted(layout)})")
+            width, factor = layout[name]
+            if factor != total // 2 ** (stage + 1):
+                raise CheckpointError(f"segmentation skip {name!r} (downsample {factor}) does not match decoder "
+                                      f"stage {stage} (downsample {total // 2 ** (stage + 1)})")
+            channels.append(width)
+        return channels
+
     def backbone(self, plane: Plane) -> GaussianDiffusion:
         return self.backbones[plane.value]  # type: ignore[return-value]
+
+    def _activations(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor,
+                     blocks: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        backbone = self.backbone(plane)
+        t = torch.full((x_0.shape[0],), self.card.feature.t, dtype=torch.long, device=x_0.device)
+        return backbone.denoise_fn.activations(backbone.q_sample(x_0, t, noise), t, blocks)
 
     def features(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_0, noise [B, 1, D, S, S] -> the feature block at step ``card.feature.t`` [B, C, d, h, w].
 
         Differentiable (fine-tuning); for inference wrap in ``torch.inference_mode``.
         """
-        backbone = self.backbone(plane)
-        t = torch.full((x_0.shape[0],), self.card.feature.t, dtype=torch.long, device=x_0.device)
-        x_t = backbone.q_sample(x_0, t, noise)
         block = self.card.feature.block
-        return backbone.denoise_fn.activations(x_t, t, (block,))[block]
+        return self._activations(plane, x_0, noise, (block,))[block]
+
+    def segment(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_0, noise [B, 1, D, S, S] -> class logits [B, K, D, S, S] from one backbone pass."""
+        block, skips = self.card.feature.block, self.card.segmentation_skips
+        found = self._activations(plane, x_0, noise, (block, *skips))
+        return self.segmentation[plane.value](found[block], [found[name] for name in skips])
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder, middle block and time embedding: what fine-tuning trains at 0.05x the head rate."""
@@ -178,12 +209,32 @@ def encoder_only(backbone: GaussianDiffusion) -> GaussianDiffusion:
     return backbone
 
 
+#: In-plane size of the middle block the paper's decoder reads (16 x 16 from a 256-pixel input).
+PAPER_MIDDLE_SIZE = 16
+
+
+def default_segmentation_skips(unet: UNetConfig) -> tuple[str, ...]:
+    """The paper's decoder (no skips) when the middle block is as fine as the paper's; otherwise, per decoder
+    stage, the last encoder block at that stage's resolution (``in_7, in_5, in_3, in_1`` reduced)."""
+    total = 2 ** (len(unet.channel_mult) - 1)
+    if unet.image_size // total >= PAPER_MIDDLE_SIZE:
+        return ()
+    from ortho_node.model.unet import UNet
+
+    last_at = {factor: name for name, (_, factor) in UNet(unet).encoder_layout.items()}
+    stages = len(decoder_widths(OrthoModel.feature_channels(unet, DEFAULT_BLOCK)))
+    return tuple(last_at[total // 2 ** (k + 1)] for k in range(stages))
+
+
 def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.ANKLE, Joint.SHOULDER), *,
              fusion: FusionMode = FusionMode.MPAE, name: str = "OrthoDiffusion", version: str = "untrained",
-             t: int = DEFAULT_T, block: str = DEFAULT_BLOCK) -> SystemCard:
+             t: int = DEFAULT_T, block: str = DEFAULT_BLOCK,
+             segmentation_skips: tuple[str, ...] | None = None) -> SystemCard:
+    """A fresh card; ``segmentation_skips`` None = :func:`default_segmentation_skips`."""
     return SystemCard(
         name=name, version=version, unet=unet, diffusion=DiffusionConfig(),
         preprocessing=PreprocessSpec(depth=unet.depth_size, size=unet.image_size), feature=FeatureSpec(t, block),
+        segmentation_skips=default_segmentation_skips(unet) if segmentation_skips is None else tuple(segmentation_skips),
         diagnosis={j: DiagnosisTask.default(j, fusion) for j in joints},
     )
 

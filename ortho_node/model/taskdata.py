@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +93,7 @@ class TaskData:
     def save(self, path: Path) -> None:
         torch.save({"joint": self.joint.value, "images": self.images, "present": self.present,
                     "segmentation": self.segmentation, "diagnosis": self.diagnosis, "clinical": self.clinical,
-                    "study_uids": list(self.study_uids)}, path)
+                    "study_uids": [str(uid) for uid in self.study_uids]}, path)  # plain str: weights_only load
 
     @classmethod
     def load(cls, path: Path) -> TaskData:
@@ -147,15 +149,32 @@ def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmenta
                     clinical_from_facts(assembled.clinical), spec)
 
 
+def _synthetic_example(joint: Joint, seed: int, spec: PreprocessSpec, domain: DomainRandomization | None,
+                       segmentation: bool, scene_spacing: float) -> _Example:
+    study = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
+    return example_from_synthetic(study, spec, segmentation)
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # the pool's processes share the cores; one thread each avoids oversubscription
+
+
 def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec, *,
                        domain: DomainRandomization | None = None, segmentation: bool | None = None,
-                       scene_spacing: float = 1.0) -> TaskData:
-    """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it."""
+                       scene_spacing: float = 1.0, workers: int = 1) -> TaskData:
+    """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it.
+
+    ``workers`` > 1 renders in that many processes; a study depends only on its seed, so the result is the
+    same. (Spawned, not forked: a fork after torch has started its thread pool can hang.)
+    """
     segmentation = joint is Joint.KNEE if segmentation is None else segmentation
-    examples = []
-    for seed in seeds:
-        study = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
-        examples.append(example_from_synthetic(study, spec, segmentation))
+    jobs = [(joint, seed, spec, domain, segmentation, scene_spacing) for seed in seeds]
+    if workers > 1 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_single_threaded) as pool:
+            examples = list(pool.map(_synthetic_example, *zip(*jobs)))
+    else:
+        examples = [_synthetic_example(*job) for job in jobs]
     logger.info("generated %d %s studies", len(examples), joint.value)
     return _stack(joint, examples)
 

@@ -114,7 +114,11 @@ class UNet(nn.Module):
         self.config = config
         mc, emb_dim = config.model_channels, config.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.input_blocks, skip_channels = self._encoder()
+        self.input_blocks, skip_channels, factors = self._encoder()
+        #: ``in_*`` name -> (channels, downsample factor): what a decoder reading encoder blocks must match.
+        self.encoder_layout: dict[str, tuple[int, int]] = {
+            f"in_{i}": (c, f) for i, (c, f) in enumerate(zip(skip_channels, factors))
+        }
         ch = skip_channels[-1]
         self.middle_block = EmbedSequential(
             self._res(ch, ch), self._attention(ch), self._res(ch, ch)
@@ -137,11 +141,13 @@ class UNet(nn.Module):
     def _attention(self, channels: int) -> AttentionBlock:
         return AttentionBlock(channels, num_heads=self.config.num_heads, groups=self.config.norm_groups)
 
-    def _encoder(self) -> tuple[nn.ModuleList, list[int]]:
-        """Stem, then per level ``num_res_blocks`` ResBlocks (+attention) and a Downsample except last."""
+    def _encoder(self) -> tuple[nn.ModuleList, list[int], list[int]]:
+        """Stem, then per level ``num_res_blocks`` ResBlocks (+attention) and a Downsample except last.
+
+        Returns the blocks with each block's output channels and downsample factor."""
         c = self.config
         blocks = nn.ModuleList([EmbedSequential(nn.Conv3d(c.in_channels, c.model_channels, 3, padding=1))])
-        skip_channels = [c.model_channels]
+        skip_channels, factors = [c.model_channels], [1]
         ch, ds = c.model_channels, 1
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -151,11 +157,13 @@ class UNet(nn.Module):
                     layers.append(self._attention(ch))
                 blocks.append(EmbedSequential(*layers))
                 skip_channels.append(ch)
+                factors.append(ds)
             if level != len(c.channel_mult) - 1:
                 blocks.append(EmbedSequential(Downsample(ch)))
-                skip_channels.append(ch)
                 ds *= 2
-        return blocks, skip_channels
+                skip_channels.append(ch)
+                factors.append(ds)
+        return blocks, skip_channels, factors
 
     def _decoder(self, ch: int, skip_channels: list[int]) -> nn.ModuleList:
         """Per level (deepest first) ``num_res_blocks + 1`` ResBlocks on [h, skip], an Upsample except last."""

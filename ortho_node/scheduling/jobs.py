@@ -140,14 +140,15 @@ class JobQueue:
                                   f"job {old.id} superseded by job {job.id}", job_id=old.id, at=now,
                                   data={"superseded_by": job.id}))
 
-    def fail(self, job: ClaimedJob, error: str) -> dt.datetime | None:
-        """Record a failed attempt; returns the retry time, or None when the job is given up."""
+    def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> dt.datetime | None:
+        """Record a failed attempt; returns the retry time, or None when the job is given up (``permanent``:
+        at once, the failure is in the study, not the machine)."""
         now = self._time.now()
         with self._session_factory.begin() as session:
             row = session.get(Job, job.id)
             row.last_error = error[:2000]
             details = {"job_id": job.id, "attempt": row.attempts, "error": error[:500]}
-            if row.attempts < self.retry.max_attempts:
+            if not permanent and row.attempts < self.retry.max_attempts:
                 row.state, row.next_attempt_at = JobState.PENDING.value, now + self.retry.delay(row.attempts)
                 retry_at = row.next_attempt_at
                 session.add(make_event(AuditKind.JOB_RETRY, f"job {job.id} attempt {row.attempts} failed; retry at "
@@ -160,6 +161,7 @@ class JobQueue:
                             job.study_instance_uid, row.attempts, error, retry_at.isoformat())
                 return retry_at
             row.state, row.finished_at = JobState.FAILED.value, now
+            details["permanent"] = permanent
             session.add(make_event(AuditKind.JOB_FAILED, f"job {job.id} failed after {row.attempts} attempts",
                                    severity=Severity.ERROR, study_instance_uid=job.study_instance_uid,
                                    details=details))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.jobs import ClaimedJob, JobQueue
 from ortho_node.scheduling.time import TimeSource
 
@@ -52,6 +53,9 @@ class WorkerPool:
         log.info("job %s for study %s: attempt %d (%s)", job.id, job.study_instance_uid, job.attempt, job.reason)
         try:
             self._run_job(job)
+        except StudyNotAnalysable as exc:
+            log.error("job %s for study %s: study cannot be analysed: %s", job.id, job.study_instance_uid, exc)
+            self._queue.fail(job, f"{type(exc).__name__}: {exc}", permanent=True)
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on it, then retried
             log.exception("job %s for study %s raised", job.id, job.study_instance_uid)
             self._queue.fail(job, f"{type(exc).__name__}: {exc}")

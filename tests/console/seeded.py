@@ -29,7 +29,7 @@ class KnownPrediction:
         self.prediction = prediction
         self.calls = 0
 
-    def predict(self, assembled):
+    def predict(self, assembled, *, locate=None):
         assert assembled.study_instance_uid == self.prediction.study_instance_uid
         self.calls += 1
         return self.prediction

@@ -76,3 +76,5 @@ def test_deployment_example_configuration_is_valid():
     settings = load_settings(REPO / "deploy" / "node.example.toml", environ={})
     assert settings.logging.format == "json"
     assert "PACS@10.10.0.5" in settings.dicom.allowed_calling_aets
+    assert settings.model.enabled and settings.model_path.name == "bundled" and settings.model.device == "auto"
+    assert [(d.name, d.ae_title, d.port) for d in settings.destinations] == [("PACS", "MAINPACS", 104)]

@@ -121,3 +121,11 @@ def test_ankle_and_shoulder_studies_get_findings_without_masks(model_dir, knee_s
         prediction = predictor.predict(dataclasses.replace(knee_study, joint=joint))
         assert prediction.segmentations == ()
         assert [f.label for f in prediction.findings] == list(DIAGNOSIS_LABELS[joint])
+    # With a locate, each analysed series is named by an empty map: the SR anchors its findings there.
+    prediction = predictor.predict(dataclasses.replace(knee_study, joint=Joint.ANKLE), locate=locate)
+    assert {s.series_instance_uid for s in prediction.segmentations} == {
+        v.geometry.series_instance_uid for v in knee_study.planes.values()}
+    for series in prediction.segmentations:
+        assert series.structures == ("background",) and not series.mask.any()
+        assert series.mask.shape == knee_study.planes[series.plane].pixels.shape
+        assert series.slices[0].path == locate(series.slices[0].sop_instance_uid)

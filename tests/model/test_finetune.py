@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from ortho_node.labels import DIAGNOSIS_LABELS, Joint, Plane
 from ortho_node.model.checkpoint import CheckpointError, save_checkpoint
 from ortho_node.model.finetune import pos_weight, split
 from ortho_node.model.metrics import choose_threshold, dice_per_structure, mean_dice, roc_auc
-from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
+from ortho_node.model.system import OrthoModel, SystemCard, load_system, new_card, read_system_card, save_system
 from ortho_node.model.unet import UNetConfig
 
 
@@ -68,6 +70,20 @@ def test_task_model_round_trip_and_tamper_check(tmp_path):
         load_system(tmp_path)
 
 
+def test_reduced_model_decoders_read_encoder_skips_and_the_official_keeps_the_papers_decoder(tmp_path):
+    reduced = new_card(UNetConfig.reduced())
+    assert reduced.segmentation_skips == ("in_7", "in_5", "in_3", "in_1")
+    assert new_card(UNetConfig.official()).segmentation_skips == ()
+    assert SystemCard.from_json(reduced.to_json()).segmentation_skips == reduced.segmentation_skips
+    model = OrthoModel(reduced)
+    x_0 = torch.rand(1, 1, 16, 64, 64) * 2 - 1
+    assert model.segment(Plane.CORONAL, x_0, torch.zeros_like(x_0)).shape == (1, 12, 16, 64, 64)
+    with pytest.raises(CheckpointError, match="does not match decoder stage"):
+        OrthoModel(dataclasses.replace(reduced, segmentation_skips=("in_1", "in_3", "in_5", "in_7")))
+    with pytest.raises(CheckpointError, match="not an encoder block"):
+        OrthoModel(dataclasses.replace(reduced, segmentation_skips=("in_7", "in_5", "in_3", "mid_2")))
+
+
 def test_pretrained_backbone_loads_into_the_task_model(tmp_path):
     from ortho_node.model.checkpoint import ModelCard, build_model, preprocess_spec_for
 
@@ -93,3 +109,48 @@ def test_finetune_cli_trains_a_diagnosis_head_and_stores_thresholds(tmp_path):
     assert card.metrics["ankle-dx/train_studies"] == 2 and card.metrics["ankle-dx/val_studies"] == 1
     assert "--task ankle-dx" in card.training["ankle-dx"] and "--label-fraction 0.5" in card.training["ankle-dx"]
     assert load_system(out).card.version == card.version
+
+
+def test_task_data_is_the_same_from_worker_processes_and_survives_save_and_load(tmp_path):
+    from ortho_node.model.taskdata import TaskData, generate_task_data
+
+    spec = new_card(UNetConfig.reduced()).preprocessing
+    serial = generate_task_data(Joint.KNEE, [3, 4], spec)
+    parallel = generate_task_data(Joint.KNEE, [3, 4], spec, workers=2)
+    serial.save(tmp_path / "knee.pt")
+    loaded = TaskData.load(tmp_path / "knee.pt")
+    for other in (parallel, loaded):
+        assert other.study_uids == serial.study_uids
+        for name in ("images", "present", "segmentation", "diagnosis", "clinical"):
+            assert torch.equal(getattr(other, name), getattr(serial, name)), name
+
+
+def _random_task_data(joint: Joint, n: int, seed: int, segmentation: bool):
+    from ortho_node.model.taskdata import TaskData
+
+    g = torch.Generator().manual_seed(seed)
+    labels = len(DIAGNOSIS_LABELS[joint])
+    diagnosis = (torch.arange(n)[:, None] + torch.arange(labels)[None]) % 2  # every label has both classes
+    return TaskData(joint, torch.rand((n, 3, 1, 16, 64, 64), generator=g) * 2 - 1, torch.ones((n, 3), dtype=torch.bool),
+                    torch.randint(0, 12, (n, 3, 16, 64, 64), generator=g, dtype=torch.uint8) if segmentation else None,
+                    diagnosis.float(), torch.zeros((n, 8)), tuple(f"1.2.{seed}.{i}" for i in range(n)))
+
+
+def test_joint_fine_tuning_trains_every_head_and_the_shared_backbones_and_keeps_thresholds():
+    from ortho_node.model.finetune import FinetuneSettings, Task, train_joint
+    from ortho_node.model.runtime import DeviceChoice
+
+    torch.manual_seed(0)
+    model = OrthoModel(new_card(UNetConfig.reduced()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    splits = {task: (_random_task_data(task.joint, 2, 1, task.segmentation),
+                     _random_task_data(task.joint, 2, 2, task.segmentation)) for task in Task}
+    results = train_joint(model, splits, FinetuneSettings(task=Task.KNEE_SEG, out=Path(), epochs=1, device=DeviceChoice.CPU))
+    assert set(results) == set(Task)
+    assert results[Task.ANKLE_DX].thresholds.keys() == set(DIAGNOSIS_LABELS[Joint.ANKLE])
+    assert "dice/femur" in results[Task.KNEE_SEG].metrics
+    after = model.state_dict()
+    for prefix in ("backbones.sagittal.denoise_fn.input_blocks.1", "segmentation.axial", "diagnosis.knee",
+                   "diagnosis.ankle", "diagnosis.shoulder"):
+        names = [k for k in after if k.startswith(prefix) and after[k].is_floating_point()]
+        assert names and any(not torch.equal(before[k], after[k]) for k in names), prefix

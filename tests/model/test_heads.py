@@ -81,6 +81,21 @@ def test_segmentation_decoder_upsamples_16x_to_the_model_grid():
     assert official(torch.randn(1, 256, 1, 2, 2)).shape == (1, 12, 16, 32, 32)  # 1x16x16 -> 16x256x256 alike
 
 
+def test_segmentation_decoder_with_skips_reads_each_stage_resolution():
+    decoder = SegmentationDecoder(64, 12, skip_channels=(32, 32, 16, 16))
+    skips = [torch.randn(1, c, 2**k, 2 ** (k + 2), 2 ** (k + 2)) for k, c in enumerate((32, 32, 16, 16), start=1)]
+    middle = torch.randn(1, 64, 1, 4, 4)
+    logits = decoder(middle, skips)
+    assert logits.shape == (1, 12, 16, 64, 64)
+    # The finest skip moves the logits: the decoder really uses it.
+    changed = decoder(middle, [*skips[:-1], torch.zeros_like(skips[-1])])
+    assert not torch.allclose(logits, changed)
+    with pytest.raises(ValueError, match="4 skip tensors"):
+        decoder(middle)
+    with pytest.raises(ValueError, match="one skip per decoder stage"):
+        SegmentationDecoder(64, 12, skip_channels=(32, 16))
+
+
 def test_segmentation_loss_rewards_the_right_labels():
     target = torch.randint(0, 4, (2, 4, 8, 8))
     right = torch.nn.functional.one_hot(target, 4).permute(0, 4, 1, 2, 3).float() * 20

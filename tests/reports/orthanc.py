@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -31,11 +32,15 @@ def dicomweb_plugin() -> Path | None:
 
 class Orthanc:
     """Orthanc with a generated configuration: its own storage under ``folder``, HTTP and DICOM on free
-    loopback ports, no remote access, DICOMweb at ``/dicom-web/`` when the plugin is installed."""
+    loopback ports, no remote access, DICOMweb at ``/dicom-web/`` when the plugin is installed.
+
+    ``modalities`` (name -> (AE title, host, port)) are the DICOM nodes Orthanc may send to, e.g. with
+    :meth:`push`."""
 
     AE_TITLE = "ORTHANC"
 
-    def __init__(self, folder: Path, *, dicomweb: bool = False) -> None:
+    def __init__(self, folder: Path, *, dicomweb: bool = False,
+                 modalities: Mapping[str, tuple[str, str, int]] | None = None) -> None:
         self.folder = folder
         self.http_port, self.dicom_port = free_port(), free_port()
         folder.mkdir(parents=True, exist_ok=True)
@@ -45,7 +50,8 @@ class Orthanc:
             "DicomAet": self.AE_TITLE, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "StorageCompression": False, "ConcurrentJobs": 1, "HttpsVerifyPeers": False,
-            "DicomModalities": {}, "OrthancPeers": {}, "StableAge": 1,
+            "DicomModalities": {name: list(node) for name, node in (modalities or {}).items()},
+            "OrthancPeers": {}, "StableAge": 1,
         }
         if dicomweb:
             plugin = dicomweb_plugin()
@@ -79,14 +85,33 @@ class Orthanc:
         response.raise_for_status()
         return response.json()
 
+    def upload(self, payload: bytes) -> str:
+        """POST one DICOM file to ``/instances``; returns the Orthanc ID of its study."""
+        response = requests.post(f"{self.url}/instances", data=payload, timeout=30,
+                                 headers={"Content-Type": "application/dicom"})
+        response.raise_for_status()
+        return response.json()["ParentStudy"]
+
+    def push(self, modality: str, resources: Sequence[str], *, timeout: float = 120.0) -> dict:
+        """C-STORE ``resources`` (Orthanc IDs) to ``modality`` through ``/modalities/{id}/store``; returns
+        when Orthanc's SCU has finished (synchronous job)."""
+        response = requests.post(f"{self.url}/modalities/{modality}/store", timeout=timeout,
+                                 json={"Resources": list(resources), "Synchronous": True})
+        response.raise_for_status()
+        return response.json()
+
+    def study_id(self, study_uid: str) -> str | None:
+        """Orthanc's ID of the study with this Study Instance UID, or None when it holds none."""
+        found = requests.post(f"{self.url}/tools/lookup", data=study_uid, timeout=10).json()
+        return next((item["ID"] for item in found if item["Type"] == "Study"), None)
+
     def instances_of_study(self, study_uid: str) -> list[dict]:
         """Simplified main tags of every instance of a study (with its series' tags merged in)."""
-        found = requests.post(f"{self.url}/tools/lookup", data=study_uid, timeout=10).json()
-        study_ids = [item["ID"] for item in found if item["Type"] == "Study"]
-        if not study_ids:
+        study_id = self.study_id(study_uid)
+        if study_id is None:
             return []
         result = []
-        for instance in self.get(f"/studies/{study_ids[0]}/instances"):
+        for instance in self.get(f"/studies/{study_id}/instances"):
             tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
             result.append(tags)
         return result

@@ -103,3 +103,17 @@ def test_summary_is_marked_ai_generated(result_files):
         assert ds.SeriesDescription == "AI summary - not for diagnostic use"
         assert ds.ContentQualification == "RESEARCH" and ds.BurnedInAnnotation == "NO"
         assert ds.pixel_array.shape[2] == 3 and ds.pixel_array[:40].mean() > 20  # the red banner
+
+
+def test_a_study_with_one_plane_gets_its_objects(knee, results_settings):
+    """The fusion ran over the planes present: weights for the sagittal plane only (e.g. the real GE series)."""
+    import dataclasses
+
+    from ortho_node.labels import Plane
+    from reports.results import build_result_objects
+
+    sagittal = [seg for seg in knee.prediction.segmentations if seg.plane is Plane.SAGITTAL]
+    findings = tuple(dataclasses.replace(f, plane_weights={Plane.SAGITTAL: 1.0}) for f in knee.prediction.findings)
+    prediction = dataclasses.replace(knee.prediction, segmentations=tuple(sagittal), findings=findings)
+    modalities = [ds.Modality for ds in build_result_objects(prediction, results_settings)]
+    assert modalities.count("SEG") == 1 and modalities.count("SR") == 1 and len(modalities) == 4

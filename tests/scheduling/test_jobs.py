@@ -8,6 +8,7 @@ import json
 
 from ortho_node import cli
 from ortho_node.pipeline import Pipeline
+from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.watcher import timer_key
 from tests.assembly.factory import advance, assemblies, audit_kinds, jobs, send, study
 
@@ -67,6 +68,24 @@ def test_job_fails_for_good_after_max_attempts(manual_node):
     assert "job_failed" in audit_kinds(node)
     advance(node, 3600)
     assert len(jobs(node)) == 1
+
+
+class UnanalysablePipeline(Pipeline):
+    def run(self, assembled, *, job_id=None):
+        raise StudyNotAnalysable("no model for joint 'elbow'")
+
+
+def test_a_study_that_cannot_be_analysed_fails_at_once_without_retries(manual_node):
+    node = manual_node(pipeline_factory=UnanalysablePipeline)
+    _send_study(node)
+    advance(node, 2)
+    [job] = jobs(node)
+    assert (job.state, job.attempts) == ("failed", 1)
+    assert "no model for joint" in job.last_error
+    kinds = audit_kinds(node)
+    assert "job_failed" in kinds and "job_retry" not in kinds
+    advance(node, 3600)
+    assert [(j.state, j.attempts) for j in jobs(node)] == [("failed", 1)]
 
 
 def test_restart_rearms_timers_for_studies_still_receiving(manual_node, tmp_path):

@@ -1,0 +1,62 @@
+"""A storage worker process (``dicom.workers`` > 1): intake only, no scheduler, model or console.
+
+Kept apart from :mod:`ortho_node.app` so a spawned worker imports only what receiving needs (about 15 MB
+less per process than the whole composition root); ``app`` uses the same policy and TLS builders.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from listeners.policy import AssociationPolicy
+from listeners.storescp import StorageSCP
+from listeners.workers import EventRelay, serve_handed_over_connections
+from ortho_node.associations import AssociationLog
+from ortho_node.audit import AuditTrail
+from ortho_node.catalog import Catalog
+from ortho_node.config import Settings, TlsSettings
+from ortho_node.db.engine import make_engine, make_session_factory
+from ortho_node.intake import Intake
+from ortho_node.logs import configure_logging
+from ortho_node.storage import InstanceStore
+
+
+def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolicy:
+    dicom = settings.dicom
+    return AssociationPolicy(
+        dicom.ae_title, allowed=dicom.allowed_calling_aets, max_associations=dicom.max_associations,
+        min_free_bytes=settings.storage.min_free_mb * 1024 * 1024, free_bytes=store.free_bytes,
+    )
+
+
+def run_storage_worker(settings: Settings, channel, events, active, index: int) -> None:
+    """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
+    configure_logging(settings.logging.level, settings.logging.format)
+    engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+    session_factory = make_session_factory(engine)
+    store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+    intake = Intake(store, Catalog(engine), AuditTrail(session_factory))
+    intake.add_listener(EventRelay(events))
+    scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),
+                     policy=storage_policy(settings, store), ssl_context=server_ssl_context(settings.tls),
+                     active_associations=active)
+    scp.start_without_listening()
+    events.put(("ready", index))
+    serve_handed_over_connections(channel, scp.serve_connection)
+    scp.drain(timeout=settings.dicom.network_timeout)
+    scp.stop()
+    engine.dispose()
+
+
+def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.9 profile family): TLS 1.2 or newer, optional client certificates."""
+    if not tls.enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    if tls.ca_certificates:
+        context.load_verify_locations(tls.ca_certificates)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    return context
+
