@@ -1,7 +1,7 @@
 """Label efficiency (the paper's claim, in kind): diffusion-pretrained vs from-scratch backbones, each
 fine-tuned with 10% and 100% of the labels, on knee segmentation (mean Dice) and knee diagnosis (macro AUC).
 
-    python3 bench/label_efficiency.py [--studies 60] [--test 20] [--pretrain-steps 300] [--epochs 10]
+    python3 bench/label_efficiency.py [--studies 60] [--test 20] [--pretrain-steps 300] [--epochs 10] [--lr 2e-3]
                                       [--out bench/label_efficiency.png]
 
 Prints a table and writes a bar chart (PNG, drawn with Pillow). Expected: pretrained at 10% beats scratch at
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=PROFILES["full"].lr, help="head learning rate (bundle's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/label_efficiency.png"))
     args = parser.parse_args(argv)
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     scratch = OrthoModel(new_card(UNetConfig.reduced(), joints=(Joint.KNEE,)))
     spec = scratch.card.preprocessing
-    data = generate_task_data(Joint.KNEE, range(FIRST_SEED, FIRST_SEED + args.studies), spec)
-    test = generate_task_data(Joint.KNEE, range(TEST_SEED, TEST_SEED + args.test), spec)
+    data = generate_task_data(Joint.KNEE, range(FIRST_SEED, FIRST_SEED + args.studies), spec, workers=2)
+    test = generate_task_data(Joint.KNEE, range(TEST_SEED, TEST_SEED + args.test), spec, workers=2)
     pretrained = copy.deepcopy(scratch)
     profile = PROFILES["quick"].__class__(**{**PROFILES["quick"].__dict__, "pretrain_steps": args.pretrain_steps})
     pretrain_backbones(pretrained, data, profile, 0, device)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = copy.deepcopy(start)
                 train, val = split(len(data), 0.2, fraction, 0)
                 settings = FinetuneSettings(task=task, out=Path(), epochs=args.epochs, patience=args.epochs,
-                                            label_fraction=fraction)
+                                            label_fraction=fraction, lr=args.lr)
                 train_task(model, task, data.subset(train), data.subset(val), settings)
                 score, _, _ = evaluate(model, task, test, device)
                 results[(task.value, name, fraction)] = score
