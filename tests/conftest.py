@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,25 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED_ENV = "ORTHO_TEST_SHARED"
+
+
+def _shared_folder() -> Path:
+    """The project's ``shared/`` (reference files, the real GE series): ``$ORTHO_TEST_SHARED``, else beside the
+    repository, else beside the repository a local clone came from (``git clone . /tmp/x``)."""
+    if os.environ.get(SHARED_ENV):
+        return Path(os.environ[SHARED_ENV])
+    beside = REPO.parent / "shared"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir() and (Path(origin).resolve().parent / "shared").is_dir():
+        return Path(origin).resolve().parent / "shared"
+    return beside
+
+
+SHARED = _shared_folder()
 GE_SERIES = SHARED / "data" / "knee-ge-mese-t2"
 ARTIFACTS = REPO / "test-artifacts"
 POSTGRES_ENV = "ORTHO_TEST_POSTGRES_URL"

@@ -122,12 +122,19 @@ def load_state(model: GaussianDiffusion, state: Mapping[str, torch.Tensor]) -> G
     return model
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_weights(weights: Path, expected_sha256: str) -> None:
+    """Refuse weights whose hash is not the one their card records (altered or swapped files)."""
+    actual = file_sha256(weights)
+    if actual != expected_sha256:
+        raise CheckpointError(f"{weights}: sha256 {actual} does not match the model card ({expected_sha256})")
 
 
 def save_checkpoint(directory: Path, model: GaussianDiffusion, card: ModelCard) -> ModelCard:
@@ -146,7 +153,7 @@ def save_checkpoint(directory: Path, model: GaussianDiffusion, card: ModelCard) 
     written = dataclasses.replace(
         card,
         weights_file=WEIGHTS_FILE,
-        weights_sha256=_sha256(weights),
+        weights_sha256=file_sha256(weights),
         created=card.created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     tmp_card = card_path.with_suffix(".tmp")
@@ -164,9 +171,7 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> tupl
     """Rebuild a backbone from our format, verifying the weights' hash against the card."""
     card = read_card(directory)
     weights = directory / card.weights_file
-    actual = _sha256(weights)
-    if actual != card.weights_sha256:
-        raise CheckpointError(f"{weights}: sha256 {actual} does not match the model card ({card.weights_sha256})")
+    verify_weights(weights, card.weights_sha256)
     model = load_state(build_model(card.unet, card.diffusion), load_file(str(weights)))
     return model.to(device), card
 

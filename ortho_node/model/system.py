@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -25,7 +24,9 @@ from torch import nn
 
 from ortho_node import __version__
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
-from ortho_node.model.checkpoint import CheckpointError, build_model, check_state_dict, load_checkpoint
+from ortho_node.model.checkpoint import (
+    CheckpointError, build_model, check_state_dict, file_sha256, load_checkpoint, verify_weights,
+)
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
 from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder, decoder_widths
@@ -239,14 +240,6 @@ def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.AN
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_system(directory: Path, model: OrthoModel, card: SystemCard | None = None) -> SystemCard:
     """Write weights and card (temporary names, then rename); returns the card as written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -258,7 +251,7 @@ def save_system(directory: Path, model: OrthoModel, card: SystemCard | None = No
     tmp.chmod(0o644)  # readable like any package file (safetensors creates it 0600)
     tmp.replace(weights)
     written = dataclasses.replace(
-        card, weights_file=WEIGHTS_FILE, weights_sha256=_sha256(weights),
+        card, weights_file=WEIGHTS_FILE, weights_sha256=file_sha256(weights),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     tmp_card = card_path.with_suffix(".tmp")
@@ -281,9 +274,7 @@ def load_system(directory: Path) -> OrthoModel:
     directory = Path(directory)
     card = read_system_card(directory)
     weights = directory / card.weights_file
-    actual = _sha256(weights)
-    if actual != card.weights_sha256:
-        raise CheckpointError(f"{weights}: sha256 {actual} does not match the model card ({card.weights_sha256})")
+    verify_weights(weights, card.weights_sha256)
     model = OrthoModel(card)
     state = load_file(str(weights))
     check_state_dict(model, state)

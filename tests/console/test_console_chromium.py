@@ -4,28 +4,22 @@ images, the daily summary; screenshots kept under test-artifacts/console/."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from tests.conftest import ARTIFACTS
+from tests.node_process import free_port
 from tests.console.seeded import PASSWORD, USER
 from tests.reports.ohif import CHROMIUM, Chromium
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chromium():
     if not CHROMIUM.exists():
         pytest.fail("chromium missing: install the Debian package chromium")
-    browser = Chromium(_free_port(), width=1400, height=1000)
+    browser = Chromium(free_port(), width=1400, height=1000)
     yield browser
     browser.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,8 @@ import torch
 from ortho_node.model.checkpoint import build_model
 from ortho_node.model.diffusion import GaussianDiffusion
 from ortho_node.model.unet import UNetConfig
+from tests.conftest import SHARED
 
-#: CI clones the repository next to ``shared/``; tests read the reference files from there.
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 REFERENCE = SHARED / "reference"
 
 

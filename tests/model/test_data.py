@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ import torch
 from ortho_node.labels import Plane
 from ortho_node.model.data import SourceKind, find_volumes, plane_of_normal, read_volume
 from ortho_node.model.preprocessing import PreprocessSpec, preprocess_volume
-
-GE_SERIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "knee-ge-mese-t2"
+from tests.conftest import GE_SERIES
 
 
 def test_nifti_volume_round_trips_to_the_official_model_orientation(tmp_path):

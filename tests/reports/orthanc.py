@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -12,15 +11,11 @@ from pathlib import Path
 
 import requests
 
+from tests.node_process import free_port
+
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN_CANDIDATES = (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
                               Path("/usr/lib/orthanc/libOrthancDicomWeb.so"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dicomweb_plugin() -> Path | None:
