@@ -141,16 +141,44 @@ class Storescp(Receiver):
         self.wait_ready(self.port)
 
 
-def peak_rss_sampler(process: psutil.Process, stop: threading.Event, result: list[int]) -> None:
+def peak_rss_sampler(process: psutil.Process, stop: threading.Event, result: list[int],
+                     per_process: dict[str, int]) -> None:
+    """Peak of the summed RSS of the receiver and its children, and each process's own peak (by role)."""
     peak = 0
     while not stop.is_set():
         try:
             procs = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs))
+            sizes = {_role(p, process): p.memory_info().rss for p in procs}
         except psutil.NoSuchProcess:
             break
+        peak = max(peak, sum(sizes.values()))
+        for role, rss in sizes.items():
+            per_process[role] = max(per_process.get(role, 0), rss)
         stop.wait(0.02)
     result.append(peak)
+
+
+def _numbered(per_process: dict[str, int]) -> dict[str, float]:
+    """``worker-<pid>`` keys as worker1, worker2, ... in pid order (MB), so runs compare."""
+    def order(role: str) -> tuple[str, int]:
+        kind, _, pid = role.partition("-")
+        return kind, int(pid or 0)
+
+    counts: dict[str, int] = {}
+    named = {}
+    for role in sorted(per_process, key=order):
+        kind = order(role)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+        named[kind if kind in ("main", "tracker") else f"{kind}{counts[kind]}"] = per_process[role] / 1e6
+    return named
+
+
+def _role(proc: psutil.Process, receiver: psutil.Process) -> str:
+    if proc.pid == receiver.pid:
+        return "main"
+    command = " ".join(proc.cmdline())
+    kind = "tracker" if "resource_tracker" in command else "worker" if "spawn_main" in command else "child"
+    return f"{kind}-{proc.pid}"
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -171,8 +199,8 @@ def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, 
         receiver.start(workdir)
         proc = psutil.Process(receiver.process.pid)
         cpu_before = cpu_seconds(proc)
-        stop, peak = threading.Event(), []
-        sampler = threading.Thread(target=peak_rss_sampler, args=(proc, stop, peak))
+        stop, peak, per_process = threading.Event(), [], {}
+        sampler = threading.Thread(target=peak_rss_sampler, args=(proc, stop, peak, per_process))
         sampler.start()
         groups = [files[i::parallel] for i in range(parallel)]
         started = time.perf_counter()
@@ -189,7 +217,8 @@ def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, 
             raise RuntimeError(f"{receiver.name}: storescu failed: {failures[0][-500:]!r}")
         size = sum(p.stat().st_size for p in files)
         return {"inst_s": len(files) / elapsed, "mb_s": size / 1e6 / elapsed, "cpu_s": cpu,
-                "peak_rss_mb": peak[0] / 1e6, "seconds": elapsed}
+                "peak_rss_mb": peak[0] / 1e6, "seconds": elapsed,
+                "per_process_mb": _numbered(per_process)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -217,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'receiver':16} {'assoc':>5} {'inst/s':>8} {'MB/s':>7} {'CPU s':>7} {'peak RSS MB':>12}")
     for name, parallel, r in rows:
         print(f"{name:16} {parallel:5d} {r['inst_s']:8.1f} {r['mb_s']:7.1f} {r['cpu_s']:7.2f} {r['peak_rss_mb']:12.1f}")
+    for name, parallel, r in rows:
+        if len(r["per_process_mb"]) > 1:
+            parts = ", ".join(f"{role} {mb:.1f}" for role, mb in sorted(r["per_process_mb"].items()))
+            print(f"{name} at {parallel} association(s), peak RSS MB per process: {parts}")
     for ours in ("ortho-node", f"ortho-node x{args.workers}"):
         for name in ("orthanc", "dcmtk storescp"):
             for parallel in (1, args.parallel):

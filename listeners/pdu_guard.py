@@ -25,7 +25,7 @@ class PduTooLarge(ConnectionAbortedError):
 
 
 class PduGuardSocket:
-    """Delegates to the wrapped socket; ``recv`` checks each PDU header that passes through."""
+    """Delegates to the wrapped socket; ``recv`` and ``recv_into`` check each PDU header that passes through."""
 
     def __init__(self, sock: Any, *, max_pdata_length: int, peer: str) -> None:
         self._sock = sock
@@ -44,6 +44,11 @@ class PduGuardSocket:
         data = self._sock.recv(bufsize, *args)
         self._follow(memoryview(data))
         return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, *args: Any) -> int:
+        received = self._sock.recv_into(buffer, nbytes, *args)
+        self._follow(memoryview(buffer)[:received])
+        return received
 
     def _follow(self, data: memoryview) -> None:
         while data:

@@ -13,6 +13,7 @@ import socketserver
 import ssl
 import threading
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +37,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from listeners.latency import BurstPolling
 from listeners.pdu_guard import PduGuardSocket
+from listeners.reactor import EventDrivenAssociation, create_acceptor
+from listeners.wire import part10_header
 from listeners.policy import AssociationPolicy, AssociationRequest
 from ortho_node.associations import AssociationCounts, AssociationLog, Peer
 from ortho_node.config import Settings
@@ -85,7 +87,6 @@ class StorageSCP:
         self._unrequested: dict[Any, tuple[str, int]] = {}  # connections with no A-ASSOCIATE-RQ yet
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
-        self._polling = BurstPolling()
         self._thread: threading.Thread | None = None
         self._active = active_associations if active_associations is not None else multiprocessing.Value("i", 0)
 
@@ -120,7 +121,6 @@ class StorageSCP:
             (dicom.host, dicom.port), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
             server_class=_NodeAssociationServer, request_handler=_GuardedRequestHandler,
         )
-        self._polling.start()
         self._thread = threading.Thread(target=self._server.serve_forever, name="storescp-accept",
                                         daemon=True)
         self._thread.start()
@@ -133,7 +133,6 @@ class StorageSCP:
             ("127.0.0.1", 0), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
             server_class=_HandedOverConnectionServer, request_handler=_GuardedRequestHandler,
         )
-        self._polling.start()
 
     def serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Run an association on an accepted connection (accepted by another process)."""
@@ -154,7 +153,6 @@ class StorageSCP:
             else:
                 self._server.server_close()
             self._server = None
-            self._polling.stop()
         log.info("Storage SCP stopped")
 
     def drain(self, timeout: float) -> bool:
@@ -212,11 +210,15 @@ class StorageSCP:
             log.warning("undecodable data set from %s at %s: %s", ref.calling_ae, ref.peer_host,
                         type(exc).__name__)
             return self._count(state, Status.CANNOT_UNDERSTAND_UNDECODABLE, 0)
-        encoded = event.encoded_dataset(include_meta=True)
+        request = event.request
+        sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        transfer_syntax = str(event.context.transfer_syntax)
+        # The bytes as received behind the file meta pynetdicom's encoded_dataset() would write (same bytes,
+        # encoded without building a pydicom data set).
+        encoded = part10_header(sop_class, sop_instance, transfer_syntax) + request.DataSet.getvalue()
         incoming = IncomingInstance(
-            encoded=encoded, dataset=dataset, transfer_syntax_uid=str(event.context.transfer_syntax),
-            affected_sop_class_uid=str(event.request.AffectedSOPClassUID),
-            affected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID), association=ref,
+            encoded=encoded, dataset=dataset, transfer_syntax_uid=transfer_syntax,
+            affected_sop_class_uid=sop_class, affected_sop_instance_uid=sop_instance, association=ref,
         )
         try:
             result = self.intake.receive(incoming)
@@ -225,7 +227,6 @@ class StorageSCP:
             return self._count(state, Status.OUT_OF_RESOURCES, 0)
         if state is not None and result.duplicate:
             state.counts.duplicates += 1
-        self._polling.stored(event.assoc)
         return self._count(state, result.status, len(encoded) if not result.duplicate else 0)
 
     def _count(self, state: _AssociationState | None, status: Status, size: int) -> int:
@@ -243,7 +244,6 @@ class StorageSCP:
         with self._lock:
             state = self._states.pop(event.assoc, None)
             never_requested = self._unrequested.pop(event.assoc, None)
-        self._polling.forget(event.assoc)
         if never_requested is not None:
             log.warning("connection from %s:%d closed without a valid association request", *never_requested)
             self.association_log.malformed(*never_requested)
@@ -269,7 +269,12 @@ def _tls_subject(assoc: Any) -> str | None:
 
 
 class _NodeAssociationServer(ThreadedAssociationServer):
-    """Defers the TLS handshake to the connection's own thread so a slow peer cannot stall accepts."""
+    """Defers the TLS handshake to the connection's own thread so a slow peer cannot stall accepts;
+    copies the presentation contexts once for all its associations."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acceptor_contexts = deepcopy(self.contexts)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = self.socket.accept()
@@ -295,7 +300,11 @@ class _HandedOverConnectionServer(_NodeAssociationServer):
 
 
 class _GuardedRequestHandler(RequestHandler):
-    """Completes TLS and wraps the connection in the PDU length guard before pynetdicom reads it."""
+    """Completes TLS and wraps the connection in the PDU length guard before pynetdicom reads it; the
+    association runs on the event-driven reactors (:mod:`listeners.reactor`)."""
+
+    def _create_association(self) -> EventDrivenAssociation:
+        return create_acceptor(self, self.server.acceptor_contexts)
 
     def handle(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"

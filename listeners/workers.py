@@ -3,8 +3,9 @@
 pynetdicom runs associations on threads that share one interpreter lock, so one process uses about one
 core. With ``dicom.workers`` > 1 the parent accepts each connection and hands it, round robin, to a worker
 process (file-descriptor passing over a Unix socket pair). Workers store through their own intake and
-database connections and relay intake notifications to the parent, where the scheduler lives. A worker
-that dies is restarted; a worker whose parent goes away finishes its associations and exits.
+database connections and send intake notifications back over the same socket pair to the parent, where the
+scheduler lives. A worker that dies is restarted; a worker whose parent goes away finishes its associations
+and exits.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import itertools
 import json
 import logging
 import multiprocessing
-import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from listeners.shared_counter import SharedCounter
 from ortho_node.config import Settings
 from ortho_node.intake import Intake, StoredInstance
 
@@ -29,15 +30,16 @@ log = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("spawn")  # no fork: the parent has threads and open database pools
 
-#: ``target(settings, channel, events, active, index)``: a worker process's main function.
-WorkerTarget = Callable[[Settings, socket.socket, Any, Any, int], None]
+#: ``target(settings, channel, active, index)``: a worker process's main function.
+WorkerTarget = Callable[[Settings, socket.socket, SharedCounter, int], None]
 
 
 @dataclass
 class _Worker:
     index: int
     process: Any
-    channel: socket.socket  # parent end of the socket pair
+    channel: socket.socket  # parent end of the socket pair: connections out, events in
+    relay: threading.Thread | None = field(default=None, repr=False)
 
 
 class WorkerPoolSCP:
@@ -49,8 +51,8 @@ class WorkerPoolSCP:
         self._intake = intake
         self._target = target
         self._workers: dict[int, _Worker] = {}
-        self._events = _CONTEXT.Queue()
-        self._active = _CONTEXT.Value("i", 0)
+        self._active = SharedCounter.create()
+        self._ready = threading.Semaphore(0)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -66,8 +68,7 @@ class WorkerPoolSCP:
         for index in range(self._count):
             self._workers[index] = self._spawn(index)
         self._wait_ready(ready_timeout)
-        for target, name in ((self._accept_loop, "accept"), (self._relay_loop, "relay"),
-                             (self._monitor_loop, "monitor")):
+        for target, name in ((self._accept_loop, "accept"), (self._monitor_loop, "monitor")):
             threading.Thread(target=target, name=f"storescp-{name}", daemon=True).start()
         log.info("Storage SCP %s listening on %s:%d with %d worker processes", dicom.ae_title, dicom.host,
                  self.port, self._count)
@@ -79,31 +80,39 @@ class WorkerPoolSCP:
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
-            worker.channel.close()  # workers finish their associations and exit
+            # No more connections; the worker finishes its associations, still reporting them, and exits.
+            _shutdown(worker.channel, socket.SHUT_WR)
         for worker in workers:
             worker.process.join(timeout)
             if worker.process.is_alive():
                 log.warning("worker %d did not stop in %.0f s; terminating", worker.index, timeout)
                 worker.process.terminate()
-        self._events.put(None)
+                worker.process.join(timeout)
+        for worker in workers:
+            _shutdown(worker.channel, socket.SHUT_RDWR)  # ends its relay thread
+            if worker.relay is not None:
+                worker.relay.join(timeout)
+            worker.channel.close()
+        self._active.remove()
         log.info("Storage SCP stopped")
 
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         process = _CONTEXT.Process(target=self._target, name=f"ortho-node-storescp-{index}", daemon=False,
-                                   args=(self.settings, child_end, self._events, self._active, index))
+                                   args=(self.settings, child_end, self._active, index))
         process.start()
         child_end.close()
-        return _Worker(index, process, parent_end)
+        worker = _Worker(index, process, parent_end)
+        worker.relay = threading.Thread(target=self._relay_loop, args=(worker,), name=f"storescp-relay-{index}",
+                                        daemon=True)
+        worker.relay.start()
+        return worker
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline, ready = time.monotonic() + timeout, 0
-        while ready < self._count:
-            try:
-                kind, _ = self._events.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(f"only {ready} of {self._count} storage workers started") from None
-            ready += kind == "ready"
+        deadline = time.monotonic() + timeout
+        for ready in range(self._count):
+            if not self._ready.acquire(timeout=max(0.1, deadline - time.monotonic())):
+                raise RuntimeError(f"only {ready} of {self._count} storage workers started")
 
     def _accept_loop(self) -> None:
         turns = itertools.count()
@@ -128,16 +137,30 @@ class WorkerPoolSCP:
                 log.warning("worker %d cannot take a connection (%s); trying the next", worker.index, exc)
         log.error("no storage worker available; connection from %s:%d closed", *address)
 
-    def _relay_loop(self) -> None:
+    def _relay_loop(self, worker: _Worker) -> None:
+        """Reads one worker's events (JSON lines) until its end of the channel closes."""
+        pending = b""
         while True:
-            event = self._events.get()
-            if event is None:
+            try:
+                chunk = worker.channel.recv(65536)
+            except OSError:
                 return
-            kind, payload = event
-            if kind == "stored":
-                self._intake.notify_stored(StoredInstance(*payload))
-            elif kind == "ended":
-                self._intake.association_ended(*payload)
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._dispatch(json.loads(line), worker.index)
+
+    def _dispatch(self, event: list[Any], index: int) -> None:
+        kind, payload = event
+        if kind == "stored":
+            self._intake.notify_stored(StoredInstance(*payload))
+        elif kind == "ended":
+            self._intake.association_ended(*payload)
+        elif kind == "ready":
+            self._ready.release()
+        else:
+            log.error("unknown event %r from storage worker %d", kind, index)
 
     def _monitor_loop(self) -> None:
         while not self._stopping.is_set():
@@ -149,23 +172,46 @@ class WorkerPoolSCP:
                 dead = sentinels[sentinel]
                 log.error("storage worker %d exited with code %s; restarting it", dead.index,
                           dead.process.exitcode)
+                _shutdown(dead.channel, socket.SHUT_RDWR)
                 dead.channel.close()
                 with self._lock:
                     self._workers[dead.index] = self._spawn(dead.index)
 
 
-class EventRelay:
-    """Worker side: forwards intake notifications to the parent process."""
+def _shutdown(channel: socket.socket, how: int) -> None:
+    try:
+        channel.shutdown(how)
+    except OSError:
+        pass  # already closed by the other side
 
-    def __init__(self, events: Any) -> None:
-        self._events = events
+
+class EventRelay:
+    """Worker side: sends intake notifications to the parent over the worker's channel (JSON lines).
+
+    Each worker has its own channel, so a worker killed mid-message affects only its own (replaced)
+    channel; a shared ``multiprocessing.Queue`` lock held by a killed worker blocked every other writer."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+
+    def ready(self, index: int) -> None:
+        self._send(["ready", index])
 
     def instance_stored(self, instance: StoredInstance) -> None:
-        self._events.put(("stored", (instance.study_uid, instance.series_uid, instance.sop_uid,
-                                     instance.association_id)))
+        self._send(["stored", [instance.study_uid, instance.series_uid, instance.sop_uid,
+                               instance.association_id]])
 
     def association_ended(self, association_id: int | None, state: str) -> None:
-        self._events.put(("ended", (association_id, state)))
+        self._send(["ended", [association_id, state]])
+
+    def _send(self, event: list[Any]) -> None:
+        data = json.dumps(event).encode() + b"\n"
+        with self._lock:
+            try:
+                self._channel.sendall(data)
+            except OSError as exc:  # the parent is gone or stopping: nobody left to tell
+                log.debug("event not relayed to the parent (%s)", type(exc).__name__)
 
 
 def serve_handed_over_connections(channel: socket.socket, serve: Callable[[socket.socket, tuple], None]) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from listeners.console import Console, ConsoleServer
 from listeners.metrics import MetricsServer
@@ -31,7 +34,7 @@ from ortho_node.intake import Intake
 from ortho_node.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
 from ortho_node.metrics import Liveness, NodeCollector, health, make_registry
-from ortho_node.pipeline import Locate, Pipeline, ResultStages, StudyPredictor
+from ortho_node.pipeline import Locate, Pipeline, ResultStages, StudyPredictor, WrittenResults
 from ortho_node.prediction import StudyPrediction
 from ortho_node.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
@@ -40,6 +43,9 @@ from ortho_node.storage import InstanceStore, is_valid_uid
 from ortho_node.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 
 log = logging.getLogger(__name__)
+
+#: Left in the data folder by a clean stop; its absence at start-up means a crash, and a recovery scan.
+CLEAN_SHUTDOWN = "clean-shutdown.json"
 
 
 class Node:
@@ -81,7 +87,45 @@ class Node:
         removed = self.store.clear_partial_files()
         if removed:
             log.info("removed %d partial files left by an interrupted write (never acknowledged)", removed)
-        self.recover_unrecorded_files()
+        if self._take_clean_shutdown_marker():
+            log.info("last stop was clean and the database still holds what it held then: no recovery scan")
+        else:
+            self.recover_unrecorded_files()
+
+    def _shutdown_state(self) -> dict[str, object]:
+        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows."""
+        with self.session_factory() as session:
+            instances = session.scalar(select(func.count(Instance.id)))
+        return {"database": hashlib.sha256(self.settings.database_url.encode()).hexdigest(), "instances": instances}
+
+    def _take_clean_shutdown_marker(self) -> bool:
+        """True when the last stop was clean and the database is the one it left: every stored file has its
+        row, so the scan over the whole archive can be skipped. The marker is removed (durably) first, so a
+        crash from here on leads to a scan at the next start."""
+        path = self.settings.data_dir / CLEAN_SHUTDOWN
+        try:
+            marker = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            marker = None
+        path.unlink(missing_ok=True)
+        _fsync_folder(path.parent)
+        return marker == self._shutdown_state()
+
+    def _leave_clean_shutdown_marker(self) -> None:
+        path = self.settings.data_dir / CLEAN_SHUTDOWN
+        partial = path.with_suffix(".partial")
+        try:
+            state = self._shutdown_state()
+            with open(partial, "w") as handle:
+                json.dump(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            partial.replace(path)
+            _fsync_folder(path.parent)
+        except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
+            log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
 
     def recover_unrecorded_files(self) -> int:
         """Index complete files that lack a row (a crash between rename and commit)."""
@@ -163,13 +207,24 @@ class Node:
             if server is not None:
                 server.stop()
         self.console = self.metrics = None
+        served = self.scp is not None
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
             self.audit.record(AuditKind.NODE_STOPPED, "node stopped")
         self.scheduler.stop()
         self.delivery.stop()
+        if served:  # every association has ended: each stored file has its row
+            self._leave_clean_shutdown_marker()
         self.engine.dispose()
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def load_predictor(settings: Settings) -> StudyPredictor | None:
@@ -224,14 +279,16 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
                   locate: Locate) -> ResultStages:
     """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
     ``<data>/results/<study>/job-<id>``, then queued for every destination."""
-    from reports.results import build_result_objects, write_result_objects
+    from reports.results import build_results, write_result_objects
 
-    def write(prediction: StudyPrediction, job_id: int | None) -> list[Path]:
+    def write(prediction: StudyPrediction, job_id: int | None) -> WrittenResults:
         uid = prediction.study_instance_uid
         if not is_valid_uid(uid):
             raise ValueError("prediction for an invalid Study Instance UID")
         folder = settings.data_dir / "results" / uid / (f"job-{job_id}" if job_id is not None else "manual")
-        return write_result_objects(build_result_objects(prediction, settings), folder, fsync=settings.storage.fsync)
+        built = build_results(prediction, settings)
+        return WrittenResults(write_result_objects(built.datasets, folder, fsync=settings.storage.fsync),
+                              built.seg_not_built)
 
     def describe(path: Path) -> BuiltObject:
         result = ResultFile.read(path)

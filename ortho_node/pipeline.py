@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -50,13 +50,21 @@ class StudyPredictor(Protocol):
 
 
 @dataclass(frozen=True)
+class WrittenResults:
+    """Result files written durably for one prediction, and the SEGs left out (source series UID -> why)."""
+
+    paths: list[Path]
+    seg_not_built: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ResultStages:
     """The stages after assembly: the predictor, a writer that builds the result objects of a prediction
     and writes them durably (returns their paths; ``reports.results`` in the composition root), the
     delivery queue (``DeliveryService.enqueue_files``), and where stored instances are."""
 
     predictor: StudyPredictor
-    write_results: Callable[[StudyPrediction, int | None], Sequence[Path]]
+    write_results: Callable[[StudyPrediction, int | None], WrittenResults]
     deliver: Callable[[Sequence[Path]], int]
     describe_object: Callable[[Path], BuiltObject]
     locate: Locate
@@ -84,12 +92,12 @@ class Pipeline:
                                                       planes=[p.value for p in assembled.planes])
             prediction = stages.predictor.predict(assembled, locate=stages.locate)
             finished = self.timeline.inference_finished(prediction, job_id=job_id, started_at=started)
-        paths = list(stages.write_results(prediction, job_id))
-        result_id = self.timeline.objects_built(prediction, [stages.describe_object(p) for p in paths],
+        written = stages.write_results(prediction, job_id)
+        result_id = self.timeline.objects_built(prediction, [stages.describe_object(p) for p in written.paths],
                                                 job_id=job_id, inference_started_at=started,
-                                                inference_finished_at=finished)
-        queued = stages.deliver(paths)
-        log.info("study %s: %d result objects written, %d deliveries queued", uid, len(paths), queued)
+                                                inference_finished_at=finished, seg_not_built=written.seg_not_built)
+        queued = stages.deliver(written.paths)
+        log.info("study %s: %d result objects written, %d deliveries queued", uid, len(written.paths), queued)
         return result_id
 
     def _record(self, assembled: AssembledStudy, job_id: int | None) -> PipelineResult:

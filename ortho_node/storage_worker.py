@@ -1,24 +1,26 @@
 """A storage worker process (``dicom.workers`` > 1): intake only, no scheduler, model or console.
 
-Kept apart from :mod:`ortho_node.app` so a spawned worker imports only what receiving needs (about 15 MB
-less per process than the whole composition root); ``app`` uses the same policy and TLS builders.
+Kept apart from :mod:`ortho_node.app` so a spawned worker imports only what receiving needs; ``app`` uses
+the same policy and TLS builders. The module itself imports nothing heavy: the worker's imports happen in
+:func:`run_storage_worker`, after it has kept pydicom's optional pixel libraries out (see
+:func:`_without_pixel_libraries`).
 """
 
 from __future__ import annotations
 
 import ssl
+import sys
+from typing import TYPE_CHECKING, Any
 
 from listeners.policy import AssociationPolicy
-from listeners.storescp import StorageSCP
-from listeners.workers import EventRelay, serve_handed_over_connections
-from ortho_node.associations import AssociationLog
-from ortho_node.audit import AuditTrail
-from ortho_node.catalog import Catalog
 from ortho_node.config import Settings, TlsSettings
-from ortho_node.db.engine import make_engine, make_session_factory
-from ortho_node.intake import Intake
-from ortho_node.logs import configure_logging
-from ortho_node.storage import InstanceStore
+
+if TYPE_CHECKING:
+    from ortho_node.storage import InstanceStore
+
+#: pydicom imports these, when installed, to decode pixel data; a worker stores bytes as received and
+#: reads header elements only, so they would be about 16 MB of every worker's memory for nothing.
+PIXEL_LIBRARIES = ("numpy", "PIL")
 
 
 def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolicy:
@@ -29,23 +31,45 @@ def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolic
     )
 
 
-def run_storage_worker(settings: Settings, channel, events, active, index: int) -> None:
+def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int) -> None:
     """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
+    _without_pixel_libraries()
+    from listeners.storescp import StorageSCP
+    from listeners.workers import EventRelay, serve_handed_over_connections
+    from ortho_node.associations import AssociationLog
+    from ortho_node.audit import AuditTrail
+    from ortho_node.catalog import Catalog
+    from ortho_node.db.engine import make_engine, make_session_factory
+    from ortho_node.intake import Intake
+    from ortho_node.logs import configure_logging
+    from ortho_node.storage import InstanceStore
+
     configure_logging(settings.logging.level, settings.logging.format)
     engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     session_factory = make_session_factory(engine)
     store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
     intake = Intake(store, Catalog(engine), AuditTrail(session_factory))
-    intake.add_listener(EventRelay(events))
+    relay = EventRelay(channel)
+    intake.add_listener(relay)
     scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),
                      policy=storage_policy(settings, store), ssl_context=server_ssl_context(settings.tls),
                      active_associations=active)
     scp.start_without_listening()
-    events.put(("ready", index))
+    relay.ready(index)
     serve_handed_over_connections(channel, scp.serve_connection)
     scp.drain(timeout=settings.dicom.network_timeout)
     scp.stop()
     engine.dispose()
+
+
+def _without_pixel_libraries() -> None:
+    """Make ``import numpy`` and ``import PIL`` fail in this (worker) process, so pydicom runs without
+    its pixel handlers, as on an installation without them. Only where none is loaded yet: a process that
+    already uses them keeps them."""
+    if any(name in sys.modules for name in PIXEL_LIBRARIES):
+        return
+    for name in PIXEL_LIBRARIES:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not available" marker
 
 
 def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
@@ -59,4 +83,3 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
         context.load_verify_locations(tls.ca_certificates)
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
     return context
-

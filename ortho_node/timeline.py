@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,9 +112,10 @@ class Timeline:
 
     def objects_built(self, prediction: StudyPrediction, objects: Sequence[BuiltObject], *, job_id: int | None,
                       inference_started_at: dt.datetime | None = None,
-                      inference_finished_at: dt.datetime | None = None) -> int:
-        """Record the result set (model card version, findings, objects) and its timeline step; returns the
-        ``study_results`` row id."""
+                      inference_finished_at: dt.datetime | None = None,
+                      seg_not_built: Mapping[str, str] | None = None) -> int:
+        """Record the result set (model card version, findings, objects) and its timeline step, with the SEGs
+        that could not be built (source series UID -> reason); returns the ``study_results`` row id."""
         model = prediction.model
         kinds: dict[str, int] = {}
         for obj in objects:
@@ -129,9 +130,12 @@ class Timeline:
             session.add(result)
             session.flush()
             summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "no objects"
-            session.add(entry(Step.OBJECTS_BUILT, prediction.study_instance_uid,
-                              f"{summary} built by {model.name} {model.version}", job_id=job_id,
-                              data={"result_id": result.id, "model_version": model.version, "objects": kinds}))
+            detail = f"{summary} built by {model.name} {model.version}"
+            data: dict[str, Any] = {"result_id": result.id, "model_version": model.version, "objects": kinds}
+            if seg_not_built:
+                detail += "; no SEG for " + "; ".join(f"series {uid}: {why}" for uid, why in seg_not_built.items())
+                data["seg_not_built"] = dict(seg_not_built)
+            session.add(entry(Step.OBJECTS_BUILT, prediction.study_instance_uid, detail, job_id=job_id, data=data))
             return result.id
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset
@@ -20,19 +21,45 @@ from reports.summary import build_summary
 log = logging.getLogger(__name__)
 
 
-def build_result_objects(prediction: StudyPrediction, settings: Settings) -> list[Dataset]:
+@dataclass(frozen=True)
+class ResultObjects:
+    """The objects built for one prediction, and the SEGs that could not be built (Series Instance UID of the
+    source -> the reason): a radiologist still gets the findings when one series' mask cannot be encoded."""
+
+    datasets: list[Dataset]
+    seg_not_built: dict[str, str]
+
+
+def build_results(prediction: StudyPrediction, settings: Settings) -> ResultObjects:
     """One DICOM-SEG per analysed series with structures, the TID 1500 SR and, when configured, the summary
-    series. UIDs derive from the inputs, so building twice gives the same instances."""
+    series. UIDs derive from the inputs, so building twice gives the same instances.
+
+    A SEG that highdicom refuses for its source images (e.g. instances of one series in different frames of
+    reference) is left out and reported; the SR and summary are built without it.
+    """
     sources = read_all(prediction)
-    segmentations = [seg for index, source in enumerate(sources)
-                     if (seg := build_segmentation(source, prediction, settings.results, index=index))]
+    segmentations, not_built = [], {}
+    for index, source in enumerate(sources):
+        try:
+            seg = build_segmentation(source, prediction, settings.results, index=index)
+        except ValueError as exc:
+            not_built[source.uid] = str(exc)
+            log.warning("study %s: no SEG for series %s: %s", prediction.study_instance_uid, source.uid, exc)
+            continue
+        if seg is not None:
+            segmentations.append(seg)
     objects: list[Dataset] = [seg.dataset for seg in segmentations]
     objects.append(build_report(prediction, sources, segmentations, settings.results))
     if settings.results.summary:
         objects.extend(build_summary(prediction, sources, settings.results))
     log.info("built %d result objects for study %s (%d SEG)", len(objects), prediction.study_instance_uid,
              len(segmentations))
-    return objects
+    return ResultObjects(objects, not_built)
+
+
+def build_result_objects(prediction: StudyPrediction, settings: Settings) -> list[Dataset]:
+    """The datasets of :func:`build_results`."""
+    return build_results(prediction, settings).datasets
 
 
 def write_result_objects(datasets: Iterable[Dataset], folder: Path, *, fsync: bool = True) -> list[Path]:

@@ -35,9 +35,15 @@ class NodeProcess:
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         self.remote = RemoteNode("ORTHODIFF", "127.0.0.1", self.port)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # never leave a node serving behind a failed test
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self._log.close()
+            raise
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
+    def _wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,9 +1,10 @@
 """The predictor: an :class:`AssembledStudy` -> :class:`StudyPrediction` (masks on each source series' grid,
 findings at the model card's thresholds, per-label plane weights).
 
-Per analysed plane the series is covered by overlapping windows of the model's depth (stride depth / 2,
-the last window flush with the last slice), so every source slice is segmented; softmax maps of
-overlapping windows are averaged on the model grid, restored onto the source grid (bilinear) and arg-maxed.
+Per analysed plane the series is covered by overlapping windows of the model's depth (the official centre
+window, then stride depth / 2 on either side, the outermost flush with the series' ends), so every source
+slice is segmented; softmax maps of overlapping windows are averaged on the model grid (each window's slices
+weighted by a Gaussian around its centre), restored onto the source grid (bilinear) and arg-maxed.
 Diagnosis reads the official centre window of each plane. Planes that are absent or carry no image (a
 single intensity, e.g. all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
 """
@@ -59,17 +60,25 @@ class PredictionOutcome:
 
 
 def window_starts(slices: int, depth: int, stride: int | None = None) -> tuple[int, ...]:
-    """First slices of the windows covering ``slices`` source slices: overlapping, the last flush with the end.
+    """First slices of the windows covering ``slices`` source slices: the official centre window, then windows
+    every ``stride`` slices on either side of it, the outermost flush with the series' ends.
 
     A series no longer than ``depth`` is one window (zero-padded after its last slice).
     """
     if slices <= depth:
         return (0,)
     stride = max(1, stride or depth // 2)
-    starts = list(range(0, slices - depth + 1, stride))
-    if starts[-1] != slices - depth:
-        starts.append(slices - depth)
-    return tuple(starts)
+    centre, last = GridMapping((slices, 1, 1), PreprocessSpec(depth=depth)).start, slices - depth
+    before = range(centre, 0, -stride)
+    after = range(centre, last, stride)
+    return tuple(sorted({0, *before, *after, last}))
+
+
+def slice_weights(depth: int) -> torch.Tensor:
+    """[depth] weights of a window's slices when overlapping windows are averaged: a Gaussian (sigma depth / 4)
+    around the window centre, as nnU-Net weights its patches: slices near a window's ends see less context."""
+    z = torch.arange(depth, dtype=torch.float32) - (depth - 1) / 2
+    return torch.exp(-0.5 * (z / (depth / 4)) ** 2)
 
 
 class Predictor:
@@ -176,6 +185,7 @@ class Predictor:
         n, classes = pixels.shape[0], len(self.card.structures)
         total = torch.zeros((classes, n, spec.size, spec.size), device=self.device)
         counts = torch.zeros(n, device=self.device)
+        weights = slice_weights(spec.depth).to(self.device)
         inputs = []
         for start in starts:
             try:
@@ -190,11 +200,11 @@ class Predictor:
             probabilities = torch.softmax(logits.float(), dim=1)
             for (start, _), p in zip(batch, probabilities):
                 count = min(spec.depth, n - start)
-                total[:, start : start + count] += p[:, :count]
-                counts[start : start + count] += 1
+                total[:, start : start + count] += p[:, :count] * weights[None, :count, None, None]
+                counts[start : start + count] += weights[:count]
         uncovered = counts == 0
         total[0, uncovered] = 1.0  # slices of constant windows: background
-        return centre, total / counts.clamp(min=1)[None, :, None, None], starts
+        return centre, total / torch.where(uncovered, 1.0, counts)[None, :, None, None], starts
 
     @staticmethod
     def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:

@@ -63,10 +63,10 @@ class Profile:
 
 
 PROFILES = {
-    # Sized from unit costs on 2 cores (1.7 s per generated study and process, 0.64 s per pretraining step,
-    # about 1.5 s per joint step of four batches, two minutes per epoch): about 75 minutes in all.
+    # Sized from unit costs on 2 cores (1.7 s per generated study and process, 0.75 s per pretraining step,
+    # about 70 s per joint epoch): about 75 minutes in all. At 20 epochs validation was still rising.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=20, patience=4),
+                    epochs=40, patience=6),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2),
 }
@@ -159,7 +159,8 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         "held_out_note": "held-out metrics are on the model grid (16 x 64 x 64 centre window); "
                          "bench/quality.py measures masks on the source grid",
         "short_run": profile_name != "full",
-        "backbone_fine_tuning": "all tasks jointly (train_joint), backbones at 0.05x the head lr",
+        "backbone_fine_tuning": "all tasks jointly (train_joint), backbones at 0.05x the head lr, cosine decay",
+        "segmentation_windows": "random 16-slice windows anywhere in each series (validation: centre window)",
         "head_lr": profile.lr,
     }
     version = f"synthetic-{profile_name}-seed{data_seed}"

@@ -144,16 +144,17 @@ def _plane_segmentations(model: OrthoModel, images: torch.Tensor, present: torch
 
 def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tensor, settings: FinetuneSettings,
                 weights: torch.Tensor | None, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    images = data.images[index].to(device)
     present = data.present[index]
-    if not task.segmentation:
-        present = _drop_planes(present, settings.plane_dropout, generator)
-    with autocast(device):
-        if task.segmentation:
-            assert data.segmentation is not None
-            losses = [segmentation_loss(logits, data.segmentation[index][rows, i].long().to(device))
+    if task.segmentation:
+        images, labels = data.segmentation_batch(index, generator)
+        images = images.to(device)
+        with autocast(device):
+            losses = [segmentation_loss(logits, labels[rows, i].long().to(device))
                       for i, rows, logits in _plane_segmentations(model, images, present, None, generator)]
             return torch.stack(losses).mean()
+    images = data.images[index].to(device)
+    present = _drop_planes(present, settings.plane_dropout, generator)
+    with autocast(device):
         features = _plane_features(model, images, present, None, generator)
         out = model.diagnosis[task.joint.value](features, data.clinical[index].to(device), present.to(device))
         return diagnosis_loss(out.logits, data.diagnosis[index].to(device), weights)
@@ -254,8 +255,9 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
     """Every task at once on shared backbones: each step sums one batch of every task (smaller training sets
     cycle), heads at ``settings.lr`` and backbones at ``backbone_lr_factor`` of it. One model serves all
     joints, and a backbone tuned for one task alone serves the others poorly (frozen features do not separate
-    the findings), so the backbones learn from every task together. The epoch with the best mean validation
-    score is kept; each task's figures and thresholds come from that epoch."""
+    the findings), so the backbones learn from every task together. Both rates decay on a cosine over the
+    planned epochs. Segmentation trains on windows anywhere in each series (``TaskData.segmentation_batch``).
+    The epoch with the best mean validation score is kept; each task's figures and thresholds come from it."""
     device = resolve_device(settings.device)
     model.to(device)
     torch.manual_seed(settings.seed)
@@ -266,6 +268,7 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
     weights = {task: None if task.segmentation else pos_weight(train.diagnosis).to(device)
                for task, (train, _) in splits.items()}
     steps = max(math.ceil(len(train) / settings.batch_size) for train, _ in splits.values())
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
     best: dict[Task, TaskResult] | None = None
     best_score, best_state, stale = -math.inf, None, 0
     for epoch in range(1, settings.epochs + 1):
@@ -281,6 +284,7 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             losses.append(float(loss.detach()))
         results = {}
         for task, (_, val) in splits.items():

@@ -99,8 +99,13 @@ def _to_model_grid(x: torch.Tensor, mapping: GridMapping, mode: str) -> torch.Te
     padding = mapping.spec.depth - mapping.count
     if padding:
         window = torch.cat([window, window.new_zeros((padding, *window.shape[1:]))])
-    oriented = torch.rot90(window, mapping.spec.rot90_k, dims=(-2, -1))
-    return _resize(oriented, (mapping.spec.size, mapping.spec.size), mode)
+    return _slices_to_model_grid(window, mapping.spec, mode)
+
+
+def _slices_to_model_grid(x: torch.Tensor, spec: PreprocessSpec, mode: str) -> torch.Tensor:
+    """[n, R, C] source slices -> [n, size, size]: rotate, resize (each slice on its own)."""
+    oriented = torch.rot90(x, spec.rot90_k, dims=(-2, -1))
+    return _resize(oriented, (spec.size, spec.size), mode)
 
 
 def _to_source_grid(x: torch.Tensor, mapping: GridMapping, mode: str) -> torch.Tensor:
@@ -123,6 +128,28 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return F.interpolate(x[:, None], size=size, mode=mode, antialias=False, **align)[:, 0]
 
 
+def _finite_source(volume: np.ndarray) -> torch.Tensor:
+    source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))
+    if not torch.isfinite(source).all():
+        raise ValueError("volume contains NaN or infinite values")
+    return source
+
+
+def scale_intensity(image: torch.Tensor) -> torch.Tensor:
+    """A resized window [D, size, size] (padding included) -> model input [1, D, size, size] float32 in [-1, 1].
+
+    Raises:
+        ConstantVolumeError: the window has a single intensity.
+    """
+    # Resized in float64, scaled in float32: the official order (cv2 on float64, then torch .float()).
+    image = image.to(torch.float32)
+    low, high = image.min(), image.max()
+    if high == low:
+        raise ConstantVolumeError(f"volume window of shape {tuple(image.shape)} has the single intensity {float(low)}")
+    scaled = (image - low) / (high - low + MINMAX_EPS) * 2 - 1
+    return scaled[None].contiguous()
+
+
 def preprocess_volume(volume: np.ndarray, spec: PreprocessSpec | None = None) -> tuple[torch.Tensor, GridMapping]:
     """Source intensities (slices, rows, cols) -> model input [1, depth, size, size] float32 in [-1, 1].
 
@@ -132,16 +159,24 @@ def preprocess_volume(volume: np.ndarray, spec: PreprocessSpec | None = None) ->
     """
     spec = spec or PreprocessSpec()
     mapping = GridMapping(_validated(volume, "volume"), spec)
-    source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float64))
-    if not torch.isfinite(source).all():
-        raise ValueError("volume contains NaN or infinite values")
-    # Resize in float64 then scale in float32: the official order (cv2 on float64, then torch .float()).
-    image = _to_model_grid(source, mapping, "bilinear").to(torch.float32)
-    low, high = image.min(), image.max()
-    if high == low:
-        raise ConstantVolumeError(f"volume of shape {volume.shape} has the single intensity {float(low)}")
-    scaled = (image - low) / (high - low + MINMAX_EPS) * 2 - 1
-    return scaled[None].contiguous(), mapping
+    return scale_intensity(_to_model_grid(_finite_source(volume), mapping, "bilinear")), mapping
+
+
+def slices_to_model_grid(volume: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """Every source slice, rotated and resized to the model's size but not scaled: [slices, size, size] float32.
+
+    A window of ``depth`` of these slices (zero-padded after the last) through :func:`scale_intensity` is what
+    :func:`preprocess_volume` makes of that window.
+    """
+    _validated(volume, "volume")
+    return _slices_to_model_grid(_finite_source(volume), spec, "bilinear").to(torch.float32)
+
+
+def label_slices_to_model_grid(labels: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """Every slice of an integer label map on the model's size: [slices, size, size] int64."""
+    _validated(labels, "labels")
+    source = torch.from_numpy(np.ascontiguousarray(labels)).to(torch.float32)  # exact for labels < 2**24
+    return _slices_to_model_grid(source, spec, "nearest-exact").round().to(torch.int64)
 
 
 def labels_to_model_grid(labels: np.ndarray, spec: PreprocessSpec | None = None) -> torch.Tensor:

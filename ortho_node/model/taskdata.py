@@ -26,7 +26,15 @@ from ortho_node.assembly.contrast import Contrast, Weighting
 from ortho_node.assembly.study import AssembledStudy, ClinicalFacts, PlaneVolume, VolumeGeometry
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.heads import CLINICAL_INPUTS, clinical_vector
-from ortho_node.model.preprocessing import ConstantVolumeError, PreprocessSpec, labels_to_model_grid, preprocess_volume
+from ortho_node.model.preprocessing import (
+    ConstantVolumeError,
+    PreprocessSpec,
+    label_slices_to_model_grid,
+    labels_to_model_grid,
+    preprocess_volume,
+    scale_intensity,
+    slices_to_model_grid,
+)
 from ortho_node.synthetic import DomainRandomization, SyntheticStudy, generate_study
 
 logger = logging.getLogger(__name__)
@@ -66,11 +74,67 @@ def assembled_from_synthetic(study: SyntheticStudy, planes: Sequence[Plane] | No
 
 
 @dataclass
+class SliceStacks:
+    """Every slice of each plane on the model grid, for segmentation training on windows anywhere in a series.
+
+    images [N, P, L, S, S] float32 (rotated and resized, not scaled; zero after a plane's last slice);
+    labels [N, P, L, S, S] uint8; lengths [N, P] int64 (0: plane absent). L >= the model depth.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+
+    def subset(self, index: torch.Tensor) -> SliceStacks:
+        return SliceStacks(self.images[index], self.labels[index], self.lengths[index])
+
+    def random_windows(self, index: torch.Tensor, depth: int, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images [B, P, 1, D, S, S], labels [B, P, D, S, S]): one window of ``depth`` slices per study and
+        plane, starting anywhere in the series, scaled as :func:`preprocess_volume` scales a window.
+
+        Inference covers a series with overlapping windows; a model that only ever saw the centre window
+        learns where in the window the joint sits and segments shifted windows poorly.
+        """
+        b, p = len(index), self.images.shape[1]
+        size = self.images.shape[-2:]
+        images = torch.zeros((b, p, 1, depth, *size))
+        labels = torch.zeros((b, p, depth, *size), dtype=torch.uint8)
+        for row, n in enumerate(index.tolist()):
+            for plane in range(p):
+                length = int(self.lengths[n, plane])
+                if not length:
+                    continue
+                start = int(torch.randint(max(1, length - depth + 1), (1,), generator=generator))
+                try:
+                    images[row, plane] = scale_intensity(self.images[n, plane, start : start + depth])
+                except ConstantVolumeError:
+                    continue  # an image-less window: learnt as background on a blank input
+                labels[row, plane] = self.labels[n, plane, start : start + depth]
+        return images, labels
+
+    @staticmethod
+    def stack(planes: list[dict[int, tuple[torch.Tensor, torch.Tensor]]], depth: int, size: int) -> SliceStacks:
+        """Per study {plane index: (slices [n, S, S], labels [n, S, S])} -> zero-padded stacks."""
+        length = max([depth, *(len(images) for study in planes for images, _ in study.values())])
+        images = torch.zeros((len(planes), len(MODEL_PLANES), length, size, size))
+        labels = torch.zeros((len(planes), len(MODEL_PLANES), length, size, size), dtype=torch.uint8)
+        lengths = torch.zeros((len(planes), len(MODEL_PLANES)), dtype=torch.int64)
+        for n, study in enumerate(planes):
+            for i, (slices, plane_labels) in study.items():
+                images[n, i, : len(slices)] = slices
+                labels[n, i, : len(slices)] = plane_labels.to(torch.uint8)
+                lengths[n, i] = len(slices)
+        return SliceStacks(images, labels, lengths)
+
+
+@dataclass
 class TaskData:
     """N studies of one joint on the model grid (CPU tensors).
 
-    images [N, P, 1, D, S, S] float32; present [N, P] bool; segmentation [N, P, D, S, S] uint8 (knee, else
-    None); diagnosis [N, K] float32; clinical [N, 8] float32.
+    images [N, P, 1, D, S, S] float32 (centre window); present [N, P] bool; segmentation [N, P, D, S, S] uint8
+    (centre window; knee, else None); diagnosis [N, K] float32; clinical [N, 8] float32; stacks: every slice
+    with its labels (knee, else None).
     """
 
     joint: Joint
@@ -80,6 +144,7 @@ class TaskData:
     diagnosis: torch.Tensor
     clinical: torch.Tensor
     study_uids: tuple[str, ...]
+    stacks: SliceStacks | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -87,19 +152,34 @@ class TaskData:
     def subset(self, index: Sequence[int] | torch.Tensor) -> TaskData:
         index = torch.as_tensor(index, dtype=torch.long)
         seg = None if self.segmentation is None else self.segmentation[index]
+        stacks = None if self.stacks is None else self.stacks.subset(index)
         return TaskData(self.joint, self.images[index], self.present[index], seg, self.diagnosis[index],
-                        self.clinical[index], tuple(self.study_uids[int(i)] for i in index))
+                        self.clinical[index], tuple(self.study_uids[int(i)] for i in index), stacks)
+
+    def segmentation_batch(self, index: torch.Tensor, generator: torch.Generator | None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) to train segmentation on: random windows where the stacks are kept (and a
+        generator is given), else the centre windows."""
+        if self.segmentation is None:
+            raise ValueError(f"{self.joint.value} data carries no segmentation labels")
+        if self.stacks is None or generator is None:
+            return self.images[index], self.segmentation[index]
+        return self.stacks.random_windows(index, self.images.shape[3], generator)
 
     def save(self, path: Path) -> None:
+        stacks = None if self.stacks is None else {
+            "images": self.stacks.images, "labels": self.stacks.labels, "lengths": self.stacks.lengths}
         torch.save({"joint": self.joint.value, "images": self.images, "present": self.present,
                     "segmentation": self.segmentation, "diagnosis": self.diagnosis, "clinical": self.clinical,
-                    "study_uids": [str(uid) for uid in self.study_uids]}, path)  # plain str: weights_only load
+                    "study_uids": [str(uid) for uid in self.study_uids],  # plain str: weights_only load
+                    "stacks": stacks}, path)
 
     @classmethod
     def load(cls, path: Path) -> TaskData:
         data = torch.load(path, map_location="cpu", weights_only=True)
+        stacks = data.get("stacks")
         return cls(Joint(data["joint"]), data["images"], data["present"], data["segmentation"], data["diagnosis"],
-                   data["clinical"], tuple(data["study_uids"]))
+                   data["clinical"], tuple(data["study_uids"]), None if stacks is None else SliceStacks(**stacks))
 
 
 @dataclass(frozen=True)
@@ -110,6 +190,7 @@ class _Example:
     diagnosis: torch.Tensor
     clinical: torch.Tensor
     uid: str
+    slices: dict[int, tuple[torch.Tensor, torch.Tensor]]  # plane index -> every slice and its labels (knee)
 
 
 def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels: Mapping[Plane, np.ndarray] | None,
@@ -118,6 +199,7 @@ def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels
     images = torch.zeros((len(MODEL_PLANES), 1, *shape))
     segmentation = torch.zeros((len(MODEL_PLANES), *shape), dtype=torch.uint8) if labels is not None else None
     present = torch.zeros(len(MODEL_PLANES), dtype=torch.bool)
+    slices = {}
     for i, plane in enumerate(MODEL_PLANES):
         if plane not in volumes:
             continue
@@ -128,17 +210,23 @@ def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels
         present[i] = True
         if segmentation is not None and labels is not None:
             segmentation[i] = labels_to_model_grid(labels[plane], spec).to(torch.uint8)
+            slices[i] = (slices_to_model_grid(volumes[plane], spec),
+                         label_slices_to_model_grid(labels[plane], spec).to(torch.uint8))
     target = torch.tensor([float(diagnosis.get(label, 0)) for label in DIAGNOSIS_LABELS[joint]])
-    return _Example(images, present, segmentation, target, clinical, uid)
+    return _Example(images, present, segmentation, target, clinical, uid, slices)
 
 
 def _stack(joint: Joint, examples: list[_Example]) -> TaskData:
     if not examples:
         raise ValueError(f"no {joint.value} examples")
-    seg = None if examples[0].segmentation is None else torch.stack([e.segmentation for e in examples])  # type: ignore[misc]
-    return TaskData(joint, torch.stack([e.images for e in examples]), torch.stack([e.present for e in examples]),
-                    seg, torch.stack([e.diagnosis for e in examples]), torch.stack([e.clinical for e in examples]),
-                    tuple(e.uid for e in examples))
+    images = torch.stack([e.images for e in examples])
+    seg, stacks = None, None
+    if examples[0].segmentation is not None:
+        seg = torch.stack([e.segmentation for e in examples])  # type: ignore[misc]
+        stacks = SliceStacks.stack([e.slices for e in examples], images.shape[3], images.shape[-1])
+    return TaskData(joint, images, torch.stack([e.present for e in examples]), seg,
+                    torch.stack([e.diagnosis for e in examples]), torch.stack([e.clinical for e in examples]),
+                    tuple(e.uid for e in examples), stacks)
 
 
 def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmentation: bool) -> _Example:

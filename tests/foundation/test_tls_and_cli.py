@@ -100,3 +100,26 @@ def test_cli_subprocess_db_upgrade_and_help(tmp_path):
 
     assert f"database at revision {head_revision()}" in result.stdout
     assert (tmp_path / "data" / "ortho-node.db").is_file()
+
+
+def test_tls_store_of_a_large_instance(start_node, pki):
+    # Several PDUs per instance, each split over TLS records: the reactor must also see bytes the TLS layer
+    # has already decrypted (they never show as readable on the socket).
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
+    from ortho_node.db.models import Instance
+
+    node = start_node(**{"tls.enabled": True, "tls.certificate": str(pki / "server.pem"),
+                         "tls.private_key": str(pki / "server.key")})
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    ae.maximum_pdu_size = 16384
+    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="ORTHODIFF",
+                         tls_args=(_client_context(pki, with_certificate=False), "127.0.0.1"))
+    assert assoc.is_established
+    datasets = [mr_dataset(rows=512, columns=512, seed=i, instance_number=i + 1) for i in range(3)]
+    statuses = [assoc.send_c_store(ds).Status for ds in datasets]
+    assoc.release()
+    assert statuses == [0, 0, 0]
+    with node.session_factory() as session:
+        assert len(session.scalars(select(Instance)).all()) == 3

@@ -62,3 +62,40 @@ def test_killed_worker_is_restarted(start_node):
         time.sleep(0.1)
     assert victims[0] not in [w.process.pid for w in node.scp._workers.values()]
     assert all(echo(remote, calling_ae=f"SCU{i}") == 0 for i in range(4))
+
+
+def _bump(counter, times: int) -> None:
+    for _ in range(times):
+        with counter.get_lock():
+            counter.value += 1
+
+
+def test_shared_association_counter_is_exact_across_processes():
+    import multiprocessing
+
+    from listeners.shared_counter import SharedCounter
+
+    counter = SharedCounter.create()
+    try:
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_bump, args=(counter, 300)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        _bump(counter, 300)
+        for process in processes:
+            process.join(60)
+        assert counter.value == 900
+    finally:
+        counter.remove()
+
+
+def test_a_worker_starts_without_pydicom_so_it_can_keep_numpy_out():
+    # What a spawned worker imports before run_storage_worker runs: the parent's main module, the target's
+    # module and its arguments' classes. None may import pydicom, or numpy comes with it (16 MB a worker).
+    import subprocess
+    import sys
+
+    code = ("import sys, ortho_node.cli, ortho_node.storage_worker, ortho_node.config, listeners.shared_counter; "
+            "print(sorted(m for m in ('pydicom', 'numpy', 'PIL') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

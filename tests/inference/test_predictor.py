@@ -7,8 +7,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
-from ortho_node.inference.predictor import PredictionError, Predictor, window_starts
+from ortho_node.inference.predictor import PredictionError, Predictor, slice_weights, window_starts
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
 from tests.inference.conftest import locate, with_planes
 
@@ -19,13 +20,21 @@ def predictor(model_dir) -> Predictor:
 
 
 @pytest.mark.parametrize("slices, depth, expected", [
-    (1, 16, (0,)), (16, 16, (0,)), (17, 16, (0, 1)), (24, 16, (0, 8)), (40, 16, (0, 8, 16, 24)), (41, 16, (0, 8, 16, 24, 25)),
+    (1, 16, (0,)), (16, 16, (0,)), (17, 16, (0, 1)), (23, 16, (0, 3, 7)), (24, 16, (0, 4, 8)),
+    (40, 16, (0, 4, 12, 20, 24)), (41, 16, (0, 4, 12, 20, 25)),
 ])
-def test_windows_overlap_and_cover_every_slice(slices, depth, expected):
+def test_windows_overlap_cover_every_slice_and_include_the_centre_window(slices, depth, expected):
     starts = window_starts(slices, depth)
     assert starts == expected
     covered = set().union(*(range(s, min(s + depth, slices)) for s in starts))
     assert covered == set(range(slices))
+    assert max(0, slices // 2 - depth // 2) in starts  # the window diagnosis reads, as the model was trained
+
+
+def test_overlapping_windows_weigh_their_central_slices_most():
+    weights = slice_weights(16)
+    assert torch.allclose(weights, weights.flip(0)) and (weights > 0).all()
+    assert weights[7] == weights.max() and weights[0] == weights.min() and weights[0] < 0.2 * weights[7]
 
 
 def test_masks_land_on_each_source_grid_with_slice_references(predictor, knee_study):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ortho_node.cli import main
-from ortho_node.labels import DIAGNOSIS_LABELS, Joint, Plane
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.checkpoint import CheckpointError, save_checkpoint
 from ortho_node.model.finetune import pos_weight, split
 from ortho_node.model.metrics import choose_threshold, dice_per_structure, mean_dice, roc_auc
@@ -123,6 +123,38 @@ def test_task_data_is_the_same_from_worker_processes_and_survives_save_and_load(
         assert other.study_uids == serial.study_uids
         for name in ("images", "present", "segmentation", "diagnosis", "clinical"):
             assert torch.equal(getattr(other, name), getattr(serial, name)), name
+        for name in ("images", "labels", "lengths"):
+            assert torch.equal(getattr(other.stacks, name), getattr(serial.stacks, name)), name
+
+
+def test_segmentation_trains_on_windows_anywhere_in_the_series_scaled_as_inference_scales_them():
+    from ortho_node.model.preprocessing import labels_to_model_grid, preprocess_volume
+    from ortho_node.model.taskdata import assembled_from_synthetic, generate_task_data
+    from ortho_node.synthetic import generate_study
+
+    spec = new_card(UNetConfig.reduced()).preprocessing
+    data = generate_task_data(Joint.KNEE, [5], spec)
+    study = generate_study(Joint.KNEE, 5, findings="random", scene_spacing=1.0)  # as generate_task_data
+    assembled = assembled_from_synthetic(study)
+    generator = torch.Generator().manual_seed(0)
+    seen: dict[int, set[int]] = {i: set() for i in range(len(MODEL_PLANES))}
+    for _ in range(40):
+        images, labels = data.segmentation_batch(torch.tensor([0]), generator)
+        for i, plane in enumerate(MODEL_PLANES):
+            pixels, truth = assembled.planes[plane].pixels, study.series_for(plane).labels
+            assert int(data.stacks.lengths[0, i]) == len(pixels)
+            # Which source window is it? The one whose preprocessing it equals, labels included.
+            starts = [s for s in range(len(pixels) - spec.depth + 1)
+                      if torch.allclose(preprocess_volume(pixels[s : s + spec.depth], spec)[0], images[0, i], atol=1e-6)]
+            assert len(starts) == 1, plane
+            expected = labels_to_model_grid(truth[starts[0] : starts[0] + spec.depth], spec)
+            assert torch.equal(labels[0, i].long(), expected)
+            seen[i].add(starts[0])
+    for i, plane in enumerate(MODEL_PLANES):  # every window of the series is drawn, not only the centre one
+        assert seen[i] == set(range(len(assembled.planes[plane].pixels) - spec.depth + 1)), plane
+    # Evaluation (no generator) keeps the official centre window.
+    images, labels = data.segmentation_batch(torch.tensor([0]), None)
+    assert torch.equal(images, data.images[:1]) and torch.equal(labels, data.segmentation[:1])
 
 
 def _random_task_data(joint: Joint, n: int, seed: int, segmentation: bool):

@@ -7,6 +7,7 @@ import functools
 import json
 
 from ortho_node import cli
+from ortho_node.db.models import utcnow
 from ortho_node.pipeline import Pipeline
 from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.watcher import timer_key
@@ -115,7 +116,9 @@ def test_cli_studies_jobs_and_reprocess(manual_node, make_settings, monkeypatch,
 
     assert cli.main(["reprocess", study_uid]) == 0
     assert "queued" in capsys.readouterr().out
-    advance(node, 5)  # the serving node polls the job table
+    # The CLI queues on the wall clock; the node's manual clock lags by however long the test has run so far.
+    lag = max(0.0, (utcnow() - node.scheduler.time.now()).total_seconds())
+    advance(node, 5 + lag)  # the serving node polls the job table
     assert cli.main(["jobs", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(j["state"], j["reason"]) for j in listed] == [("succeeded", "reprocess requested"),
