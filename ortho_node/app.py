@@ -39,7 +39,7 @@ from ortho_node.prediction import StudyPrediction
 from ortho_node.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.time import TimeSource
-from ortho_node.storage import InstanceStore, is_valid_uid
+from ortho_node.storage import InstanceStore, fsync_folder, is_valid_uid
 from ortho_node.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Node:
         except (OSError, ValueError):
             marker = None
         path.unlink(missing_ok=True)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
         return marker == self._shutdown_state()
 
     def _leave_clean_shutdown_marker(self) -> None:
@@ -123,7 +123,7 @@ class Node:
                 handle.flush()
                 os.fsync(handle.fileno())
             partial.replace(path)
-            _fsync_folder(path.parent)
+            fsync_folder(path.parent)
         except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
             log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
 
@@ -217,14 +217,6 @@ class Node:
         if served:  # every association has ended: each stored file has its row
             self._leave_clean_shutdown_marker()
         self.engine.dispose()
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def load_predictor(settings: Settings) -> StudyPredictor | None:

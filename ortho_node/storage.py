@@ -79,8 +79,8 @@ class InstanceStore:
             if not final.parent.is_dir():
                 final.parent.mkdir(parents=True, exist_ok=True)
                 if self.fsync:  # the new study/series folders must survive a crash too
-                    _fsync_dir(final.parent.parent)
-                    _fsync_dir(final.parent.parent.parent)
+                    fsync_folder(final.parent.parent)
+                    fsync_folder(final.parent.parent.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(payload)
@@ -92,7 +92,7 @@ class InstanceStore:
                 os.close(fd)
             os.replace(tmp, final)
             if self.fsync:
-                _fsync_dir(final.parent)
+                fsync_folder(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -118,7 +118,8 @@ class InstanceStore:
         yield from self.instances_dir.glob("*/*/*.dcm")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_folder(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file or folder) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

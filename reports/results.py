@@ -13,6 +13,7 @@ from pydicom import Dataset
 
 from ortho_node.config import Settings
 from ortho_node.prediction import StudyPrediction
+from ortho_node.storage import fsync_folder
 from reports.seg import build_segmentation
 from reports.sources import read_all
 from reports.sr import build_report
@@ -77,9 +78,5 @@ def write_result_objects(datasets: Iterable[Dataset], folder: Path, *, fsync: bo
         partial.replace(path)
         paths.append(path)
     if fsync:
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_folder(folder)
     return paths

@@ -3,8 +3,6 @@ summary are still built and delivered, and the timeline says which series got no
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from pydicom import dcmread
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
