@@ -178,9 +178,10 @@ class Predictor:
         spec = self.card.preprocessing
         pixels = volume.pixels
         centre_input, centre_mapping = preprocess_volume(pixels, spec)
-        centre = self._features(plane, centre_input[None])
         if not segment:
-            return centre, None, (centre_mapping.start,)
+            return self._features(plane, centre_input[None]), None, (centre_mapping.start,)
+        # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
+        centre: torch.Tensor | None = None
         starts = window_starts(pixels.shape[0], spec.depth, self.window_stride)
         n, classes = pixels.shape[0], len(self.card.structures)
         total = torch.zeros((classes, n, spec.size, spec.size), device=self.device)
@@ -188,6 +189,9 @@ class Predictor:
         weights = slice_weights(spec.depth).to(self.device)
         inputs = []
         for start in starts:
+            if start == centre_mapping.start:
+                inputs.append((start, centre_input))
+                continue
             try:
                 inputs.append((start, preprocess_volume(pixels[start : start + spec.depth], spec)[0]))
             except ConstantVolumeError:
@@ -196,14 +200,17 @@ class Predictor:
             batch = inputs[i : i + WINDOW_BATCH]
             x_0 = torch.stack([x for _, x in batch]).to(self.device)
             with autocast(self.device, self.use_autocast):
-                logits = self.model.segment(plane, x_0, self._noise.expand_as(x_0))
+                logits, features = self.model.segment_with_features(plane, x_0, self._noise.expand_as(x_0))
             probabilities = torch.softmax(logits.float(), dim=1)
-            for (start, _), p in zip(batch, probabilities):
+            for k, ((start, _), p) in enumerate(zip(batch, probabilities)):
+                if start == centre_mapping.start:
+                    centre = features[k : k + 1].float()
                 count = min(spec.depth, n - start)
                 total[:, start : start + count] += p[:, :count] * weights[None, :count, None, None]
                 counts[start : start + count] += weights[:count]
         uncovered = counts == 0
         total[0, uncovered] = 1.0  # slices of constant windows: background
+        assert centre is not None  # window_starts always holds the centre window, which has an image
         return centre, total / torch.where(uncovered, 1.0, counts)[None, :, None, None], starts
 
     @staticmethod

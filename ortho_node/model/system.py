@@ -176,9 +176,14 @@ class OrthoModel(nn.Module):
 
     def segment(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_0, noise [B, 1, D, S, S] -> class logits [B, K, D, S, S] from one backbone pass."""
+        return self.segment_with_features(plane, x_0, noise)[0]
+
+    def segment_with_features(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits, the feature block of :meth:`features`) from the same backbone pass."""
         block, skips = self.card.feature.block, self.card.segmentation_skips
         found = self._activations(plane, x_0, noise, (block, *skips))
-        return self.segmentation[plane.value](found[block], [found[name] for name in skips])
+        return self.segmentation[plane.value](found[block], [found[name] for name in skips]), found[block]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder, middle block and time embedding: what fine-tuning trains at 0.05x the head rate."""
