@@ -26,7 +26,7 @@ import torch
 from ortho_node.labels import MODEL_PLANES, Joint
 from ortho_node.model.finetune import FinetuneSettings, Task, apply_result, evaluate, split, train_joint
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
-from ortho_node.model.runtime import DeviceChoice, resolve_device
+from ortho_node.model.runtime import DeviceChoice, channels_last, resolve_device
 from ortho_node.model.system import OrthoModel, new_card, save_system
 from ortho_node.model.taskdata import TaskData, generate_task_data
 from ortho_node.model.unet import UNetConfig
@@ -64,7 +64,9 @@ class Profile:
 
 PROFILES = {
     # Sized from unit costs on 2 cores (1.7 s per generated study and process, 0.75 s per pretraining step,
-    # about 70 s per joint epoch): about 75 minutes in all. At 20 epochs validation was still rising.
+    # about 70 s per joint epoch, both before channels-last training): about 75 minutes in all. At 20 epochs
+    # validation was still rising. A 96-pixel grid (pretraining 400 steps, 30 epochs: 99 minutes) came out
+    # worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
                     epochs=40, patience=6),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
@@ -94,7 +96,7 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
     losses = {}
     for i, plane in enumerate(MODEL_PLANES):
         volumes = knee.images[knee.present[:, i], i]
-        full = build_model(model.card.unet, model.card.diffusion).to(device)
+        full = channels_last(build_model(model.card.unet, model.card.diffusion), device)
         ema = copy.deepcopy(full).requires_grad_(False)
         settings = PretrainSettings(plane=plane, data=Path(), out=Path(), steps=profile.pretrain_steps,
                                     batch_size=profile.pretrain_batch, ema_start=profile.pretrain_steps // 2,
@@ -126,7 +128,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     timings["seconds/generate"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    pretrain_metrics = pretrain_backbones(model.to(device), data[Joint.KNEE], profile, seed, device)
+    pretrain_metrics = pretrain_backbones(channels_last(model, device), data[Joint.KNEE], profile, seed, device)
     timings["seconds/pretrain"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

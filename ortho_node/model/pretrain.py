@@ -26,7 +26,7 @@ from ortho_node.model.checkpoint import ModelCard, build_model, preprocess_spec_
 from ortho_node.model.data import find_volumes, read_volume
 from ortho_node.model.diffusion import GaussianDiffusion
 from ortho_node.model.preprocessing import PreprocessSpec, preprocess_volume
-from ortho_node.model.runtime import DeviceChoice, autocast, resolve_device
+from ortho_node.model.runtime import DeviceChoice, autocast, channels_last, match_memory_format, resolve_device
 from ortho_node.model.unet import UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def pretrain(settings: PretrainSettings) -> float:
     torch.manual_seed(settings.seed)
     unet_config = UNetConfig.named(settings.config)
     volumes = load_training_set(settings.data, settings.plane, preprocess_spec_for(unet_config))
-    model = build_model(unet_config).to(device)
+    model = channels_last(build_model(unet_config), device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     rng = torch.Generator().manual_seed(settings.seed)
@@ -227,9 +227,9 @@ def _train_step(
 ) -> float:
     """One Adam step on a random batch; t, eps and the batch come from ``rng`` so runs are reproducible."""
     index = torch.randint(len(volumes), (batch,), generator=rng)
-    x_0 = volumes[index].to(device, non_blocking=True)
+    x_0 = match_memory_format(volumes[index].to(device, non_blocking=True), model)
     t = torch.randint(model.num_timesteps, (batch,), generator=rng).to(device)
-    noise = torch.randn(x_0.shape, generator=rng).to(device)
+    noise = match_memory_format(torch.randn(x_0.shape, generator=rng).to(device), model)
     with autocast(device):
         loss = model.training_losses(x_0, t, noise)
     opt.zero_grad(set_to_none=True)

@@ -31,6 +31,7 @@ from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
 from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder, decoder_widths
 from ortho_node.model.preprocessing import PreprocessSpec
+from ortho_node.model.runtime import match_memory_format
 from ortho_node.model.unet import UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ class OrthoModel(nn.Module):
                      blocks: tuple[str, ...]) -> dict[str, torch.Tensor]:
         backbone = self.backbone(plane)
         t = torch.full((x_0.shape[0],), self.card.feature.t, dtype=torch.long, device=x_0.device)
-        return backbone.denoise_fn.activations(backbone.q_sample(x_0, t, noise), t, blocks)
+        x_t = match_memory_format(backbone.q_sample(x_0, t, noise), backbone)
+        return backbone.denoise_fn.activations(x_t, t, blocks)
 
     def features(self, plane: Plane, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_0, noise [B, 1, D, S, S] -> the feature block at step ``card.feature.t`` [B, C, d, h, w].
