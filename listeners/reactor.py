@@ -32,7 +32,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
-from listeners.wire import DirectStoreResponses
+from listeners.wire import DirectStoreMessages, ReceivedPData
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ MAX_WAIT = 0.02
 #: Largest single ``recv_into`` while reading a PDU (pynetdicom reads 4 KiB at a time).
 _RECV_CHUNK = 1024 * 1024
 _PDU_HEADER = struct.Struct(">BBL")
+_P_DATA_TF = 0x04
 #: pynetdicom's logging handlers, bound to every association; with its logger quiet they only cost time.
 _STANDARD_LOG_HANDLERS = (
     (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
@@ -181,7 +182,8 @@ class WakeableDUL(DULServiceProvider):
             log.error("unknown PDU type 0x%02X received", pdu_type)
             self.event_queue.put("Evt19")
             return
-        pdu.extend(bytes(length))  # the peer's announced length was checked by the PDU guard
+        header, pdu = pdu, bytearray(_PDU_HEADER.size + length)  # length checked by the PDU guard
+        pdu[: _PDU_HEADER.size] = header
         try:
             complete = _receive_into(sock.socket, memoryview(pdu)[_PDU_HEADER.size:])
         except (OSError, TimeoutError) as exc:
@@ -191,13 +193,23 @@ class WakeableDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         try:
-            decoded, event = self._decode_pdu(pdu)
+            decoded, event = self._decode(pdu_type, pdu)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is an invalid PDU (Evt19)
             log.error("unable to decode a received PDU (%s)", type(exc).__name__)
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
         self._recv_pdu.put(decoded)
+
+    def _decode(self, pdu_type: int, pdu: bytearray) -> tuple[Any, str]:
+        """pynetdicom's ``_decode_pdu``, except that a P-DATA-TF PDU (Evt10) is split into its items directly
+        when no handler listens to the received bytes or PDUs."""
+        if pdu_type == _P_DATA_TF and not self._pdus_observed():
+            return ReceivedPData(pdu), "Evt10"
+        return self._decode_pdu(pdu)
+
+    def _pdus_observed(self) -> bool:
+        return bool(self.assoc.get_handlers(evt.EVT_DATA_RECV) or self.assoc.get_handlers(evt.EVT_PDU_RECV))
 
     @staticmethod
     def _readable(sock: AssociationSocket) -> bool:
@@ -258,7 +270,7 @@ class EventDrivenAssociation(Association):
         super().__init__(ae, mode)
         self._work = threading.Event()
         self.dul = WakeableDUL(self)  # replaces the polling DUL before anything started it
-        self.dimse = DirectStoreResponses(self)
+        self.dimse = DirectStoreMessages(self)
         # The timeout setters forward to the DUL's timers, which the new DUL has at their defaults.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout

@@ -44,6 +44,7 @@ from listeners.policy import AssociationPolicy, AssociationRequest
 from ortho_node.associations import AssociationCounts, AssociationLog, Peer
 from ortho_node.config import Settings
 from ortho_node.dicom_status import Status
+from ortho_node.header import EncodedHeader, InstanceHeader
 from ortho_node.intake import AssociationRef, IncomingInstance, Intake
 
 log = logging.getLogger(__name__)
@@ -204,20 +205,20 @@ class StorageSCP:
         state = self._states.get(event.assoc)
         ref = AssociationRef(state.association_id if state else None,
                              state.peer.calling_ae if state else "?", state.peer.host if state else "?")
-        try:
-            dataset = event.dataset
-        except Exception as exc:  # noqa: BLE001 - pydicom signals corrupt data with many exception types
-            log.warning("undecodable data set from %s at %s: %s", ref.calling_ae, ref.peer_host,
-                        type(exc).__name__)
-            return self._count(state, Status.CANNOT_UNDERSTAND_UNDECODABLE, 0)
         request = event.request
         sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        received = request.DataSet.getvalue()
         transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            header = InstanceHeader.from_dataset(EncodedHeader(received, transfer_syntax))
+        except Exception as exc:  # noqa: BLE001 - pydicom signals corrupt data with many exception types
+            refused = self.intake.refuse_undecodable(ref, sop_instance, type(exc).__name__)
+            return self._count(state, refused.status, 0)
         # The bytes as received behind the file meta pynetdicom's encoded_dataset() would write (same bytes,
         # encoded without building a pydicom data set).
-        encoded = part10_header(sop_class, sop_instance, transfer_syntax) + request.DataSet.getvalue()
+        encoded = part10_header(sop_class, sop_instance, transfer_syntax) + received
         incoming = IncomingInstance(
-            encoded=encoded, dataset=dataset, transfer_syntax_uid=transfer_syntax,
+            encoded=encoded, header=header, transfer_syntax_uid=transfer_syntax,
             affected_sop_class_uid=sop_class, affected_sop_instance_uid=sop_instance, association=ref,
         )
         try:

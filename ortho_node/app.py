@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from ortho_node.prediction import StudyPrediction
 from ortho_node.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.time import TimeSource
-from ortho_node.storage import InstanceStore, fsync_folder, is_valid_uid
+from ortho_node.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
 from ortho_node.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 
 log = logging.getLogger(__name__)
@@ -115,14 +114,8 @@ class Node:
 
     def _leave_clean_shutdown_marker(self) -> None:
         path = self.settings.data_dir / CLEAN_SHUTDOWN
-        partial = path.with_suffix(".partial")
         try:
-            state = self._shutdown_state()
-            with open(partial, "w") as handle:
-                json.dump(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            partial.replace(path)
+            write_file_durably(path, json.dumps(self._shutdown_state()).encode())
             fsync_folder(path.parent)
         except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
             log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)

@@ -6,13 +6,110 @@ fact instead of failing the whole instance: the image itself is still stored as 
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
 from dataclasses import dataclass
-from typing import Any
+from io import BytesIO
+from typing import Any, Protocol
 
 from pydicom import Dataset
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.filereader import data_element_generator
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+#: Every element :meth:`InstanceHeader.from_dataset` reads (tests hold it to that).
+HEADER_KEYWORDS = (
+    "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDescription",
+    "AccessionNumber", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "Modality", "SeriesNumber",
+    "SeriesDescription", "ProtocolName", "BodyPartExamined", "Laterality", "ReceiveCoilName",
+    "FrameOfReferenceUID", "InstanceNumber", "AcquisitionNumber", "ImageType", "Rows", "Columns",
+    "NumberOfFrames", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "SliceLocation", "EchoNumbers", "EchoTime", "RepetitionTime", "InversionTime",
+    "FlipAngle", "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType",
+    "MagneticFieldStrength", "ImagesInAcquisition", "ImageLaterality",
+)
+_SPECIFIC_CHARACTER_SET = 0x00080005
+#: Text VRs whose values may use the data set's character set (PS3.5 section 6.1.2.3); the others are ASCII.
+_CHARACTER_SET_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}
+_SINGLE_VALUED_VRS = {"ST", "LT", "UT", "UR"}
+_BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+class _Elements(Protocol):
+    def get(self, keyword: str) -> Any: ...
+
+
+class EncodedHeader:
+    """The :data:`HEADER_KEYWORDS` elements of an encoded data set as received (no file meta), read up to
+    the last of them (the pixel data is neither read nor copied); values come back as pydicom's
+    ``Dataset.get`` would give them to :class:`InstanceHeader` (a string or number, a list when
+    multi-valued).
+
+    The receiver builds one for every instance: going through pydicom data elements cost about 0.3 ms of
+    interpreter time per instance, a fifth of all of it. Raises what pydicom's element reader raises for a
+    data set it cannot parse."""
+
+    def __init__(self, encoded: bytes, transfer_syntax_uid: str) -> None:
+        syntax = UID(transfer_syntax_uid)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            encoded = zlib.decompress(encoded, -zlib.MAX_WBITS)
+        self._little_endian = syntax.is_little_endian
+        elements = data_element_generator(BytesIO(encoded), syntax.is_implicit_VR, syntax.is_little_endian,
+                                          stop_when=_after_wanted_tags, specific_tags=_wanted_tags())
+        self._raw = {int(element.tag): element for element in elements}
+        charset = self._raw.pop(_SPECIFIC_CHARACTER_SET, None)
+        self._encodings = convert_encodings(self._strings(charset.value, "CS") if charset else None)
+
+    def get(self, keyword: str) -> Any:
+        tag = _tag(keyword)
+        element = self._raw.get(tag)
+        if element is None or element.value is None:
+            return None
+        vr = element.VR or dictionary_VR(tag)
+        if vr in _BINARY_FORMATS:
+            return self._numbers(element.value, vr)
+        return self._strings(element.value, vr)
+
+    def _numbers(self, value: bytes, vr: str) -> Any:
+        code = _BINARY_FORMATS[vr]
+        count, remainder = divmod(len(value), struct.calcsize(code))
+        if remainder or not count:
+            raise ValueError(f"{len(value)} bytes are not a whole number of {vr} values")
+        numbers = struct.unpack(("<" if self._little_endian else ">") + code * count, value)
+        return numbers[0] if count == 1 else list(numbers)
+
+    def _strings(self, value: bytes, vr: str) -> Any:
+        if vr in _CHARACTER_SET_VRS:
+            text = decode_bytes(value, self._encodings, {0x5C} if vr not in _SINGLE_VALUED_VRS else set())
+        else:
+            text = value.decode("ascii")
+        text = text.rstrip("\0 ") if vr == "UI" else text.rstrip(" ")
+        if vr in _SINGLE_VALUED_VRS or "\\" not in text:
+            return text
+        return text.split("\\")
+
+
+@functools.cache
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+@functools.cache
+def _wanted_tags() -> list[int]:
+    """In ascending order, so the last is where reading stops."""
+    return sorted({_SPECIFIC_CHARACTER_SET, *(_tag(keyword) for keyword in HEADER_KEYWORDS)})
+
+
+def _after_wanted_tags(tag: int, vr: str | None, length: int) -> bool:
+    return int(tag) > _wanted_tags()[-1]
+
+
+def _text(ds: _Elements, keyword: str, limit: int = 64) -> str | None:
     try:
         value = ds.get(keyword)
     except (ValueError, TypeError, KeyError):
@@ -24,19 +121,19 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     return str(value).strip()[:limit] or None
 
 
-def _number(ds: Dataset, keyword: str, kind: type) -> Any:
+def _number(ds: _Elements, keyword: str, kind: type) -> Any:
     try:
         value = ds.get(keyword)
         if value is None or value == "":
             return None
-        if type(value).__name__ == "MultiValue":
+        if isinstance(value, list) or type(value).__name__ == "MultiValue":
             value = value[0]
         return kind(float(value)) if kind is int else float(value)
     except (ValueError, TypeError, KeyError, IndexError, OverflowError):
         return None
 
 
-def _numbers(ds: Dataset, keyword: str, count: int) -> str | None:
+def _numbers(ds: _Elements, keyword: str, count: int) -> str | None:
     """A multi-valued DS as a backslash string, only if it has exactly ``count`` finite numbers."""
     try:
         value = ds.get(keyword)
@@ -61,7 +158,8 @@ class InstanceHeader:
     instance: dict[str, Any]
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> InstanceHeader:
+    def from_dataset(cls, ds: Dataset | EncodedHeader) -> InstanceHeader:
+        """From a pydicom data set, or from :class:`EncodedHeader` on the receiving path."""
         return cls(
             sop_uid=_text(ds, "SOPInstanceUID"),
             sop_class_uid=_text(ds, "SOPClassUID"),

@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydicom import Dataset
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ortho_node.audit import AuditKind, AuditTrail, Severity
@@ -36,7 +35,7 @@ class AssociationRef:
 @dataclass(frozen=True)
 class IncomingInstance:
     encoded: bytes  # file meta + data set, as received
-    dataset: Dataset
+    header: InstanceHeader
     transfer_syntax_uid: str
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
@@ -90,7 +89,7 @@ class Intake:
             listener.association_ended(association_id, state)
 
     def receive(self, incoming: IncomingInstance) -> IntakeResult:
-        header = InstanceHeader.from_dataset(incoming.dataset)
+        header = incoming.header
         problem = _check_identity(header, incoming)
         if problem is not None:
             return self._reject(incoming, header, *problem)
@@ -98,6 +97,12 @@ class Intake:
         # Two associations carrying the same instance must not interleave its write and row.
         with self._write_locks.hold(header.sop_uid):
             return self._store_and_record(incoming, header, relative)
+
+    def refuse_undecodable(self, association: AssociationRef, affected_sop_instance_uid: str,
+                           error: str) -> IntakeResult:
+        """A data set whose header could not be parsed (``error``: what failed, never its content)."""
+        return self._refuse(association, Status.CANNOT_UNDERSTAND_UNDECODABLE, f"undecodable data set ({error})",
+                            sop_uid=affected_sop_instance_uid)
 
     def _store_and_record(self, incoming: IncomingInstance, header: InstanceHeader,
                           relative: str) -> IntakeResult:
@@ -138,14 +143,18 @@ class Intake:
 
     def _reject(self, incoming: IncomingInstance, header: InstanceHeader, status: Status,
                 reason: str) -> IntakeResult:
-        ref = incoming.association
+        return self._refuse(incoming.association, status, reason, header.study_uid, header.series_uid,
+                            header.sop_uid)
+
+    def _refuse(self, ref: AssociationRef, status: Status, reason: str, study_uid: str | None = None,
+                series_uid: str | None = None, sop_uid: str | None = None) -> IntakeResult:
         log.warning("instance refused with status 0x%04X (%s) from %s at %s", status, reason,
                     ref.calling_ae, ref.peer_host)
         self._audit.record(
             AuditKind.INSTANCE_REJECTED, reason, severity=Severity.WARNING, association_id=ref.id,
-            calling_ae=ref.calling_ae, peer_host=ref.peer_host,
-            study_instance_uid=_safe_uid(header.study_uid), series_instance_uid=_safe_uid(header.series_uid),
-            sop_instance_uid=_safe_uid(header.sop_uid), details={"status": int(status)},
+            calling_ae=ref.calling_ae, peer_host=ref.peer_host, study_instance_uid=_safe_uid(study_uid),
+            series_instance_uid=_safe_uid(series_uid), sop_instance_uid=_safe_uid(sop_uid),
+            details={"status": int(status)},
         )
         return IntakeResult(status, reason)
 

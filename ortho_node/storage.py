@@ -118,6 +118,18 @@ class InstanceStore:
         yield from self.instances_dir.glob("*/*/*.dcm")
 
 
+def write_file_durably(path: Path, payload: bytes, *, fsync: bool = True) -> None:
+    """Write ``path`` so that it is either absent or complete: a ``.partial`` file beside it, fsynced, then
+    renamed. The caller fsyncs the folder (once for several files) to make the renames durable."""
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as handle:
+        handle.write(payload)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
+    partial.replace(path)
+
+
 def fsync_folder(path: Path) -> None:
     """Make a folder's entries (a rename, a new file or folder) durable."""
     fd = os.open(path, os.O_RDONLY)

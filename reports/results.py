@@ -4,16 +4,16 @@ pipeline call."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset
 
 from ortho_node.config import Settings
 from ortho_node.prediction import StudyPrediction
-from ortho_node.storage import fsync_folder
+from ortho_node.storage import fsync_folder, write_file_durably
 from reports.seg import build_segmentation
 from reports.sources import read_all
 from reports.sr import build_report
@@ -70,12 +70,9 @@ def write_result_objects(datasets: Iterable[Dataset], folder: Path, *, fsync: bo
     paths = []
     for ds in datasets:
         path = folder / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"  # generated UIDs: safe as file names
-        partial = path.with_suffix(".partial")
-        ds.save_as(partial, enforce_file_format=True)
-        if fsync:
-            with open(partial, "rb") as handle:
-                os.fsync(handle.fileno())
-        partial.replace(path)
+        encoded = BytesIO()
+        ds.save_as(encoded, enforce_file_format=True)
+        write_file_durably(path, encoded.getvalue(), fsync=fsync)
         paths.append(path)
     if fsync:
         fsync_folder(folder)

@@ -12,6 +12,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMEN
 
 PATIENT_NAME = "SYNTHETIC^PHIPATIENT"
 PATIENT_ID = "PHI-7731-0042"
+#: Explicit VR Little Endian bytes no reader can parse: a sequence of undefined length whose item never ends.
+UNTERMINATED_SEQUENCE = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x01" * 9
 
 
 def mr_dataset(*, study_uid: str | None = None, series_uid: str | None = None, sop_uid: str | None = None,

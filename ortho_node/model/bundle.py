@@ -63,12 +63,13 @@ class Profile:
 
 
 PROFILES = {
-    # Sized from unit costs on 2 cores (1.7 s per generated study and process, 0.75 s per pretraining step,
-    # about 70 s per joint epoch, both before channels-last training): about 75 minutes in all. At 20 epochs
-    # validation was still rising. A 96-pixel grid (pretraining 400 steps, 30 epochs: 99 minutes) came out
-    # worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
+    # Sized from unit costs on 2 cores with channels-last training (1.7 s per generated study and process,
+    # 0.54 s per pretraining step, about 55 s per joint epoch): at most about 90 minutes. The shipped run
+    # stopped early after epoch 48 (best mean validation at 38; 65 minutes in all); 40 epochs left soft
+    # structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs: 99 minutes) came out worse on
+    # every figure of bench/quality.py: it needs more epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=40, patience=6),
+                    epochs=70, patience=10),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2),
 }

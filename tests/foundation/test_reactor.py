@@ -1,7 +1,10 @@
-"""Event-driven association and DUL reactors (listeners/reactor.py) and the direct encodings (wire.py)."""
+"""Event-driven association and DUL reactors (listeners/reactor.py) and the direct DIMSE decoding and
+encoding (wire.py)."""
 
 from __future__ import annotations
 
+import io
+import queue
 import socket
 import struct
 import time
@@ -11,14 +14,18 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageS
 from pynetdicom import AE
 from pynetdicom.transport import RequestHandler
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 import listeners.reactor as reactor
-from listeners.wire import part10_header, store_response_command
+from listeners.wire import (DirectStoreMessages, ReceivedPData, part10_header, store_request,
+                            store_response_command)
 from ortho_node.delivery.scu import RemoteNode, echo, send_files
 from tests.dicom_factory import mr_dataset, write
 
@@ -135,3 +142,114 @@ def test_store_response_with_error_comment_is_left_to_pynetdicom():
 def test_part10_header_equals_pynetdicoms(syntax, instance):
     meta = create_file_meta(sop_class_uid=MRImageStorage, sop_instance_uid=instance, transfer_syntax=syntax)
     assert part10_header(MRImageStorage, instance, syntax) == b"\0" * 128 + b"DICM" + encode_file_meta(meta)
+
+
+def _store_request_command(**values) -> bytes:
+    request = C_STORE()
+    request.MessageID = values.get("message_id", 7)
+    request.AffectedSOPClassUID = MRImageStorage
+    request.AffectedSOPInstanceUID = values.get("instance", "1.2.826.0.1.3680043.8.498.12")
+    request.Priority = values.get("priority", 2)
+    request.MoveOriginatorApplicationEntityTitle = values.get("originator")
+    request.MoveOriginatorMessageID = values.get("originator_id")
+    request.DataSet = io.BytesIO(b"\x08\x00\x18\x00UI\x04\x001.2\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return b"".join(pdv[1:] for p in message.encode_msg(1, 16384) for _, pdv in p.presentation_data_value_list
+                    if pdv[0] & 1)
+
+
+@pytest.mark.parametrize("values", [
+    {}, {"message_id": 65535, "priority": 1, "instance": "1.2.3.45"},
+    {"originator": "MOVESCU", "originator_id": 3, "priority": 0},
+])
+def test_store_request_equals_pynetdicoms(values):
+    command = _store_request_command(**values)
+    message = DIMSEMessage()
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[1, b"\x03" + command]]
+    assert message.decode_msg(pdata) is False  # a data set follows
+    expected = message.message_to_primitive()
+    ours = store_request(command)
+    for name in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+                 "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+        assert getattr(ours, name) == getattr(expected, name), name
+
+
+def test_other_command_sets_are_left_to_pynetdicom():
+    command = _store_request_command()
+    echo = C_ECHO_RQ()
+    request = C_ECHO()
+    request.MessageID = 1
+    echo.primitive_to_message(request)
+    [echo_pdata] = list(echo.encode_msg(1, 16384))
+    status = struct.pack("<HHIH", 0x0000, 0x0900, 2, 0)  # a Status element has no place in a request
+    assert store_request(echo_pdata.presentation_data_value_list[0][1][1:]) is None
+    assert store_request(command + status) is None
+    assert store_request(command[:-3]) is None  # truncated
+    assert store_request(command.replace(b"498.12", b"498.\xe9\xe9")) is None  # not ASCII
+
+
+def test_received_pdata_equals_pynetdicoms():
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[1, b"\x03" + _store_request_command()], [1, b"\x02" + b"\x55" * 301]]
+    encoded = bytearray(P_DATA_TF(pdata).encode())
+    reference = P_DATA_TF()
+    reference.decode(bytes(encoded))
+    ours = ReceivedPData(encoded).to_primitive().presentation_data_value_list
+    assert [[c, bytes(v)] for c, v in ours] == [list(x) for x in reference.to_primitive().presentation_data_value_list]
+    for broken in (encoded[:-1], encoded[:6] + b"\x00\x00\x00\x01\x01", encoded[:6]):
+        with pytest.raises(ValueError):
+            ReceivedPData(bytearray(broken))
+
+
+class _Association:
+    """What DirectStoreMessages asks of its association."""
+
+    def __init__(self) -> None:
+        self.dul = type("DUL", (), {"event_queue": queue.Queue()})()
+
+    def get_handlers(self, event):
+        return []
+
+
+def _provider() -> DirectStoreMessages:
+    provider = DirectStoreMessages.__new__(DirectStoreMessages)
+    DIMSEServiceProvider.__init__(provider, _Association())
+    DirectStoreMessages.__init__(provider, provider._assoc)
+    return provider
+
+
+def _pdvs(*pdvs) -> P_DATA:
+    pdata = P_DATA()
+    pdata._presentation_data_value_list = [[3, memoryview(pdv)] for pdv in pdvs]
+    return pdata
+
+
+def test_fragmented_store_request_is_reassembled_and_other_messages_go_to_pynetdicom():
+    provider = _provider()
+    command, data = _store_request_command(), bytes(range(256)) * 40
+    provider.receive_primitive(_pdvs(b"\x01" + command[:10], b"\x01" + command[10:50]))
+    provider.receive_primitive(_pdvs(b"\x03" + command[50:], b"\x00" + data[:1000]))
+    provider.receive_primitive(_pdvs(*(b"\x00" + data[i : i + 1000] for i in range(1000, 9000, 1000))))
+    assert provider.msg_queue.empty()
+    provider.receive_primitive(_pdvs(b"\x02" + data[9000:]))
+    context_id, request = provider.msg_queue.get_nowait()
+    assert context_id == 3 and isinstance(request, C_STORE) and request.MessageID == 7
+    assert request.DataSet.getvalue() == data
+    echo = C_ECHO_RQ()
+    primitive = C_ECHO()
+    primitive.MessageID = 9
+    echo.primitive_to_message(primitive)
+    [echo_pdata] = list(echo.encode_msg(3, 16384))
+    provider.receive_primitive(echo_pdata)
+    context_id, request = provider.msg_queue.get_nowait()
+    assert isinstance(request, C_ECHO) and request.MessageID == 9
+
+
+def test_command_fragment_inside_a_data_set_aborts():
+    provider = _provider()
+    provider.receive_primitive(_pdvs(b"\x03" + _store_request_command(), b"\x00" + b"\x01" * 10))
+    provider.receive_primitive(_pdvs(b"\x03" + _store_request_command()))
+    assert provider.dul.event_queue.get_nowait() == "Evt19"
+    assert provider.msg_queue.empty()

@@ -8,15 +8,16 @@ import subprocess
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pydicom.uid import MRImageStorage
 from sqlalchemy import func, select
 
 from ortho_node.db.models import AuditEvent, Instance, Series
 from ortho_node.delivery.scu import RemoteNode, send_files
+from ortho_node.header import InstanceHeader
 from ortho_node.intake import AssociationRef, IncomingInstance
 from tests.conftest import GE_SERIES, dcmtk
-from tests.dicom_factory import LOSSY, mr_dataset, write, write_in_syntax
+from tests.dicom_factory import LOSSY, UNTERMINATED_SEQUENCE, mr_dataset, write, write_in_syntax
 
 ALL_SYNTAXES = [
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
@@ -126,7 +127,7 @@ def test_dataset_not_matching_request_gets_a900(start_node):
     ds.save_as(buffer, enforce_file_format=True)
     for sop_class, sop_instance in ((ds.SOPClassUID, "1.2.3.4.5"), ("1.2.840.10008.5.1.4.1.1.2", ds.SOPInstanceUID)):
         result = node.intake.receive(IncomingInstance(
-            encoded=buffer.getvalue(), dataset=ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+            encoded=buffer.getvalue(), header=InstanceHeader.from_dataset(ds), transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
             affected_sop_class_uid=sop_class, affected_sop_instance_uid=sop_instance,
             association=AssociationRef(None, "SCU", "127.0.0.1"),
         ))
@@ -142,6 +143,22 @@ def test_missing_uid_gets_precise_status(start_node):
     with node.session_factory() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "instance_rejected")).one()
     assert "StudyInstanceUID missing" in event.message
+
+
+def test_undecodable_data_set_gets_c210_and_is_audited(start_node, tmp_path, monkeypatch):
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send a file's bytes without reading them
+    node = start_node()
+    ds = mr_dataset()
+    path = write(ds, tmp_path / "broken.dcm")
+    raw = path.read_bytes()
+    data_set_start = 144 + int.from_bytes(raw[140:144], "little")  # after the file meta group
+    path.write_bytes(raw[:data_set_start] + UNTERMINATED_SEQUENCE + raw[data_set_start:])
+    assert _send_datasets(node.scp.port, [path, mr_dataset()]) == [0xC210, 0x0000]
+    with node.session_factory() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.kind == "instance_rejected")).one()
+    assert "undecodable data set" in event.message and event.sop_instance_uid == ds.SOPInstanceUID
+    assert event.details["status"] == 0xC210
+    assert count(node, Instance) == 1
 
 
 def test_path_traversal_uids_are_refused(start_node, tmp_path):
