@@ -30,6 +30,7 @@ _NO_DATA_SET = 0x0101
 _IMPLICIT_ELEMENT = struct.Struct("<HHI")  # group, element, value length
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _EXPLICIT_LONG = struct.Struct("<HH2s2xI")  # group, element, VR, reserved, 32-bit length
+_PDU_HEADER_SIZE = 6  # PDU type, reserved, PDU length
 _PDV_ITEM = struct.Struct(">LB")  # item length, presentation context ID
 _US = struct.Struct("<H")
 #: Command elements a C-STORE-RQ may carry (PS3.7 table 9.3-1), with the length each allows (None: any).
@@ -43,7 +44,7 @@ class ReceivedPData:
 
     def __init__(self, pdu: bytearray) -> None:
         """``pdu``: the whole PDU, header included; raises ``ValueError`` if its items do not add up."""
-        view, offset, pdvs = memoryview(pdu), 6, []
+        view, offset, pdvs = memoryview(pdu), _PDU_HEADER_SIZE, []
         while offset < len(view):
             if len(view) - offset < _PDV_ITEM.size + 1:
                 raise ValueError("truncated presentation data value item")
@@ -73,9 +74,10 @@ def store_request(command: bytes) -> C_STORE | None:
             return None
         group, element, length = _IMPLICIT_ELEMENT.unpack_from(command, offset)
         offset += _IMPLICIT_ELEMENT.size
-        allowed = _STORE_RQ_ELEMENTS.get(element, -1) if group == 0x0000 else -1
-        if allowed == -1 or element in values or (allowed is not None and length != allowed) \
-                or offset + length > len(command):
+        if group != 0x0000 or element not in _STORE_RQ_ELEMENTS or element in values:
+            return None
+        allowed = _STORE_RQ_ELEMENTS[element]
+        if (allowed is not None and length != allowed) or offset + length > len(command):
             return None
         values[element] = command[offset : offset + length]
         offset += length

@@ -52,11 +52,10 @@ class EncodedHeader:
     data set it cannot parse."""
 
     def __init__(self, encoded: bytes, transfer_syntax_uid: str) -> None:
-        syntax = UID(transfer_syntax_uid)
-        if syntax == DeflatedExplicitVRLittleEndian:
+        implicit_vr, self._little_endian, deflated = _encoding(transfer_syntax_uid)
+        if deflated:
             encoded = zlib.decompress(encoded, -zlib.MAX_WBITS)
-        self._little_endian = syntax.is_little_endian
-        elements = data_element_generator(BytesIO(encoded), syntax.is_implicit_VR, syntax.is_little_endian,
+        elements = data_element_generator(BytesIO(encoded), implicit_vr, self._little_endian,
                                           stop_when=_after_wanted_tags, specific_tags=_wanted_tags())
         self._raw = {int(element.tag): element for element in elements}
         charset = self._raw.pop(_SPECIFIC_CHARACTER_SET, None)
@@ -89,6 +88,13 @@ class EncodedHeader:
         if vr in _SINGLE_VALUED_VRS or "\\" not in text:
             return text
         return text.split("\\")
+
+
+@functools.cache
+def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of a transfer syntax; looked up once per syntax."""
+    syntax = UID(transfer_syntax_uid)
+    return syntax.is_implicit_VR, syntax.is_little_endian, syntax == DeflatedExplicitVRLittleEndian
 
 
 @functools.cache

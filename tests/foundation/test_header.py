@@ -6,6 +6,8 @@ import struct
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from ortho_node.header import HEADER_KEYWORDS, EncodedHeader, InstanceHeader
 from tests.conftest import GE_SERIES
@@ -73,22 +75,14 @@ def test_malformed_and_missing_values_become_none_as_with_pydicom(tmp_path):
 
 def test_reading_stops_before_the_pixel_data():
     ds = mr_dataset()
-    body_without_pixels = b"".join(_encoded_elements(ds))
-    # Garbage where the pixel data would be: never read, so no error.
-    header = EncodedHeader(body_without_pixels + b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff" + b"\x01" * 3,
-                           "1.2.840.10008.1.2.1")
-    assert InstanceHeader.from_dataset(header).sop_uid == ds.SOPInstanceUID
-
-
-def _encoded_elements(ds: Dataset):
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
     del ds.PixelData
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
-    yield buffer.getvalue()
+    # Garbage where the pixel data would be: never read, so no error.
+    header = EncodedHeader(buffer.getvalue() + b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff" + b"\x01" * 3,
+                           "1.2.840.10008.1.2.1")
+    assert InstanceHeader.from_dataset(header).sop_uid == ds.SOPInstanceUID
 
 
 def test_header_keywords_are_exactly_what_the_facts_read():

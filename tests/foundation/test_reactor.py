@@ -14,7 +14,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageS
 from pynetdicom import AE
 from pynetdicom.transport import RequestHandler
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
@@ -214,10 +213,7 @@ class _Association:
 
 
 def _provider() -> DirectStoreMessages:
-    provider = DirectStoreMessages.__new__(DirectStoreMessages)
-    DIMSEServiceProvider.__init__(provider, _Association())
-    DirectStoreMessages.__init__(provider, provider._assoc)
-    return provider
+    return DirectStoreMessages(_Association())
 
 
 def _pdvs(*pdvs) -> P_DATA:
