@@ -4,8 +4,10 @@ One command (documented in README): generate knee, ankle and shoulder studies wi
 pretrain the three reduced backbones on the knee volumes (diffusion, no labels), fine-tune knee segmentation
 and the knee, ankle and shoulder diagnosis heads together on the shared knee-pretrained backbones
 (:func:`~ortho_node.model.finetune.train_joint`: one model serves every task, and frozen features do not
-separate the findings, so the backbones learn at 0.05x the head rate from every task at once), evaluate on
-held-out studies, and write ``model.safetensors`` + ``model_card.json``::
+separate the findings, so the backbones learn at 0.05x the head rate from every task at once), refine the
+segmentation decoders on the frozen backbones with rarity-weighted cross-entropy (the diagnosis heads and
+backbones are left exactly as the joint phase made them), evaluate on held-out studies, and write
+``model.safetensors`` + ``model_card.json``::
 
     ortho-node train bundle --out ortho_node/bundled              # full profile, <= 2 h on 2 CPU cores
     ortho-node train bundle --profile quick --out /tmp/bundled    # minutes: proves the pipeline
@@ -24,7 +26,16 @@ from pathlib import Path
 import torch
 
 from ortho_node.labels import MODEL_PLANES, Joint
-from ortho_node.model.finetune import FinetuneSettings, Task, apply_result, evaluate, split, train_joint
+from ortho_node.model.finetune import (
+    FinetuneSettings,
+    Task,
+    TaskResult,
+    apply_result,
+    evaluate,
+    split,
+    train_joint,
+    train_task,
+)
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
 from ortho_node.model.runtime import DeviceChoice, channels_last, resolve_device
 from ortho_node.model.system import OrthoModel, new_card, save_system
@@ -44,6 +55,8 @@ TEST_OFFSET = 50_000
 #: Short pretraining runs average every step over the second half (the official 0.995 every 10 steps after
 #: step 2,000 would leave the EMA at the initial weights in a few hundred steps).
 PRETRAIN_EMA_DECAY = 0.99
+#: Decoder refinement starts from trained decoders: half the joint phase's head rate.
+DECODER_LR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -58,20 +71,24 @@ class Profile:
     pretrain_batch: int
     epochs: int
     patience: int
+    #: Segmentation decoder refinement on the frozen backbones (:func:`refine_segmentation`).
+    decoder_epochs: int
+    decoder_patience: int
     #: Head learning rate: 4x the official 5e-4, which converges too slowly for a two-hour CPU budget.
     lr: float = 2e-3
 
 
 PROFILES = {
     # Sized from unit costs on 2 cores with channels-last training (1.7 s per generated study and process,
-    # 0.54 s per pretraining step, about 55 s per joint epoch): at most about 90 minutes. The shipped run
-    # stopped early after epoch 48 (best mean validation at 38; 65 minutes in all); 40 epochs left soft
-    # structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs: 99 minutes) came out worse on
-    # every figure of bench/quality.py: it needs more epochs than the budget leaves.
+    # 0.54 s per pretraining step, about 57 s per joint epoch, 14 s per decoder refinement epoch): at most
+    # about 100 minutes. The shipped run took 81: the joint phase stopped after epoch 43 (best 33), the
+    # refinement after 56 (best 46). 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining
+    # 400 steps, 30 epochs: 99 minutes) came out worse on every figure of bench/quality.py: it needs more
+    # epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=70, patience=10),
+                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
-                     epochs=2, patience=2),
+                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1),
 }
 
 
@@ -116,6 +133,18 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
     return losses
 
 
+def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint: FinetuneSettings,
+                        profile: Profile) -> TaskResult:
+    """Train only the segmentation decoders, on the joint phase's frozen backbones, with the cross-entropy
+    weighted by structure rarity. The joint phase's plain loss leaves thin structures to their large
+    neighbours (the shipped model before this stage never marked the fibula on an axial slice); the
+    backbones and diagnosis heads are not touched, so every diagnosis figure stays as the joint phase left it.
+    """
+    settings = dataclasses.replace(joint, epochs=profile.decoder_epochs, patience=profile.decoder_patience,
+                                   backbone_lr_factor=0.0, balance_classes=True, lr=DECODER_LR)
+    return train_task(model, Task.KNEE_SEG, train, val, settings)
+
+
 def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
                  command: str, workers: int = 1) -> OrthoModel:
     profile = PROFILES[profile_name]
@@ -145,6 +174,11 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         apply_result(model, task, result, *sizes[task])
     timings["seconds/finetune"] = time.perf_counter() - mark
 
+    mark = time.perf_counter()
+    refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile)
+    apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
+    timings["seconds/refine_segmentation"] = time.perf_counter() - mark
+
     held_out: dict[str, float] = {}
     for task in Task:
         score, values, _ = evaluate(model, task, tests[task.joint], device)
@@ -164,6 +198,8 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         "short_run": profile_name != "full",
         "backbone_fine_tuning": "all tasks jointly (train_joint), backbones at 0.05x the head lr, cosine decay",
         "segmentation_windows": "random 16-slice windows anywhere in each series (validation: centre window)",
+        "segmentation_refinement": f"decoders only, backbones frozen, lr {DECODER_LR}, cross-entropy weighted "
+                                   "sqrt(most frequent / own frequency) clamped to [1, 10]",
         "head_lr": profile.lr,
     }
     version = f"synthetic-{profile_name}-seed{data_seed}"

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_USAGE = 0, 2
 BACKBONE_LR_FACTOR = 0.05
 MAX_POS_WEIGHT = 20.0
+MAX_CLASS_WEIGHT = 10.0
 EVAL_NOISE_SEED = 0
 
 
@@ -65,6 +66,8 @@ class FinetuneSettings:
     val_fraction: float = 0.2
     patience: int = 3
     plane_dropout: float = 0.2
+    #: Weigh segmentation's cross-entropy by class rarity (:func:`class_weight`).
+    balance_classes: bool = False
     seed: int = 0
     device: DeviceChoice = DeviceChoice.AUTO
 
@@ -98,6 +101,17 @@ def pos_weight(diagnosis: torch.Tensor) -> torch.Tensor:
     negatives = diagnosis.shape[0] - positives
     return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(
         1.0, MAX_POS_WEIGHT)
+
+
+def class_weight(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """[classes] cross-entropy weights sqrt(most frequent / own frequency), clamped to [1, 10] (1 where absent).
+
+    A thin structure a few voxels across in one plane (the fibula on axial slices) otherwise loses every
+    voxel to its large neighbour: the plain loss never lets the decoder start predicting it.
+    """
+    counts = torch.bincount(labels.flatten().long(), minlength=classes)[:classes].double()
+    ratio = torch.where(counts > 0, counts.max() / counts.clamp(min=1), torch.ones_like(counts))
+    return ratio.sqrt().clamp(1.0, MAX_CLASS_WEIGHT).float()
 
 
 def _drop_planes(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -149,7 +163,7 @@ def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tens
         images, labels = data.segmentation_batch(index, generator)
         images = images.to(device)
         with autocast(device):
-            losses = [segmentation_loss(logits, labels[rows, i].long().to(device))
+            losses = [segmentation_loss(logits, labels[rows, i].long().to(device), weights)
                       for i, rows, logits in _plane_segmentations(model, images, present, None, generator)]
             return torch.stack(losses).mean()
     images = data.images[index].to(device)
@@ -199,6 +213,17 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
     return auc, values, thresholds
 
 
+def _loss_weights(model: OrthoModel, task: Task, train: TaskData, settings: FinetuneSettings,
+                  device: torch.device) -> torch.Tensor | None:
+    """Positive weights of a diagnosis task; class weights of segmentation when ``balance_classes``."""
+    if not task.segmentation:
+        return pos_weight(train.diagnosis).to(device)
+    if not settings.balance_classes:
+        return None
+    labels = train.stacks.labels if train.stacks is not None else train.segmentation
+    return class_weight(labels, len(model.card.structures)).to(device)
+
+
 def _optimizer(model: OrthoModel, task: Task, settings: FinetuneSettings) -> torch.optim.Optimizer:
     head = model.segmentation if task.segmentation else model.diagnosis[task.joint.value]
     groups = [{"params": list(head.parameters()), "lr": settings.lr}]
@@ -219,7 +244,7 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = _optimizer(model, task, settings)
-    weights = None if task.segmentation else pos_weight(train.diagnosis).to(device)
+    weights = _loss_weights(model, task, train, settings, device)
     best: TaskResult | None = None
     best_state, stale = None, 0
     for epoch in range(1, settings.epochs + 1):
@@ -339,6 +364,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-fraction", type=float, default=d.label_fraction)
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
     parser.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement to stop")
+    parser.add_argument("--balance-classes", action="store_true",
+                        help="knee-seg: weigh the cross-entropy by structure rarity (thin structures)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default=d.device.value)
 
@@ -377,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     settings = FinetuneSettings(task=task, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 backbone_lr_factor=args.backbone_lr_factor, label_fraction=args.label_fraction,
                                 val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                                device=DeviceChoice(args.device))
+                                balance_classes=args.balance_classes, device=DeviceChoice(args.device))
     try:
         model = _initial_model(args)
         spec = model.card.preprocessing

@@ -245,9 +245,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0.2 x cross-entropy + soft Dice (DESIGN.md section 4)."""
-    return SEG_CE_WEIGHT * F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """0.2 x cross-entropy + soft Dice (DESIGN.md section 4); ``class_weight`` [K] weighs the cross-entropy."""
+    ce = F.cross_entropy(logits.float(), target, weight=class_weight)
+    return SEG_CE_WEIGHT * ce + soft_dice_loss(logits, target)
 
 
 def diagnosis_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from ortho_node.cli import main
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.checkpoint import CheckpointError, save_checkpoint
-from ortho_node.model.finetune import pos_weight, split
+from ortho_node.model.finetune import class_weight, pos_weight, split
 from ortho_node.model.metrics import choose_threshold, dice_per_structure, mean_dice, roc_auc
 from ortho_node.model.system import OrthoModel, SystemCard, load_system, new_card, read_system_card, save_system
 from ortho_node.model.unet import UNetConfig
@@ -49,6 +49,26 @@ def test_split_is_deterministic_and_label_fraction_subsamples_training_only():
 def test_pos_weight_balances_rare_labels():
     y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     assert pos_weight(y).tolist() == [3.0, 1.0, 1.0]
+
+
+def test_class_weight_favours_rare_structures_within_bounds():
+    labels = torch.zeros(10_000, dtype=torch.uint8)
+    labels[:2_500] = 1  # 4x rarer than background
+    labels[2_500:2_510] = 2  # 1,000x rarer: clamped
+    weights = class_weight(labels, 4)
+    assert weights.tolist() == pytest.approx([1.0, math.sqrt(7_490 / 2_500), 10.0, 1.0])
+
+
+def test_weighted_cross_entropy_raises_the_cost_of_missing_a_rare_structure():
+    from ortho_node.model.heads import segmentation_loss
+
+    target = torch.zeros((1, 2, 8, 8), dtype=torch.long)
+    target[0, :, 0, 0] = 1  # two voxels of a thin structure
+    logits = torch.zeros((1, 2, 2, 8, 8))
+    logits[:, 0] = 4.0  # background everywhere: the thin structure is missed
+    plain = segmentation_loss(logits, target)
+    weighted = segmentation_loss(logits, target, torch.tensor([1.0, 10.0]))
+    assert weighted > plain
 
 
 def test_task_model_round_trip_and_tamper_check(tmp_path):
@@ -186,3 +206,21 @@ def test_joint_fine_tuning_trains_every_head_and_the_shared_backbones_and_keeps_
                    "diagnosis.ankle", "diagnosis.shoulder"):
         names = [k for k in after if k.startswith(prefix) and after[k].is_floating_point()]
         assert names and any(not torch.equal(before[k], after[k]) for k in names), prefix
+
+
+def test_segmentation_refinement_trains_only_the_decoders():
+    from ortho_node.model.bundle import PROFILES, refine_segmentation
+    from ortho_node.model.finetune import FinetuneSettings, Task
+    from ortho_node.model.runtime import DeviceChoice
+
+    torch.manual_seed(0)
+    model = OrthoModel(new_card(UNetConfig.reduced()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, val = _random_task_data(Joint.KNEE, 2, 1, True), _random_task_data(Joint.KNEE, 2, 2, True)
+    joint = FinetuneSettings(task=Task.KNEE_SEG, out=Path(), epochs=1, device=DeviceChoice.CPU)
+    result = refine_segmentation(model, train, val, joint, PROFILES["quick"])
+    assert "dice/femur" in result.metrics
+    after = model.state_dict()
+    changed = {k for k in after if after[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("segmentation.") for k in changed)
+    assert all(p.requires_grad for p in model.parameters())  # the frozen backbones are released again
