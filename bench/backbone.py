@@ -3,12 +3,14 @@
 Prints wall-clock seconds, peak memory and achieved TFLOP/s (no assertions). Example:
 
     python bench/backbone.py --device cpu --threads 2
-    python bench/backbone.py --device cuda --train-batch 10 --peak-tflops 989
+    python bench/backbone.py --device cuda --train-batch 10 --peak-tflops 989 [--compile]
 
 Seconds are the median of ``--repeats`` runs after a warm-up. CPU peak memory is the rise of the process's
 resident set over its level before the operation (sampled every 5 ms); CUDA peak memory is
 ``torch.cuda.max_memory_allocated``. CUDA runs use bf16 autocast; the CPU runs float32. The load average is
-printed because on a shared machine other processes' load shows directly in CPU timings.
+printed because on a shared machine other processes' load shows directly in CPU timings. ``--compile`` runs
+the UNet as one ``torch.compile`` graph (fuses GroupNorm, SiLU and the embedding add around the
+convolutions); its compile time is printed apart from the timed runs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ortho_node.model.checkpoint import build_model
 from ortho_node.model.diffusion import GaussianDiffusion
 from ortho_node.model.features import extract_features
-from ortho_node.model.runtime import autocast, prepare_for_inference
+from ortho_node.model.runtime import autocast, match_memory_format, place_model, prepare_for_inference
 from ortho_node.model.unet import UNetConfig
 
 
@@ -86,6 +88,12 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def compile_unet(model: GaussianDiffusion) -> None:
+    """Route the UNet's calls through one ``torch.compile`` graph (compiled lazily, on the next run)."""
+    unet = model.denoise_fn
+    unet.activations = torch.compile(unet.activations, fullgraph=True)  # type: ignore[method-assign]
+
+
 def feature_job(model: GaussianDiffusion, volume: torch.Tensor, block: str) -> Callable[[], object]:
     return lambda: extract_features(model, volume, t=100, block=block, noise_seed=0)
 
@@ -121,18 +129,30 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> None:
     model = prepare_for_inference(copy.deepcopy(base), device)
     volume = torch.rand(args.feature_batch, *config.input_shape, device=device) * 2 - 1
     job = feature_job(model, volume, args.block)
+    flops = count_flops(job)
+    suffix = ""
+    if args.compile:
+        compile_unet(model)
+        start = time.perf_counter()
+        job()
+        print(f"compiled the feature path in {time.perf_counter() - start:.1f} s", flush=True)
+        suffix = " compiled"
     seconds, peak = timed(job, device, args.repeats)
-    report(f"features {args.block} x{args.feature_batch}", device, seconds, peak, count_flops(job), args.peak_tflops)
+    report(f"features {args.block} x{args.feature_batch}{suffix}", device, seconds, peak, flops, args.peak_tflops)
     del model
     if args.train_batch <= 0:
         return
-    model = base.to(device=device, memory_format=torch.channels_last_3d).train()
-    batch = (torch.rand(args.train_batch, *config.input_shape, device=device) * 2 - 1).contiguous(
-        memory_format=torch.channels_last_3d
-    )
+    model = place_model(base, device).train()
+    batch = match_memory_format(torch.rand(args.train_batch, *config.input_shape, device=device) * 2 - 1, model)
     job = train_job(model, batch, device)
+    flops = count_flops(job)
+    if args.compile:
+        compile_unet(model)
+        start = time.perf_counter()
+        job()
+        print(f"compiled the training step in {time.perf_counter() - start:.1f} s", flush=True)
     seconds, peak = timed(job, device, args.repeats)
-    report(f"train step x{args.train_batch}", device, seconds, peak, count_flops(job), args.peak_tflops)
+    report(f"train step x{args.train_batch}{suffix}", device, seconds, peak, flops, args.peak_tflops)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-batch", type=int, default=1)
     parser.add_argument("--train-batch", type=int, default=1, help="0 skips the training step")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet first")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)")
     args = parser.parse_args(argv)

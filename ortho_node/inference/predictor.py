@@ -27,8 +27,9 @@ from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     GridMapping,
     PreprocessSpec,
-    preprocess_volume,
-    restore_probabilities,
+    restore_argmax,
+    scale_intensity,
+    slices_to_model_grid,
 )
 from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
 from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
@@ -177,23 +178,30 @@ class Predictor:
         """(centre-window features [1, C, d, h, w], averaged class maps [K, n, S, S] or None, window starts)."""
         spec = self.card.preprocessing
         pixels = volume.pixels
-        centre_input, centre_mapping = preprocess_volume(pixels, spec)
+        n = pixels.shape[0]
+        # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
+        # window on its own, without resizing the overlaps again.
+        slices = slices_to_model_grid(pixels, spec)
+        if n < spec.depth:
+            slices = torch.cat([slices, slices.new_zeros((spec.depth - n, *slices.shape[1:]))])
+        centre_start = GridMapping(pixels.shape, spec).start
+        centre_input = scale_intensity(slices[centre_start : centre_start + spec.depth])
         if not segment:
-            return self._features(plane, centre_input[None]), None, (centre_mapping.start,)
+            return self._features(plane, centre_input[None]), None, (centre_start,)
         # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
         centre: torch.Tensor | None = None
-        starts = window_starts(pixels.shape[0], spec.depth, self.window_stride)
-        n, classes = pixels.shape[0], len(self.card.structures)
+        starts = window_starts(n, spec.depth, self.window_stride)
+        classes = len(self.card.structures)
         total = torch.zeros((classes, n, spec.size, spec.size), device=self.device)
         counts = torch.zeros(n, device=self.device)
         weights = slice_weights(spec.depth).to(self.device)
         inputs = []
         for start in starts:
-            if start == centre_mapping.start:
+            if start == centre_start:
                 inputs.append((start, centre_input))
                 continue
             try:
-                inputs.append((start, preprocess_volume(pixels[start : start + spec.depth], spec)[0]))
+                inputs.append((start, scale_intensity(slices[start : start + spec.depth])))
             except ConstantVolumeError:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
         for i in range(0, len(inputs), WINDOW_BATCH):
@@ -203,7 +211,7 @@ class Predictor:
                 logits, features = self.model.segment_with_features(plane, x_0, self._noise.expand_as(x_0))
             probabilities = torch.softmax(logits.float(), dim=1)
             for k, ((start, _), p) in enumerate(zip(batch, probabilities)):
-                if start == centre_mapping.start:
+                if start == centre_start:
                     centre = features[k : k + 1].float()
                 count = min(spec.depth, n - start)
                 total[:, start : start + count] += p[:, :count] * weights[None, :count, None, None]
@@ -232,8 +240,7 @@ class Predictor:
         for start in range(0, n, RESTORE_CHUNK):
             stop = min(n, start + RESTORE_CHUNK)
             mapping = GridMapping((stop - start, rows, cols), PreprocessSpec(stop - start, spec.size, spec.rot90_k))
-            restored = restore_probabilities(maps[:, start:stop].cpu(), mapping)
-            mask[start:stop] = restored.argmax(axis=0).astype(np.uint8)
+            mask[start:stop] = restore_argmax(maps[:, start:stop], mapping)
         return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
                                   tuple(self.card.structures))
 

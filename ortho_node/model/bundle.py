@@ -37,7 +37,7 @@ from ortho_node.model.finetune import (
     train_task,
 )
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
-from ortho_node.model.runtime import DeviceChoice, channels_last, resolve_device
+from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, new_card, save_system
 from ortho_node.model.taskdata import TaskData, generate_task_data
 from ortho_node.model.unet import UNetConfig
@@ -114,7 +114,7 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
     losses = {}
     for i, plane in enumerate(MODEL_PLANES):
         volumes = knee.images[knee.present[:, i], i]
-        full = channels_last(build_model(model.card.unet, model.card.diffusion), device)
+        full = place_model(build_model(model.card.unet, model.card.diffusion), device)
         ema = copy.deepcopy(full).requires_grad_(False)
         settings = PretrainSettings(plane=plane, data=Path(), out=Path(), steps=profile.pretrain_steps,
                                     batch_size=profile.pretrain_batch, ema_start=profile.pretrain_steps // 2,
@@ -158,7 +158,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     timings["seconds/generate"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    pretrain_metrics = pretrain_backbones(channels_last(model, device), data[Joint.KNEE], profile, seed, device)
+    pretrain_metrics = pretrain_backbones(place_model(model, device), data[Joint.KNEE], profile, seed, device)
     timings["seconds/pretrain"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model import metrics
 from ortho_node.model.heads import diagnosis_loss, segmentation_loss
-from ortho_node.model.runtime import DeviceChoice, autocast, channels_last, resolve_device
+from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
 from ortho_node.model.taskdata import TaskData, generate_task_data, read_synth_folder
 from ortho_node.model.unet import UNetConfig
@@ -220,7 +220,8 @@ def _loss_weights(model: OrthoModel, task: Task, train: TaskData, settings: Fine
         return pos_weight(train.diagnosis).to(device)
     if not settings.balance_classes:
         return None
-    labels = train.stacks.labels if train.stacks is not None else train.segmentation
+    # Only real slices: counting padding and absent planes as background would inflate every other weight.
+    labels = train.stacks.series_labels() if train.stacks is not None else train.segmentation[train.present]
     return class_weight(labels, len(model.card.structures)).to(device)
 
 
@@ -240,7 +241,7 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
     if task.segmentation and train.segmentation is None:
         raise FinetuneError("knee-seg needs segmentation labels")
     device = resolve_device(settings.device)
-    channels_last(model, device)
+    place_model(model, device)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = _optimizer(model, task, settings)
@@ -284,7 +285,7 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
     planned epochs. Segmentation trains on windows anywhere in each series (``TaskData.segmentation_batch``).
     The epoch with the best mean validation score is kept; each task's figures and thresholds come from it."""
     device = resolve_device(settings.device)
-    channels_last(model, device)
+    place_model(model, device)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     groups = [{"params": model.head_parameters(), "lr": settings.lr},

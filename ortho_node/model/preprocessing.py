@@ -109,12 +109,15 @@ def _slices_to_model_grid(x: torch.Tensor, spec: PreprocessSpec, mode: str) -> t
 
 
 def _to_source_grid(x: torch.Tensor, mapping: GridMapping, mode: str) -> torch.Tensor:
-    """[N, D, size, size] model-grid tensor -> [N, S, R, C]; slices outside the window are 0."""
+    """[N, D, size, size] model-grid tensor -> [N, S, R, C] on x's device; slices outside the window are 0."""
     n = x.shape[0]
     used = x[:, : mapping.count].reshape(n * mapping.count, *x.shape[-2:])
-    resized = _resize(used, mapping.oriented_shape, mode)
-    restored = torch.rot90(resized, -mapping.spec.rot90_k, dims=(-2, -1))
-    restored = restored.reshape(n, mapping.count, *mapping.source_shape[1:])
+    # Turned back on the small grid, then resized: pixel-centre resampling is mirror-symmetric, so this equals
+    # resizing first, and the quarter turn copies size**2 pixels instead of rows * cols.
+    unturned = torch.rot90(used, -mapping.spec.rot90_k, dims=(-2, -1))
+    restored = _resize(unturned, mapping.source_shape[1:], mode).reshape(n, mapping.count, *mapping.source_shape[1:])
+    if mapping.count == mapping.source_shape[0]:
+        return restored
     out = x.new_zeros((n, *mapping.source_shape))
     out[:, mapping.start : mapping.start + mapping.count] = restored
     return out
@@ -205,3 +208,14 @@ def restore_probabilities(probabilities: torch.Tensor | np.ndarray, mapping: Gri
     if grid.ndim != 4:
         raise ValueError(f"probabilities must be [K, depth, size, size], got {tuple(grid.shape)}")
     return _to_source_grid(grid, mapping, "bilinear").numpy()
+
+
+def restore_argmax(probabilities: torch.Tensor, mapping: GridMapping) -> np.ndarray:
+    """Per-class maps [K, depth, size, size] -> uint8 label map (slices, rows, cols): the most probable class
+    of :func:`restore_probabilities`, computed on the maps' own device (a GPU keeps the K full-size maps off
+    the CPU) so that only the labels travel back. Source slices outside the window are 0 (background)."""
+    if probabilities.ndim != 4:
+        raise ValueError(f"probabilities must be [K, depth, size, size], got {tuple(probabilities.shape)}")
+    restored = _to_source_grid(probabilities.detach().to(torch.float32), mapping, "bilinear")
+    # max(...).indices: the same first-maximum rule as argmax, several times faster over the leading axis on CPU.
+    return restored.max(dim=0).indices.to(torch.uint8).cpu().numpy()

@@ -26,7 +26,7 @@ from ortho_node.model.checkpoint import ModelCard, build_model, preprocess_spec_
 from ortho_node.model.data import find_volumes, read_volume
 from ortho_node.model.diffusion import GaussianDiffusion
 from ortho_node.model.preprocessing import PreprocessSpec, preprocess_volume
-from ortho_node.model.runtime import DeviceChoice, autocast, channels_last, match_memory_format, resolve_device
+from ortho_node.model.runtime import DeviceChoice, autocast, match_memory_format, place_model, resolve_device
 from ortho_node.model.unet import UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def pretrain(settings: PretrainSettings) -> float:
     torch.manual_seed(settings.seed)
     unet_config = UNetConfig.named(settings.config)
     volumes = load_training_set(settings.data, settings.plane, preprocess_spec_for(unet_config))
-    model = channels_last(build_model(unet_config), device)
+    model = place_model(build_model(unet_config), device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     rng = torch.Generator().manual_seed(settings.seed)

@@ -76,6 +76,8 @@ class SystemCard:
     feature: FeatureSpec = FeatureSpec()
     #: Encoder blocks (``in_*``, coarse to fine) the segmentation decoders also read; () = the paper's decoder.
     segmentation_skips: tuple[str, ...] = ()
+    #: Channels of the decoder stages, coarse to fine; () = halving per stage (:func:`decoder_widths`).
+    segmentation_widths: tuple[int, ...] = ()
     structures: tuple[str, ...] = KNEE_STRUCTURES
     diagnosis: Mapping[Joint, DiagnosisTask] = field(default_factory=dict)
     intended_use: str = ""
@@ -106,6 +108,7 @@ class SystemCard:
             unet=UNetConfig.from_dict(values["unet"]), diffusion=DiffusionConfig.from_dict(values["diffusion"]),
             preprocessing=PreprocessSpec.from_dict(values["preprocessing"]), feature=FeatureSpec(**values["feature"]),
             structures=tuple(values["structures"]), segmentation_skips=tuple(values.get("segmentation_skips", ())),
+            segmentation_widths=tuple(values.get("segmentation_widths", ())),
             diagnosis={Joint(j): DiagnosisTask.from_dict(t) for j, t in values["diagnosis"].items()},
         )
         return cls(**values)
@@ -125,9 +128,9 @@ class OrthoModel(nn.Module):
         )
         channels = self.feature_channels(card.unet, card.feature.block)
         skip_channels = self._skip_channels(card)
+        widths = self.decoder_widths(card)
         self.segmentation = nn.ModuleDict(
-            {p.value: SegmentationDecoder(channels, len(card.structures), skip_channels=skip_channels)
-             for p in MODEL_PLANES}
+            {p.value: SegmentationDecoder(channels, len(card.structures), widths, skip_channels) for p in MODEL_PLANES}
         )
         self.diagnosis = nn.ModuleDict(
             {j.value: DiagnosisHead(channels, len(task.labels), len(MODEL_PLANES), task.fusion)
@@ -140,10 +143,18 @@ class OrthoModel(nn.Module):
             raise ValueError(f"the heads read a middle block, not {block!r}")
         return unet.model_channels * unet.channel_mult[-1]
 
+    @classmethod
+    def decoder_widths(cls, card: SystemCard) -> tuple[int, ...]:
+        """The card's decoder stage widths, or halving per stage from the feature block's channels."""
+        halving = decoder_widths(cls.feature_channels(card.unet, card.feature.block))
+        if card.segmentation_widths and len(card.segmentation_widths) != len(halving):
+            raise CheckpointError(f"segmentation_widths needs {len(halving)} stages, got {list(card.segmentation_widths)}")
+        return card.segmentation_widths or halving
+
     def _skip_channels(self, card: SystemCard) -> list[int]:
         """Channels of each skip block, checked against the resolution of its decoder stage."""
         layout = self.backbone(MODEL_PLANES[0]).denoise_fn.encoder_layout
-        stages = len(decoder_widths(self.feature_channels(card.unet, card.feature.block)))
+        stages = len(self.decoder_widths(card))
         if card.segmentation_skips and len(card.segmentation_skips) != stages:
             raise CheckpointError(f"segmentation_skips needs {stages} blocks, got {list(card.segmentation_skips)}")
         total = 2 ** (len(card.unet.channel_mult) - 1)
@@ -237,12 +248,14 @@ def default_segmentation_skips(unet: UNetConfig) -> tuple[str, ...]:
 def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.ANKLE, Joint.SHOULDER), *,
              fusion: FusionMode = FusionMode.MPAE, name: str = "OrthoDiffusion", version: str = "untrained",
              t: int = DEFAULT_T, block: str = DEFAULT_BLOCK,
-             segmentation_skips: tuple[str, ...] | None = None) -> SystemCard:
+             segmentation_skips: tuple[str, ...] | None = None,
+             segmentation_widths: tuple[int, ...] = ()) -> SystemCard:
     """A fresh card; ``segmentation_skips`` None = :func:`default_segmentation_skips`."""
     return SystemCard(
         name=name, version=version, unet=unet, diffusion=DiffusionConfig(),
         preprocessing=PreprocessSpec(depth=unet.depth_size, size=unet.image_size), feature=FeatureSpec(t, block),
         segmentation_skips=default_segmentation_skips(unet) if segmentation_skips is None else tuple(segmentation_skips),
+        segmentation_widths=tuple(segmentation_widths),
         diagnosis={j: DiagnosisTask.default(j, fusion) for j in joints},
     )
 

@@ -88,6 +88,12 @@ class SliceStacks:
     def subset(self, index: torch.Tensor) -> SliceStacks:
         return SliceStacks(self.images[index], self.labels[index], self.lengths[index])
 
+    def series_labels(self) -> torch.Tensor:
+        """The label slices the series really have, [M, S, S]: not the padding after a series' last slice,
+        nor absent planes."""
+        within = torch.arange(self.labels.shape[2])[None, None, :] < self.lengths[:, :, None]  # [N, P, L]
+        return self.labels[within]
+
     def random_windows(self, index: torch.Tensor, depth: int, generator: torch.Generator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, P, 1, D, S, S], labels [B, P, D, S, S]): one window of ``depth`` slices per study and

@@ -9,7 +9,7 @@ import torch
 
 from ortho_node.labels import Plane
 from ortho_node.model.features import FeatureSpec, extract_features, extract_plane_features, seeded_noise
-from ortho_node.model.runtime import prepare_for_inference
+from ortho_node.model.runtime import place_model, prepare_for_inference
 
 
 def test_features_equal_the_block_of_one_noised_forward_pass(tiny_model):
@@ -55,3 +55,17 @@ def test_planes_use_their_own_backbone_and_spec(tiny_model):
     assert features[Plane.AXIAL].shape == (3, 16, 8, 16, 16)
     with pytest.raises(ValueError, match="axial"):
         extract_plane_features({Plane.SAGITTAL: tiny_model}, volumes, specs)
+
+
+def test_models_take_the_layout_their_device_runs_fastest_in(tiny_model):
+    """Channels-last 3D on the CPU; the default layout elsewhere (the meta device stands in for a GPU: on an
+    H100 channels-last made bf16 feature extraction 1.65x slower)."""
+    def conv_weight(model):  # a 16 -> 16 channel kernel: its two layouts differ
+        return model.denoise_fn.input_blocks[1][0].in_layers[2].weight
+
+    on_cpu = place_model(copy.deepcopy(tiny_model), torch.device("cpu"))
+    assert conv_weight(on_cpu).is_contiguous(memory_format=torch.channels_last_3d)
+    assert not conv_weight(on_cpu).is_contiguous()
+    elsewhere = conv_weight(place_model(on_cpu, torch.device("meta")))
+    assert elsewhere.is_meta and elsewhere.is_contiguous()
+    assert not elsewhere.is_contiguous(memory_format=torch.channels_last_3d)

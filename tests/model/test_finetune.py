@@ -59,6 +59,18 @@ def test_class_weight_favours_rare_structures_within_bounds():
     assert weights.tolist() == pytest.approx([1.0, math.sqrt(7_490 / 2_500), 10.0, 1.0])
 
 
+def test_class_weights_count_only_the_slices_a_series_has():
+    from ortho_node.model.taskdata import SliceStacks
+
+    labels = torch.zeros((1, 2, 6, 4, 4), dtype=torch.uint8)  # one study, two planes, stacks of 6 slices
+    labels[0, 0, :2] = 1  # plane 0: 2 slices of structure 1, then 2 background slices, then 2 of padding
+    stacks = SliceStacks(torch.zeros(labels.shape), labels, torch.tensor([[4, 0]]))  # plane 1 absent
+    real = stacks.series_labels()
+    assert real.shape == (4, 4, 4)
+    assert class_weight(real, 2).tolist() == pytest.approx([1.0, 1.0])  # 32 voxels each: balanced
+    assert class_weight(labels, 2)[1] > 1.5  # counting padding and the absent plane would not be
+
+
 def test_weighted_cross_entropy_raises_the_cost_of_missing_a_rare_structure():
     from ortho_node.model.heads import segmentation_loss
 
@@ -102,6 +114,21 @@ def test_reduced_model_decoders_read_encoder_skips_and_the_official_keeps_the_pa
         OrthoModel(dataclasses.replace(reduced, segmentation_skips=("in_1", "in_3", "in_5", "in_7")))
     with pytest.raises(CheckpointError, match="not an encoder block"):
         OrthoModel(dataclasses.replace(reduced, segmentation_skips=("in_7", "in_5", "in_3", "mid_2")))
+
+
+def test_decoder_widths_come_from_the_card():
+    """Halving per stage by default (32, 16, 8, 8 reduced); a card may widen the fine stages, and its
+    widths survive the card's JSON (an older card without the field keeps the halving)."""
+    reduced = new_card(UNetConfig.reduced())
+    assert OrthoModel(reduced).segmentation["axial"].widths == (32, 16, 8, 8)
+    wide = new_card(UNetConfig.reduced(), segmentation_widths=(32, 16, 16, 16))
+    assert SystemCard.from_json(wide.to_json()).segmentation_widths == (32, 16, 16, 16)
+    model = OrthoModel(wide)
+    assert model.segmentation["axial"].widths == (32, 16, 16, 16)
+    x_0 = torch.rand(1, 1, 16, 64, 64) * 2 - 1
+    assert model.segment(Plane.AXIAL, x_0, torch.zeros_like(x_0)).shape == (1, 12, 16, 64, 64)
+    with pytest.raises(CheckpointError, match="needs 4 stages"):
+        OrthoModel(dataclasses.replace(reduced, segmentation_widths=(32, 16)))
 
 
 def test_pretrained_backbone_loads_into_the_task_model(tmp_path):

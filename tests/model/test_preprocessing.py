@@ -12,6 +12,7 @@ from ortho_node.model.preprocessing import (
     PreprocessSpec,
     labels_to_model_grid,
     preprocess_volume,
+    restore_argmax,
     restore_labels,
     restore_probabilities,
 )
@@ -109,3 +110,18 @@ def test_probabilities_return_to_the_source_grid():
     assert not probabilities[:, : mapping.start].any()
     recovered = probabilities.argmax(axis=0)
     assert _dice(labels[window] == 1, recovered[window] == 1) > 0.95
+
+
+def test_restored_label_map_is_the_argmax_of_the_restored_probabilities():
+    """restore_argmax (the predictor's path, run where the maps are) equals argmax(restore_probabilities);
+    slices outside the window are background."""
+    shape = (30, 300, 200)
+    generator = torch.Generator().manual_seed(3)
+    maps = torch.softmax(torch.randn(4, SPEC.depth, SPEC.size, SPEC.size, generator=generator) * 3, dim=0)
+    mapping = GridMapping(shape, SPEC)
+    labels = restore_argmax(maps, mapping)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert np.array_equal(labels, restore_probabilities(maps, mapping).argmax(axis=0))
+    assert not labels[: mapping.start].any() and not labels[mapping.start + mapping.count :].any()
+    with pytest.raises(ValueError, match="K, depth, size, size"):
+        restore_argmax(maps[0], mapping)
