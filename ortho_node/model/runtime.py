@@ -55,7 +55,8 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 def match_memory_format(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Lay a [B, C, D, H, W] input out like the model's weights: mixed layouts cost a conversion per conv."""
-    weight = next((p for p in model.parameters() if p.ndim == 5), None)
+    # A kernel with one input channel (the stem) is contiguous in both layouts: it cannot tell them apart.
+    weight = next((p for p in model.parameters() if p.ndim == 5 and p.shape[1] > 1), None)
     if weight is not None and weight.is_contiguous(memory_format=torch.channels_last_3d):
         return x.contiguous(memory_format=torch.channels_last_3d)
     return x

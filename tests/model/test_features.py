@@ -9,7 +9,7 @@ import torch
 
 from ortho_node.labels import Plane
 from ortho_node.model.features import FeatureSpec, extract_features, extract_plane_features, seeded_noise
-from ortho_node.model.runtime import place_model, prepare_for_inference
+from ortho_node.model.runtime import match_memory_format, place_model, prepare_for_inference
 
 
 def test_features_equal_the_block_of_one_noised_forward_pass(tiny_model):
@@ -66,6 +66,9 @@ def test_models_take_the_layout_their_device_runs_fastest_in(tiny_model):
     on_cpu = place_model(copy.deepcopy(tiny_model), torch.device("cpu"))
     assert conv_weight(on_cpu).is_contiguous(memory_format=torch.channels_last_3d)
     assert not conv_weight(on_cpu).is_contiguous()
-    elsewhere = conv_weight(place_model(on_cpu, torch.device("meta")))
-    assert elsewhere.is_meta and elsewhere.is_contiguous()
-    assert not elsewhere.is_contiguous(memory_format=torch.channels_last_3d)
+    volume = torch.rand(2, 3, 4, 8, 8)  # channels-last differs from contiguous only with several channels
+    assert match_memory_format(volume, on_cpu).is_contiguous(memory_format=torch.channels_last_3d)
+    elsewhere = place_model(on_cpu, torch.device("meta"))
+    assert conv_weight(elsewhere).is_meta and conv_weight(elsewhere).is_contiguous()
+    assert not conv_weight(elsewhere).is_contiguous(memory_format=torch.channels_last_3d)
+    assert match_memory_format(volume, elsewhere).is_contiguous()
