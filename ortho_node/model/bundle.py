@@ -76,6 +76,8 @@ class Profile:
     decoder_patience: int
     #: Head learning rate: 4x the official 5e-4, which converges too slowly for a two-hour CPU budget.
     lr: float = 2e-3
+    #: Segmentation decoder stage widths (card ``segmentation_widths``); () = halving per stage.
+    decoder_widths: tuple[int, ...] = ()
 
 
 PROFILES = {
@@ -145,12 +147,19 @@ def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint
     return train_task(model, Task.KNEE_SEG, train, val, settings)
 
 
+def new_bundle_model(profile: Profile) -> OrthoModel:
+    """The untrained task model of a bundle run: reduced backbones, the profile's decoder widths."""
+    card = new_card(UNetConfig.reduced(), name="OrthoDiffusion-reduced-synthetic",
+                    segmentation_widths=profile.decoder_widths)
+    return OrthoModel(card)
+
+
 def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
                  command: str, workers: int = 1) -> OrthoModel:
     profile = PROFILES[profile_name]
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    model = OrthoModel(new_card(UNetConfig.reduced(), name="OrthoDiffusion-reduced-synthetic"))
+    model = new_bundle_model(profile)
     spec = model.card.preprocessing
     counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
     data = {joint: _data(joint, n, data_seed, spec, workers=workers) for joint, n in counts.items()}

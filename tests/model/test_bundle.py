@@ -8,7 +8,7 @@ import math
 import torch
 
 from ortho_node.labels import Joint
-from ortho_node.model.bundle import PROFILES, pretrain_backbones
+from ortho_node.model.bundle import PROFILES, new_bundle_model, pretrain_backbones
 from ortho_node.model.system import OrthoModel, new_card
 from ortho_node.model.taskdata import TaskData
 from ortho_node.model.unet import UNetConfig
@@ -28,3 +28,10 @@ def test_pretraining_updates_every_plane_backbone():
     for plane in ("sagittal", "coronal", "axial"):
         name = f"{plane}.denoise_fn.input_blocks.0.0.weight"
         assert not torch.equal(before[name], after[name]), plane
+
+
+def test_bundle_profile_sets_the_decoder_widths():
+    assert new_bundle_model(PROFILES["full"]).card.segmentation_widths == ()  # the shipped recipe: halving
+    wide = new_bundle_model(dataclasses.replace(PROFILES["quick"], decoder_widths=(32, 32, 16, 16)))
+    assert wide.card.segmentation_widths == (32, 32, 16, 16)
+    assert wide.segmentation["sagittal"].widths == (32, 32, 16, 16)
