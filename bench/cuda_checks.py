@@ -38,8 +38,8 @@ from ortho_node.model.runtime import autocast  # noqa: E402
 from ortho_node.model.unet import UNet, UNetConfig  # noqa: E402
 from tests.inference.conftest import locate  # noqa: E402
 from tests.inference.golden import BUNDLED, REFERENCE_CARD, REFERENCE_FILE, load_study  # noqa: E402
-from tests.model.volumes import blob_volume  # noqa: E402
 from tests.model.test_unet import GOLDEN_BLOCKS, _golden_weights  # noqa: E402
+from tests.model.volumes import blob_volume  # noqa: E402
 
 #: The reference files, where the test suite finds them (tests/conftest.py; not imported: it needs a database).
 SHARED = Path(os.environ.get("ORTHO_TEST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
