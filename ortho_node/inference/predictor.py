@@ -27,6 +27,7 @@ from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     GridMapping,
     PreprocessSpec,
+    preprocess_volume,
     restore_argmax,
     scale_intensity,
     slices_to_model_grid,
@@ -178,6 +179,9 @@ class Predictor:
         """(centre-window features [1, C, d, h, w], averaged class maps [K, n, S, S] or None, window starts)."""
         spec = self.card.preprocessing
         pixels = volume.pixels
+        if not segment:  # diagnosis reads the centre window alone
+            centre_input, mapping = preprocess_volume(pixels, spec)
+            return self._features(plane, centre_input[None]), None, (mapping.start,)
         n = pixels.shape[0]
         # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
         # window on its own, without resizing the overlaps again.
@@ -186,8 +190,6 @@ class Predictor:
             slices = torch.cat([slices, slices.new_zeros((spec.depth - n, *slices.shape[1:]))])
         centre_start = GridMapping(pixels.shape, spec).start
         centre_input = scale_intensity(slices[centre_start : centre_start + spec.depth])
-        if not segment:
-            return self._features(plane, centre_input[None]), None, (centre_start,)
         # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
         centre: torch.Tensor | None = None
         starts = window_starts(n, spec.depth, self.window_stride)
