@@ -88,10 +88,13 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def compile_unet(model: GaussianDiffusion) -> None:
-    """Route the UNet's calls through one ``torch.compile`` graph (compiled lazily, on the next run)."""
+def compile_unet(model: GaussianDiffusion, job: Callable[[], object], what: str) -> None:
+    """Route the UNet's calls through one ``torch.compile`` graph, and compile it by running ``job`` once."""
     unet = model.denoise_fn
     unet.activations = torch.compile(unet.activations, fullgraph=True)  # type: ignore[method-assign]
+    start = time.perf_counter()
+    job()
+    print(f"compiled the {what} in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def feature_job(model: GaussianDiffusion, volume: torch.Tensor, block: str) -> Callable[[], object]:
@@ -132,10 +135,7 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> None:
     flops = count_flops(job)
     suffix = ""
     if args.compile:
-        compile_unet(model)
-        start = time.perf_counter()
-        job()
-        print(f"compiled the feature path in {time.perf_counter() - start:.1f} s", flush=True)
+        compile_unet(model, job, "feature path")
         suffix = " compiled"
     seconds, peak = timed(job, device, args.repeats)
     report(f"features {args.block} x{args.feature_batch}{suffix}", device, seconds, peak, flops, args.peak_tflops)
@@ -147,10 +147,7 @@ def bench_device(device: torch.device, args: argparse.Namespace) -> None:
     job = train_job(model, batch, device)
     flops = count_flops(job)
     if args.compile:
-        compile_unet(model)
-        start = time.perf_counter()
-        job()
-        print(f"compiled the training step in {time.perf_counter() - start:.1f} s", flush=True)
+        compile_unet(model, job, "training step")
     seconds, peak = timed(job, device, args.repeats)
     report(f"train step x{args.train_batch}{suffix}", device, seconds, peak, flops, args.peak_tflops)
 

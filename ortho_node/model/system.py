@@ -128,7 +128,7 @@ class OrthoModel(nn.Module):
         )
         channels = self.feature_channels(card.unet, card.feature.block)
         skip_channels = self._skip_channels(card)
-        widths = self.decoder_widths(card)
+        widths = self.stage_widths(card)
         self.segmentation = nn.ModuleDict(
             {p.value: SegmentationDecoder(channels, len(card.structures), widths, skip_channels) for p in MODEL_PLANES}
         )
@@ -144,7 +144,7 @@ class OrthoModel(nn.Module):
         return unet.model_channels * unet.channel_mult[-1]
 
     @classmethod
-    def decoder_widths(cls, card: SystemCard) -> tuple[int, ...]:
+    def stage_widths(cls, card: SystemCard) -> tuple[int, ...]:
         """The card's decoder stage widths, or halving per stage from the feature block's channels."""
         halving = decoder_widths(cls.feature_channels(card.unet, card.feature.block))
         if card.segmentation_widths and len(card.segmentation_widths) != len(halving):
@@ -154,7 +154,7 @@ class OrthoModel(nn.Module):
     def _skip_channels(self, card: SystemCard) -> list[int]:
         """Channels of each skip block, checked against the resolution of its decoder stage."""
         layout = self.backbone(MODEL_PLANES[0]).denoise_fn.encoder_layout
-        stages = len(self.decoder_widths(card))
+        stages = len(self.stage_widths(card))
         if card.segmentation_skips and len(card.segmentation_skips) != stages:
             raise CheckpointError(f"segmentation_skips needs {stages} blocks, got {list(card.segmentation_skips)}")
         total = 2 ** (len(card.unet.channel_mult) - 1)
