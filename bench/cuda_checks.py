@@ -44,7 +44,6 @@ from tests.model.volumes import blob_volume  # noqa: E402
 #: The reference files, where the test suite finds them (tests/conftest.py; not imported: it needs a database).
 SHARED = Path(os.environ.get("ORTHO_TEST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 failures: list[str] = []
-DEVICE = torch.device("cuda")
 
 
 def check(name: str, passed: bool, detail: str) -> None:
@@ -53,12 +52,12 @@ def check(name: str, passed: bool, detail: str) -> None:
         failures.append(name)
 
 
-def golden_activations() -> None:
+def golden_activations(device: torch.device) -> None:
     manifest = json.loads((SHARED / "reference" / "orthodiffusion-checkpoint-manifest.json").read_text())
     golden = json.loads((SHARED / "reference" / "orthodiffusion-golden-features.json").read_text())
     unet = UNet(UNetConfig.official()).eval()
     unet.load_state_dict(_golden_weights(unet, manifest))
-    unet.to(DEVICE)
+    unet.to(device)
     d, h, w = np.meshgrid(np.arange(16), np.arange(64), np.arange(64), indexing="ij")
     x_0 = torch.from_numpy(np.sin(0.3 * d + 0.1 * h - 0.07 * w))[None, None]
     noise = torch.from_numpy(np.cos(0.2 * d + 0.05 * h + 0.11 * w))[None, None]
@@ -67,11 +66,11 @@ def golden_activations() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for t_text, expected in golden["results"].items():
         t = int(t_text)
-        x_t = (abar[t].sqrt() * x_0 + (1 - abar[t]).sqrt() * noise).float().to(DEVICE)
-        steps = torch.tensor([t], device=DEVICE)
+        x_t = (abar[t].sqrt() * x_0 + (1 - abar[t]).sqrt() * noise).float().to(device)
+        steps = torch.tensor([t], device=device)
         with torch.inference_mode():
             found = unet.activations(x_t, steps, GOLDEN_BLOCKS)
-            with autocast(DEVICE):
+            with autocast(device):
                 low = unet.activations(x_t, steps, GOLDEN_BLOCKS)
         for block in GOLDEN_BLOCKS:
             act, ref = found[block].double().cpu(), expected[block]
@@ -83,18 +82,18 @@ def golden_activations() -> None:
             worst = max(worst, *errors)
             relative = (low[block].double() - found[block].double()).norm() / found[block].double().norm()
             worst_bf16 = max(worst_bf16, relative.item())
-    check(f"golden activations, {DEVICE.type} float32", worst <= 1e-4, f"max abs error {worst:.2e} (tolerance 1e-4)")
-    check(f"golden activations, {DEVICE.type} bf16 vs float32", worst_bf16 <= 5e-2,
+    check(f"golden activations, {device.type} float32", worst <= 1e-4, f"max abs error {worst:.2e} (tolerance 1e-4)")
+    check(f"golden activations, {device.type} bf16 vs float32", worst_bf16 <= 5e-2,
           f"max relative error {worst_bf16:.2e} (bf16 operands: 1e-3..1e-2 expected)")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
-def golden_study() -> None:
+def golden_study(device: torch.device) -> None:
     reference = json.loads(REFERENCE_CARD.read_text())
     masks = np.load(REFERENCE_FILE)
     study = load_study()
     for deterministic in (True, False):
-        predictor = Predictor.from_checkpoint(BUNDLED, DEVICE.type, locate=locate, deterministic=deterministic)
+        predictor = Predictor.from_checkpoint(BUNDLED, device.type, locate=locate, deterministic=deterministic)
         first, again = predictor.predict(study), predictor.predict(study)
         dice = min(
             float(np.nanmin(np.nan_to_num(dice_per_structure(s.mask, masks[f"mask_{s.plane.value}"],
@@ -107,39 +106,40 @@ def golden_study() -> None:
         mode = "deterministic float32" if deterministic else "bf16 autocast"
         detail = f"min Dice {dice:.4f}, max |dp| {gap:.2e}, repeat identical: {repeat}"
         if deterministic:
-            check(f"golden study on {DEVICE.type}, {mode}", dice >= 0.99 and gap <= 1e-3 and repeat, detail)
+            check(f"golden study on {device.type}, {mode}", dice >= 0.99 and gap <= 1e-3 and repeat, detail)
         else:
-            check(f"golden study on {DEVICE.type}, {mode} (reported)", dice >= 0.9 and gap <= 0.05, detail)
+            check(f"golden study on {device.type}, {mode} (reported)", dice >= 0.9 and gap <= 0.05, detail)
         torch.use_deterministic_algorithms(False)
 
 
-def overfit_bf16() -> None:
+def overfit_bf16(device: torch.device) -> None:
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(UNetConfig.reduced(), image_size=32)).to(DEVICE)
+    model = build_model(dataclasses.replace(UNetConfig.reduced(), image_size=32)).to(device)
     volumes = torch.stack([torch.from_numpy(blob_volume((16, 32, 32), seed=k)) for k in range(4)])[:, None]
-    volumes = (volumes / volumes.amax(dim=(1, 2, 3, 4), keepdim=True) * 2 - 1).to(DEVICE)
+    volumes = (volumes / volumes.amax(dim=(1, 2, 3, 4), keepdim=True) * 2 - 1).to(device)
     generator = torch.Generator().manual_seed(1)
     eval_x0 = volumes.repeat(4, 1, 1, 1, 1)
-    eval_t = torch.linspace(0, 999, len(eval_x0)).long().to(DEVICE)
-    eval_noise = torch.randn(eval_x0.shape, generator=generator).to(DEVICE)
+    eval_t = torch.linspace(0, 999, len(eval_x0)).long().to(device)
+    eval_noise = torch.randn(eval_x0.shape, generator=generator).to(device)
 
     def held_out() -> float:
-        with torch.no_grad(), autocast(DEVICE):
+        with torch.no_grad(), autocast(device):
             return model.training_losses(eval_x0, eval_t, eval_noise).item()
 
     initial = held_out()
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(180):
-        with autocast(DEVICE):
+        with autocast(device):
             loss = model.training_losses(volumes)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     final = held_out()
-    check("bf16 training: reduced backbone overfits", final < initial / 10, f"held-out loss {initial:.4f} -> {final:.4f}")
+    check("bf16 training: reduced backbone overfits", final < initial / 10,
+          f"held-out loss {initial:.4f} -> {final:.4f}")
 
 
-def pretrain_cli(scratch: Path) -> None:
+def pretrain_cli(device: torch.device, scratch: Path) -> None:
     affine = np.array([[0, 0, 3.0, 0], [0.4, 0, 0, 0], [0, 0.4, 0, 0], [0, 0, 0, 1]])
     for k in range(3):
         folder = scratch / "data" / f"study{k}"
@@ -152,30 +152,30 @@ def pretrain_cli(scratch: Path) -> None:
         return parser.parse_args(
             ["--plane", "sagittal", "--data", str(scratch / "data"), "--out", str(scratch / "out"), "--config",
              "reduced", "--steps", str(steps), "--batch-size", "2", "--ema-start", "2", "--ema-every", "1",
-             "--checkpoint-every", "2", "--device", DEVICE.type] + (["--resume"] if resume else []))  # fmt: skip
+             "--checkpoint-every", "2", "--device", device.type] + (["--resume"] if resume else []))  # fmt: skip
 
     codes = (run(args(2)), run(args(4)), run(args(4, resume=True)))
     state = torch.load(scratch / "out" / STATE_FILE, weights_only=True)
     _, card = load_checkpoint(scratch / "out" / BACKBONE_DIR)
-    check(f"train pretrain --device {DEVICE.type}, resume", codes == (0, 2, 0) and state["step"] == 4 and card.step == 4,
+    passed = codes == (0, 2, 0) and state["step"] == 4 and card.step == 4
+    check(f"train pretrain --device {device.type}, resume", passed,
           f"exit codes {codes}, state step {state['step']}, card step {card.step}")
 
 
 def main() -> int:
-    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    DEVICE = torch.device(parser.parse_args().device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    device = torch.device(parser.parse_args().device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 1
-    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU (dry run)"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
     print(f"torch {torch.__version__} on {name}", flush=True)
-    golden_activations()
-    golden_study()
-    overfit_bf16()
+    golden_activations(device)
+    golden_study(device)
+    overfit_bf16(device)
     with tempfile.TemporaryDirectory() as scratch:
-        pretrain_cli(Path(scratch))
+        pretrain_cli(device, Path(scratch))
     print(f"{len(failures)} failed" + (f": {failures}" if failures else ""))
     return 1 if failures else 0
 

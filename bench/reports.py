@@ -26,7 +26,7 @@ from ortho_node.delivery.scu import RemoteNode, send_files  # noqa: E402
 from ortho_node.delivery.worker import DeliveryService  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint  # noqa: E402
 from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyPrediction  # noqa: E402
-from reports.results import build_result_objects, write_result_objects  # noqa: E402
+from reports.results import build_results, write_result_objects  # noqa: E402
 from tests.reports.orthanc import Orthanc  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main() -> int:
                 settings = load_settings(environ={}, overrides={
                     "storage.data_dir": str(work / f"node-{run}"), "destinations": [f"PACS={remote}"]})
                 start = time.perf_counter()
-                objects = build_result_objects(prediction, settings)
+                objects = build_results(prediction, settings).datasets
                 build.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 files = write_result_objects(objects, work / f"results-{run}")

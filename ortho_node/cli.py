@@ -232,9 +232,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     def write_dicom_results(out: Path, prediction) -> None:
-        from reports.results import build_result_objects, write_result_objects
+        from reports.results import build_results, write_result_objects
 
-        write_result_objects(build_result_objects(prediction, settings), out)
+        write_result_objects(build_results(prediction, settings).datasets, out)
 
     return offline.run(args, write_dicom_results=write_dicom_results)
 

@@ -58,11 +58,6 @@ def build_results(prediction: StudyPrediction, settings: Settings) -> ResultObje
     return ResultObjects(objects, not_built)
 
 
-def build_result_objects(prediction: StudyPrediction, settings: Settings) -> list[Dataset]:
-    """The datasets of :func:`build_results`."""
-    return build_results(prediction, settings).datasets
-
-
 def write_result_objects(datasets: Iterable[Dataset], folder: Path, *, fsync: bool = True) -> list[Path]:
     """Write each object as ``<Modality>_<SOPInstanceUID>.dcm`` (temporary name, fsync, rename): a file
     that exists is complete, so a delivery queue may point at it."""

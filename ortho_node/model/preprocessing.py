@@ -123,6 +123,12 @@ def _to_source_grid(x: torch.Tensor, mapping: GridMapping, mode: str) -> torch.T
     return out
 
 
+def _restore_maps(probabilities: torch.Tensor, mapping: GridMapping) -> torch.Tensor:
+    if probabilities.ndim != 4:
+        raise ValueError(f"probabilities must be [K, depth, size, size], got {tuple(probabilities.shape)}")
+    return _to_source_grid(probabilities.detach().to(torch.float32), mapping, "bilinear")
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """[N, h, w] floating tensor -> [N, *size] with the half-pixel convention."""
     if tuple(x.shape[-2:]) == size:
@@ -204,18 +210,13 @@ def restore_probabilities(probabilities: torch.Tensor | np.ndarray, mapping: Gri
 
     Source slices outside the window are 0 for every class.
     """
-    grid = torch.as_tensor(probabilities).detach().cpu().to(torch.float32)
-    if grid.ndim != 4:
-        raise ValueError(f"probabilities must be [K, depth, size, size], got {tuple(grid.shape)}")
-    return _to_source_grid(grid, mapping, "bilinear").numpy()
+    return _restore_maps(torch.as_tensor(probabilities), mapping).cpu().numpy()
 
 
 def restore_argmax(probabilities: torch.Tensor, mapping: GridMapping) -> np.ndarray:
     """Per-class maps [K, depth, size, size] -> uint8 label map (slices, rows, cols): the most probable class
     of :func:`restore_probabilities`, computed on the maps' own device (a GPU keeps the K full-size maps off
     the CPU) so that only the labels travel back. Source slices outside the window are 0 (background)."""
-    if probabilities.ndim != 4:
-        raise ValueError(f"probabilities must be [K, depth, size, size], got {tuple(probabilities.shape)}")
-    restored = _to_source_grid(probabilities.detach().to(torch.float32), mapping, "bilinear")
+    restored = _restore_maps(probabilities, mapping)
     # max(...).indices: the same first-maximum rule as argmax, several times faster over the leading axis on CPU.
     return restored.max(dim=0).indices.to(torch.uint8).cpu().numpy()

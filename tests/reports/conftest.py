@@ -26,9 +26,9 @@ def results_settings():
 
 @pytest.fixture(scope="module")
 def result_objects(knee, results_settings):
-    from reports.results import build_result_objects
+    from reports.results import build_results
 
-    return build_result_objects(knee.prediction, results_settings)
+    return build_results(knee.prediction, results_settings).datasets
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,9 @@ def test_sr_findings_carry_presence_certainty_threshold_and_weights(result_files
 
 
 def test_rebuilding_gives_the_same_uids(knee, result_objects, results_settings):
-    from reports.results import build_result_objects
+    from reports.results import build_results
 
-    again = build_result_objects(knee.prediction, results_settings)
+    again = build_results(knee.prediction, results_settings).datasets
     assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in result_objects]
 
 
@@ -110,10 +110,10 @@ def test_a_study_with_one_plane_gets_its_objects(knee, results_settings):
     import dataclasses
 
     from ortho_node.labels import Plane
-    from reports.results import build_result_objects
+    from reports.results import build_results
 
     sagittal = [seg for seg in knee.prediction.segmentations if seg.plane is Plane.SAGITTAL]
     findings = tuple(dataclasses.replace(f, plane_weights={Plane.SAGITTAL: 1.0}) for f in knee.prediction.findings)
     prediction = dataclasses.replace(knee.prediction, segmentations=tuple(sagittal), findings=findings)
-    modalities = [ds.Modality for ds in build_result_objects(prediction, results_settings)]
+    modalities = [ds.Modality for ds in build_results(prediction, results_settings).datasets]
     assert modalities.count("SEG") == 1 and modalities.count("SR") == 1 and len(modalities) == 4
