@@ -81,14 +81,17 @@ class Profile:
 
 
 PROFILES = {
-    # Sized from unit costs on 2 cores with channels-last training (1.7 s per generated study and process,
-    # 0.54 s per pretraining step, about 57 s per joint epoch, 14 s per decoder refinement epoch): at most
-    # about 100 minutes. The shipped run took 81: the joint phase stopped after epoch 43 (best 33), the
-    # refinement after 56 (best 46). 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining
-    # 400 steps, 30 epochs: 99 minutes) came out worse on every figure of bench/quality.py: it needs more
-    # epochs than the budget leaves.
+    # Sized from unit costs on 2 cores with channels-last training (1.5 s per generated study and process,
+    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch): at most
+    # about 110 minutes. The shipped run took 94: the joint phase stopped after epoch 55 (best 45), the
+    # refinement ran its 60 epochs (best 58). Decoder stages (32, 32, 16, 16) instead of halving to
+    # (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and menisci back
+    # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
+    # 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs:
+    # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10),
+                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10,
+                    decoder_widths=(32, 32, 16, 16)),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2, decoder_epochs=1, decoder_patience=1),
 }

@@ -1,4 +1,5 @@
-"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read."""
+"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read; the shipped model
+follows the full recipe."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 
 import torch
 
+from ortho_node.config import BUNDLED_MODEL
 from ortho_node.labels import Joint
 from ortho_node.model.bundle import PROFILES, new_bundle_model, pretrain_backbones
-from ortho_node.model.system import OrthoModel, new_card
+from ortho_node.model.system import OrthoModel, new_card, read_system_card
 from ortho_node.model.taskdata import TaskData
 from ortho_node.model.unet import UNetConfig
 
@@ -31,7 +33,12 @@ def test_pretraining_updates_every_plane_backbone():
 
 
 def test_bundle_profile_sets_the_decoder_widths():
-    assert new_bundle_model(PROFILES["full"]).card.segmentation_widths == ()  # the shipped recipe: halving
-    wide = new_bundle_model(dataclasses.replace(PROFILES["quick"], decoder_widths=(32, 32, 16, 16)))
+    assert new_bundle_model(PROFILES["quick"]).card.segmentation_widths == ()  # halving per stage
+    wide = new_bundle_model(PROFILES["full"])
     assert wide.card.segmentation_widths == (32, 32, 16, 16)
     assert wide.segmentation["sagittal"].widths == (32, 32, 16, 16)
+
+
+def test_shipped_model_has_the_full_recipes_decoder():
+    # The one documented command must rebuild what ships: a recipe change without a retrain fails here.
+    assert read_system_card(BUNDLED_MODEL).segmentation_widths == PROFILES["full"].decoder_widths
