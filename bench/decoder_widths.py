@@ -21,20 +21,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ortho_node.config import BUNDLED_MODEL  # noqa: E402
 from ortho_node.labels import Joint  # noqa: E402
 from ortho_node.model.bundle import DECODER_LR, PROFILES  # noqa: E402
 from ortho_node.model.finetune import FinetuneSettings, Task, split, train_task  # noqa: E402
 from ortho_node.model.system import OrthoModel, load_system  # noqa: E402
 from ortho_node.model.taskdata import generate_task_data  # noqa: E402
 
-BUNDLED = Path(__file__).resolve().parents[1] / "ortho_node" / "bundled"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="32-16-8-8,32-32-16-16", help="comma-separated, stages joined by -")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--model", type=Path, default=BUNDLED)
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

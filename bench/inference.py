@@ -20,18 +20,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ortho_node.config import BUNDLED_MODEL  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.model.system import OrthoModel, new_card, save_system  # noqa: E402
 from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
 from ortho_node.model.unet import UNetConfig  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 
-BUNDLED = Path(__file__).resolve().parents[1] / "ortho_node" / "bundled"
-
 
 def model_dir(config: str, scratch: Path) -> Path:
-    if config == "bundled" and (BUNDLED / "model_card.json").exists():
-        return BUNDLED
+    if config == "bundled" and (BUNDLED_MODEL / "model_card.json").exists():
+        return BUNDLED_MODEL
     directory = scratch / config
     save_system(directory, OrthoModel(new_card(UNetConfig.named("official" if config == "official" else "reduced"))))
     return directory

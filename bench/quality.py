@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ortho_node.config import BUNDLED_MODEL  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, Joint  # noqa: E402
 from ortho_node.model.metrics import mean_dice, nanmean, roc_auc  # noqa: E402
@@ -32,7 +33,7 @@ FIRST_SEED = 900_000
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "ortho_node" / "bundled")
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     parser.add_argument("--knee", type=int, default=20)
     parser.add_argument("--ankle", type=int, default=20)
     parser.add_argument("--shoulder", type=int, default=20)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ortho_node.config import BUNDLED_MODEL  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint  # noqa: E402
 from ortho_node.model.metrics import roc_auc  # noqa: E402
@@ -102,7 +103,7 @@ def columns(label: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "ortho_node" / "bundled")
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     parser.add_argument("--train", type=int, default=120)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--l2", type=float, default=0.01)

@@ -148,7 +148,8 @@ class OrthoModel(nn.Module):
         """The card's decoder stage widths, or halving per stage from the feature block's channels."""
         halving = decoder_widths(cls.feature_channels(card.unet, card.feature.block))
         if card.segmentation_widths and len(card.segmentation_widths) != len(halving):
-            raise CheckpointError(f"segmentation_widths needs {len(halving)} stages, got {list(card.segmentation_widths)}")
+            raise CheckpointError(
+                f"segmentation_widths needs {len(halving)} stages, got {list(card.segmentation_widths)}")
         return card.segmentation_widths or halving
 
     def _skip_channels(self, card: SystemCard) -> list[int]:
