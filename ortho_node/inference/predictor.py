@@ -5,7 +5,9 @@ Per analysed plane the series is covered by overlapping windows of the model's d
 window, then stride depth / 2 on either side, the outermost flush with the series' ends), so every source
 slice is segmented; softmax maps of overlapping windows are averaged on the model grid (each window's slices
 weighted by a Gaussian around its centre), restored onto the source grid (bilinear) and arg-maxed.
-Diagnosis reads the official centre window of each plane. Planes that are absent or carry no image (a
+Diagnosis reads the official centre window of each plane; where the card names an evidence readout, each
+label's final logit comes from it (the head's logit and plane descriptors, or the statistics of the label's
+structure in the class maps: :mod:`ortho_node.model.evidence`). Planes that are absent or carry no image (a
 single intensity, e.g. all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
 """
 
@@ -23,6 +25,8 @@ import torch
 
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
 from ortho_node.labels import MODEL_PLANES, Joint, Plane
+from ortho_node.model.evidence import STATISTICS, plane_statistics, stack_inputs
+from ortho_node.model.heads import DiagnosisOutput
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     GridMapping,
@@ -59,6 +63,17 @@ class PredictionOutcome:
     skipped_planes: Mapping[Plane, str]  # plane -> reason (absent, no image)
     windows: Mapping[Plane, tuple[int, ...]]  # first source slice of each window
     seconds: float
+
+
+@dataclass(frozen=True)
+class _PlaneRun:
+    """One plane's pass: centre-window features [1, C, d, h, w], the windows' first slices and, when segmented,
+    the averaged class maps [K, n, S, S] and the slices [n, S, S] on the model grid (unscaled)."""
+
+    features: torch.Tensor
+    window_starts: tuple[int, ...]
+    class_maps: torch.Tensor | None = None
+    slices: torch.Tensor | None = None
 
 
 def window_starts(slices: int, depth: int, stride: int | None = None) -> tuple[int, ...]:
@@ -127,30 +142,21 @@ class Predictor:
         """Predict, and say which planes were analysed, which skipped (and why), and the windows used."""
         started = time.perf_counter()
         joint = self._check(study)
-        segment = joint is SEGMENTATION_JOINT and len(self.card.structures) > 1
+        segment = self._segments(joint)
         locate = locate or self.locate
         if segment and locate is None:
             raise PredictionError("knee masks need a locate(sop_instance_uid) -> Path callable for their references")
-        skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
-        features: dict[Plane, torch.Tensor] = {}
-        segmentations, windows = [], {}
         with torch.inference_mode():
-            for plane in MODEL_PLANES:
-                volume = study.planes.get(plane)
-                if volume is None:
-                    continue
-                if float(volume.pixels.min()) == float(volume.pixels.max()):
-                    skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
-                    continue
-                centre, mask, starts = self._plane(plane, volume, segment)
-                features[plane], windows[plane] = centre, starts
-                if mask is not None:
-                    segmentations.append(self._segmentation(plane, volume, mask, locate))  # type: ignore[arg-type]
+            runs, skipped = self._run_planes(study, segment)
+            segmentations = []
+            for plane, run in runs.items():
+                volume = study.planes[plane]
+                if run.class_maps is not None:
+                    assert locate is not None  # checked above for every segmenting joint
+                    segmentations.append(self._segmentation(plane, volume, run.class_maps, locate))
                 elif locate is not None:
                     segmentations.append(self._analysed_series(plane, volume, locate))
-            if not features:
-                raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
-            findings = self._findings(joint, features, study)
+            findings = self._findings(joint, runs, study)
         prediction = StudyPrediction(
             study_instance_uid=study.study_instance_uid, joint=joint,
             laterality=study.laterality.value if study.laterality.value in ("R", "L") else None,
@@ -159,7 +165,37 @@ class Predictor:
         )
         for plane, reason in skipped.items():
             logger.warning("study %s: %s plane not analysed: %s", study.study_instance_uid, plane.value, reason)
-        return PredictionOutcome(prediction, tuple(features), skipped, windows, time.perf_counter() - started)
+        windows = {plane: run.window_starts for plane, run in runs.items()}
+        return PredictionOutcome(prediction, tuple(runs), skipped, windows, time.perf_counter() - started)
+
+    def evidence_inputs(self, study: AssembledStudy) -> torch.Tensor:
+        """[labels, inputs] of the study's evidence readout (:mod:`ortho_node.model.evidence`): what the card's
+        readout reads for each label of the study's joint; fitting it starts here."""
+        joint = self._check(study)
+        if joint not in self.card.evidence:
+            raise PredictionError(f"this model has no evidence readout for {joint.value}")
+        with torch.inference_mode():
+            runs, _ = self._run_planes(study, self._segments(joint))
+            return self._evidence_rows(joint, self._head(joint, runs, study).logits.float()[0], runs)
+
+    def _run_planes(self, study: AssembledStudy, segment: bool) -> tuple[dict[Plane, _PlaneRun], dict[Plane, str]]:
+        """Each analysable plane's run, and why the others were skipped; raises when none is analysable."""
+        skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
+        runs = {}
+        for plane in MODEL_PLANES:
+            volume = study.planes.get(plane)
+            if volume is None:
+                continue
+            if float(volume.pixels.min()) == float(volume.pixels.max()):
+                skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
+                continue
+            runs[plane] = self._plane(plane, volume, segment)
+        if not runs:
+            raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
+        return runs, skipped
+
+    def _segments(self, joint: Joint) -> bool:
+        return joint is SEGMENTATION_JOINT and len(self.card.structures) > 1
 
     def _check(self, study: AssembledStudy) -> Joint:
         if study.skipped:
@@ -174,14 +210,12 @@ class Predictor:
         with autocast(self.device, self.use_autocast):
             return self.model.features(plane, x_0, self._noise.expand_as(x_0)).float()
 
-    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool
-               ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
-        """(centre-window features [1, C, d, h, w], averaged class maps [K, n, S, S] or None, window starts)."""
+    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool) -> _PlaneRun:
         spec = self.card.preprocessing
         pixels = volume.pixels
         if not segment:  # diagnosis reads the centre window alone
             centre_input, mapping = preprocess_volume(pixels, spec)
-            return self._features(plane, centre_input[None]), None, (mapping.start,)
+            return _PlaneRun(self._features(plane, centre_input[None]), (mapping.start,))
         n = pixels.shape[0]
         # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
         # window on its own, without resizing the overlaps again.
@@ -221,7 +255,7 @@ class Predictor:
         uncovered = counts == 0
         total[0, uncovered] = 1.0  # slices of constant windows: background
         assert centre is not None  # window_starts always holds the centre window, which has an image
-        return centre, total / torch.where(uncovered, 1.0, counts)[None, :, None, None], starts
+        return _PlaneRun(centre, starts, total / torch.where(uncovered, 1.0, counts)[None, :, None, None], slices[:n])
 
     @staticmethod
     def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:
@@ -246,16 +280,41 @@ class Predictor:
         return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
                                   tuple(self.card.structures))
 
-    def _findings(self, joint: Joint, features: Mapping[Plane, torch.Tensor], study: AssembledStudy) -> tuple[Finding, ...]:
-        head = self.model.diagnosis[joint.value]
+    def _head(self, joint: Joint, runs: Mapping[Plane, _PlaneRun], study: AssembledStudy) -> DiagnosisOutput:
         clinical = clinical_from_facts(study.clinical)[None].to(self.device)
-        out = head([features.get(p) for p in MODEL_PLANES], clinical)
-        probabilities = torch.sigmoid(out.logits.float())[0].cpu().numpy()
+        features = [runs[p].features if p in runs else None for p in MODEL_PLANES]
+        return self.model.diagnosis[joint.value](features, clinical)
+
+    def _evidence_rows(self, joint: Joint, logits: torch.Tensor, runs: Mapping[Plane, _PlaneRun]) -> torch.Tensor:
+        head = self.model.diagnosis[joint.value]
+        descriptors = {p: head.encoders[i](runs[p].features)[0] for i, p in enumerate(MODEL_PLANES) if p in runs}
+        pairs = self.card.evidence_structures(joint)
+        statistics = None
+        if pairs:
+            statistics = {}
+            for plane, run in runs.items():
+                if run.class_maps is None or run.slices is None:
+                    continue
+                rows = torch.full((len(logits), STATISTICS), float("nan"))
+                rows[[label for label, _ in pairs]] = plane_statistics(run.slices, run.class_maps,
+                                                                      [structure for _, structure in pairs])
+                statistics[plane] = rows
+        return stack_inputs(logits, descriptors, head.width, statistics)
+
+    def _findings(self, joint: Joint, runs: Mapping[Plane, _PlaneRun], study: AssembledStudy) -> tuple[Finding, ...]:
+        out = self._head(joint, runs, study)
+        logits = out.logits.float()[0]
         weights = None if out.plane_weights is None else out.plane_weights[0].float().cpu().numpy()
+        if joint in self.card.evidence:
+            logits = self.model.evidence[joint.value](self._evidence_rows(joint, logits, runs).to(self.device))
+        # Labels read from structure statistics: the head's plane weights no longer say how the planes were
+        # weighed. The others keep them: the readout recalibrates the head on its own plane descriptors.
+        from_structures = [label for label, _ in self.card.evidence_structures(joint)]
+        probabilities = torch.sigmoid(logits.float()).cpu().numpy()
         findings = []
         for k, label in enumerate(self.card.diagnosis[joint].labels):
-            plane_weights = None if weights is None else {
-                p: float(weights[i, k]) for i, p in enumerate(MODEL_PLANES) if p in features}
+            plane_weights = None if weights is None or k in from_structures else {
+                p: float(weights[i, k]) for i, p in enumerate(MODEL_PLANES) if p in runs}
             findings.append(Finding(label, float(np.clip(probabilities[k], 0.0, 1.0)),
                                     self.card.threshold(joint, label), plane_weights))
         return tuple(findings)

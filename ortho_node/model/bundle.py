@@ -6,11 +6,13 @@ and the knee, ankle and shoulder diagnosis heads together on the shared knee-pre
 (:func:`~ortho_node.model.finetune.train_joint`: one model serves every task, and frozen features do not
 separate the findings, so the backbones learn at 0.05x the head rate from every task at once), refine the
 segmentation decoders on the frozen backbones with rarity-weighted cross-entropy (the diagnosis heads and
-backbones are left exactly as the joint phase made them), evaluate on held-out studies, and write
+backbones are left exactly as the joint phase made them), fit the knee and shoulder evidence readouts
+(:mod:`ortho_node.model.evidence`) on fresh studies, evaluate on held-out studies, and write
 ``model.safetensors`` + ``model_card.json``::
 
     ortho-node train bundle --out ortho_node/bundled              # full profile, <= 2 h on 2 CPU cores
     ortho-node train bundle --profile quick --out /tmp/bundled    # minutes: proves the pipeline
+    ortho-node train bundle --evidence-only --out DIR             # the last phase again, on DIR's model
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ import argparse
 import copy
 import dataclasses
 import logging
+import multiprocessing
 import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ortho_node.labels import MODEL_PLANES, Joint
+from ortho_node.assembly.study import AssembledStudy
+from ortho_node.inference.predictor import Predictor
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint
+from ortho_node.model import metrics
 from ortho_node.model.finetune import (
     FinetuneSettings,
     Task,
@@ -38,9 +46,10 @@ from ortho_node.model.finetune import (
 )
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
 from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
-from ortho_node.model.system import OrthoModel, new_card, save_system
-from ortho_node.model.taskdata import TaskData, generate_task_data
+from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
+from ortho_node.model.taskdata import TaskData, assembled_from_synthetic, generate_task_data, single_threaded
 from ortho_node.model.unet import UNetConfig
+from ortho_node.synthetic import generate_study
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,14 @@ TEST_OFFSET = 50_000
 PRETRAIN_EMA_DECAY = 0.99
 #: Decoder refinement starts from trained decoders: half the joint phase's head rate.
 DECODER_LR = 1e-3
+#: The joints whose labels get an evidence readout, and the knee findings that read their structure's
+#: statistics. Not the ankle: its head already separates its findings (bench/quality.py: macro AUC 1.00), and
+#: its readout would cost another 3.5 minutes of the two-hour budget.
+READOUT_STRUCTURES = {Joint.KNEE: {"MM": "medial meniscus", "LM": "lateral meniscus"}, Joint.SHOULDER: {}}
+#: The readout studies' seeds (joint offset +), apart from the training [0, N) and held-out ones.
+EVIDENCE_OFFSET = 60_000
+#: L2 penalty on the standardised readout weights (0.03-0.3 scored alike on held-out menisci and shoulders).
+EVIDENCE_L2 = 0.1
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,8 @@ class Profile:
     #: Segmentation decoder refinement on the frozen backbones (:func:`refine_segmentation`).
     decoder_epochs: int
     decoder_patience: int
+    #: Fresh studies per joint the evidence readouts are fitted on (:func:`fit_evidence`).
+    evidence: int
     #: Head learning rate: 4x the official 5e-4, which converges too slowly for a two-hour CPU budget.
     lr: float = 2e-3
     #: Segmentation decoder stage widths (card ``segmentation_widths``); () = halving per stage.
@@ -82,18 +101,20 @@ class Profile:
 
 PROFILES = {
     # Sized from unit costs on 2 cores with channels-last training (1.5 s per generated study and process,
-    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch): at most
-    # about 110 minutes. The shipped run took 94: the joint phase stopped after epoch 55 (best 45), the
-    # refinement ran its 60 epochs (best 58). Decoder stages (32, 32, 16, 16) instead of halving to
+    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch, 7 minutes of
+    # evidence readouts): at most about 117 minutes. The shipped model took 94 + 7: the joint phase stopped
+    # after epoch 55 (best 45), the refinement ran its 60 epochs (best 58); its readouts were fitted
+    # afterwards with --evidence-only (80 fresh studies a joint scored as well as 120 and saved 7 minutes).
+    # Decoder stages (32, 32, 16, 16) instead of halving to
     # (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and menisci back
     # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
     # 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs:
     # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10,
+                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10, evidence=80,
                     decoder_widths=(32, 32, 16, 16)),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
-                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1),
+                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6),
 }
 
 
@@ -105,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the synthetic studies")
     parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default="cpu")
+    parser.add_argument("--evidence-only", action="store_true",
+                        help="only (re)fit the evidence readouts of the model in --out, built by this command "
+                             "with the same profile and seeds")
 
 
 def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1) -> TaskData:
@@ -150,11 +174,122 @@ def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint
     return train_task(model, Task.KNEE_SEG, train, val, settings)
 
 
+def _evidence_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int]]:
+    study = generate_study(joint, seed, findings="random", scene_spacing=1.0)
+    return assembled_from_synthetic(study), study.diagnosis
+
+
+def _evidence_rows(predictor: Predictor, joint: Joint, seeds: Sequence[int], workers: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(readout inputs [N, L, F], targets [N, L]) of the studies ``seeds``, as the predictor reads them."""
+    inputs, targets = [], []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
+        for study, diagnosis in pool.map(_evidence_study, [joint] * len(seeds), seeds):
+            inputs.append(predictor.evidence_inputs(study))
+            targets.append([float(diagnosis[label]) for label in DIAGNOSIS_LABELS[joint]])
+    return torch.stack(inputs), torch.tensor(targets)
+
+
 def new_bundle_model(profile: Profile) -> OrthoModel:
     """The untrained task model of a bundle run: reduced backbones, the profile's decoder widths."""
     card = new_card(UNetConfig.reduced(), name="OrthoDiffusion-reduced-synthetic",
                     segmentation_widths=profile.decoder_widths)
     return OrthoModel(card)
+
+
+def _diagnosis_task(joint: Joint) -> Task:
+    return next(t for t in Task if t.joint is joint and not t.segmentation)
+
+
+def fit_evidence(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+                 workers: int) -> dict[str, float]:
+    """Fit each joint's evidence readout on ``profile.evidence`` fresh studies, choose the thresholds on the
+    joint phase's validation split, measure on the held-out studies.
+
+    Runs on the finished model: the meniscal tears' statistics read the masks the node will produce. Returns
+    the validation and held-out figures under the card's metric names (the head's own AUC as ``head_auc``).
+    """
+    for joint, structures in READOUT_STRUCTURES.items():
+        model.add_evidence(joint, structures)
+    predictor = Predictor(model, device)
+    counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
+    figures: dict[str, float] = {}
+    diagnosis = dict(model.card.diagnosis)
+    for joint in READOUT_STRUCTURES:
+        module = model.evidence[joint.value]
+        first = data_seed + JOINT_OFFSET[joint]
+        fitting = range(first + EVIDENCE_OFFSET, first + EVIDENCE_OFFSET + profile.evidence)
+        module.fit(*_evidence_rows(predictor, joint, fitting, workers), EVIDENCE_L2)
+        _, val_index = split(counts[joint], 0.2, 1.0, seed)
+        thresholds = dict(diagnosis[joint].thresholds)
+        for name, split_seeds in (("val", [first + int(i) for i in val_index]),
+                                  ("test", range(first + TEST_OFFSET, first + TEST_OFFSET + profile.test))):
+            inputs, targets = _evidence_rows(predictor, joint, split_seeds, workers)
+            with torch.no_grad():
+                scores = torch.sigmoid(module(inputs.to(device))).cpu()
+            figures.update(_readout_figures(joint, name, scores, inputs[..., 0], targets, thresholds))
+        diagnosis[joint] = dataclasses.replace(diagnosis[joint], thresholds=thresholds)
+    model.card = dataclasses.replace(model.card, diagnosis=diagnosis)
+    return figures
+
+
+def _readout_figures(joint: Joint, split_name: str, scores: torch.Tensor, head_logits: torch.Tensor,
+                     targets: torch.Tensor, thresholds: dict[str, float]) -> dict[str, float]:
+    """AUC (the readout's and the head's), sensitivity and specificity per label; on the validation split the
+    thresholds are chosen first (``thresholds`` updated in place)."""
+    prefix, labels = f"{_diagnosis_task(joint).value}/{split_name}", DIAGNOSIS_LABELS[joint]
+    figures: dict[str, float] = {}
+    for k, label in enumerate(labels):
+        score, truth = scores[:, k].numpy(), targets[:, k].numpy()
+        if split_name == "val":
+            thresholds[label] = figures[f"{prefix}/threshold/{label}"] = \
+                metrics.choose_threshold(score, truth).threshold
+        sensitivity, specificity = metrics.sensitivity_specificity(score, truth, thresholds[label])
+        figures.update({f"{prefix}/auc/{label}": metrics.roc_auc(score, truth),
+                        f"{prefix}/head_auc/{label}": metrics.roc_auc(head_logits[:, k].numpy(), truth),
+                        f"{prefix}/sensitivity/{label}": sensitivity, f"{prefix}/specificity/{label}": specificity})
+    logger.info("%s evidence readout, %s: macro AUC %.3f (head %.3f)", joint.value, split_name,
+                metrics.nanmean(figures[f"{prefix}/auc/{label}"] for label in labels),
+                metrics.nanmean(figures[f"{prefix}/head_auc/{label}"] for label in labels))
+    return figures
+
+
+def _with_evidence(figures: Mapping[str, float]) -> dict[str, float]:
+    """Card metrics with the readouts' figures in, each joint's macro AUC recomputed over them."""
+    merged = dict(figures)
+    for joint in READOUT_STRUCTURES:
+        task = _diagnosis_task(joint).value
+        for name in ("val", "test"):
+            aucs = [merged.get(f"{task}/{name}/auc/{label}") for label in DIAGNOSIS_LABELS[joint]]
+            if None not in aucs:  # a card with every label measured (not an untrained one)
+                merged[f"{task}/{name}/macro_auc"] = metrics.nanmean(aucs)
+        if f"{task}/test/macro_auc" in merged:
+            merged[f"{task}/test/score"] = merged[f"{task}/test/macro_auc"]
+    return merged
+
+
+EVIDENCE_NOTE = (f"knee and shoulder labels: logistic regression (L2 {EVIDENCE_L2}) on the head's logit and its plane "
+                 f"descriptors; {', '.join(READOUT_STRUCTURES[Joint.KNEE])}: on the head's logit and intensity "
+                 "statistics inside the predicted structure per plane; fitted on fresh studies (seeds data_seed + "
+                 f"joint offset + {EVIDENCE_OFFSET} + [0, N)), thresholds on each joint's validation split")
+
+
+def refit_evidence(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device, command: str,
+                   workers: int) -> OrthoModel:
+    """``--evidence-only``: the last phase again on the model in ``out`` (same profile and seeds)."""
+    model = place_model(load_system(out), device)
+    mark = time.perf_counter()
+    figures = fit_evidence(model, PROFILES[profile_name], data_seed, seed, device, workers)
+    seconds = time.perf_counter() - mark
+    card = model.card
+    merged = _with_evidence({**card.metrics, **figures})
+    merged["seconds/total"] = merged.get("seconds/total", 0.0) - merged.get("seconds/evidence_readout", 0.0) + seconds
+    merged["seconds/evidence_readout"] = seconds
+    training = {**card.training, "evidence_readout": EVIDENCE_NOTE, "evidence_readout_command": command}
+    model.card = dataclasses.replace(card, training=training, metrics=merged)
+    save_system(out, model)
+    return model
 
 
 def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
@@ -191,6 +326,10 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
     timings["seconds/refine_segmentation"] = time.perf_counter() - mark
 
+    mark = time.perf_counter()
+    evidence = fit_evidence(model, profile, data_seed, seed, device, workers)
+    timings["seconds/evidence_readout"] = time.perf_counter() - mark
+
     held_out: dict[str, float] = {}
     for task in Task:
         score, values, _ = evaluate(model, task, tests[task.joint], device)
@@ -213,11 +352,12 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         "segmentation_refinement": f"decoders only, backbones frozen, lr {DECODER_LR}, cross-entropy weighted "
                                    "sqrt(most frequent / own frequency) clamped to [1, 10]",
         "head_lr": profile.lr,
+        "evidence_readout": EVIDENCE_NOTE,
     }
     version = f"synthetic-{profile_name}-seed{data_seed}"
     model.card = dataclasses.replace(
         model.card, version=version, intended_use=INTENDED_USE, training=training,
-        metrics={**model.card.metrics, **pretrain_metrics, **held_out, **timings},
+        metrics=_with_evidence({**model.card.metrics, **pretrain_metrics, **held_out, **evidence, **timings}),
     )
     save_system(out, model)
     logger.info("bundle %s written to %s in %.0f s", version, out, timings["seconds/total"])
@@ -229,7 +369,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     command = (f"ortho-node train bundle --out {args.out} --profile {args.profile} --data-seed {args.data_seed} "
                f"--seed {args.seed} --threads {args.threads} --workers {args.workers} --device {args.device}")
-    build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers)
+    if args.evidence_only:
+        refit_evidence(args.out, args.profile, args.data_seed, args.seed, device, command + " --evidence-only",
+                       args.workers)
+    else:
+        build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers)
     return 0
 
 

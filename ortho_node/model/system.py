@@ -4,7 +4,8 @@ and its on-disk form (``model.safetensors`` + ``model_card.json``, :class:`Syste
 All joints share the (knee-pretrained) backbones, as in the paper's transfer experiments. Tensor names:
 ``backbones.<plane>.*`` (GaussianDiffusion names up to the middle block, so a pretrained backbone loads
 unchanged; the UNet decoder is not kept),
-``segmentation.<plane>.*`` and ``diagnosis.<joint>.*``.
+``segmentation.<plane>.*``, ``diagnosis.<joint>.*`` and, for the joints whose card names an evidence readout,
+``evidence.<joint>.*``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ortho_node.model.checkpoint import (
     CheckpointError, build_model, check_state_dict, file_sha256, load_checkpoint, verify_weights,
 )
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
+from ortho_node.model.evidence import EvidenceReadout, readout_uses
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
 from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder, decoder_widths
 from ortho_node.model.preprocessing import PreprocessSpec
@@ -80,6 +82,9 @@ class SystemCard:
     segmentation_widths: tuple[int, ...] = ()
     structures: tuple[str, ...] = KNEE_STRUCTURES
     diagnosis: Mapping[Joint, DiagnosisTask] = field(default_factory=dict)
+    #: The joints whose labels are scored by an evidence readout (:mod:`ortho_node.model.evidence`), each with
+    #: label -> the structure whose statistics that label reads (the others read the head's plane descriptors).
+    evidence: Mapping[Joint, Mapping[str, str]] = field(default_factory=dict)
     intended_use: str = ""
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -95,6 +100,7 @@ class SystemCard:
             unet=self.unet.to_dict(), diffusion=self.diffusion.to_dict(), preprocessing=self.preprocessing.to_dict(),
             feature={"t": self.feature.t, "block": self.feature.block}, structures=list(self.structures),
             diagnosis={j.value: task.to_dict() for j, task in self.diagnosis.items()},
+            evidence={j.value: dict(labels) for j, labels in self.evidence.items()},
             training=dict(self.training), metrics=dict(self.metrics),
         )
         return json.dumps(values, indent=2, sort_keys=True)
@@ -110,8 +116,16 @@ class SystemCard:
             structures=tuple(values["structures"]), segmentation_skips=tuple(values.get("segmentation_skips", ())),
             segmentation_widths=tuple(values.get("segmentation_widths", ())),
             diagnosis={Joint(j): DiagnosisTask.from_dict(t) for j, t in values["diagnosis"].items()},
+            evidence={Joint(j): dict(labels) for j, labels in values.get("evidence", {}).items()},
         )
         return cls(**values)
+
+    def evidence_structures(self, joint: Joint) -> tuple[tuple[int, int], ...]:
+        """(label index, structure index) of each label of ``joint`` scored with structure evidence, in label
+        order (a card's JSON keeps no mapping order)."""
+        labels = self.diagnosis[joint].labels
+        return tuple(sorted((labels.index(label), self.structures.index(structure))
+                            for label, structure in self.evidence.get(joint, {}).items()))
 
     def threshold(self, joint: Joint, label: str) -> float:
         return float(self.diagnosis[joint].thresholds.get(label, DEFAULT_THRESHOLD))
@@ -136,6 +150,23 @@ class OrthoModel(nn.Module):
             {j.value: DiagnosisHead(channels, len(task.labels), len(MODEL_PLANES), task.fusion)
              for j, task in card.diagnosis.items()}
         )
+        self.evidence = nn.ModuleDict({j.value: self._readout(card, j) for j in card.evidence})
+
+    @classmethod
+    def _readout(cls, card: SystemCard, joint: Joint) -> EvidenceReadout:
+        """The joint's evidence readout, its inputs checked against what the model can read."""
+        structures = card.evidence[joint]
+        if joint not in card.diagnosis:
+            raise CheckpointError(f"evidence readout for {joint.value}: no diagnosis labels")
+        if structures and (joint is not SEGMENTATION_JOINT or len(card.structures) < 2):
+            raise CheckpointError(f"structure evidence for {joint.value} needs its segmentation")
+        unknown = [f"{label} -> {structure}" for label, structure in structures.items()
+                   if label not in card.diagnosis[joint].labels or structure not in card.structures]
+        if unknown:
+            raise CheckpointError(f"structure evidence names unknown labels or structures: {', '.join(unknown)}")
+        width = 2 * cls.feature_channels(card.unet, card.feature.block)  # DiagnosisHead's plane descriptor
+        structured = [label for label, _ in card.evidence_structures(joint)]
+        return EvidenceReadout(readout_uses(len(card.diagnosis[joint].labels), structured, width))
 
     @staticmethod
     def feature_channels(unet: UNetConfig, block: str) -> int:
@@ -169,6 +200,14 @@ class OrthoModel(nn.Module):
                                       f"stage {stage} (downsample {total // 2 ** (stage + 1)})")
             channels.append(width)
         return channels
+
+    def add_evidence(self, joint: Joint, structures: Mapping[str, str]) -> EvidenceReadout:
+        """Score every label of ``joint`` with an evidence readout, ``structures`` (label -> structure) reading
+        structure statistics: the card names it and an unfitted readout (0.5 until fitted) replaces any earlier."""
+        self.card = dataclasses.replace(self.card, evidence={**self.card.evidence, joint: dict(structures)})
+        module = self._readout(self.card, joint)
+        self.evidence[joint.value] = module.to(next(self.parameters()).device)
+        return module
 
     def backbone(self, plane: Plane) -> GaussianDiffusion:
         return self.backbones[plane.value]  # type: ignore[return-value]

@@ -249,7 +249,7 @@ def _synthetic_example(joint: Joint, seed: int, spec: PreprocessSpec, domain: Do
     return example_from_synthetic(study, spec, segmentation)
 
 
-def _single_threaded() -> None:
+def single_threaded() -> None:
     torch.set_num_threads(1)  # the pool's processes share the cores; one thread each avoids oversubscription
 
 
@@ -265,7 +265,7 @@ def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec,
     jobs = [(joint, seed, spec, domain, segmentation, scene_spacing) for seed in seeds]
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_single_threaded) as pool:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=single_threaded) as pool:
             examples = list(pool.map(_synthetic_example, *zip(*jobs)))
     else:
         examples = [_synthetic_example(*job) for job in jobs]

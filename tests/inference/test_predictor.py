@@ -11,6 +11,8 @@ import torch
 
 from ortho_node.inference.predictor import PredictionError, Predictor, slice_weights, window_starts
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
+from ortho_node.model.evidence import STATISTICS, readout_inputs
+from ortho_node.model.system import load_system
 from tests.inference.conftest import locate, with_planes
 
 
@@ -138,3 +140,49 @@ def test_ankle_and_shoulder_studies_get_findings_without_masks(model_dir, knee_s
         assert series.structures == ("background",) and not series.mask.any()
         assert series.mask.shape == knee_study.planes[series.plane].pixels.shape
         assert series.slices[0].path == locate(series.slices[0].sop_instance_uid)
+
+
+@pytest.fixture(scope="module")
+def evidence_predictor(model_dir) -> Predictor:
+    """The test model with a knee evidence readout, meniscal tears on structure statistics (random weights)."""
+    model = load_system(model_dir)
+    module = model.add_evidence(Joint.KNEE, {"MM": "medial meniscus", "LM": "lateral meniscus"})
+    with torch.no_grad():
+        module.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(0))
+    return Predictor(model, torch.device("cpu"), locate=locate)
+
+
+def test_the_evidence_readout_scores_every_label_from_what_the_model_computed(predictor, evidence_predictor,
+                                                                             knee_study):
+    inputs = evidence_predictor.evidence_inputs(knee_study)
+    width = evidence_predictor.model.diagnosis["knee"].width
+    assert inputs.shape == (8, readout_inputs(width, True))
+    with torch.no_grad():
+        expected = torch.sigmoid(evidence_predictor.model.evidence["knee"](inputs))
+    head = predictor.predict(knee_study).findings
+    for k, finding in enumerate(evidence_predictor.predict(knee_study).findings):
+        assert finding.probability == pytest.approx(float(expected[k]), abs=1e-6)
+        # Every row starts with the head's own logit; the descriptors are the same for every label.
+        assert torch.sigmoid(inputs[k, 0]) == pytest.approx(head[k].probability, abs=1e-6)
+        assert torch.equal(inputs[k, 1 : 1 + 3 * width], inputs[0, 1 : 1 + 3 * width])
+        if finding.label in ("MM", "LM"):
+            assert finding.plane_weights is None  # the head's plane weights did not decide it
+            assert inputs[k, 1 + 3 * width :].isfinite().all()
+        else:
+            assert finding.plane_weights == head[k].plane_weights
+            assert inputs[k, 1 + 3 * width :].isnan().all()  # no structure of its own
+
+
+def test_the_evidence_readout_reads_absent_planes_as_not_analysed(evidence_predictor, knee_study):
+    study = with_planes(knee_study, {Plane.SAGITTAL: knee_study.planes[Plane.SAGITTAL].pixels})
+    inputs = evidence_predictor.evidence_inputs(study)
+    width = evidence_predictor.model.diagnosis["knee"].width
+    meniscus = inputs[2]  # MM: head logit, 3 descriptors, 3 planes of statistics
+    assert meniscus[: 1 + width].isfinite().all() and meniscus[1 + width : 1 + 3 * width].isnan().all()
+    statistics = meniscus[1 + 3 * width :]
+    assert statistics[:STATISTICS].isfinite().all() and statistics[STATISTICS:].isnan().all()
+    findings = {f.label: f for f in evidence_predictor.predict(study).findings}
+    assert all(0.0 <= f.probability <= 1.0 for f in findings.values())
+    ankle = dataclasses.replace(study, joint=Joint.ANKLE)
+    with pytest.raises(PredictionError, match="no evidence readout for ankle"):
+        evidence_predictor.evidence_inputs(ankle)

@@ -1,5 +1,5 @@
-"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read; the shipped model
-follows the full recipe."""
+"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read; its last phase fits
+every joint's evidence readout; the shipped model follows the full recipe."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import math
 import torch
 
 from ortho_node.config import BUNDLED_MODEL
-from ortho_node.labels import Joint
-from ortho_node.model.bundle import PROFILES, new_bundle_model, pretrain_backbones
-from ortho_node.model.system import OrthoModel, new_card, read_system_card
+from ortho_node.labels import DIAGNOSIS_LABELS, Joint
+from ortho_node.model.bundle import (
+    PROFILES, READOUT_STRUCTURES, new_bundle_model, pretrain_backbones, refit_evidence,
+)
+from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
 from ortho_node.model.taskdata import TaskData
 from ortho_node.model.unet import UNetConfig
 
@@ -39,6 +41,29 @@ def test_bundle_profile_sets_the_decoder_widths():
     assert wide.segmentation["sagittal"].widths == (32, 32, 16, 16)
 
 
-def test_shipped_model_has_the_full_recipes_decoder():
+def test_shipped_model_follows_the_full_recipe():
     # The one documented command must rebuild what ships: a recipe change without a retrain fails here.
-    assert read_system_card(BUNDLED_MODEL).segmentation_widths == PROFILES["full"].decoder_widths
+    card = read_system_card(BUNDLED_MODEL)
+    assert card.segmentation_widths == PROFILES["full"].decoder_widths
+    assert card.evidence == READOUT_STRUCTURES
+
+
+def test_evidence_only_fits_every_joints_readout_and_records_it(tmp_path, monkeypatch):
+    # The bundle's last phase on a saved model, as `ortho-node train bundle --evidence-only` runs it: fresh
+    # studies, thresholds from the validation split, figures and the command in the card.
+    tiny = dataclasses.replace(PROFILES["quick"], knee=5, ankle=5, shoulder=5, test=2, evidence=4)
+    monkeypatch.setitem(PROFILES, "tiny", tiny)
+    torch.manual_seed(0)
+    save_system(tmp_path, new_bundle_model(tiny))
+    refit_evidence(tmp_path, "tiny", 0, 0, torch.device("cpu"), "ortho-node train bundle --evidence-only", 1)
+    card = read_system_card(tmp_path)
+    assert card.evidence == READOUT_STRUCTURES
+    assert card.training["evidence_readout_command"] == "ortho-node train bundle --evidence-only"
+    for joint in READOUT_STRUCTURES:
+        task = f"{joint.value}-dx"
+        for label in DIAGNOSIS_LABELS[joint]:
+            assert f"{task}/test/auc/{label}" in card.metrics and f"{task}/test/head_auc/{label}" in card.metrics
+            assert card.threshold(joint, label) == card.metrics[f"{task}/val/threshold/{label}"]
+    fitted = load_system(tmp_path).evidence
+    assert all(fitted[j.value].weight.abs().sum() > 0 for j in READOUT_STRUCTURES)
+    assert card.metrics["seconds/evidence_readout"] > 0
