@@ -176,7 +176,7 @@ class Predictor:
             raise PredictionError(f"this model has no evidence readout for {joint.value}")
         with torch.inference_mode():
             runs, _ = self._run_planes(study, self._segments(joint))
-            return self._evidence_rows(joint, self._head(joint, runs, study).logits.float()[0], runs)
+            return self._evidence_rows(joint, self._head(joint, runs, study), runs)
 
     def _run_planes(self, study: AssembledStudy, segment: bool) -> tuple[dict[Plane, _PlaneRun], dict[Plane, str]]:
         """Each analysable plane's run, and why the others were skipped; raises when none is analysable."""
@@ -285,9 +285,9 @@ class Predictor:
         features = [runs[p].features if p in runs else None for p in MODEL_PLANES]
         return self.model.diagnosis[joint.value](features, clinical)
 
-    def _evidence_rows(self, joint: Joint, logits: torch.Tensor, runs: Mapping[Plane, _PlaneRun]) -> torch.Tensor:
-        head = self.model.diagnosis[joint.value]
-        descriptors = {p: head.encoders[i](runs[p].features)[0] for i, p in enumerate(MODEL_PLANES) if p in runs}
+    def _evidence_rows(self, joint: Joint, out: DiagnosisOutput, runs: Mapping[Plane, _PlaneRun]) -> torch.Tensor:
+        logits = out.logits.float()[0]
+        descriptors = {p: out.descriptors[0, i] for i, p in enumerate(MODEL_PLANES) if p in runs}
         pairs = self.card.evidence_structures(joint)
         statistics = None
         if pairs:
@@ -299,14 +299,14 @@ class Predictor:
                 rows[[label for label, _ in pairs]] = plane_statistics(run.slices, run.class_maps,
                                                                       [structure for _, structure in pairs])
                 statistics[plane] = rows
-        return stack_inputs(logits, descriptors, head.width, statistics)
+        return stack_inputs(logits, descriptors, out.descriptors.shape[-1], statistics)
 
     def _findings(self, joint: Joint, runs: Mapping[Plane, _PlaneRun], study: AssembledStudy) -> tuple[Finding, ...]:
         out = self._head(joint, runs, study)
         logits = out.logits.float()[0]
         weights = None if out.plane_weights is None else out.plane_weights[0].float().cpu().numpy()
         if joint in self.card.evidence:
-            logits = self.model.evidence[joint.value](self._evidence_rows(joint, logits, runs).to(self.device))
+            logits = self.model.evidence[joint.value](self._evidence_rows(joint, out, runs).to(self.device))
         # Labels read from structure statistics: the head's plane weights no longer say how the planes were
         # weighed. The others keep them: the readout recalibrates the head on its own plane descriptors.
         from_structures = [label for label, _ in self.card.evidence_structures(joint)]

@@ -124,6 +124,7 @@ class DiagnosisOutput:
     logits: torch.Tensor  # [B, K], after clinical fusion
     image_logits: torch.Tensor  # [B, K], after plane fusion
     plane_weights: torch.Tensor | None  # [B, P, K] (MPAE only)
+    descriptors: torch.Tensor  # [B, P, 2C] each plane's pooled descriptor (zeros where absent)
 
 
 class DiagnosisHead(nn.Module):
@@ -167,7 +168,8 @@ class DiagnosisHead(nn.Module):
             image_logits = (weights * per_plane).sum(dim=1)
         else:
             image_logits = self.classifier(torch.cat(descriptors, dim=1))
-        return DiagnosisOutput(self.clinical(image_logits, clinical.to(image_logits)), image_logits, weights)
+        return DiagnosisOutput(self.clinical(image_logits, clinical.to(image_logits)), image_logits, weights,
+                               torch.stack(descriptors, dim=1))
 
 
 def decoder_widths(channels: int, stages: int = 4, floor: int = 8) -> tuple[int, ...]:

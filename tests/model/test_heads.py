@@ -41,6 +41,8 @@ def test_mpae_weights_sum_to_one_over_present_planes_and_absent_planes_do_not_co
     assert out.plane_weights.shape == (3, 3, 8)
     assert torch.allclose(out.plane_weights.sum(1), torch.ones(3, 8), atol=1e-6)
     assert (out.plane_weights[1, 1] == 0).all() and (out.plane_weights[2, :2] == 0).all()
+    assert out.descriptors.shape == (3, 3, 128)  # attention and average pooling of each plane
+    assert (out.descriptors[1, 1] == 0).all() and out.descriptors[1, 0].abs().sum() > 0
     changed = [f[0] * 5, f[1] * -3, f[2]]  # only planes absent in study 2 change
     assert torch.allclose(head(changed, clinical, present).logits[2], out.logits[2], atol=1e-6)
     one_plane = head([None, None, f[2]], clinical)
