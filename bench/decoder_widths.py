@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ortho_node.config import BUNDLED_MODEL  # noqa: E402
+from bench.model_args import add_model_arguments, start  # noqa: E402
 from ortho_node.labels import Joint  # noqa: E402
 from ortho_node.model.bundle import DECODER_LR, PROFILES  # noqa: E402
 from ortho_node.model.finetune import FinetuneSettings, Task, split, train_task  # noqa: E402
@@ -33,11 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="32-16-8-8,32-32-16-16", help="comma-separated, stages joined by -")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    start(args)
     base = load_system(args.model)
     # The bundle's knee training seeds (data seed 0), so that the backbones have seen these studies.
     data = generate_task_data(Joint.KNEE, range(PROFILES["full"].knee), base.card.preprocessing, workers=2)

@@ -12,17 +12,14 @@ macro AUC >= 0.90 per joint. Seeds start at 900000 by default, far from every tr
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ortho_node.config import BUNDLED_MODEL  # noqa: E402
-from ortho_node.inference.predictor import Predictor  # noqa: E402
+from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, Joint  # noqa: E402
 from ortho_node.model.metrics import mean_dice, nanmean, roc_auc  # noqa: E402
 from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
@@ -34,17 +31,14 @@ FIRST_SEED = 900_000
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    add_model_arguments(parser)
     parser.add_argument("--knee", type=int, default=20)
     parser.add_argument("--ankle", type=int, default=20)
     parser.add_argument("--shoulder", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
                         help="another set of held-out studies (e.g. 950000: seeds no choice was tuned on)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.model, "cpu", locate=lambda uid: Path(uid))
+    predictor = cpu_predictor(args)
     print(f"model {predictor.card.name} {predictor.card.version}; seeds from {args.first_seed}")
     for joint, count in ((Joint.KNEE, args.knee), (Joint.ANKLE, args.ankle), (Joint.SHOULDER, args.shoulder)):
         pairs, scores, truth = [], [], []

@@ -14,7 +14,6 @@ true masks (how much better masks would give).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ortho_node.config import BUNDLED_MODEL  # noqa: E402
+from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint  # noqa: E402
 from ortho_node.model.evidence import STATISTICS, EvidenceReadout, structure_statistics  # noqa: E402
@@ -67,15 +66,12 @@ def collect(predictor: Predictor, seeds: range) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    add_model_arguments(parser)
     parser.add_argument("--train", type=int, default=120)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--l2", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-    predictor = Predictor.from_checkpoint(args.model, "cpu", locate=lambda uid: Path(uid))
+    predictor = cpu_predictor(args)
     if not predictor.card.evidence_structures(Joint.KNEE):
         parser.error(f"{args.model} reads no knee label from structure evidence")
     train = collect(predictor, range(TRAIN_SEED, TRAIN_SEED + args.train))

@@ -96,15 +96,16 @@ def structure_statistics(image: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     reference = float(inside.median()) if inside.numel() >= MIN_VOXELS else 0.0
     grown = _grow(mask, 3)
     values = _region(inside, reference) + _region(image[grown], reference) + _region(image[grown & ~mask], reference)
+    closed = {size: _close(mask, size) for size in CLOSINGS}
     for size in CLOSINGS:
-        holes = image[_close(mask, size) & ~mask]
+        holes = image[closed[size] & ~mask]
         values += [math.log1p(holes.numel()), *(_log_count(holes - reference > m) for m in BRIGHT),
                    float(holes.max()) - reference if holes.numel() else 0.0]
     half = CONTRAST_SIZE // 2
     local = F.avg_pool3d(image[None, None], (1, CONTRAST_SIZE, CONTRAST_SIZE), 1, (0, half, half),
                          count_include_pad=False)[0, 0]
     contrast = image - local
-    for region in (mask, _close(mask, CLOSINGS[-1])):
+    for region in (mask, closed[CLOSINGS[-1]]):
         v = contrast[region]
         values += [float(v.max()) if v.numel() else 0.0, *(_log_count(v > m) for m in CONTRAST)]
     return torch.tensor(values, dtype=torch.float32)
