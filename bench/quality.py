@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     predictor = cpu_predictor(args)
     print(f"model {predictor.card.name} {predictor.card.version}; seeds from {args.first_seed}")
     for joint, count in ((Joint.KNEE, args.knee), (Joint.ANKLE, args.ankle), (Joint.SHOULDER, args.shoulder)):
+        if count <= 0:
+            continue
         pairs, scores, truth = [], [], []
         for seed in range(args.first_seed, args.first_seed + count):
             generated = generate_study(joint, seed, findings="random", scene_spacing=1.0)

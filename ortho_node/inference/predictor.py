@@ -3,12 +3,14 @@ findings at the model card's thresholds, per-label plane weights).
 
 Per analysed plane the series is covered by overlapping windows of the model's depth (the official centre
 window, then stride depth / 2 on either side, the outermost flush with the series' ends), so every source
-slice is segmented; softmax maps of overlapping windows are averaged on the model grid (each window's slices
-weighted by a Gaussian around its centre), restored onto the source grid (bilinear) and arg-maxed.
-Diagnosis reads the official centre window of each plane; where the card names an evidence readout, each
-label's final logit comes from it (the head's logit and plane descriptors, or the statistics of the label's
-structure in the class maps: :mod:`ortho_node.model.evidence`). Planes that are absent or carry no image (a
-single intensity, e.g. all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
+slice is segmented; softmax maps of overlapping windows (and of the card's noise draws) are averaged on the
+model grid (each window's slices weighted by a Gaussian around its centre), restored onto the source grid
+(bilinear), each structure's map multiplied by its card scale, and arg-maxed. Diagnosis reads the official centre
+window of each plane and the first noise draw alone (its findings do not depend on the draws or scales);
+where the card names an evidence readout, each label's final logit comes from it (the head's logit and plane
+descriptors, or the statistics of the label's structure in the first draw's class maps:
+:mod:`ortho_node.model.evidence`). Planes that are absent or carry no image (a single intensity, e.g.
+all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from ortho_node.model.preprocessing import (
     PreprocessSpec,
     preprocess_volume,
     restore_argmax,
+    restore_probabilities,
     scale_intensity,
     slices_to_model_grid,
 )
@@ -68,11 +71,13 @@ class PredictionOutcome:
 @dataclass(frozen=True)
 class _PlaneRun:
     """One plane's pass: centre-window features [1, C, d, h, w], the windows' first slices and, when segmented,
-    the averaged class maps [K, n, S, S] and the slices [n, S, S] on the model grid (unscaled)."""
+    the class probabilities [K, n, S, S] averaged over windows and noise draws (the masks') and over the first
+    draw's windows alone (what the structure evidence reads), and the slices [n, S, S] on the model grid."""
 
     features: torch.Tensor
     window_starts: tuple[int, ...]
     class_maps: torch.Tensor | None = None
+    first_draw_maps: torch.Tensor | None = None
     slices: torch.Tensor | None = None
 
 
@@ -110,10 +115,13 @@ class Predictor:
         self.use_autocast = use_autocast
         self.window_stride = window_stride
         spec = self.card.preprocessing
-        # One fixed eps for every window and study (as features.extract_features): results do not depend on
-        # batching, and CPU runs are bit-reproducible.
+        # Fixed eps draws for every window and study (the first as features.extract_features): results do not
+        # depend on batching, and CPU runs are bit-reproducible.
         generator = torch.Generator().manual_seed(NOISE_SEED)
-        self._noise = torch.randn((1, 1, spec.depth, spec.size, spec.size), generator=generator).to(device)
+        self._noise = torch.cat([torch.randn((1, 1, spec.depth, spec.size, spec.size), generator=generator)
+                                 for _ in range(self.card.segmentation_draws)]).to(device)
+        scales = self.card.structure_scales or (1.0,) * len(self.card.structures)
+        self._scales = torch.tensor(scales, dtype=torch.float32, device=device)[:, None, None, None]
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: DeviceChoice | str = "auto", *, locate: Locate | None = None,
@@ -175,11 +183,13 @@ class Predictor:
         if joint not in self.card.evidence:
             raise PredictionError(f"this model has no evidence readout for {joint.value}")
         with torch.inference_mode():
-            runs, _ = self._run_planes(study, self._segments(joint))
+            runs, _ = self._run_planes(study, self._segments(joint), draws=1)  # the rows read the first draw
             return self._evidence_rows(joint, self._head(joint, runs, study), runs)
 
-    def _run_planes(self, study: AssembledStudy, segment: bool) -> tuple[dict[Plane, _PlaneRun], dict[Plane, str]]:
-        """Each analysable plane's run, and why the others were skipped; raises when none is analysable."""
+    def _run_planes(self, study: AssembledStudy, segment: bool, draws: int | None = None
+                    ) -> tuple[dict[Plane, _PlaneRun], dict[Plane, str]]:
+        """Each analysable plane's run (segmented over the first ``draws`` noise draws, default all), and why the
+        others were skipped; raises when none is analysable."""
         skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
         runs = {}
         for plane in MODEL_PLANES:
@@ -189,7 +199,7 @@ class Predictor:
             if float(volume.pixels.min()) == float(volume.pixels.max()):
                 skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
                 continue
-            runs[plane] = self._plane(plane, volume, segment)
+            runs[plane] = self._plane(plane, volume, segment, draws or len(self._noise))
         if not runs:
             raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
         return runs, skipped
@@ -208,9 +218,9 @@ class Predictor:
     def _features(self, plane: Plane, x_0: torch.Tensor) -> torch.Tensor:
         x_0 = x_0.to(self.device)
         with autocast(self.device, self.use_autocast):
-            return self.model.features(plane, x_0, self._noise.expand_as(x_0)).float()
+            return self.model.features(plane, x_0, self._noise[:1].expand_as(x_0)).float()
 
-    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool) -> _PlaneRun:
+    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int) -> _PlaneRun:
         spec = self.card.preprocessing
         pixels = volume.pixels
         if not segment:  # diagnosis reads the centre window alone
@@ -228,34 +238,36 @@ class Predictor:
         centre: torch.Tensor | None = None
         starts = window_starts(n, spec.depth, self.window_stride)
         classes = len(self.card.structures)
-        total = torch.zeros((classes, n, spec.size, spec.size), device=self.device)
+        total = torch.zeros((draws, classes, n, spec.size, spec.size), device=self.device)
         counts = torch.zeros(n, device=self.device)
         weights = slice_weights(spec.depth).to(self.device)
-        inputs = []
+        inputs = []  # (first slice, noise draw, window)
         for start in starts:
-            if start == centre_start:
-                inputs.append((start, centre_input))
-                continue
             try:
-                inputs.append((start, scale_intensity(slices[start : start + spec.depth])))
+                window = centre_input if start == centre_start else scale_intensity(slices[start : start + spec.depth])
             except ConstantVolumeError:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
+                continue
+            inputs += [(start, draw, window) for draw in range(draws)]
         for i in range(0, len(inputs), WINDOW_BATCH):
             batch = inputs[i : i + WINDOW_BATCH]
-            x_0 = torch.stack([x for _, x in batch]).to(self.device)
+            x_0 = torch.stack([x for _, _, x in batch]).to(self.device)
+            noise = self._noise[[draw for _, draw, _ in batch]]
             with autocast(self.device, self.use_autocast):
-                logits, features = self.model.segment_with_features(plane, x_0, self._noise.expand_as(x_0))
+                logits, features = self.model.segment_with_features(plane, x_0, noise)
             probabilities = torch.softmax(logits.float(), dim=1)
-            for k, ((start, _), p) in enumerate(zip(batch, probabilities)):
-                if start == centre_start:
+            for k, ((start, draw, _), p) in enumerate(zip(batch, probabilities)):
+                if start == centre_start and draw == 0:
                     centre = features[k : k + 1].float()
                 count = min(spec.depth, n - start)
-                total[:, start : start + count] += p[:, :count] * weights[None, :count, None, None]
-                counts[start : start + count] += weights[:count]
+                total[draw, :, start : start + count] += p[:, :count] * weights[None, :count, None, None]
+                if draw == 0:  # every draw covers the same slices
+                    counts[start : start + count] += weights[:count]
         uncovered = counts == 0
-        total[0, uncovered] = 1.0  # slices of constant windows: background
+        total[:, 0, uncovered] = 1.0  # slices of constant windows: background
         assert centre is not None  # window_starts always holds the centre window, which has an image
-        return _PlaneRun(centre, starts, total / torch.where(uncovered, 1.0, counts)[None, :, None, None], slices[:n])
+        maps = total / torch.where(uncovered, 1.0, counts)[None, None, :, None, None]
+        return _PlaneRun(centre, starts, maps.mean(dim=0), maps[0], slices[:n])
 
     @staticmethod
     def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:
@@ -269,14 +281,33 @@ class Predictor:
         return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
                                   ("background",))
 
-    def _segmentation(self, plane: Plane, volume: PlaneVolume, maps: torch.Tensor, locate: Locate) -> SeriesSegmentation:
+    def source_class_maps(self, study: AssembledStudy) -> Iterator[tuple[Plane, int, torch.Tensor]]:
+        """(plane, first slice, class maps [K, slices, rows, cols]) on each segmented series' own grid, a few
+        slices at a time: what the masks are the arg-max of. Choosing the structure scales reads them."""
+        if not self._segments(self._check(study)):
+            raise PredictionError(f"this model does not segment {study.joint.value} studies")
+        with torch.inference_mode():
+            runs, _ = self._run_planes(study, True)
+            for plane, run in runs.items():
+                assert run.class_maps is not None  # every run of a segmenting joint has its maps
+                for chunk, mapping in self._restore_chunks(study.planes[plane]):
+                    maps = run.class_maps[:, chunk] * self._scales
+                    yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))
+
+    def _restore_chunks(self, volume: PlaneVolume) -> Iterator[tuple[slice, GridMapping]]:
+        """(slices, mapping) of each RESTORE_CHUNK slices of ``volume``, model grid -> source grid."""
         n, rows, cols = volume.pixels.shape
         spec = self.card.preprocessing
-        mask = np.zeros((n, rows, cols), dtype=np.uint8)
         for start in range(0, n, RESTORE_CHUNK):
-            stop = min(n, start + RESTORE_CHUNK)
-            mapping = GridMapping((stop - start, rows, cols), PreprocessSpec(stop - start, spec.size, spec.rot90_k))
-            mask[start:stop] = restore_argmax(maps[:, start:stop], mapping)
+            count = min(n, start + RESTORE_CHUNK) - start
+            chunk = PreprocessSpec(count, spec.size, spec.rot90_k)
+            yield slice(start, start + count), GridMapping((count, rows, cols), chunk)
+
+    def _segmentation(self, plane: Plane, volume: PlaneVolume, maps: torch.Tensor,
+                      locate: Locate) -> SeriesSegmentation:
+        mask = np.zeros(volume.pixels.shape, dtype=np.uint8)
+        for chunk, mapping in self._restore_chunks(volume):
+            mask[chunk] = restore_argmax(maps[:, chunk] * self._scales, mapping)
         return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
                                   tuple(self.card.structures))
 
@@ -293,10 +324,10 @@ class Predictor:
         if pairs:
             statistics = {}
             for plane, run in runs.items():
-                if run.class_maps is None or run.slices is None:
+                if run.first_draw_maps is None or run.slices is None:
                     continue
                 rows = torch.full((len(logits), STATISTICS), float("nan"))
-                rows[[label for label, _ in pairs]] = plane_statistics(run.slices, run.class_maps,
+                rows[[label for label, _ in pairs]] = plane_statistics(run.slices, run.first_draw_maps,
                                                                       [structure for _, structure in pairs])
                 statistics[plane] = rows
         return stack_inputs(logits, descriptors, out.descriptors.shape[-1], statistics)

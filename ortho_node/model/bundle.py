@@ -6,13 +6,14 @@ and the knee, ankle and shoulder diagnosis heads together on the shared knee-pre
 (:func:`~ortho_node.model.finetune.train_joint`: one model serves every task, and frozen features do not
 separate the findings, so the backbones learn at 0.05x the head rate from every task at once), refine the
 segmentation decoders on the frozen backbones with rarity-weighted cross-entropy (the diagnosis heads and
-backbones are left exactly as the joint phase made them), fit the knee and shoulder evidence readouts
-(:mod:`ortho_node.model.evidence`) on fresh studies, evaluate on held-out studies, and write
+backbones are left exactly as the joint phase made them), then calibrate through the predictor: choose the
+structure scales of the masks on the knee validation studies and fit the knee and shoulder evidence readouts
+(:mod:`ortho_node.model.evidence`) on fresh studies; evaluate on held-out studies, and write
 ``model.safetensors`` + ``model_card.json``::
 
     ortho-node train bundle --out ortho_node/bundled              # full profile, <= 2 h on 2 CPU cores
     ortho-node train bundle --profile quick --out /tmp/bundled    # minutes: proves the pipeline
-    ortho-node train bundle --evidence-only --out DIR             # the last phase again, on DIR's model
+    ortho-node train bundle --calibrate-only --out DIR            # the calibration phases again, on DIR's model
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ortho_node.assembly.study import AssembledStudy
 from ortho_node.inference.predictor import Predictor
-from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model import metrics
 from ortho_node.model.finetune import (
     FinetuneSettings,
@@ -74,6 +76,8 @@ READOUT_STRUCTURES = {Joint.KNEE: {"MM": "medial meniscus", "LM": "lateral menis
 EVIDENCE_OFFSET = 60_000
 #: L2 penalty on the standardised readout weights (0.03-0.3 scored alike on held-out menisci and shoulders).
 EVIDENCE_L2 = 0.1
+#: Candidate structure scales (card ``structure_scales``); 1 is kept unless another scores higher.
+STRUCTURE_SCALES = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class Profile:
     decoder_patience: int
     #: Fresh studies per joint the evidence readouts are fitted on (:func:`fit_evidence`).
     evidence: int
+    #: Noise draws each segmentation window averages (card ``segmentation_draws``).
+    segmentation_draws: int = 1
     #: Head learning rate: 4x the official 5e-4, which converges too slowly for a two-hour CPU budget.
     lr: float = 2e-3
     #: Segmentation decoder stage widths (card ``segmentation_widths``); () = halving per stage.
@@ -101,10 +107,11 @@ class Profile:
 
 PROFILES = {
     # Sized from unit costs on 2 cores with channels-last training (1.5 s per generated study and process,
-    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch, 7 minutes of
-    # evidence readouts): at most about 117 minutes. The shipped model took 94 + 7: the joint phase stopped
-    # after epoch 55 (best 45), the refinement ran its 60 epochs (best 58); its readouts were fitted
-    # afterwards with --evidence-only (80 fresh studies a joint scored as well as 120 and saved 7 minutes).
+    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch, 8.5 minutes
+    # of calibration: structure scales 1.6, evidence readouts 7): at most about 119 minutes. The shipped model
+    # took 94 + 8.5: the joint phase stopped after epoch 55 (best 45), the refinement ran its 60 epochs (best
+    # 58); its calibration ran afterwards with --calibrate-only (80 fresh studies a joint fit the readouts as
+    # well as 120 and saved 7 minutes). Four noise draws: soft-structure Dice +0.007 over one, six no more.
     # Decoder stages (32, 32, 16, 16) instead of halving to
     # (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and menisci back
     # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
@@ -112,9 +119,9 @@ PROFILES = {
     # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
                     epochs=70, patience=10, decoder_epochs=60, decoder_patience=10, evidence=80,
-                    decoder_widths=(32, 32, 16, 16)),
+                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16)),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
-                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6),
+                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6, segmentation_draws=2),
 }
 
 
@@ -126,9 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=2, help="processes that render the synthetic studies")
     parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default="cpu")
-    parser.add_argument("--evidence-only", action="store_true",
-                        help="only (re)fit the evidence readouts of the model in --out, built by this command "
-                             "with the same profile and seeds")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="only (re)run the calibration phases (structure scales, evidence readouts) on the "
+                             "model in --out, built by this command with the same profile and seeds")
 
 
 def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1) -> TaskData:
@@ -189,6 +196,42 @@ def _evidence_rows(predictor: Predictor, joint: Joint, seeds: Sequence[int], wor
             inputs.append(predictor.evidence_inputs(study))
             targets.append([float(diagnosis[label]) for label in DIAGNOSIS_LABELS[joint]])
     return torch.stack(inputs), torch.tensor(targets)
+
+
+def _segmented_study(seed: int) -> tuple[AssembledStudy, dict[Plane, np.ndarray]]:
+    study = generate_study(Joint.KNEE, seed, findings="random", scene_spacing=1.0)
+    return assembled_from_synthetic(study), {series.plane: series.labels for series in study.series}
+
+
+def fit_structure_scales(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+                         workers: int) -> dict[str, float]:
+    """Set the card's noise draws from the profile and choose each structure's scale on the knee validation
+    split's studies, their masks compared on each source series' grid (as bench/quality.py measures them).
+
+    Returns each structure's validation Dice at scale 1 and at its chosen scale (applied alone).
+    """
+    model.card = dataclasses.replace(model.card, segmentation_draws=profile.segmentation_draws, structure_scales=())
+    predictor = Predictor(model, device)
+    _, val_index = split(profile.knee, 0.2, 1.0, seed)
+    seeds = [data_seed + JOINT_OFFSET[Joint.KNEE] + int(i) for i in val_index]
+    overlaps = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
+        for study, labels in pool.map(_segmented_study, seeds):
+            series: dict[Plane, np.ndarray] = {}
+            for plane, start, maps in predictor.source_class_maps(study):
+                truth = torch.from_numpy(labels[plane][start : start + maps.shape[1]].astype(np.int64))
+                series[plane] = series.get(plane, 0) + metrics.scaled_overlaps(maps, truth, STRUCTURE_SCALES)
+            overlaps += series.values()
+    scales, dice = metrics.choose_scales(overlaps, STRUCTURE_SCALES)
+    model.card = dataclasses.replace(model.card, structure_scales=scales)
+    figures = {}
+    for k, name in enumerate(model.card.structures[1:]):
+        figures[f"{Task.KNEE_SEG.value}/val/source_dice/{name}"] = dice[k, STRUCTURE_SCALES.index(1.0)]
+        figures[f"{Task.KNEE_SEG.value}/val/source_dice_scaled/{name}"] = dice[k, STRUCTURE_SCALES.index(scales[k + 1])]
+    logger.info("structure scales on %d validation series: %s", len(overlaps),
+                ", ".join(f"{name} {scale:g}" for name, scale in zip(model.card.structures[1:], scales[1:])))
+    return figures
 
 
 def new_bundle_model(profile: Profile) -> OrthoModel:
@@ -275,18 +318,37 @@ EVIDENCE_NOTE = (f"knee and shoulder labels: logistic regression (L2 {EVIDENCE_L
                  f"joint offset + {EVIDENCE_OFFSET} + [0, N)), thresholds on each joint's validation split")
 
 
-def refit_evidence(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device, command: str,
-                   workers: int) -> OrthoModel:
-    """``--evidence-only``: the last phase again on the model in ``out`` (same profile and seeds)."""
-    model = place_model(load_system(out), device)
+SCALES_NOTE = ("segmentation: class maps averaged over the card's noise draws; each structure's map times its "
+               f"scale (candidates {', '.join(f'{c:g}' for c in STRUCTURE_SCALES)}) chosen alone for its mean Dice "
+               "on the knee validation split's studies, masks on the source grid")
+
+
+def calibrate(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+              workers: int) -> dict[str, float]:
+    """The phases run through the predictor on the trained networks: structure scales, then the evidence
+    readouts (the meniscal tears read the masks the scales shape). Returns their figures and seconds."""
     mark = time.perf_counter()
-    figures = fit_evidence(model, PROFILES[profile_name], data_seed, seed, device, workers)
-    seconds = time.perf_counter() - mark
+    figures = fit_structure_scales(model, profile, data_seed, seed, device, workers)
+    figures["seconds/structure_scales"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    figures.update(fit_evidence(model, profile, data_seed, seed, device, workers))
+    figures["seconds/evidence_readout"] = time.perf_counter() - mark
+    return figures
+
+
+def recalibrate(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device, command: str,
+                workers: int) -> OrthoModel:
+    """``--calibrate-only``: the calibration phases again on the model in ``out`` (same profile and seeds)."""
+    model = place_model(load_system(out), device)
+    figures = calibrate(model, PROFILES[profile_name], data_seed, seed, device, workers)
     card = model.card
     merged = _with_evidence({**card.metrics, **figures})
-    merged["seconds/total"] = merged.get("seconds/total", 0.0) - merged.get("seconds/evidence_readout", 0.0) + seconds
-    merged["seconds/evidence_readout"] = seconds
-    training = {**card.training, "evidence_readout": EVIDENCE_NOTE, "evidence_readout_command": command}
+    earlier = sum(card.metrics.get(f"seconds/{phase}", 0.0) for phase in ("structure_scales", "evidence_readout"))
+    merged["seconds/total"] = card.metrics.get("seconds/total", 0.0) - earlier + sum(
+        figures[f"seconds/{phase}"] for phase in ("structure_scales", "evidence_readout"))
+    training = {**card.training, "structure_scales": SCALES_NOTE, "evidence_readout": EVIDENCE_NOTE,
+                "calibration_command": command}
+    training.pop("evidence_readout_command", None)  # the older name of calibration_command
     model.card = dataclasses.replace(card, training=training, metrics=merged)
     save_system(out, model)
     return model
@@ -326,9 +388,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
     timings["seconds/refine_segmentation"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    evidence = fit_evidence(model, profile, data_seed, seed, device, workers)
-    timings["seconds/evidence_readout"] = time.perf_counter() - mark
+    calibration = calibrate(model, profile, data_seed, seed, device, workers)
 
     held_out: dict[str, float] = {}
     for task in Task:
@@ -352,12 +412,13 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         "segmentation_refinement": f"decoders only, backbones frozen, lr {DECODER_LR}, cross-entropy weighted "
                                    "sqrt(most frequent / own frequency) clamped to [1, 10]",
         "head_lr": profile.lr,
+        "structure_scales": SCALES_NOTE,
         "evidence_readout": EVIDENCE_NOTE,
     }
     version = f"synthetic-{profile_name}-seed{data_seed}"
     model.card = dataclasses.replace(
         model.card, version=version, intended_use=INTENDED_USE, training=training,
-        metrics=_with_evidence({**model.card.metrics, **pretrain_metrics, **held_out, **evidence, **timings}),
+        metrics=_with_evidence({**model.card.metrics, **pretrain_metrics, **held_out, **calibration, **timings}),
     )
     save_system(out, model)
     logger.info("bundle %s written to %s in %.0f s", version, out, timings["seconds/total"])
@@ -369,9 +430,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     command = (f"ortho-node train bundle --out {args.out} --profile {args.profile} --data-seed {args.data_seed} "
                f"--seed {args.seed} --threads {args.threads} --workers {args.workers} --device {args.device}")
-    if args.evidence_only:
-        refit_evidence(args.out, args.profile, args.data_seed, args.seed, device, command + " --evidence-only",
-                       args.workers)
+    if args.calibrate_only:
+        recalibrate(args.out, args.profile, args.data_seed, args.seed, device, command + " --calibrate-only",
+                    args.workers)
     else:
         build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers)
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,12 @@ class SystemCard:
     #: Channels of the decoder stages, coarse to fine; () = halving per stage (:func:`decoder_widths`).
     segmentation_widths: tuple[int, ...] = ()
     structures: tuple[str, ...] = KNEE_STRUCTURES
+    #: Noise draws (eps) whose class maps each segmentation window averages; 1 = the paper's single draw. The
+    #: diagnosis (head and evidence readout) reads the first draw alone, whatever this says.
+    segmentation_draws: int = 1
+    #: Per structure, the factor on its averaged probability before the most probable structure is taken:
+    #: chosen on validation studies (thin structures otherwise lose their borders to large neighbours); () = 1.
+    structure_scales: tuple[float, ...] = ()
     diagnosis: Mapping[Joint, DiagnosisTask] = field(default_factory=dict)
     #: The joints whose labels are scored by an evidence readout (:mod:`ortho_node.model.evidence`), each with
     #: label -> the structure whose statistics that label reads (the others read the head's plane descriptors).
@@ -93,6 +100,14 @@ class SystemCard:
     software_version: str = __version__
     created: str = ""
     card_format: int = SYSTEM_CARD_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.segmentation_draws < 1:
+            raise CheckpointError(f"segmentation_draws must be at least 1, got {self.segmentation_draws}")
+        if self.structure_scales and (len(self.structure_scales) != len(self.structures)
+                                      or not all(0 < s < math.inf for s in self.structure_scales)):
+            raise CheckpointError(f"structure_scales needs one positive factor per structure "
+                                  f"({len(self.structures)}), got {list(self.structure_scales)}")
 
     def to_json(self) -> str:
         values = dataclasses.asdict(self)
@@ -115,6 +130,7 @@ class SystemCard:
             preprocessing=PreprocessSpec.from_dict(values["preprocessing"]), feature=FeatureSpec(**values["feature"]),
             structures=tuple(values["structures"]), segmentation_skips=tuple(values.get("segmentation_skips", ())),
             segmentation_widths=tuple(values.get("segmentation_widths", ())),
+            structure_scales=tuple(values.get("structure_scales", ())),
             diagnosis={Joint(j): DiagnosisTask.from_dict(t) for j, t in values["diagnosis"].items()},
             evidence={Joint(j): dict(labels) for j, labels in values.get("evidence", {}).items()},
         )

@@ -3,6 +3,7 @@ planes, one-slice series and image-less volumes with a clear result or a clear e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -186,3 +187,66 @@ def test_the_evidence_readout_reads_absent_planes_as_not_analysed(evidence_predi
     ankle = dataclasses.replace(study, joint=Joint.ANKLE)
     with pytest.raises(PredictionError, match="no evidence readout for ankle"):
         evidence_predictor.evidence_inputs(ankle)
+
+
+def _with_card(model_dir, **changes) -> Predictor:
+    model = load_system(model_dir)
+    model.card = dataclasses.replace(model.card, **changes)
+    return Predictor(model, torch.device("cpu"), locate=locate)
+
+
+def _source_maps(predictor: Predictor, study) -> dict[Plane, torch.Tensor]:
+    maps: dict[Plane, list[torch.Tensor]] = {}
+    for plane, _, chunk in predictor.source_class_maps(study):
+        maps.setdefault(plane, []).append(chunk)
+    return {plane: torch.cat(chunks, dim=1) for plane, chunks in maps.items()}
+
+
+def test_noise_draws_average_the_masks_maps_and_leave_the_diagnosis_on_the_first_draw(predictor, model_dir,
+                                                                                      knee_study):
+    drawn = _with_card(model_dir, segmentation_draws=2)
+    assert torch.equal(drawn._noise[:1], predictor._noise)  # the first draw is the single-draw model's eps
+    second = _with_card(model_dir)
+    second._noise = drawn._noise[1:]
+    one, two, both = (_source_maps(p, knee_study) for p in (predictor, second, drawn))
+    for plane in both:
+        assert not torch.allclose(one[plane], two[plane], atol=1e-4)  # the draws differ...
+        assert torch.allclose(both[plane], (one[plane] + two[plane]) / 2, atol=1e-5)  # ...and are averaged
+    single, averaged = predictor.predict(knee_study), drawn.predict(knee_study)
+    assert [f.probability for f in averaged.findings] == [f.probability for f in single.findings]
+    for series in averaged.segmentations:
+        assert np.array_equal(series.mask, both[series.plane].max(dim=0).indices.numpy())
+
+
+def test_structure_scales_multiply_each_structures_map_before_the_arg_max(predictor, model_dir, knee_study):
+    scales = (1.0,) * 8 + (50.0,) + (1.0,) * 3  # the medial meniscus
+    scaled = _with_card(model_dir, structure_scales=scales)
+    plain, weighted = _source_maps(predictor, knee_study), _source_maps(scaled, knee_study)
+    factor = torch.tensor(scales)[:, None, None, None]
+    meniscus = KNEE_STRUCTURES.index("medial meniscus")
+    before, after = predictor.predict(knee_study), scaled.predict(knee_study)
+    for series_before, series_after in zip(before.segmentations, after.segmentations):
+        plane = series_after.plane
+        assert torch.allclose(weighted[plane], plain[plane] * factor, rtol=1e-5, atol=1e-7)
+        assert (series_after.mask == meniscus).sum() > (series_before.mask == meniscus).sum()
+        assert np.array_equal(series_after.mask, weighted[plane].max(dim=0).indices.numpy())
+    assert [f.probability for f in after.findings] == [f.probability for f in before.findings]
+
+
+def test_findings_read_the_first_draw_unscaled_whatever_the_masks_use(evidence_predictor, knee_study):
+    # The meniscal tears' structure evidence too: the readout was fitted on the first draw's unscaled maps.
+    model = copy.deepcopy(evidence_predictor.model)
+    model.card = dataclasses.replace(model.card, segmentation_draws=3, structure_scales=(1.0,) * 8 + (40.0,) * 4)
+    drawn = Predictor(model, torch.device("cpu"), locate=locate)
+    torch.testing.assert_close(drawn.evidence_inputs(knee_study), evidence_predictor.evidence_inputs(knee_study),
+                               rtol=0, atol=0, equal_nan=True)
+    single, averaged = evidence_predictor.predict(knee_study), drawn.predict(knee_study)
+    assert [f.probability for f in averaged.findings] == [f.probability for f in single.findings]
+    meniscus = KNEE_STRUCTURES.index("medial meniscus")
+    assert sum((s.mask >= meniscus).sum() for s in averaged.segmentations) > \
+        sum((s.mask >= meniscus).sum() for s in single.segmentations)
+
+
+def test_source_class_maps_are_refused_for_joints_without_masks(predictor, knee_study):
+    with pytest.raises(PredictionError, match="does not segment ankle"):
+        next(predictor.source_class_maps(dataclasses.replace(knee_study, joint=Joint.ANKLE)))

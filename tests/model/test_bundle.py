@@ -11,7 +11,7 @@ import torch
 from ortho_node.config import BUNDLED_MODEL
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
 from ortho_node.model.bundle import (
-    PROFILES, READOUT_STRUCTURES, new_bundle_model, pretrain_backbones, refit_evidence,
+    PROFILES, READOUT_STRUCTURES, STRUCTURE_SCALES, new_bundle_model, pretrain_backbones, recalibrate,
 )
 from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
 from ortho_node.model.taskdata import TaskData
@@ -46,19 +46,30 @@ def test_shipped_model_follows_the_full_recipe():
     card = read_system_card(BUNDLED_MODEL)
     assert card.segmentation_widths == PROFILES["full"].decoder_widths
     assert card.evidence == READOUT_STRUCTURES
+    assert card.segmentation_draws == PROFILES["full"].segmentation_draws
+    assert len(card.structure_scales) == len(card.structures) and set(card.structure_scales) <= set(STRUCTURE_SCALES)
 
 
-def test_evidence_only_fits_every_joints_readout_and_records_it(tmp_path, monkeypatch):
-    # The bundle's last phase on a saved model, as `ortho-node train bundle --evidence-only` runs it: fresh
-    # studies, thresholds from the validation split, figures and the command in the card.
+def test_calibrate_only_chooses_scales_fits_every_joints_readout_and_records_it(tmp_path, monkeypatch):
+    # The bundle's calibration phases on a saved model, as `ortho-node train bundle --calibrate-only` runs them:
+    # structure scales from the knee validation studies, readouts on fresh studies, thresholds from the
+    # validation split, figures and the command in the card.
     tiny = dataclasses.replace(PROFILES["quick"], knee=5, ankle=5, shoulder=5, test=2, evidence=4)
     monkeypatch.setitem(PROFILES, "tiny", tiny)
     torch.manual_seed(0)
     save_system(tmp_path, new_bundle_model(tiny))
-    refit_evidence(tmp_path, "tiny", 0, 0, torch.device("cpu"), "ortho-node train bundle --evidence-only", 1)
+    recalibrate(tmp_path, "tiny", 0, 0, torch.device("cpu"), "ortho-node train bundle --calibrate-only", 1)
     card = read_system_card(tmp_path)
     assert card.evidence == READOUT_STRUCTURES
-    assert card.training["evidence_readout_command"] == "ortho-node train bundle --evidence-only"
+    assert card.training["calibration_command"] == "ortho-node train bundle --calibrate-only"
+    assert card.segmentation_draws == tiny.segmentation_draws
+    assert len(card.structure_scales) == len(card.structures) and card.structure_scales[0] == 1.0
+    assert set(card.structure_scales) <= set(STRUCTURE_SCALES)
+    for name, scale in zip(card.structures[1:], card.structure_scales[1:]):
+        unscaled = card.metrics[f"knee-seg/val/source_dice/{name}"]
+        scaled = card.metrics[f"knee-seg/val/source_dice_scaled/{name}"]
+        # A scale other than 1 is kept only when it scored higher (NaN: no validation series holds it).
+        assert scaled > unscaled if scale != 1.0 else (scaled == unscaled or math.isnan(unscaled))
     for joint in READOUT_STRUCTURES:
         task = f"{joint.value}-dx"
         for label in DIAGNOSIS_LABELS[joint]:
@@ -66,4 +77,4 @@ def test_evidence_only_fits_every_joints_readout_and_records_it(tmp_path, monkey
             assert card.threshold(joint, label) == card.metrics[f"{task}/val/threshold/{label}"]
     fitted = load_system(tmp_path).evidence
     assert all(fitted[j.value].weight.abs().sum() > 0 for j in READOUT_STRUCTURES)
-    assert card.metrics["seconds/evidence_readout"] > 0
+    assert card.metrics["seconds/evidence_readout"] > 0 and card.metrics["seconds/structure_scales"] > 0
