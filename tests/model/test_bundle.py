@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 
 from ortho_node.config import BUNDLED_MODEL
+from ortho_node.inference.predictor import Predictor
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
 from ortho_node.model.bundle import (
-    PROFILES, READOUT_STRUCTURES, STRUCTURE_SCALES, new_bundle_model, pretrain_backbones, recalibrate,
+    PROFILES, READOUT_STRUCTURES, STRUCTURE_SCALES, main, new_bundle_model, pretrain_backbones, recalibrate,
 )
 from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
-from ortho_node.model.taskdata import TaskData
+from ortho_node.model.taskdata import TaskData, assembled_from_synthetic
 from ortho_node.model.unet import UNetConfig
+from ortho_node.synthetic import generate_study
 
 
 def test_pretraining_updates_every_plane_backbone():
@@ -78,3 +81,26 @@ def test_calibrate_only_chooses_scales_fits_every_joints_readout_and_records_it(
     fitted = load_system(tmp_path).evidence
     assert all(fitted[j.value].weight.abs().sum() > 0 for j in READOUT_STRUCTURES)
     assert card.metrics["seconds/evidence_readout"] > 0 and card.metrics["seconds/structure_scales"] > 0
+
+
+def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads(tmp_path, monkeypatch):
+    # `ortho-node train bundle` end to end on a tiny profile: every phase's seconds and figures in the card, the
+    # calibration's draws, scales and readouts, and a model folder that predicts.
+    tiny = dataclasses.replace(PROFILES["quick"], knee=5, ankle=3, shoulder=3, test=2, pretrain_steps=2, epochs=1,
+                               evidence=3)
+    monkeypatch.setitem(PROFILES, "tiny", tiny)
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--workers", "1", "--threads", "2"]) == 0
+    card = read_system_card(tmp_path)
+    assert card.training["command"].startswith("ortho-node train bundle --out") and "--profile tiny" in \
+        card.training["command"]
+    for phase in ("generate", "pretrain", "finetune", "refine_segmentation", "structure_scales", "evidence_readout"):
+        assert card.metrics[f"seconds/{phase}"] > 0, phase
+    assert card.metrics["seconds/total"] >= sum(card.metrics[f"seconds/{p}"] for p in ("pretrain", "finetune"))
+    assert card.segmentation_draws == tiny.segmentation_draws and len(card.structure_scales) == len(card.structures)
+    assert card.evidence == READOUT_STRUCTURES and all(f"{t}/test/score" in card.metrics for t in
+                                                       ("knee-seg", "knee-dx", "ankle-dx", "shoulder-dx"))
+    predictor = Predictor.from_checkpoint(tmp_path, "cpu", locate=lambda uid: Path(uid))
+    study = assembled_from_synthetic(generate_study(Joint.KNEE, 7, scene_spacing=1.0))
+    prediction = predictor.predict(study)
+    assert len(prediction.findings) == len(DIAGNOSIS_LABELS[Joint.KNEE])
+    assert {s.plane for s in prediction.segmentations} == set(study.planes)
