@@ -286,13 +286,13 @@ class Predictor:
         slices at a time: what the masks are the arg-max of. Choosing the structure scales reads them."""
         if not self._segments(self._check(study)):
             raise PredictionError(f"this model does not segment {study.joint.value} studies")
-        with torch.inference_mode():
+        with torch.inference_mode():  # not held across the yields: the caller's code runs in its own mode
             runs, _ = self._run_planes(study, True)
-            for plane, run in runs.items():
-                assert run.class_maps is not None  # every run of a segmenting joint has its maps
-                for chunk, mapping in self._restore_chunks(study.planes[plane]):
-                    maps = run.class_maps[:, chunk] * self._scales
-                    yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))
+        for plane, run in runs.items():
+            assert run.class_maps is not None  # every run of a segmenting joint has its maps
+            for chunk, mapping in self._restore_chunks(study.planes[plane]):
+                maps = run.class_maps[:, chunk] * self._scales
+                yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))
 
     def _restore_chunks(self, volume: PlaneVolume) -> Iterator[tuple[slice, GridMapping]]:
         """(slices, mapping) of each RESTORE_CHUNK slices of ``volume``, model grid -> source grid."""

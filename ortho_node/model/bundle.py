@@ -325,8 +325,8 @@ SCALES_NOTE = ("segmentation: class maps averaged over the card's noise draws; e
 
 def calibrate(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
               workers: int) -> dict[str, float]:
-    """The phases run through the predictor on the trained networks: structure scales, then the evidence
-    readouts (the meniscal tears read the masks the scales shape). Returns their figures and seconds."""
+    """The phases run through the predictor on the trained networks: the masks' draws and structure scales,
+    and the evidence readouts (which read the first draw unscaled). Returns their figures and seconds."""
     mark = time.perf_counter()
     figures = fit_structure_scales(model, profile, data_seed, seed, device, workers)
     figures["seconds/structure_scales"] = time.perf_counter() - mark
@@ -343,9 +343,8 @@ def recalibrate(out: Path, profile_name: str, data_seed: int, seed: int, device:
     figures = calibrate(model, PROFILES[profile_name], data_seed, seed, device, workers)
     card = model.card
     merged = _with_evidence({**card.metrics, **figures})
-    earlier = sum(card.metrics.get(f"seconds/{phase}", 0.0) for phase in ("structure_scales", "evidence_readout"))
-    merged["seconds/total"] = card.metrics.get("seconds/total", 0.0) - earlier + sum(
-        figures[f"seconds/{phase}"] for phase in ("structure_scales", "evidence_readout"))
+    merged["seconds/total"] = card.metrics.get("seconds/total", 0.0) + sum(
+        figures[p] - card.metrics.get(p, 0.0) for p in ("seconds/structure_scales", "seconds/evidence_readout"))
     training = {**card.training, "structure_scales": SCALES_NOTE, "evidence_readout": EVIDENCE_NOTE,
                 "calibration_command": command}
     training.pop("evidence_readout_command", None)  # the older name of calibration_command

@@ -1,5 +1,6 @@
-"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read; its last phase fits
-every joint's evidence readout; the shipped model follows the full recipe."""
+"""Issue 6: the bundle's backbone pretraining really changes the backbones the heads read; its calibration
+chooses the structure scales and fits every joint's evidence readout; the one command runs every phase; the
+shipped model follows the full recipe."""
 
 from __future__ import annotations
 
