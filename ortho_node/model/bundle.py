@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import multiprocessing
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ from ortho_node.model.finetune import (
 )
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
 from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
-from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
+from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, load_system, new_card, save_system
 from ortho_node.model.taskdata import TaskData, assembled_from_synthetic, generate_task_data, single_threaded
 from ortho_node.model.unet import UNetConfig
 from ortho_node.synthetic import generate_study
@@ -181,26 +181,29 @@ def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint
     return train_task(model, Task.KNEE_SEG, train, val, settings)
 
 
-def _evidence_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int]]:
+def _fresh_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]:
+    """A random-findings study as the node assembles it, its true findings and (knee only) its label maps."""
     study = generate_study(joint, seed, findings="random", scene_spacing=1.0)
-    return assembled_from_synthetic(study), study.diagnosis
+    labels = {series.plane: series.labels for series in study.series} if joint is SEGMENTATION_JOINT else {}
+    return assembled_from_synthetic(study), study.diagnosis, labels
+
+
+def _fresh_studies(joint: Joint, seeds: Sequence[int], workers: int
+                   ) -> Iterator[tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]]:
+    """:func:`_fresh_study` of each seed, in order, rendered by ``workers`` processes."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
+        yield from pool.map(_fresh_study, [joint] * len(seeds), seeds)
 
 
 def _evidence_rows(predictor: Predictor, joint: Joint, seeds: Sequence[int], workers: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(readout inputs [N, L, F], targets [N, L]) of the studies ``seeds``, as the predictor reads them."""
     inputs, targets = [], []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
-        for study, diagnosis in pool.map(_evidence_study, [joint] * len(seeds), seeds):
-            inputs.append(predictor.evidence_inputs(study))
-            targets.append([float(diagnosis[label]) for label in DIAGNOSIS_LABELS[joint]])
+    for study, diagnosis, _ in _fresh_studies(joint, seeds, workers):
+        inputs.append(predictor.evidence_inputs(study))
+        targets.append([float(diagnosis[label]) for label in DIAGNOSIS_LABELS[joint]])
     return torch.stack(inputs), torch.tensor(targets)
-
-
-def _segmented_study(seed: int) -> tuple[AssembledStudy, dict[Plane, np.ndarray]]:
-    study = generate_study(Joint.KNEE, seed, findings="random", scene_spacing=1.0)
-    return assembled_from_synthetic(study), {series.plane: series.labels for series in study.series}
 
 
 def fit_structure_scales(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
@@ -213,16 +216,14 @@ def fit_structure_scales(model: OrthoModel, profile: Profile, data_seed: int, se
     model.card = dataclasses.replace(model.card, segmentation_draws=profile.segmentation_draws, structure_scales=())
     predictor = Predictor(model, device)
     _, val_index = split(profile.knee, 0.2, 1.0, seed)
-    seeds = [data_seed + JOINT_OFFSET[Joint.KNEE] + int(i) for i in val_index]
+    seeds = [data_seed + JOINT_OFFSET[SEGMENTATION_JOINT] + int(i) for i in val_index]
     overlaps = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
-        for study, labels in pool.map(_segmented_study, seeds):
-            series: dict[Plane, np.ndarray] = {}
-            for plane, start, maps in predictor.source_class_maps(study):
-                truth = torch.from_numpy(labels[plane][start : start + maps.shape[1]].astype(np.int64))
-                series[plane] = series.get(plane, 0) + metrics.scaled_overlaps(maps, truth, STRUCTURE_SCALES)
-            overlaps += series.values()
+    for study, _, labels in _fresh_studies(SEGMENTATION_JOINT, seeds, workers):
+        series: dict[Plane, np.ndarray] = {}
+        for plane, start, maps in predictor.source_class_maps(study):
+            truth = torch.from_numpy(labels[plane][start : start + maps.shape[1]].astype(np.int64))
+            series[plane] = series.get(plane, 0) + metrics.scaled_overlaps(maps, truth, STRUCTURE_SCALES)
+        overlaps += series.values()
     scales, dice = metrics.choose_scales(overlaps, STRUCTURE_SCALES)
     model.card = dataclasses.replace(model.card, structure_scales=scales)
     figures = {}
