@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint  # noqa: E402
-from ortho_node.model.evidence import STATISTICS, EvidenceReadout, structure_statistics  # noqa: E402
+from ortho_node.model.evidence import STATISTICS, EvidenceReadout, plane_statistics  # noqa: E402
 from ortho_node.model.metrics import roc_auc  # noqa: E402
 from ortho_node.model.preprocessing import label_slices_to_model_grid, slices_to_model_grid  # noqa: E402
 from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
@@ -38,10 +39,10 @@ def _true_statistics(predictor: Predictor, generated, study, structures: list[in
     spec = predictor.card.preprocessing
     statistics = []
     for plane in MODEL_PLANES:
-        slices = slices_to_model_grid(study.planes[plane].pixels, spec)
-        image = (slices - slices.min()) / (slices.max() - slices.min()) * 2 - 1
-        truth = label_slices_to_model_grid(generated.series_for(plane).labels, spec)
-        statistics.append(torch.stack([structure_statistics(image, truth == k) for k in structures]))
+        truth = label_slices_to_model_grid(generated.series_for(plane).labels, spec).long()
+        one_hot = F.one_hot(truth, len(predictor.card.structures)).permute(3, 0, 1, 2)  # its arg-max: the truth
+        statistics.append(plane_statistics(slices_to_model_grid(study.planes[plane].pixels, spec), one_hot,
+                                           structures))
     return statistics
 
 
@@ -59,7 +60,8 @@ def collect(predictor: Predictor, seeds: range) -> dict[str, torch.Tensor]:
             truth[rows_with_structures, first + j * STATISTICS : first + (j + 1) * STATISTICS] = statistics
         rows["predicted"].append(inputs)
         rows["true_masks"].append(truth)
-        rows["shipped"].append([f.probability for f in predictor.predict(study).findings])
+        with torch.no_grad():  # what predict() reports, without segmenting the study again
+            rows["shipped"].append(torch.sigmoid(predictor.model.evidence["knee"](inputs)).tolist())
         rows["targets"].append([float(generated.diagnosis[label]) for label in DIAGNOSIS_LABELS[Joint.KNEE]])
     return {key: torch.stack(v) if key in ("predicted", "true_masks") else torch.tensor(v) for key, v in rows.items()}
 

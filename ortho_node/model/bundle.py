@@ -22,10 +22,8 @@ import argparse
 import copy
 import dataclasses
 import logging
-import multiprocessing
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +47,7 @@ from ortho_node.model.finetune import (
 from ortho_node.model.pretrain import PretrainSettings, _train_step, update_ema
 from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
 from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, load_system, new_card, save_system
-from ortho_node.model.taskdata import TaskData, assembled_from_synthetic, generate_task_data, single_threaded
+from ortho_node.model.taskdata import TaskData, assembled_from_synthetic, generate_task_data, rendering_pool
 from ortho_node.model.unet import UNetConfig
 from ortho_node.synthetic import generate_study
 
@@ -191,8 +189,7 @@ def _fresh_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, 
 def _fresh_studies(joint: Joint, seeds: Sequence[int], workers: int
                    ) -> Iterator[tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]]:
     """:func:`_fresh_study` of each seed, in order, rendered by ``workers`` processes."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=single_threaded) as pool:
+    with rendering_pool(workers) as pool:
         yield from pool.map(_fresh_study, [joint] * len(seeds), seeds)
 
 

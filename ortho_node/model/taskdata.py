@@ -249,8 +249,15 @@ def _synthetic_example(joint: Joint, seed: int, spec: PreprocessSpec, domain: Do
     return example_from_synthetic(study, spec, segmentation)
 
 
-def single_threaded() -> None:
+def _single_threaded() -> None:
     torch.set_num_threads(1)  # the pool's processes share the cores; one thread each avoids oversubscription
+
+
+def rendering_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes of one torch thread each, for rendering synthetic studies. (Spawned, not
+    forked: a fork after torch has started its thread pool can hang.)"""
+    return ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_single_threaded)
 
 
 def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec, *,
@@ -258,14 +265,13 @@ def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec,
                        scene_spacing: float = 1.0, workers: int = 1) -> TaskData:
     """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it.
 
-    ``workers`` > 1 renders in that many processes; a study depends only on its seed, so the result is the
-    same. (Spawned, not forked: a fork after torch has started its thread pool can hang.)
+    ``workers`` > 1 renders in that many processes (:func:`rendering_pool`); a study depends only on its seed,
+    so the result is the same.
     """
     segmentation = joint is Joint.KNEE if segmentation is None else segmentation
     jobs = [(joint, seed, spec, domain, segmentation, scene_spacing) for seed in seeds]
     if workers > 1 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=single_threaded) as pool:
+        with rendering_pool(min(workers, len(jobs))) as pool:
             examples = list(pool.map(_synthetic_example, *zip(*jobs)))
     else:
         examples = [_synthetic_example(*job) for job in jobs]
