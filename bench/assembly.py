@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ortho_node.app import Node  # noqa: E402
+from ortho_node.app.node import Node  # noqa: E402
 from ortho_node.config import load_settings  # noqa: E402
 from ortho_node.db.models import Job  # noqa: E402
 from tests.assembly.factory import series, store  # noqa: E402

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.model.checkpoint import build_model, load_checkpoint  # noqa: E402
 from ortho_node.model.diffusion import cosine_betas  # noqa: E402
-from ortho_node.model.metrics import dice_per_structure  # noqa: E402
-from ortho_node.model.pretrain import BACKBONE_DIR, STATE_FILE, add_arguments, run  # noqa: E402
+from ortho_node.training.scores import dice_per_structure  # noqa: E402
+from ortho_node.training.pretrain import BACKBONE_DIR, STATE_FILE, add_arguments, run  # noqa: E402
 from ortho_node.model.runtime import autocast  # noqa: E402
 from ortho_node.model.unet import UNet, UNetConfig  # noqa: E402
 from tests.inference.conftest import locate  # noqa: E402

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.model_args import add_model_arguments, start  # noqa: E402
 from ortho_node.labels import Joint  # noqa: E402
-from ortho_node.model.bundle import DECODER_LR, PROFILES  # noqa: E402
-from ortho_node.model.finetune import FinetuneSettings, Task, split, train_task  # noqa: E402
+from ortho_node.training.bundle import DECODER_LR, PROFILES  # noqa: E402
+from ortho_node.training.finetune import FinetuneSettings, Task, split, train_task  # noqa: E402
 from ortho_node.model.system import OrthoModel, load_system  # noqa: E402
-from ortho_node.model.taskdata import generate_task_data  # noqa: E402
+from ortho_node.training.taskdata import generate_task_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

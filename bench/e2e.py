@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ortho_node.admin_queries import percentile  # noqa: E402
+from ortho_node.audit.views import percentile  # noqa: E402
 from ortho_node.delivery.scu import RemoteNode, send_files  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 from ortho_node.synthetic.dicom_writer import write_series  # noqa: E402

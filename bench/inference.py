@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ortho_node.config import BUNDLED_MODEL  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.model.system import OrthoModel, new_card, save_system  # noqa: E402
-from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
+from ortho_node.training.taskdata import assembled_from_synthetic  # noqa: E402
 from ortho_node.model.unet import UNetConfig  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 

@@ -106,7 +106,7 @@ class OurNode(Receiver):
         env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING",
                "ORTHO_NODE_DICOM_WORKERS": str(self.workers), "ORTHO_NODE_MODEL_ENABLED": str(self.model).lower()}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "ortho_node.app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(workdir / "node")], env=env)
         self.wait_ready(self.port)
 

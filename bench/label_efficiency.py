@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ortho_node.model.bundle import PROFILES, pretrain_backbones  # noqa: E402
-from ortho_node.model.finetune import FinetuneSettings, Task, evaluate, split, train_task  # noqa: E402
+from ortho_node.training.bundle import PROFILES, pretrain_backbones  # noqa: E402
+from ortho_node.training.finetune import FinetuneSettings, Task, evaluate, split, train_task  # noqa: E402
 from ortho_node.model.system import OrthoModel, new_card  # noqa: E402
-from ortho_node.model.taskdata import generate_task_data  # noqa: E402
+from ortho_node.training.taskdata import generate_task_data  # noqa: E402
 from ortho_node.model.unet import UNetConfig  # noqa: E402
 from ortho_node.labels import Joint  # noqa: E402
 

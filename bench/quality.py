@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, Joint  # noqa: E402
-from ortho_node.model.metrics import mean_dice, nanmean, roc_auc  # noqa: E402
-from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
+from ortho_node.training.scores import mean_dice, nanmean, roc_auc  # noqa: E402
+from ortho_node.training.taskdata import assembled_from_synthetic  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 
 BONES = ("femur", "tibia", "fibula", "patella")

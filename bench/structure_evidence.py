@@ -26,9 +26,9 @@ from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint  # noqa: E402
 from ortho_node.model.evidence import STATISTICS, EvidenceReadout, plane_statistics  # noqa: E402
-from ortho_node.model.metrics import roc_auc  # noqa: E402
+from ortho_node.training.scores import roc_auc  # noqa: E402
 from ortho_node.model.preprocessing import label_slices_to_model_grid, slices_to_model_grid  # noqa: E402
-from ortho_node.model.taskdata import assembled_from_synthetic  # noqa: E402
+from ortho_node.training.taskdata import assembled_from_synthetic  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 
 TRAIN_SEED, TEST_SEED = 700_000, 900_000  # the second: bench/quality.py's held-out studies

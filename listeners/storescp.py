@@ -37,15 +37,15 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from listeners.pdu_guard import PduGuardSocket
-from listeners.reactor import EventDrivenAssociation, create_acceptor
-from listeners.wire import part10_header
-from listeners.policy import AssociationPolicy, AssociationRequest
-from ortho_node.associations import AssociationCounts, AssociationLog, Peer
+from listeners.fastpath.pdu_guard import PduGuardSocket
+from listeners.fastpath.reactor import EventDrivenAssociation, create_acceptor
+from listeners.fastpath.wire import part10_header
+from listeners.association_policy import AssociationPolicy, AssociationRequest
+from ortho_node.intake.associations import AssociationCounts, AssociationLog, Peer
 from ortho_node.config import Settings
 from ortho_node.dicom_status import Status
-from ortho_node.header import EncodedHeader, InstanceHeader
-from ortho_node.intake import AssociationRef, IncomingInstance, Intake
+from ortho_node.intake.header import EncodedHeader, InstanceHeader
+from ortho_node.intake.receive import AssociationRef, IncomingInstance, Intake
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class _HandedOverConnectionServer(_NodeAssociationServer):
 
 class _GuardedRequestHandler(RequestHandler):
     """Completes TLS and wraps the connection in the PDU length guard before pynetdicom reads it; the
-    association runs on the event-driven reactors (:mod:`listeners.reactor`)."""
+    association runs on the event-driven reactors (:mod:`listeners.fastpath.reactor`)."""
 
     def _create_association(self) -> EventDrivenAssociation:
         return create_acceptor(self, self.server.acceptor_contexts)

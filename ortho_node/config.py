@@ -508,7 +508,7 @@ def _check_results(results: ResultsSettings) -> None:
 
 
 def _check_console(console: ConsoleSettings) -> None:
-    from ortho_node.passwords import parse_user
+    from listeners.console.passwords import parse_user
 
     names = set()
     for index, user in enumerate(console.users):

@@ -13,7 +13,7 @@ from pydicom import Dataset
 
 from ortho_node.config import Settings
 from ortho_node.prediction import StudyPrediction
-from ortho_node.storage import fsync_folder, write_file_durably
+from ortho_node.intake.storage import fsync_folder, write_file_durably
 from reports.seg import build_segmentation
 from reports.sources import read_all
 from reports.sr import build_report

@@ -90,7 +90,7 @@ def make_settings(tmp_path):
 @pytest.fixture
 def start_node(make_settings):
     """Start an in-process node (migrated, listening on a free loopback port); stopped at teardown."""
-    from ortho_node.app import Node
+    from ortho_node.app.node import Node
 
     nodes = []
 

@@ -30,7 +30,7 @@ class NodeProcess:
         env.update(extra_env or {})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ortho_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "ortho_node.app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(data_dir)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )

@@ -223,7 +223,7 @@ class DeliveryItem(Base):
 
 
 class TimelineEntry(Base):
-    """One step in a study's life (``ortho_node.timeline``): ready and why, job states, assembly, inference,
+    """One step in a study's life (``ortho_node.audit.timeline``): ready and why, job states, assembly, inference,
     objects built, each delivery acknowledged or flagged. Written in the transaction of the step it records."""
 
     __tablename__ = "study_timeline"

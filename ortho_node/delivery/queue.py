@@ -18,12 +18,12 @@ from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ortho_node.audit import AuditKind, Severity, make_event
+from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.config import DestinationSettings
 from ortho_node.db.models import DeliveryItem
-from ortho_node.delivery.policy import Clock, Outcome, RetryPolicy, classify
+from ortho_node.delivery.outcomes import Clock, Outcome, RetryPolicy, classify
 from ortho_node.delivery.scu import SendResult
-from ortho_node.timeline import Step, entry
+from ortho_node.audit.timeline import Step, entry
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _SR_STORAGE = {"1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",

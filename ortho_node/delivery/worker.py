@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.config import DestinationSettings, Settings, TlsSettings
-from ortho_node.delivery.policy import Clock, Outcome, RetryPolicy, SystemClock
+from ortho_node.delivery.outcomes import Clock, Outcome, RetryPolicy, SystemClock
 from ortho_node.delivery.queue import DeliveryQueue, ResultFile
 from ortho_node.delivery.scu import Failure, RemoteNode, SendResult, send_files
 

@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def catalogue(files: list[Path], database: Path) -> tuple[object, Counter]:
     """Record every readable DICOM file in a fresh SQLite catalog; returns (session factory, studies)."""
-    from ortho_node.catalog import Catalog
+    from ortho_node.intake.catalog import Catalog
     from ortho_node.db import migrations
     from ortho_node.db.engine import make_engine, make_session_factory
-    from ortho_node.header import InstanceHeader
+    from ortho_node.intake.header import InstanceHeader
 
     engine = make_engine(f"sqlite:///{database}")
     migrations.upgrade(engine)

@@ -41,7 +41,7 @@ from ortho_node.model.preprocessing import (
 )
 from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
 from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
-from ortho_node.model.taskdata import clinical_from_facts
+from ortho_node.training.taskdata import clinical_from_facts
 from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyNotAnalysable, StudyPrediction
 
 logger = logging.getLogger(__name__)

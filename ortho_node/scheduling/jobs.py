@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ortho_node.audit import AuditKind, Severity, make_event
+from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.db.models import Instance, Job, Series, Study
-from ortho_node.scheduling.time import TimeSource, as_utc
-from ortho_node.timeline import Step, entry
+from ortho_node.scheduling.timers import TimeSource, as_utc
+from ortho_node.audit.timeline import Step, entry
 
 log = logging.getLogger(__name__)
 

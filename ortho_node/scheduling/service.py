@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.assembly.assembler import Assembler
 from ortho_node.assembly.completeness import CompletenessRules
-from ortho_node.audit import AuditKind
+from ortho_node.audit.trail import AuditKind
 from ortho_node.config import SchedulingSettings
-from ortho_node.pipeline import Pipeline
+from ortho_node.scheduling.pipeline import Pipeline
 from ortho_node.scheduling.jobs import ClaimedJob, JobQueue, RetryPolicy
-from ortho_node.scheduling.time import SystemTime, TimeSource
+from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.scheduling.watcher import StudyWatcher
 from ortho_node.scheduling.workers import WorkerPool
 

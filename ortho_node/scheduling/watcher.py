@@ -18,9 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ortho_node.assembly.assembler import Assembler, StudyNotFound
 from ortho_node.assembly.completeness import CompletenessRules, evaluate
-from ortho_node.intake import StoredInstance
+from ortho_node.intake.receive import StoredInstance
 from ortho_node.scheduling.jobs import JobQueue
-from ortho_node.scheduling.time import TimeSource
+from ortho_node.scheduling.timers import TimeSource
 
 log = logging.getLogger(__name__)
 

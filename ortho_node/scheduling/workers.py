@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.jobs import ClaimedJob, JobQueue
-from ortho_node.scheduling.time import TimeSource
+from ortho_node.scheduling.timers import TimeSource
 
 log = logging.getLogger(__name__)
 

@@ -163,9 +163,9 @@ def audit_kinds(node) -> list[str]:
 @pytest.fixture
 def manual_node(make_settings):
     """Start nodes on a manual clock (``node.scheduler.time.advance``); stopped at teardown."""
-    from ortho_node.app import Node
-    from ortho_node.pipeline import Pipeline
-    from ortho_node.scheduling.time import ManualTime
+    from ortho_node.app.node import Node
+    from ortho_node.scheduling.pipeline import Pipeline
+    from ortho_node.scheduling.timers import ManualTime
 
     nodes = []
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from ortho_node.config import load_settings
 from ortho_node.db.models import DeliveryItem
-from ortho_node.passwords import hash_password
-from ortho_node.scheduling.time import ManualTime
+from listeners.console.passwords import hash_password
+from ortho_node.scheduling.timers import ManualTime
 from tests.assembly.factory import EndedAssociations, advance, store
 from tests.reports.study_factory import make_knee_study
 
@@ -64,7 +64,7 @@ def _settings(folder: Path, **overrides):
 
 
 def seed(tmp: Path) -> Seeded:
-    from ortho_node.app import Node
+    from ortho_node.app.node import Node
 
     knee = make_knee_study(tmp / "knee")
     pacs = Node(_settings(tmp / "pacs", **{"dicom.ae_title": "PACS"}))

@@ -10,10 +10,10 @@ import requests
 from PIL import Image
 from sqlalchemy import select
 
-from ortho_node.admin_queries import STUDY_COLUMNS
+from ortho_node.audit.views import STUDY_COLUMNS
 from ortho_node.config import ConfigError, load_settings
 from ortho_node.db.models import AuditEvent
-from ortho_node.passwords import hash_password, verify_password
+from listeners.console.passwords import hash_password, verify_password
 from tests.console.seeded import PASSWORD, USER
 
 
@@ -149,7 +149,7 @@ def test_passwords_are_hashed_and_plaintext_refused(tmp_path):
 
 
 def test_hash_password_command(monkeypatch, capsys):
-    from ortho_node import cli
+    from ortho_node.app.cli import main as cli
 
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
     assert cli.main(["console", "hash-password", "alice"]) == 0

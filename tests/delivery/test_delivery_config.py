@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ortho_node.cli import build_parser
+from ortho_node.app.cli.main import build_parser
 from ortho_node.config import ConfigError, load_settings
 
 TOML = """

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import AuditEvent, DeliveryItem
-from ortho_node.delivery.policy import Outcome, RetryPolicy, classify
+from ortho_node.delivery.outcomes import Outcome, RetryPolicy, classify
 from ortho_node.delivery.scu import Failure, SendResult
 from ortho_node.delivery.worker import DeliveryService
 from tests.delivery.conftest import FakeClock, make_result_files
@@ -151,7 +151,7 @@ def test_queueing_twice_adds_nothing_and_kinds_are_respected(make_settings, tmp_
 
 
 def test_cli_lists_and_resends(deliveries, fake_pacs, monkeypatch, capsys, tmp_path):
-    from ortho_node.cli import main
+    from ortho_node.app.cli.main import main
 
     pacs = fake_pacs()
     service, _clock, sessions, _ = deliveries(pacs.port, count=2)

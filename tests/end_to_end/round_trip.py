@@ -17,7 +17,7 @@ import requests
 from pydicom import Dataset, dcmread
 from sqlalchemy import select
 
-from ortho_node.admin_queries import study_results, study_timeline
+from ortho_node.audit.views import study_results, study_timeline
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import DeliveryItem, Job, Study
 from tests.node_process import NodeProcess, free_port

@@ -12,7 +12,7 @@ import torch
 from ortho_node.assembly.study import AssembledStudy
 from ortho_node.labels import MODEL_PLANES, Plane
 from ortho_node.model.system import OrthoModel, new_card, save_system
-from ortho_node.model.taskdata import assembled_from_synthetic
+from ortho_node.training.taskdata import assembled_from_synthetic
 from ortho_node.model.unet import UNetConfig
 from ortho_node.synthetic import DomainRandomization, generate_study
 

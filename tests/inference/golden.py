@@ -25,7 +25,7 @@ SEED = 9001
 
 def write_study() -> None:
     """Generate the stored study: knee seed 9001, fast scene, every plane decimated to 128 x 128 pixels."""
-    from ortho_node.model.taskdata import assembled_from_synthetic
+    from ortho_node.training.taskdata import assembled_from_synthetic
     from ortho_node.synthetic import DomainRandomization, generate_study
 
     generated = generate_study("knee", SEED, scene_spacing=1.0,
@@ -38,7 +38,7 @@ def write_study() -> None:
 
 def load_study() -> AssembledStudy:
     """The stored pixels in an AssembledStudy (geometry rebuilt from the generator's seed)."""
-    from ortho_node.model.taskdata import assembled_from_synthetic
+    from ortho_node.training.taskdata import assembled_from_synthetic
     from ortho_node.synthetic import DomainRandomization, generate_study
     from tests.inference.conftest import with_planes
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ortho_node.inference.predictor import Predictor
-from ortho_node.model.metrics import dice_per_structure
+from ortho_node.training.scores import dice_per_structure
 from ortho_node.model.system import read_system_card
 from tests.inference.conftest import locate
 from tests.inference.golden import BUNDLED, REFERENCE_CARD, REFERENCE_FILE, load_study

@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import pydicom
 
-from ortho_node.cli import main
+from ortho_node.app.cli.main import main
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
 from ortho_node.synthetic import generate_study, write_study
 from tests.inference.conftest import FAST

@@ -15,7 +15,7 @@ from ortho_node.model.heads import (
     segmentation_loss,
     soft_dice_loss,
 )
-from ortho_node.model.metrics import choose_threshold, roc_auc
+from ortho_node.training.scores import choose_threshold, roc_auc
 
 MISSING = clinical_vector(None, None, None, None)
 

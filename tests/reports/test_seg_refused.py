@@ -41,7 +41,7 @@ def test_refused_seg_leaves_the_other_objects_built(split_frame_of_reference, re
 
 
 def test_timeline_names_the_series_without_seg(tmp_path, split_frame_of_reference):
-    from ortho_node.timeline import Timeline
+    from ortho_node.audit.timeline import Timeline
 
     knee, coronal = split_frame_of_reference
     engine = make_engine(f"sqlite:///{tmp_path / 'audit.db'}")

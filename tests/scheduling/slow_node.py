@@ -7,10 +7,10 @@ import sys
 import threading
 import time
 
-from ortho_node.app import Node
+from ortho_node.app.node import Node
 from ortho_node.config import load_settings
-from ortho_node.logs import configure_logging
-from ortho_node.pipeline import Pipeline
+from ortho_node.app.logs import configure_logging
+from ortho_node.scheduling.pipeline import Pipeline
 
 
 class BlockingPipeline(Pipeline):

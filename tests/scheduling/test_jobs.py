@@ -6,9 +6,9 @@ import datetime as dt
 import functools
 import json
 
-from ortho_node import cli
+from ortho_node.app.cli import main as cli
 from ortho_node.db.models import utcnow
-from ortho_node.pipeline import Pipeline
+from ortho_node.scheduling.pipeline import Pipeline
 from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.watcher import timer_key
 from tests.assembly.factory import advance, assemblies, audit_kinds, jobs, send, study

@@ -10,7 +10,7 @@ import pytest
 
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
 from ortho_node.synthetic import DomainRandomization, generate_study
-from ortho_node.synthetic.cli import add_arguments, run
+from ortho_node.app.cli.synth import add_arguments, run
 
 from .conftest import FAST
 

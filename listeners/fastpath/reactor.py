@@ -1,0 +1,363 @@
+"""Event-driven pynetdicom reactors: association and DUL threads that wait for work instead of polling.
+
+pynetdicom's DUL thread polls its socket and queues and sleeps ``_run_loop_delay`` (1 ms) whenever a loop
+found nothing; the association thread sleeps 1 ms on every loop. With synchronous C-STORE those sleeps
+fall on the critical path several times per instance, and setting the delay to 0 makes the threads spin
+and fight over the interpreter lock. Here the DUL thread blocks in ``select`` on its socket plus a wake-up
+socket pair that other threads signal when they queue something for it, and the association thread blocks
+on an event set whenever a DIMSE message or a primitive for it is queued. Both still wake at least every
+``MAX_WAIT`` seconds for the timers (ARTIM, network idle) and for state changed behind their back.
+
+The loops keep pynetdicom's order of checks (pynetdicom 3.0, ``DULServiceProvider.run_reactor`` and
+``Association._run_reactor``); tests/listeners/test_reactor.py fails loudly if the attributes relied on
+change.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import struct
+import threading
+from datetime import datetime
+from typing import Any, cast
+
+from pynetdicom import _handlers, evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket
+
+from listeners.fastpath.wire import DirectStoreMessages, ReceivedPData
+
+log = logging.getLogger(__name__)
+
+#: Longest a reactor sleeps without a signal: the resolution of the ARTIM and network idle timers.
+MAX_WAIT = 0.02
+#: Largest single ``recv_into`` while reading a PDU (pynetdicom reads 4 KiB at a time).
+_RECV_CHUNK = 1024 * 1024
+_PDU_HEADER = struct.Struct(">BBL")
+_P_DATA_TF = 0x04
+#: pynetdicom's logging handlers, bound to every association; with its logger quiet they only cost time.
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+)
+
+
+class SignallingQueue(queue.Queue):
+    """A queue that calls ``signal`` after every put (under the queue's lock, so nothing is missed)."""
+
+    def __init__(self, signal: Any) -> None:
+        super().__init__()
+        self._signal = signal
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self._signal()
+
+
+class WakeableDUL(DULServiceProvider):
+    """A DUL reactor that sleeps in ``select`` on its socket and a wake-up socket pair."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._reactor_ident: int | None = None
+        # Events and primitives queued by other threads (the association's responses, an abort, a socket
+        # closed from outside) must interrupt the wait; the reactor's own puts need no wake-up.
+        self.event_queue = SignallingQueue(self._wake_from_other_thread)
+        self.to_provider_queue = SignallingQueue(self._wake_from_other_thread)
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the buffer is full of wake-ups already: the reactor will wake
+        except OSError:
+            pass  # reactor finished and closed the pair: nothing to wake
+
+    def _wake_from_other_thread(self) -> None:
+        if threading.get_ident() != self._reactor_ident:
+            self.wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self._kill_thread = True
+        self.wake()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+        return True
+
+    def run_reactor(self) -> None:
+        self._reactor_ident = threading.get_ident()
+        try:
+            self._run_event_driven()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _run_event_driven(self) -> None:
+        self._idle_timer.start()
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self._kill_thread:
+                return
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                # One outgoing primitive or one incoming PDU per loop, as pynetdicom does.
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:  # noqa: BLE001 - pynetdicom's contract: any failure aborts the association
+                log.error("exception in the DUL reactor (%s); aborting the association", type(exc).__name__)
+                log.debug("DUL reactor failure", exc_info=True)
+                self._abort_hard()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                self._wait_for_work()
+                continue
+            self.state_machine.do_action(event)
+
+    def _abort_hard(self) -> None:
+        """Send an A-ABORT bypassing the state machine, whose state can no longer be trusted."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        sock = cast(AssociationSocket, self.socket)
+        sock.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+    def _is_transport_event(self) -> bool:
+        sock = cast(AssociationSocket, self.socket)
+        if self.state_machine.current_state == "Sta13":
+            # Waiting for the connection to close: act on whatever still arrives, then close.
+            if sock and self._readable(sock):
+                self._read_pdu_data()
+            else:
+                sock.close()
+            return True
+        if sock and self._readable(sock):
+            self._read_pdu_data()
+            return True
+        return False
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU with a few large reads (pynetdicom's loop reads 4 KiB at a time); the events
+        are pynetdicom's: Evt17 when the connection breaks, Evt19 for an unknown or undecodable PDU."""
+        sock = cast(AssociationSocket, self.socket)
+        pdu = bytearray(_PDU_HEADER.size)
+        try:
+            complete = _receive_into(sock.socket, memoryview(pdu))
+        except (OSError, TimeoutError) as exc:
+            log.error("connection closed before a PDU was received (%s)", type(exc).__name__)
+            self.event_queue.put("Evt17")
+            return
+        if not complete:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = _PDU_HEADER.unpack(pdu)
+        if not 0x01 <= pdu_type <= 0x07:
+            log.error("unknown PDU type 0x%02X received", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        header, pdu = pdu, bytearray(_PDU_HEADER.size + length)  # length checked by the PDU guard
+        pdu[: _PDU_HEADER.size] = header
+        try:
+            complete = _receive_into(sock.socket, memoryview(pdu)[_PDU_HEADER.size:])
+        except (OSError, TimeoutError) as exc:
+            log.error("connection closed before the entire PDU was received (%s)", type(exc).__name__)
+            complete = False
+        if not complete:
+            self.event_queue.put("Evt17")
+            return
+        try:
+            decoded, event = self._decode(pdu_type, pdu)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is an invalid PDU (Evt19)
+            log.error("unable to decode a received PDU (%s)", type(exc).__name__)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(decoded)
+
+    def _decode(self, pdu_type: int, pdu: bytearray) -> tuple[Any, str]:
+        """pynetdicom's ``_decode_pdu``, except that a P-DATA-TF PDU (Evt10) is split into its items directly
+        when no handler listens to the received bytes or PDUs."""
+        if pdu_type == _P_DATA_TF and not self._pdus_observed():
+            return ReceivedPData(pdu), "Evt10"
+        return self._decode_pdu(pdu)
+
+    def _pdus_observed(self) -> bool:
+        return bool(self.assoc.get_handlers(evt.EVT_DATA_RECV) or self.assoc.get_handlers(evt.EVT_PDU_RECV))
+
+    @staticmethod
+    def _readable(sock: AssociationSocket) -> bool:
+        # ``ready`` misses bytes a TLS socket has already decrypted when the socket is wrapped (our PDU
+        # guard), so ask the TLS layer directly as well.
+        return sock.ready or _tls_pending(sock.socket) > 0
+
+    def _wait_for_work(self) -> None:
+        if self._kill_thread or self.to_provider_queue.qsize() or not self.event_queue.empty():
+            return
+        watched: list[Any] = [self._wake_r]
+        sock = cast(AssociationSocket, self.socket)
+        raw = sock.socket if sock is not None and sock._is_connected else None
+        if raw is not None:
+            if _tls_pending(raw) > 0:
+                return
+            watched.append(raw)
+        try:
+            readable, _, _ = select.select(watched, [], [], MAX_WAIT)
+        except (OSError, ValueError):
+            return  # the socket was closed under us: the next loop sees the closed connection
+        if self._wake_r in readable:
+            self._drain_wake_ups()
+
+    def _drain_wake_ups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+
+def _receive_into(raw: Any, view: memoryview) -> bool:
+    """Fill ``view`` from the socket; False if the peer closed the connection first."""
+    filled = 0
+    while filled < len(view):
+        received = raw.recv_into(view[filled:], min(len(view) - filled, _RECV_CHUNK))
+        if not received:
+            return False
+        filled += received
+    return True
+
+
+def _tls_pending(raw: Any) -> int:
+    pending = getattr(raw, "pending", None)
+    if pending is None:
+        return 0
+    try:
+        return pending()
+    except (OSError, ValueError, ssl.SSLError):
+        return 0
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose reactor blocks until a DIMSE message or primitive is queued."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._work = threading.Event()
+        self.dul = WakeableDUL(self)  # replaces the polling DUL before anything started it
+        self.dimse = DirectStoreMessages(self)
+        # The timeout setters forward to the DUL's timers, which the new DUL has at their defaults.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+        self.dul.to_user_queue = SignallingQueue(self._work.set)
+        self.dimse.msg_queue = SignallingQueue(self._work.set)
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        while not self._kill:
+            self._work.wait(MAX_WAIT)
+            self._work.clear()  # anything queued after this sets it again
+            # Let a service that sends DIMSE messages itself pause the reactor (pynetdicom's checkpoint).
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if self._step():
+                return
+
+    def _step(self) -> bool:
+        """One pass over pynetdicom's acceptor checks; True once the association is over."""
+        context_id, msg = self.dimse.get_msg(block=False)
+        if msg:
+            self._serve_request(msg, cast(int, context_id))
+            self._work.set()  # more messages may have queued while serving: look again at once
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            log.debug("association released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            log.debug("association aborted")
+            self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for the abort
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            log.error("network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return True
+        return False
+
+
+def create_acceptor(request_handler: Any, contexts: list[Any]) -> EventDrivenAssociation:
+    """Build the acceptor association for a request handler's connection, as pynetdicom's
+    ``RequestHandler._create_association`` does, but with the event-driven reactors.
+
+    ``contexts`` are shared by every association of the server: pynetdicom deep-copies them per
+    association (tens of milliseconds for every storage SOP class with all transfer syntaxes), but
+    negotiation only reads them; tests/listeners/test_reactor.py checks that it still does."""
+    server, ae = request_handler.server, request_handler.ae
+    assoc = EventDrivenAssociation(ae, MODE_ACCEPTOR)
+    assoc._server = server
+    assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+    assoc.set_socket(AssociationSocket(assoc, client_socket=request_handler.request))
+    acceptor = assoc.acceptor
+    acceptor.maximum_length = ae.maximum_pdu_size
+    acceptor.ae_title = server.ae_title
+    acceptor.address_info = request_handler.local
+    acceptor.implementation_class_uid = ae.implementation_class_uid
+    acceptor.implementation_version_name = ae.implementation_version_name
+    acceptor.supported_contexts = list(contexts)
+    assoc.requestor.address_info = request_handler.remote
+    for event, bound in server._handlers.items():
+        if event.is_intervention and bound:
+            assoc.bind(event, *bound)
+        elif isinstance(event, evt.NotificationEvent):
+            for handler, args in bound:
+                assoc.bind(event, handler, args)
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        # Bound by pynetdicom to the server and the association; they would log nothing.
+        for event, handler in _STANDARD_LOG_HANDLERS:
+            assoc.unbind(event, handler)
+    return assoc
+
+

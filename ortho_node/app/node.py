@@ -1,0 +1,284 @@
+"""Composition root: builds the node's parts from validated settings and runs them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from listeners.console.server import Console, ConsoleServer
+from listeners.metrics_server import MetricsServer
+from listeners.storescp import StorageSCP
+from listeners.worker_pool import WorkerPoolSCP
+from ortho_node import __version__
+from ortho_node.assembly.assembler import Assembler
+from ortho_node.assembly.plan import AssemblyRules
+from ortho_node.intake.associations import AssociationLog
+from ortho_node.intake.catalog import Catalog
+from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
+from ortho_node.config import ConfigError, Settings
+from ortho_node.db import migrations
+from ortho_node.db.engine import make_engine, make_session_factory
+from ortho_node.db.models import Instance
+from ortho_node.delivery.worker import DeliveryService
+from ortho_node.intake.header import InstanceHeader
+from ortho_node.intake.receive import Intake
+from ortho_node.app.logs import silence_identifier_sources
+from ortho_node.delivery.queue import ResultFile
+from ortho_node.audit.prometheus import Liveness, NodeCollector, health, make_registry
+from ortho_node.scheduling.pipeline import Locate, Pipeline, ResultStages, StudyPredictor, WrittenResults
+from ortho_node.prediction import StudyPrediction
+from ortho_node.audit.timeline import BuiltObject
+from ortho_node.scheduling.service import Scheduler
+from ortho_node.scheduling.timers import TimeSource
+from ortho_node.intake.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
+from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
+
+log = logging.getLogger(__name__)
+
+#: Left in the data folder by a clean stop; its absence at start-up means a crash, and a recovery scan.
+CLEAN_SHUTDOWN = "clean-shutdown.json"
+
+
+class Node:
+    """The running node: database, storage, intake, the Storage SCP and the scheduler, wired together.
+
+    ``pipeline_factory`` and ``time`` default to the real ones; tests pass a manual clock (and, for crash and
+    retry tests, a pipeline whose stage stands in for a slow or failing GPU). With a ``predictor`` (loaded
+    once, :func:`load_predictor`; ``serve`` passes the configured model) the pipeline runs inference, writes
+    the result objects and queues them for delivery; without one the node receives, assembles and records.
+    """
+
+    def __init__(self, settings: Settings, *,
+                 pipeline_factory: Callable[..., Pipeline] = Pipeline,
+                 time: TimeSource | None = None, predictor: StudyPredictor | None = None) -> None:
+        silence_identifier_sources()
+        self.settings = settings
+        self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+        self.session_factory = make_session_factory(self.engine)
+        self.audit = AuditTrail(self.session_factory)
+        self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+        self.catalog = Catalog(self.engine)
+        self.intake = Intake(self.store, self.catalog, self.audit)
+        self.assembler = Assembler(self.session_factory, self.store.absolute,
+                                   AssemblyRules.from_settings(settings.assembly))
+        self.delivery = DeliveryService(settings, self.session_factory)
+        stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store))
+                  if predictor is not None else None)
+        self.pipeline = pipeline_factory(self.session_factory, **({"stages": stages} if stages else {}))
+        self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
+                                   time=time)
+        self.intake.add_listener(self.scheduler.watcher)
+        self.scp: StorageSCP | WorkerPoolSCP | None = None
+        self.console: ConsoleServer | None = None
+        self.metrics: MetricsServer | None = None
+
+    def prepare(self) -> None:
+        """Bring the schema up to date and recover from an earlier crash; run before serving."""
+        migrations.upgrade(self.engine)
+        removed = self.store.clear_partial_files()
+        if removed:
+            log.info("removed %d partial files left by an interrupted write (never acknowledged)", removed)
+        if self._take_clean_shutdown_marker():
+            log.info("last stop was clean and the database still holds what it held then: no recovery scan")
+        else:
+            self.recover_unrecorded_files()
+
+    def _shutdown_state(self) -> dict[str, object]:
+        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows."""
+        with self.session_factory() as session:
+            instances = session.scalar(select(func.count(Instance.id)))
+        return {"database": hashlib.sha256(self.settings.database_url.encode()).hexdigest(), "instances": instances}
+
+    def _take_clean_shutdown_marker(self) -> bool:
+        """True when the last stop was clean and the database is the one it left: every stored file has its
+        row, so the scan over the whole archive can be skipped. The marker is removed (durably) first, so a
+        crash from here on leads to a scan at the next start."""
+        path = self.settings.data_dir / CLEAN_SHUTDOWN
+        try:
+            marker = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            marker = None
+        path.unlink(missing_ok=True)
+        fsync_folder(path.parent)
+        return marker == self._shutdown_state()
+
+    def _leave_clean_shutdown_marker(self) -> None:
+        path = self.settings.data_dir / CLEAN_SHUTDOWN
+        try:
+            write_file_durably(path, json.dumps(self._shutdown_state()).encode())
+            fsync_folder(path.parent)
+        except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
+            log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
+
+    def recover_unrecorded_files(self) -> int:
+        """Index complete files that lack a row (a crash between rename and commit)."""
+        with self.session_factory() as session:
+            known = set(session.scalars(select(Instance.file_path)))
+        recovered = 0
+        for path in self.store.iter_instance_files():
+            relative = path.relative_to(self.store.data_dir).as_posix()
+            if relative not in known and self._recover(path, relative):
+                recovered += 1
+        if recovered:
+            log.warning("indexed %d stored files that had no database row", recovered)
+        return recovered
+
+    def _recover(self, path: Path, relative: str) -> bool:
+        try:
+            dataset = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            log.error("stored file %s cannot be read (%s); left in place", relative, type(exc).__name__)
+            return False
+        header = InstanceHeader.from_dataset(dataset)
+        if not (is_valid_uid(header.sop_uid) and relative.endswith(f"/{header.sop_uid}.dcm")):
+            log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
+            return False
+        payload = path.read_bytes()
+        self.catalog.record(header, path=relative, size=len(payload),
+                            sha256=hashlib.sha256(payload).hexdigest(),
+                            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                            association_id=None, calling_ae=None)
+        self.audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
+                          study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
+        return True
+
+    def start(self) -> StorageSCP | WorkerPoolSCP:
+        """Start the scheduler (recovering interrupted jobs and timers), then the Storage SCP."""
+        self.scheduler.start()
+        dicom = self.settings.dicom
+        if dicom.workers > 1:
+            self.scp = WorkerPoolSCP(self.settings, workers=dicom.workers, intake=self.intake,
+                                     target=run_storage_worker)
+        else:
+            self.scp = StorageSCP(self.settings, intake=self.intake,
+                                  association_log=AssociationLog(self.session_factory),
+                                  policy=storage_policy(self.settings, self.store),
+                                  ssl_context=server_ssl_context(self.settings.tls))
+        self.scp.start()
+        self.delivery.start()  # resumes whatever the queue held when the node last stopped
+        self._start_operations()
+        self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started as {dicom.ae_title} on port "
+                                                  f"{self.scp.port}")
+        return self.scp
+
+    def _start_operations(self) -> None:
+        """The admin console and the metrics / health endpoint, each on its own port when enabled."""
+        console, metrics = self.settings.console, self.settings.metrics
+        if console.enabled:
+            self.console = ConsoleServer(Console(console, self.session_factory, self.audit), console.host,
+                                         console.port)
+            self.console.start()
+        if metrics.enabled:
+            collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),
+                                      self.liveness())
+            self.metrics = MetricsServer(metrics.host, metrics.port, make_registry(collector), self.health)
+            self.metrics.start()
+
+    def liveness(self) -> Liveness:
+        return Liveness(scheduler=lambda: self.scheduler.running, delivery=lambda: self.delivery.running,
+                        extra={"storage_scp": lambda: self.scp is not None})
+
+    def _min_free_bytes(self) -> int:
+        return self.settings.storage.min_free_mb * 1024 * 1024
+
+    def health(self) -> dict:
+        """Database reachable, disk above the watermark, scheduler, delivery and Storage SCP running."""
+        return health(self.session_factory, self.settings.data_dir, self._min_free_bytes(), self.liveness())
+
+    def stop(self) -> None:
+        for server in (self.console, self.metrics):
+            if server is not None:
+                server.stop()
+        self.console = self.metrics = None
+        served = self.scp is not None
+        if self.scp is not None:
+            self.scp.stop()
+            self.scp = None
+            self.audit.record(AuditKind.NODE_STOPPED, "node stopped")
+        self.scheduler.stop()
+        self.delivery.stop()
+        if served:  # every association has ended: each stored file has its row
+            self._leave_clean_shutdown_marker()
+        self.engine.dispose()
+
+
+def load_predictor(settings: Settings) -> StudyPredictor | None:
+    """The configured model (``[model]``), loaded once at start-up; None for a receive-only node.
+
+    Raises :class:`ConfigError` naming the key when the folder, its card or weights, or the device are
+    unusable, so ``serve`` stops before it accepts a study it could not analyse.
+    """
+    model = settings.model
+    if not model.enabled:
+        log.info("model.enabled is false: studies are received and assembled, not analysed")
+        return None
+    folder = settings.model_path
+    where = f"model.path ({folder})" if model.path else f"model.path (empty: the bundled model at {folder})"
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder does not exist")
+    import torch  # only a node that runs the model pays for importing torch
+
+    from ortho_node.inference.predictor import Predictor
+    from ortho_node.model.system import read_system_card
+
+    try:
+        card = read_system_card(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # CheckpointError and bad JSON are ValueErrors
+        raise ConfigError(f"{where}: model card cannot be read: {exc}") from None
+    if model.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: cuda was asked for, but no CUDA device is available")
+    if model.threads:
+        torch.set_num_threads(model.threads)
+    try:
+        predictor = Predictor.from_checkpoint(folder, model.device)
+    except (OSError, ValueError, RuntimeError) as exc:  # missing or altered weights, tensors not matching the card
+        raise ConfigError(f"{where}: model {card.name} {card.version} cannot be loaded: {exc}") from None
+    log.info("model %s %s loaded from %s on %s (%d CPU threads)", card.name, card.version, folder,
+             predictor.device, torch.get_num_threads())
+    return predictor
+
+
+def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:
+    """SOP Instance UID -> its stored file, through the catalog: where the masks' slice references point."""
+
+    def locate(sop_instance_uid: str) -> Path:
+        relative = catalog.stored_path(sop_instance_uid)
+        if relative is None:
+            raise LookupError(f"instance {sop_instance_uid} is not stored")
+        return store.absolute(relative)
+
+    return locate
+
+
+def result_stages(settings: Settings, delivery: DeliveryService, predictor: StudyPredictor,
+                  locate: Locate) -> ResultStages:
+    """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
+    ``<data>/results/<study>/job-<id>``, then queued for every destination."""
+    from reports.results import build_results, write_result_objects
+
+    def write(prediction: StudyPrediction, job_id: int | None) -> WrittenResults:
+        uid = prediction.study_instance_uid
+        if not is_valid_uid(uid):
+            raise ValueError("prediction for an invalid Study Instance UID")
+        folder = settings.data_dir / "results" / uid / (f"job-{job_id}" if job_id is not None else "manual")
+        built = build_results(prediction, settings)
+        return WrittenResults(write_result_objects(built.datasets, folder, fsync=settings.storage.fsync),
+                              built.seg_not_built)
+
+    def describe(path: Path) -> BuiltObject:
+        result = ResultFile.read(path)
+        return BuiltObject(result.kind, result.sop_instance_uid, result.series_instance_uid, result.sop_class_uid,
+                           str(result.path))
+
+    return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
+                        describe_object=describe, locate=locate)

@@ -1,0 +1,349 @@
+"""Read-only admin views shared by ``ortho-node audit`` and the web console: studies with their status,
+findings and turnaround, a study's timeline, deliveries, failures, a daily summary, CSV export.
+
+No patient identifiers leave here: studies are named by UID and description, senders by AE title.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.db.models import (DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult,
+                                  TimelineEntry)
+from ortho_node.audit.timeline import FAILURE_STEPS, Step
+
+STATUSES = ("receiving", "queued", "processing", "skipped", "failed", "processed", "delivering", "delivered",
+            "delivery_failed")
+JOINTS = ("knee", "ankle", "shoulder", "unknown")
+STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "first_received_at", "last_received_at",
+                 "instance_count", "joint", "laterality", "status", "job_state", "completeness_reason",
+                 "missing_planes", "findings_present", "model_version", "results_at", "delivered", "pending",
+                 "failed", "failure_reasons", "turnaround_seconds")
+DELIVERY_COLUMNS = ("study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts",
+                    "queued_at", "last_attempt_at", "delivered_at", "last_status", "last_error")
+TIMELINE_COLUMNS = ("at", "step", "job_id", "detail")
+FAILURE_COLUMNS = ("at", "study_instance_uid", "step", "job_id", "detail")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the CLI flags and the console's query string narrow a listing to (all optional)."""
+
+    since: dt.date | None = None  # last instance received on or after this day (UTC)
+    until: dt.date | None = None  # ... on or before this day
+    status: str | None = None
+    joint: str | None = None
+    calling_ae: str | None = None
+    search: str | None = None  # part of a Study Instance UID or study description
+    limit: int = 500
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _day_bounds(filters: Filters) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start = dt.datetime.combine(filters.since, dt.time(), dt.timezone.utc) if filters.since else None
+    end = (dt.datetime.combine(filters.until, dt.time(), dt.timezone.utc) + dt.timedelta(days=1)
+           if filters.until else None)
+    return start, end
+
+
+def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filters()) -> list[dict[str, Any]]:
+    """Studies, newest first, with joint, status, findings present, model version, delivery counts,
+    failure reasons and turnaround (last instance received -> last result acknowledged, seconds)."""
+    start, end = _day_bounds(filters)
+    with session_factory() as session:
+        query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
+        if start is not None:
+            query = query.where(Study.last_received_at >= start)
+        if end is not None:
+            query = query.where(Study.last_received_at < end)
+        if filters.search:
+            pattern = f"%{filters.search.strip()}%"
+            query = query.where(or_(Study.study_instance_uid.like(pattern), Study.study_description.like(pattern)))
+        studies = session.scalars(query).all()
+        ids = [s.id for s in studies]
+        uids = [s.study_instance_uid for s in studies]
+        context = _StudyContext.load(session, ids, uids)
+    rows = [context.row(study) for study in studies]
+    rows = [r for r in rows if _matches(r, filters)]
+    return rows[:filters.limit]
+
+
+def _matches(row: dict[str, Any], filters: Filters) -> bool:
+    if filters.status and row["status"] != filters.status:
+        return False
+    if filters.joint and (row["joint"] or "unknown") != filters.joint:
+        return False
+    if filters.calling_ae and filters.calling_ae.strip().upper() not in (ae.upper() for ae in row["calling_aes"]):
+        return False
+    return True
+
+
+@dataclass
+class _StudyContext:
+    counts: dict[int, int]
+    aes: dict[int, list[str]]
+    jobs: dict[int, Job]
+    assemblies: dict[int, StudyAssembly]
+    results: dict[str, StudyResult]
+    deliveries: dict[str, list[DeliveryItem]]
+
+    @classmethod
+    def load(cls, session: Session, ids: Sequence[int], uids: Sequence[str]) -> _StudyContext:
+        counts: dict[int, int] = {}
+        aes: dict[int, list[str]] = defaultdict(list)
+        jobs: dict[int, Job] = {}
+        assemblies: dict[int, StudyAssembly] = {}
+        results: dict[str, StudyResult] = {}
+        deliveries: dict[str, list[DeliveryItem]] = defaultdict(list)
+        for chunk in _chunks(ids):
+            counts.update(session.execute(select(Series.study_id, func.sum(Series.instance_count))
+                                          .where(Series.study_id.in_(chunk)).group_by(Series.study_id)).all())
+            for study_id, ae in session.execute(
+                    select(Series.study_id, Instance.calling_ae).join(Instance, Instance.series_id == Series.id)
+                    .where(Series.study_id.in_(chunk), Instance.calling_ae.is_not(None)).distinct()):
+                aes[study_id].append(ae)
+            for job in session.scalars(select(Job).where(Job.study_id.in_(chunk)).order_by(Job.id)):
+                jobs[job.study_id] = job
+            for record in session.scalars(select(StudyAssembly).where(StudyAssembly.study_id.in_(chunk))
+                                          .order_by(StudyAssembly.id)):
+                assemblies[record.study_id] = record
+        for chunk in _chunks(uids):
+            for result in session.scalars(select(StudyResult).where(StudyResult.study_instance_uid.in_(chunk))
+                                          .order_by(StudyResult.id)):
+                results[result.study_instance_uid] = result
+            for item in session.scalars(select(DeliveryItem).where(DeliveryItem.study_instance_uid.in_(chunk))
+                                        .order_by(DeliveryItem.id)):
+                deliveries[item.study_instance_uid].append(item)
+        return cls(counts, aes, jobs, assemblies, results, deliveries)
+
+    def row(self, study: Study) -> dict[str, Any]:
+        job = self.jobs.get(study.id)
+        assembly = self.assemblies.get(study.id)
+        result = self.results.get(study.study_instance_uid)
+        items = self.deliveries.get(study.study_instance_uid, [])
+        delivered = [i for i in items if i.state == "delivered"]
+        failed = [i for i in items if i.state == "failed"]
+        pending = [i for i in items if i.state == "pending"]
+        last_received = utc(study.last_received_at)
+        last_ack = max((utc(i.delivered_at) for i in delivered if i.delivered_at), default=None)
+        reasons = sorted({f"{i.destination}: {i.last_error}" for i in failed + pending if i.last_error})
+        if job is not None and job.last_error and job.state in ("failed", "pending"):
+            reasons.insert(0, f"job {job.id}: {job.last_error}")
+        if assembly is not None and assembly.skip_reason:
+            reasons.insert(0, f"skipped: {assembly.skip_reason}")
+        return {
+            "study_instance_uid": study.study_instance_uid,
+            "study_description": study.study_description,
+            "calling_aes": sorted(self.aes.get(study.id, [])),
+            "first_received_at": utc(study.first_received_at),
+            "last_received_at": last_received,
+            "instance_count": int(self.counts.get(study.id) or 0),
+            "joint": (result.joint if result else assembly.joint if assembly else None),
+            "laterality": (assembly.laterality if assembly else result.laterality if result else None),
+            "status": _status(job, assembly, result, delivered, pending, failed),
+            "job_state": job.state if job else None,
+            "completeness_reason": assembly.completeness_reason if assembly else (job.reason if job else None),
+            "missing_planes": (assembly.summary.get("missing_planes", []) if assembly else []),
+            "findings": list(result.findings) if result else [],
+            "findings_present": [f["label"] for f in result.findings if f.get("present")] if result else [],
+            "model_name": result.model_name if result else None,
+            "model_version": result.model_version if result else None,
+            "results_at": utc(result.created_at) if result else None,
+            "delivered": len(delivered), "pending": len(pending), "failed": len(failed),
+            "failure_reasons": reasons,
+            "turnaround_seconds": (round((last_ack - last_received).total_seconds(), 3)
+                                   if last_ack and last_received and not pending else None),
+            "summary_images": [o for o in (result.objects if result else []) if o.get("kind") == "summary"],
+        }
+
+
+def _status(job: Job | None, assembly: StudyAssembly | None, result: StudyResult | None,
+            delivered: list, pending: list, failed: list) -> str:
+    if job is None:
+        return "receiving"
+    if job.state == "pending":
+        return "queued"
+    if job.state == "running":
+        return "processing"
+    if job.state == "failed":
+        return "failed"
+    if assembly is not None and assembly.outcome == "skipped":
+        return "skipped"
+    if failed:
+        return "delivery_failed"
+    if pending:
+        return "delivering"
+    if delivered:
+        return "delivered"
+    return "processed"
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    for index in range(0, len(values), size):
+        yield values[index:index + size]
+
+
+def study_timeline(session_factory: sessionmaker[Session], study_instance_uid: str) -> list[dict[str, Any]] | None:
+    """The study's timeline in the order it happened (None when the study is not stored): first and last
+    instance received, then every recorded step."""
+    with session_factory() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+        if study is None:
+            return None
+        rows = session.scalars(select(TimelineEntry).where(TimelineEntry.study_instance_uid == study_instance_uid)
+                               .order_by(TimelineEntry.id)).all()
+    entries = [{"at": utc(study.first_received_at), "step": Step.FIRST_RECEIVED.value, "job_id": None,
+                "detail": "first instance received", "data": None},
+               {"at": utc(study.last_received_at), "step": Step.LAST_RECEIVED.value, "job_id": None,
+                "detail": "last instance received", "data": None}]
+    entries += [{"at": utc(r.at), "step": r.step, "job_id": r.job_id, "detail": r.detail, "data": r.data}
+                for r in rows]
+    return entries
+
+
+def study_results(session_factory: sessionmaker[Session], study_instance_uid: str) -> list[dict[str, Any]]:
+    """Every result set built for the study, newest first, with its model card version and objects."""
+    with session_factory() as session:
+        rows = session.scalars(select(StudyResult).where(StudyResult.study_instance_uid == study_instance_uid)
+                               .order_by(StudyResult.id.desc())).all()
+    return [{"id": r.id, "job_id": r.job_id, "created_at": utc(r.created_at), "joint": r.joint,
+             "laterality": r.laterality, "model_name": r.model_name, "model_version": r.model_version,
+             "model_card": r.model_card, "findings": r.findings, "objects": r.objects,
+             "inference_started_at": utc(r.inference_started_at),
+             "inference_finished_at": utc(r.inference_finished_at)} for r in rows]
+
+
+def list_deliveries(session_factory: sessionmaker[Session], filters: Filters = Filters(), *,
+                    study_instance_uid: str | None = None) -> list[dict[str, Any]]:
+    """Delivery queue rows, newest first; ``filters.status`` is a queue state (pending/delivered/failed)."""
+    start, end = _day_bounds(filters)
+    with session_factory() as session:
+        query = select(DeliveryItem).order_by(DeliveryItem.queued_at.desc(), DeliveryItem.id.desc())
+        if study_instance_uid:
+            query = query.where(DeliveryItem.study_instance_uid == study_instance_uid)
+        if filters.status:
+            query = query.where(DeliveryItem.state == filters.status)
+        if start is not None:
+            query = query.where(DeliveryItem.queued_at >= start)
+        if end is not None:
+            query = query.where(DeliveryItem.queued_at < end)
+        if filters.search:
+            query = query.where(DeliveryItem.study_instance_uid.like(f"%{filters.search.strip()}%"))
+        items = session.scalars(query.limit(filters.limit)).all()
+    return [{column: (utc(value) if isinstance(value := getattr(item, column), dt.datetime) else value)
+             for column in DELIVERY_COLUMNS} for item in items]
+
+
+def list_failures(session_factory: sessionmaker[Session], filters: Filters = Filters()) -> list[dict[str, Any]]:
+    """Failed steps (job retries and failures, skipped studies, flagged deliveries), newest first."""
+    start, end = _day_bounds(filters)
+    with session_factory() as session:
+        query = (select(TimelineEntry).where(TimelineEntry.step.in_([s.value for s in FAILURE_STEPS]))
+                 .order_by(TimelineEntry.at.desc(), TimelineEntry.id.desc()))
+        if start is not None:
+            query = query.where(TimelineEntry.at >= start)
+        if end is not None:
+            query = query.where(TimelineEntry.at < end)
+        if filters.status:
+            query = query.where(TimelineEntry.step == filters.status)
+        if filters.search:
+            query = query.where(TimelineEntry.study_instance_uid.like(f"%{filters.search.strip()}%"))
+        rows = session.scalars(query.limit(filters.limit)).all()
+    return [{"at": utc(r.at), "study_instance_uid": r.study_instance_uid, "step": r.step, "job_id": r.job_id,
+             "detail": r.detail} for r in rows]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in [0, 100]) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def daily_summary(session_factory: sessionmaker[Session], *, days: int = 14,
+                  today: dt.date | None = None) -> list[dict[str, Any]]:
+    """Per UTC day, oldest first: studies received (by last instance), instances received, result sets built,
+    objects delivered, failures (job failures, flagged deliveries, skipped studies) and the turnaround
+    percentiles of the studies received that day."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    first = today - dt.timedelta(days=days - 1)
+    studies = list_studies(session_factory, Filters(since=first, until=today, limit=10**9))
+    start = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
+    with session_factory() as session:
+        instance_days = session.scalars(select(Instance.received_at).where(Instance.received_at >= start)).all()
+        result_days = session.scalars(select(StudyResult.created_at).where(StudyResult.created_at >= start)).all()
+        delivered_days = session.scalars(select(DeliveryItem.delivered_at)
+                                         .where(DeliveryItem.delivered_at >= start)).all()
+        failure_days = session.scalars(select(TimelineEntry.at).where(
+            TimelineEntry.at >= start,
+            TimelineEntry.step.in_([Step.JOB_FAILED.value, Step.DELIVERY_FAILED.value, Step.SKIPPED.value]))).all()
+    summary = {first + dt.timedelta(days=n): {"studies": 0, "instances": 0, "results": 0, "delivered": 0,
+                                              "failures": 0, "turnarounds": []} for n in range(days)}
+
+    def bump(values: Iterable[dt.datetime | None], key: str) -> None:
+        for value in values:
+            day = utc(value).date() if value else None
+            if day in summary:
+                summary[day][key] += 1
+
+    bump(instance_days, "instances")
+    bump(result_days, "results")
+    bump(delivered_days, "delivered")
+    bump(failure_days, "failures")
+    for study in studies:
+        day = study["last_received_at"].date()
+        if day in summary:
+            summary[day]["studies"] += 1
+            if study["turnaround_seconds"] is not None:
+                summary[day]["turnarounds"].append(study["turnaround_seconds"])
+    rows = []
+    for day, counts in summary.items():
+        turnarounds = counts.pop("turnarounds")
+        rows.append({"day": day.isoformat(), **counts,
+                     **{f"turnaround_p{q}": percentile(turnarounds, q) for q in (50, 90, 95)}})
+    return rows
+
+
+def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV with a header row; lists joined with '; ', datetimes in ISO 8601, None as an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        value = "; ".join(str(v) for v in value)
+    text = str(value)
+    if isinstance(value, str) and text[:1] in _FORMULA_PREFIXES:
+        return "'" + text  # a sender-controlled description must not run as a spreadsheet formula
+    return text
+
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -1,0 +1,446 @@
+"""``ortho-node train bundle``: the bundled model, end to end, from synthetic studies only.
+
+One command (documented in README): generate knee, ankle and shoulder studies with domain randomisation,
+pretrain the three reduced backbones on the knee volumes (diffusion, no labels), fine-tune knee segmentation
+and the knee, ankle and shoulder diagnosis heads together on the shared knee-pretrained backbones
+(:func:`~ortho_node.training.finetune.train_joint`: one model serves every task, and frozen features do not
+separate the findings, so the backbones learn at 0.05x the head rate from every task at once), refine the
+segmentation decoders on the frozen backbones with rarity-weighted cross-entropy (the diagnosis heads and
+backbones are left exactly as the joint phase made them), then calibrate through the predictor: choose the
+structure scales of the masks on the knee validation studies and fit the knee and shoulder evidence readouts
+(:mod:`ortho_node.model.evidence`) on fresh studies; evaluate on held-out studies, and write
+``model.safetensors`` + ``model_card.json``::
+
+    ortho-node train bundle --out ortho_node/bundled              # full profile, <= 2 h on 2 CPU cores
+    ortho-node train bundle --profile quick --out /tmp/bundled    # minutes: proves the pipeline
+    ortho-node train bundle --calibrate-only --out DIR            # the calibration phases again, on DIR's model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ortho_node.assembly.study import AssembledStudy
+from ortho_node.inference.predictor import Predictor
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.training import scores as metrics
+from ortho_node.training.finetune import (
+    FinetuneSettings,
+    Task,
+    TaskResult,
+    apply_result,
+    evaluate,
+    split,
+    train_joint,
+    train_task,
+)
+from ortho_node.training.pretrain import PretrainSettings, _train_step, update_ema
+from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
+from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, load_system, new_card, save_system
+from ortho_node.training.taskdata import TaskData, assembled_from_synthetic, generate_task_data, rendering_pool
+from ortho_node.model.unet import UNetConfig
+from ortho_node.synthetic import generate_study
+
+logger = logging.getLogger(__name__)
+
+INTENDED_USE = (
+    "Trained on SYNTHETIC data only (ortho_node.synthetic studies with domain randomisation), by our own "
+    "scripts, with a reduced backbone configuration. For integration testing and demonstration of the node; "
+    "NOT FOR CLINICAL USE. Its figures say nothing about real MRI."
+)
+#: Seed offsets keep the joints' and the held-out studies' seeds apart.
+JOINT_OFFSET = {Joint.KNEE: 0, Joint.ANKLE: 100_000, Joint.SHOULDER: 200_000}
+TEST_OFFSET = 50_000
+#: Short pretraining runs average every step over the second half (the official 0.995 every 10 steps after
+#: step 2,000 would leave the EMA at the initial weights in a few hundred steps).
+PRETRAIN_EMA_DECAY = 0.99
+#: Decoder refinement starts from trained decoders: half the joint phase's head rate.
+DECODER_LR = 1e-3
+#: The joints whose labels get an evidence readout, and the knee findings that read their structure's
+#: statistics. Not the ankle: its head already separates its findings (bench/quality.py: macro AUC 1.00), and
+#: its readout would cost another 3.5 minutes of the two-hour budget.
+READOUT_STRUCTURES = {Joint.KNEE: {"MM": "medial meniscus", "LM": "lateral meniscus"}, Joint.SHOULDER: {}}
+#: The readout studies' seeds (joint offset +), apart from the training [0, N) and held-out ones.
+EVIDENCE_OFFSET = 60_000
+#: L2 penalty on the standardised readout weights (0.03-0.3 scored alike on held-out menisci and shoulders).
+EVIDENCE_L2 = 0.1
+#: Candidate structure scales (card ``structure_scales``); 1 is kept unless another scores higher.
+STRUCTURE_SCALES = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one bundle run. ``full`` is the shipped recipe; ``quick`` only proves the pipeline."""
+
+    knee: int
+    ankle: int
+    shoulder: int
+    test: int
+    pretrain_steps: int
+    pretrain_batch: int
+    epochs: int
+    patience: int
+    #: Segmentation decoder refinement on the frozen backbones (:func:`refine_segmentation`).
+    decoder_epochs: int
+    decoder_patience: int
+    #: Fresh studies per joint the evidence readouts are fitted on (:func:`fit_evidence`).
+    evidence: int
+    #: Noise draws each segmentation window averages (card ``segmentation_draws``).
+    segmentation_draws: int = 1
+    #: Head learning rate: 4x the official 5e-4, which converges too slowly for a two-hour CPU budget.
+    lr: float = 2e-3
+    #: Segmentation decoder stage widths (card ``segmentation_widths``); () = halving per stage.
+    decoder_widths: tuple[int, ...] = ()
+
+
+PROFILES = {
+    # Sized from unit costs on 2 cores with channels-last training (1.5 s per generated study and process,
+    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch, 8.5 minutes
+    # of calibration: structure scales 1.6, evidence readouts 7): at most about 119 minutes. The shipped model
+    # took 94 + 8.5: the joint phase stopped after epoch 55 (best 45), the refinement ran its 60 epochs (best
+    # 58); its calibration ran afterwards with --calibrate-only (80 fresh studies a joint fit the readouts as
+    # well as 120 and saved 7 minutes). Four noise draws: soft-structure Dice +0.007 over one, six no more.
+    # Decoder stages (32, 32, 16, 16) instead of halving to
+    # (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and menisci back
+    # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
+    # 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs:
+    # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
+    "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
+                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10, evidence=80,
+                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16)),
+    "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
+                     epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6, segmentation_draws=2),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("ortho_node/bundled"), help="folder for weights + card")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--data-seed", type=int, default=0, help="first seed of the synthetic studies")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--workers", type=int, default=2, help="processes that render the synthetic studies")
+    parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default="cpu")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="only (re)run the calibration phases (structure scales, evidence readouts) on the "
+                             "model in --out, built by this command with the same profile and seeds")
+
+
+def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1) -> TaskData:
+    start = first_seed + JOINT_OFFSET[joint] + (TEST_OFFSET if test else 0)
+    return generate_task_data(joint, range(start, start + count), spec, workers=workers)
+
+
+def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed: int, device: torch.device) -> dict:
+    """Diffusion pretraining of each plane's backbone on the knee volumes (EMA weights kept)."""
+    from ortho_node.model.checkpoint import build_model
+
+    losses = {}
+    for i, plane in enumerate(MODEL_PLANES):
+        volumes = knee.images[knee.present[:, i], i]
+        full = place_model(build_model(model.card.unet, model.card.diffusion), device)
+        ema = copy.deepcopy(full).requires_grad_(False)
+        settings = PretrainSettings(plane=plane, data=Path(), out=Path(), steps=profile.pretrain_steps,
+                                    batch_size=profile.pretrain_batch, ema_start=profile.pretrain_steps // 2,
+                                    ema_every=1, ema_decay=PRETRAIN_EMA_DECAY, seed=seed)
+        opt = torch.optim.Adam(full.parameters(), lr=settings.lr)
+        rng = torch.Generator().manual_seed(seed + i)
+        recent = []
+        for step in range(1, profile.pretrain_steps + 1):
+            recent = [*recent[-49:], _train_step(full, opt, volumes, settings.batch_size, rng, device)]
+            update_ema(ema, full, step, settings)
+        own = model.backbones[plane.value]
+        own.load_state_dict({k: v for k, v in ema.state_dict().items() if k in own.state_dict()})
+        losses[f"pretrain/{plane.value}/loss_last50"] = sum(recent) / len(recent)
+        logger.info("pretrained %s backbone: %d steps, loss %.4f", plane.value, profile.pretrain_steps,
+                    losses[f"pretrain/{plane.value}/loss_last50"])
+    return losses
+
+
+def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint: FinetuneSettings,
+                        profile: Profile) -> TaskResult:
+    """Train only the segmentation decoders, on the joint phase's frozen backbones, with the cross-entropy
+    weighted by structure rarity. The joint phase's plain loss leaves thin structures to their large
+    neighbours (the shipped model before this stage never marked the fibula on an axial slice); the
+    backbones and diagnosis heads are not touched, so every diagnosis figure stays as the joint phase left it.
+    """
+    settings = dataclasses.replace(joint, epochs=profile.decoder_epochs, patience=profile.decoder_patience,
+                                   backbone_lr_factor=0.0, balance_classes=True, lr=DECODER_LR)
+    return train_task(model, Task.KNEE_SEG, train, val, settings)
+
+
+def _fresh_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]:
+    """A random-findings study as the node assembles it, its true findings and (knee only) its label maps."""
+    study = generate_study(joint, seed, findings="random", scene_spacing=1.0)
+    labels = {series.plane: series.labels for series in study.series} if joint is SEGMENTATION_JOINT else {}
+    return assembled_from_synthetic(study), study.diagnosis, labels
+
+
+def _fresh_studies(joint: Joint, seeds: Sequence[int], workers: int
+                   ) -> Iterator[tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]]:
+    """:func:`_fresh_study` of each seed, in order, rendered by ``workers`` processes."""
+    with rendering_pool(workers) as pool:
+        yield from pool.map(_fresh_study, [joint] * len(seeds), seeds)
+
+
+def _evidence_rows(predictor: Predictor, joint: Joint, seeds: Sequence[int], workers: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(readout inputs [N, L, F], targets [N, L]) of the studies ``seeds``, as the predictor reads them."""
+    inputs, targets = [], []
+    for study, diagnosis, _ in _fresh_studies(joint, seeds, workers):
+        inputs.append(predictor.evidence_inputs(study))
+        targets.append([float(diagnosis[label]) for label in DIAGNOSIS_LABELS[joint]])
+    return torch.stack(inputs), torch.tensor(targets)
+
+
+def fit_structure_scales(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+                         workers: int) -> dict[str, float]:
+    """Set the card's noise draws from the profile and choose each structure's scale on the knee validation
+    split's studies, their masks compared on each source series' grid (as bench/quality.py measures them).
+
+    Returns each structure's validation Dice at scale 1 and at its chosen scale (applied alone).
+    """
+    model.card = dataclasses.replace(model.card, segmentation_draws=profile.segmentation_draws, structure_scales=())
+    predictor = Predictor(model, device)
+    _, val_index = split(profile.knee, 0.2, 1.0, seed)
+    seeds = [data_seed + JOINT_OFFSET[SEGMENTATION_JOINT] + int(i) for i in val_index]
+    overlaps = []
+    for study, _, labels in _fresh_studies(SEGMENTATION_JOINT, seeds, workers):
+        series: dict[Plane, np.ndarray] = {}
+        for plane, start, maps in predictor.source_class_maps(study):
+            truth = torch.from_numpy(labels[plane][start : start + maps.shape[1]].astype(np.int64))
+            series[plane] = series.get(plane, 0) + metrics.scaled_overlaps(maps, truth, STRUCTURE_SCALES)
+        overlaps += series.values()
+    scales, dice = metrics.choose_scales(overlaps, STRUCTURE_SCALES)
+    model.card = dataclasses.replace(model.card, structure_scales=scales)
+    figures = {}
+    for k, name in enumerate(model.card.structures[1:]):
+        figures[f"{Task.KNEE_SEG.value}/val/source_dice/{name}"] = dice[k, STRUCTURE_SCALES.index(1.0)]
+        figures[f"{Task.KNEE_SEG.value}/val/source_dice_scaled/{name}"] = dice[k, STRUCTURE_SCALES.index(scales[k + 1])]
+    logger.info("structure scales on %d validation series: %s", len(overlaps),
+                ", ".join(f"{name} {scale:g}" for name, scale in zip(model.card.structures[1:], scales[1:])))
+    return figures
+
+
+def new_bundle_model(profile: Profile) -> OrthoModel:
+    """The untrained task model of a bundle run: reduced backbones, the profile's decoder widths."""
+    card = new_card(UNetConfig.reduced(), name="OrthoDiffusion-reduced-synthetic",
+                    segmentation_widths=profile.decoder_widths)
+    return OrthoModel(card)
+
+
+def _diagnosis_task(joint: Joint) -> Task:
+    return next(t for t in Task if t.joint is joint and not t.segmentation)
+
+
+def fit_evidence(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+                 workers: int) -> dict[str, float]:
+    """Fit each joint's evidence readout on ``profile.evidence`` fresh studies, choose the thresholds on the
+    joint phase's validation split, measure on the held-out studies.
+
+    Runs on the finished model: the meniscal tears' statistics read the masks the node will produce. Returns
+    the validation and held-out figures under the card's metric names (the head's own AUC as ``head_auc``).
+    """
+    for joint, structures in READOUT_STRUCTURES.items():
+        model.add_evidence(joint, structures)
+    predictor = Predictor(model, device)
+    counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
+    figures: dict[str, float] = {}
+    diagnosis = dict(model.card.diagnosis)
+    for joint in READOUT_STRUCTURES:
+        module = model.evidence[joint.value]
+        first = data_seed + JOINT_OFFSET[joint]
+        fitting = range(first + EVIDENCE_OFFSET, first + EVIDENCE_OFFSET + profile.evidence)
+        module.fit(*_evidence_rows(predictor, joint, fitting, workers), EVIDENCE_L2)
+        _, val_index = split(counts[joint], 0.2, 1.0, seed)
+        thresholds = dict(diagnosis[joint].thresholds)
+        for name, split_seeds in (("val", [first + int(i) for i in val_index]),
+                                  ("test", range(first + TEST_OFFSET, first + TEST_OFFSET + profile.test))):
+            inputs, targets = _evidence_rows(predictor, joint, split_seeds, workers)
+            with torch.no_grad():
+                scores = torch.sigmoid(module(inputs.to(device))).cpu()
+            figures.update(_readout_figures(joint, name, scores, inputs[..., 0], targets, thresholds))
+        diagnosis[joint] = dataclasses.replace(diagnosis[joint], thresholds=thresholds)
+    model.card = dataclasses.replace(model.card, diagnosis=diagnosis)
+    return figures
+
+
+def _readout_figures(joint: Joint, split_name: str, scores: torch.Tensor, head_logits: torch.Tensor,
+                     targets: torch.Tensor, thresholds: dict[str, float]) -> dict[str, float]:
+    """AUC (the readout's and the head's), sensitivity and specificity per label; on the validation split the
+    thresholds are chosen first (``thresholds`` updated in place)."""
+    prefix, labels = f"{_diagnosis_task(joint).value}/{split_name}", DIAGNOSIS_LABELS[joint]
+    figures: dict[str, float] = {}
+    for k, label in enumerate(labels):
+        score, truth = scores[:, k].numpy(), targets[:, k].numpy()
+        if split_name == "val":
+            thresholds[label] = figures[f"{prefix}/threshold/{label}"] = \
+                metrics.choose_threshold(score, truth).threshold
+        sensitivity, specificity = metrics.sensitivity_specificity(score, truth, thresholds[label])
+        figures.update({f"{prefix}/auc/{label}": metrics.roc_auc(score, truth),
+                        f"{prefix}/head_auc/{label}": metrics.roc_auc(head_logits[:, k].numpy(), truth),
+                        f"{prefix}/sensitivity/{label}": sensitivity, f"{prefix}/specificity/{label}": specificity})
+    logger.info("%s evidence readout, %s: macro AUC %.3f (head %.3f)", joint.value, split_name,
+                metrics.nanmean(figures[f"{prefix}/auc/{label}"] for label in labels),
+                metrics.nanmean(figures[f"{prefix}/head_auc/{label}"] for label in labels))
+    return figures
+
+
+def _with_evidence(figures: Mapping[str, float]) -> dict[str, float]:
+    """Card metrics with the readouts' figures in, each joint's macro AUC recomputed over them."""
+    merged = dict(figures)
+    for joint in READOUT_STRUCTURES:
+        task = _diagnosis_task(joint).value
+        for name in ("val", "test"):
+            aucs = [merged.get(f"{task}/{name}/auc/{label}") for label in DIAGNOSIS_LABELS[joint]]
+            if None not in aucs:  # a card with every label measured (not an untrained one)
+                merged[f"{task}/{name}/macro_auc"] = metrics.nanmean(aucs)
+        if f"{task}/test/macro_auc" in merged:
+            merged[f"{task}/test/score"] = merged[f"{task}/test/macro_auc"]
+    return merged
+
+
+EVIDENCE_NOTE = (f"knee and shoulder labels: logistic regression (L2 {EVIDENCE_L2}) on the head's logit and its plane "
+                 f"descriptors; {', '.join(READOUT_STRUCTURES[Joint.KNEE])}: on the head's logit and intensity "
+                 "statistics inside the predicted structure per plane; fitted on fresh studies (seeds data_seed + "
+                 f"joint offset + {EVIDENCE_OFFSET} + [0, N)), thresholds on each joint's validation split")
+
+
+SCALES_NOTE = ("segmentation: class maps averaged over the card's noise draws; each structure's map times its "
+               f"scale (candidates {', '.join(f'{c:g}' for c in STRUCTURE_SCALES)}) chosen alone for its mean Dice "
+               "on the knee validation split's studies, masks on the source grid")
+
+
+def calibrate(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
+              workers: int) -> dict[str, float]:
+    """The phases run through the predictor on the trained networks: the masks' draws and structure scales,
+    and the evidence readouts (which read the first draw unscaled). Returns their figures and seconds."""
+    mark = time.perf_counter()
+    figures = fit_structure_scales(model, profile, data_seed, seed, device, workers)
+    figures["seconds/structure_scales"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    figures.update(fit_evidence(model, profile, data_seed, seed, device, workers))
+    figures["seconds/evidence_readout"] = time.perf_counter() - mark
+    return figures
+
+
+def recalibrate(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device, command: str,
+                workers: int) -> OrthoModel:
+    """``--calibrate-only``: the calibration phases again on the model in ``out`` (same profile and seeds)."""
+    model = place_model(load_system(out), device)
+    figures = calibrate(model, PROFILES[profile_name], data_seed, seed, device, workers)
+    card = model.card
+    merged = _with_evidence({**card.metrics, **figures})
+    merged["seconds/total"] = card.metrics.get("seconds/total", 0.0) + sum(
+        figures[p] - card.metrics.get(p, 0.0) for p in ("seconds/structure_scales", "seconds/evidence_readout"))
+    training = {**card.training, "structure_scales": SCALES_NOTE, "evidence_readout": EVIDENCE_NOTE,
+                "calibration_command": command}
+    training.pop("evidence_readout_command", None)  # the older name of calibration_command
+    model.card = dataclasses.replace(card, training=training, metrics=merged)
+    save_system(out, model)
+    return model
+
+
+def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
+                 command: str, workers: int = 1) -> OrthoModel:
+    profile = PROFILES[profile_name]
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    model = new_bundle_model(profile)
+    spec = model.card.preprocessing
+    counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
+    data = {joint: _data(joint, n, data_seed, spec, workers=workers) for joint, n in counts.items()}
+    tests = {joint: _data(joint, profile.test, data_seed, spec, test=True, workers=workers) for joint in counts}
+    timings["seconds/generate"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    pretrain_metrics = pretrain_backbones(place_model(model, device), data[Joint.KNEE], profile, seed, device)
+    timings["seconds/pretrain"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    splits, sizes = {}, {}
+    for task in Task:
+        joint_data = data[task.joint]
+        train_index, val_index = split(len(joint_data), 0.2, 1.0, seed)
+        splits[task] = (joint_data.subset(train_index), joint_data.subset(val_index))
+        sizes[task] = (len(train_index), len(val_index))
+    settings = FinetuneSettings(task=Task.KNEE_SEG, out=out, epochs=profile.epochs, patience=profile.patience,
+                                lr=profile.lr, seed=seed, device=DeviceChoice(device.type))
+    for task, result in train_joint(model, splits, settings).items():
+        apply_result(model, task, result, *sizes[task])
+    timings["seconds/finetune"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile)
+    apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
+    timings["seconds/refine_segmentation"] = time.perf_counter() - mark
+
+    calibration = calibrate(model, profile, data_seed, seed, device, workers)
+
+    held_out: dict[str, float] = {}
+    for task in Task:
+        score, values, _ = evaluate(model, task, tests[task.joint], device)
+        held_out.update({f"{task.value}/test/{k}": v for k, v in values.items()})
+        held_out[f"{task.value}/test/score"] = score
+        logger.info("%s: held-out score %.4f", task.value, score)
+    # Test-set thresholds are never used: the card keeps the validation thresholds from apply_result.
+    timings["seconds/total"] = time.perf_counter() - started
+    training = {
+        "command": command, "profile": profile_name, "profile_sizes": dataclasses.asdict(profile),
+        "data_seed": data_seed, "training_seed": seed, "device": device.type,
+        "threads": torch.get_num_threads(),
+        "data": "ortho_node.synthetic.generate_study(joint, seed, findings='random', domain=DomainRandomization(), "
+                "scene_spacing=1.0); seeds: knee data_seed+[0,N), ankle +100000, shoulder +200000, held-out +50000",
+        "held_out_note": "held-out metrics are on the model grid (16 x 64 x 64 centre window); "
+                         "bench/quality.py measures masks on the source grid",
+        "short_run": profile_name != "full",
+        "backbone_fine_tuning": "all tasks jointly (train_joint), backbones at 0.05x the head lr, cosine decay",
+        "segmentation_windows": "random 16-slice windows anywhere in each series (validation: centre window)",
+        "segmentation_refinement": f"decoders only, backbones frozen, lr {DECODER_LR}, cross-entropy weighted "
+                                   "sqrt(most frequent / own frequency) clamped to [1, 10]",
+        "head_lr": profile.lr,
+        "structure_scales": SCALES_NOTE,
+        "evidence_readout": EVIDENCE_NOTE,
+    }
+    version = f"synthetic-{profile_name}-seed{data_seed}"
+    model.card = dataclasses.replace(
+        model.card, version=version, intended_use=INTENDED_USE, training=training,
+        metrics=_with_evidence({**model.card.metrics, **pretrain_metrics, **held_out, **calibration, **timings}),
+    )
+    save_system(out, model)
+    logger.info("bundle %s written to %s in %.0f s", version, out, timings["seconds/total"])
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    device = resolve_device(args.device)
+    command = (f"ortho-node train bundle --out {args.out} --profile {args.profile} --data-seed {args.data_seed} "
+               f"--seed {args.seed} --threads {args.threads} --workers {args.workers} --device {args.device}")
+    if args.calibrate_only:
+        recalibrate(args.out, args.profile, args.data_seed, args.seed, device, command + " --calibrate-only",
+                    args.workers)
+    else:
+        build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m ortho_node.training.bundle", description=__doc__)
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,430 @@
+"""``ortho-node train finetune``: train one task's heads (and fine-tune the backbones) on labelled studies.
+
+Official recipe (DESIGN.md section 4): Adam, head lr 5e-4, encoder + middle block at 0.05x, 5 epochs;
+segmentation loss 0.2 x CE + soft Dice, diagnosis BCE (here with ``pos_weight`` = negatives / positives per
+label against class imbalance). Validation after every epoch: Dice per structure (segmentation) or AUC,
+sensitivity and specificity per label at the Youden threshold (diagnosis); the best epoch is kept, training
+stops after ``--patience`` epochs without improvement, and the chosen thresholds go into the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import enum
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.training import scores as metrics
+from ortho_node.model.heads import diagnosis_loss, segmentation_loss
+from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
+from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
+from ortho_node.training.taskdata import TaskData, generate_task_data, read_synth_folder
+from ortho_node.model.unet import UNetConfig
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_USAGE = 0, 2
+BACKBONE_LR_FACTOR = 0.05
+MAX_POS_WEIGHT = 20.0
+MAX_CLASS_WEIGHT = 10.0
+EVAL_NOISE_SEED = 0
+
+
+class Task(str, enum.Enum):
+    KNEE_SEG = "knee-seg"
+    KNEE_DX = "knee-dx"
+    ANKLE_DX = "ankle-dx"
+    SHOULDER_DX = "shoulder-dx"
+
+    @property
+    def joint(self) -> Joint:
+        return Joint(self.value.split("-")[0])
+
+    @property
+    def segmentation(self) -> bool:
+        return self is Task.KNEE_SEG
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    task: Task
+    out: Path
+    epochs: int = 5
+    batch_size: int = 2
+    lr: float = 5e-4
+    backbone_lr_factor: float = BACKBONE_LR_FACTOR
+    label_fraction: float = 1.0
+    val_fraction: float = 0.2
+    patience: int = 3
+    plane_dropout: float = 0.2
+    #: Weigh segmentation's cross-entropy by class rarity (:func:`class_weight`).
+    balance_classes: bool = False
+    seed: int = 0
+    device: DeviceChoice = DeviceChoice.AUTO
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Validation figures of the kept epoch (flat names, as stored in the model card)."""
+
+    epoch: int
+    score: float
+    metrics: dict[str, float]
+    thresholds: dict[str, float]
+
+
+class FinetuneError(RuntimeError):
+    """Inputs of a fine-tuning run that cannot be used."""
+
+
+def split(n: int, val_fraction: float, label_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / validation indices; ``label_fraction`` keeps that share of the training part."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
+    val, train = order[:n_val], order[n_val:]
+    keep = max(1, int(round(len(train) * label_fraction)))
+    return np.sort(train[:keep]), np.sort(val)
+
+
+def pos_weight(diagnosis: torch.Tensor) -> torch.Tensor:
+    """[K] negatives / positives per label, clamped to [1, 20] (1 where a label has no positives)."""
+    positives = diagnosis.sum(0)
+    negatives = diagnosis.shape[0] - positives
+    return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(
+        1.0, MAX_POS_WEIGHT)
+
+
+def class_weight(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """[classes] cross-entropy weights sqrt(most frequent / own frequency), clamped to [1, 10] (1 where absent).
+
+    A thin structure a few voxels across in one plane (the fibula on axial slices) otherwise loses every
+    voxel to its large neighbour: the plain loss never lets the decoder start predicting it.
+    """
+    counts = torch.bincount(labels.flatten().long(), minlength=classes)[:classes].double()
+    ratio = torch.where(counts > 0, counts.max() / counts.clamp(min=1), torch.ones_like(counts))
+    return ratio.sqrt().clamp(1.0, MAX_CLASS_WEIGHT).float()
+
+
+def _drop_planes(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Randomly hide planes (keeping at least one) so fusion learns to work with one or two planes."""
+    if p <= 0:
+        return present
+    keep = present & (torch.rand(present.shape, generator=generator) >= p)
+    empty = ~keep.any(dim=1)
+    keep[empty] = present[empty]
+    return keep
+
+
+def _noise(x_0: torch.Tensor, noise_seed: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Fresh eps per volume when training; one seeded eps shared by every volume when evaluating."""
+    if noise_seed is not None:
+        noise = torch.randn(x_0.shape[1:], generator=torch.Generator().manual_seed(noise_seed)).expand_as(x_0)
+    else:
+        noise = torch.randn(x_0.shape, generator=generator)
+    return noise.to(x_0.device)
+
+
+def _plane_features(model: OrthoModel, images: torch.Tensor, present: torch.Tensor, noise_seed: int | None,
+                    generator: torch.Generator | None) -> list[torch.Tensor | None]:
+    features: list[torch.Tensor | None] = []
+    for i, plane in enumerate(MODEL_PLANES):
+        if not present[:, i].any():
+            features.append(None)
+            continue
+        x_0 = images[:, i]
+        features.append(model.features(plane, x_0, _noise(x_0, noise_seed, generator)))
+    return features
+
+
+def _plane_segmentations(model: OrthoModel, images: torch.Tensor, present: torch.Tensor, noise_seed: int | None,
+                         generator: torch.Generator | None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(plane index, rows with that plane, class logits of those rows) for each plane present in the batch."""
+    for i, plane in enumerate(MODEL_PLANES):
+        rows = present[:, i]
+        if not rows.any():
+            continue
+        x_0 = images[rows.to(images.device), i]
+        yield i, rows, model.segment(plane, x_0, _noise(x_0, noise_seed, generator))
+
+
+def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tensor, settings: FinetuneSettings,
+                weights: torch.Tensor | None, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    present = data.present[index]
+    if task.segmentation:
+        images, labels = data.segmentation_batch(index, generator)
+        images = images.to(device)
+        with autocast(device):
+            losses = [segmentation_loss(logits, labels[rows, i].long().to(device), weights)
+                      for i, rows, logits in _plane_segmentations(model, images, present, None, generator)]
+            return torch.stack(losses).mean()
+    images = data.images[index].to(device)
+    present = _drop_planes(present, settings.plane_dropout, generator)
+    with autocast(device):
+        features = _plane_features(model, images, present, None, generator)
+        out = model.diagnosis[task.joint.value](features, data.clinical[index].to(device), present.to(device))
+        return diagnosis_loss(out.logits, data.diagnosis[index].to(device), weights)
+
+
+@torch.inference_mode()
+def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device,
+             batch_size: int = 2) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(score, metrics, thresholds) on ``data``: mean Dice over structures, or macro AUC."""
+    model.eval()
+    seg_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    probabilities = []
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        images, present = data.images[index].to(device), data.present[index]
+        with autocast(device):
+            if task.segmentation:
+                assert data.segmentation is not None
+                for i, rows, logits in _plane_segmentations(model, images, present, EVAL_NOISE_SEED, None):
+                    predicted = logits.argmax(1).cpu().numpy()
+                    truth = data.segmentation[index][rows, i].numpy()
+                    seg_pairs += list(zip(predicted, truth))
+            else:
+                features = _plane_features(model, images, present, EVAL_NOISE_SEED, None)
+                out = model.diagnosis[task.joint.value](features, data.clinical[index].to(device), present.to(device))
+                probabilities.append(torch.sigmoid(out.logits.float()).cpu())
+    if task.segmentation:
+        names = model.card.structures
+        dice = metrics.mean_dice(seg_pairs, len(names))
+        values = {f"dice/{name}": float(d) for name, d in zip(names[1:], dice)}
+        return metrics.nanmean(dice), values, {}
+    scores = torch.cat(probabilities).numpy()
+    values, thresholds = {}, {}
+    for k, label in enumerate(DIAGNOSIS_LABELS[task.joint]):
+        truth = data.diagnosis[:, k].numpy()
+        point = metrics.choose_threshold(scores[:, k], truth)
+        thresholds[label] = point.threshold
+        values.update({f"auc/{label}": metrics.roc_auc(scores[:, k], truth), f"sensitivity/{label}": point.sensitivity,
+                       f"specificity/{label}": point.specificity, f"threshold/{label}": point.threshold})
+    auc = metrics.nanmean(v for k, v in values.items() if k.startswith("auc/"))
+    values["macro_auc"] = auc
+    return auc, values, thresholds
+
+
+def _loss_weights(model: OrthoModel, task: Task, train: TaskData, settings: FinetuneSettings,
+                  device: torch.device) -> torch.Tensor | None:
+    """Positive weights of a diagnosis task; class weights of segmentation when ``balance_classes``."""
+    if not task.segmentation:
+        return pos_weight(train.diagnosis).to(device)
+    if not settings.balance_classes:
+        return None
+    # Only real slices: counting padding and absent planes as background would inflate every other weight.
+    labels = train.stacks.series_labels() if train.stacks is not None else train.segmentation[train.present]
+    return class_weight(labels, len(model.card.structures)).to(device)
+
+
+def _optimizer(model: OrthoModel, task: Task, settings: FinetuneSettings) -> torch.optim.Optimizer:
+    head = model.segmentation if task.segmentation else model.diagnosis[task.joint.value]
+    groups = [{"params": list(head.parameters()), "lr": settings.lr}]
+    if settings.backbone_lr_factor > 0:
+        groups.append({"params": model.backbone_parameters(), "lr": settings.lr * settings.backbone_lr_factor})
+    else:
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
+    return torch.optim.Adam(groups)
+
+
+def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings) -> TaskResult:
+    """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures."""
+    if task.segmentation and train.segmentation is None:
+        raise FinetuneError("knee-seg needs segmentation labels")
+    device = resolve_device(settings.device)
+    place_model(model, device)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = _optimizer(model, task, settings)
+    weights = _loss_weights(model, task, train, settings, device)
+    best: TaskResult | None = None
+    best_state, stale = None, 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        losses = []
+        for start in range(0, len(train), settings.batch_size):
+            loss = _batch_loss(model, task, train, order[start : start + settings.batch_size], settings, weights,
+                               generator, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
+        logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, epoch, np.mean(losses), score)
+        if best is None or (not math.isnan(score) and (math.isnan(best.score) or score > best.score)):
+            best = TaskResult(epoch, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+            best_state, stale = copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                logger.info("%s: early stop after epoch %d (best epoch %d)", task.value, epoch, best.epoch)
+                break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return best
+
+
+def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskData]],
+                settings: FinetuneSettings) -> dict[Task, TaskResult]:
+    """Every task at once on shared backbones: each step sums one batch of every task (smaller training sets
+    cycle), heads at ``settings.lr`` and backbones at ``backbone_lr_factor`` of it. One model serves all
+    joints, and a backbone tuned for one task alone serves the others poorly (frozen features do not separate
+    the findings), so the backbones learn from every task together. Both rates decay on a cosine over the
+    planned epochs. Segmentation trains on windows anywhere in each series (``TaskData.segmentation_batch``).
+    The epoch with the best mean validation score is kept; each task's figures and thresholds come from it."""
+    device = resolve_device(settings.device)
+    place_model(model, device)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    groups = [{"params": model.head_parameters(), "lr": settings.lr},
+              {"params": model.backbone_parameters(), "lr": settings.lr * settings.backbone_lr_factor}]
+    optimizer = torch.optim.Adam(groups)
+    weights = {task: None if task.segmentation else pos_weight(train.diagnosis).to(device)
+               for task, (train, _) in splits.items()}
+    steps = max(math.ceil(len(train) / settings.batch_size) for train, _ in splits.values())
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
+    best: dict[Task, TaskResult] | None = None
+    best_score, best_state, stale = -math.inf, None, 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        orders = {task: torch.randperm(len(train), generator=generator) for task, (train, _) in splits.items()}
+        losses: list[float] = []
+        for step in range(steps):
+            loss = torch.zeros((), device=device)
+            for task, (train, _) in splits.items():
+                order = orders[task]
+                index = order[(torch.arange(settings.batch_size) + step * settings.batch_size) % len(order)]
+                loss = loss + _batch_loss(model, task, train, index, settings, weights[task], generator, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        results = {}
+        for task, (_, val) in splits.items():
+            score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
+            results[task] = TaskResult(epoch, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+        score = metrics.nanmean(r.score for r in results.values())
+        logger.info("joint epoch %d: train loss %.4f, validation %s -> mean %.4f", epoch, np.mean(losses),
+                    ", ".join(f"{t.value} {r.score:.3f}" for t, r in results.items()), score)
+        if best is None or score > best_score:
+            best, best_score, best_state, stale = results, score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                logger.info("joint: early stop after epoch %d (best epoch %d)", epoch, next(iter(best.values())).epoch)
+                break
+    assert best is not None and best_state is not None
+    model.load_state_dict(best_state)
+    return best
+
+
+def apply_result(model: OrthoModel, task: Task, result: TaskResult, n_train: int, n_val: int) -> None:
+    """Record a task's thresholds and validation figures in the model's card."""
+    card = model.card
+    diagnosis = dict(card.diagnosis)
+    if result.thresholds:
+        diagnosis[task.joint] = dataclasses.replace(diagnosis[task.joint], thresholds=dict(result.thresholds))
+    figures = {f"{task.value}/val/{k}": v for k, v in result.metrics.items()}
+    figures.update({f"{task.value}/best_epoch": result.epoch, f"{task.value}/train_studies": n_train,
+                    f"{task.value}/val_studies": n_val})
+    model.card = dataclasses.replace(card, diagnosis=diagnosis, metrics={**card.metrics, **figures})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = FinetuneSettings(task=Task.KNEE_SEG, out=Path())
+    parser.add_argument("--task", required=True, choices=[t.value for t in Task])
+    parser.add_argument("--out", required=True, type=Path, help="folder for the task model (weights + card)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="folder written by `ortho-node synth` (NIfTI + findings.json)")
+    source.add_argument("--synthetic", type=int, metavar="N", help="generate N synthetic studies instead")
+    parser.add_argument("--data-seed", type=int, default=0, help="first seed of --synthetic studies")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--init", type=Path, help="start from this task model (e.g. the output of another task)")
+    start.add_argument("--backbone", action="append", default=[], metavar="PLANE=DIR",
+                       help="pretrained backbone folder (`train pretrain` --out/backbone) per plane")
+    parser.add_argument("--config", choices=("official", "reduced"), default="reduced",
+                        help="UNet size when neither --init nor --backbone gives it")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr, help="head learning rate")
+    parser.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor,
+                        help="encoder + middle block learning rate as a fraction of --lr (0 freezes them)")
+    parser.add_argument("--label-fraction", type=float, default=d.label_fraction)
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    parser.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement to stop")
+    parser.add_argument("--balance-classes", action="store_true",
+                        help="knee-seg: weigh the cross-entropy by structure rarity (thin structures)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default=d.device.value)
+
+
+def _initial_model(args: argparse.Namespace) -> OrthoModel:
+    if args.init:
+        return load_system(args.init)
+    backbones = {}
+    for item in args.backbone:
+        plane, _, folder = item.partition("=")
+        if plane not in {p.value for p in MODEL_PLANES} or not folder:
+            raise FinetuneError(f"--backbone expects PLANE=DIR with PLANE one of sagittal/coronal/axial, got {item!r}")
+        backbones[Plane(plane)] = Path(folder)
+    from ortho_node.model.checkpoint import read_card
+
+    unet = read_card(next(iter(backbones.values()))).unet if backbones else UNetConfig.named(args.config)
+    model = OrthoModel(new_card(unet))
+    model.load_backbones(backbones)
+    return model
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``train finetune`` invocation that reproduces this run (recorded in the model card)."""
+    parts = ["ortho-node train finetune"]
+    for key, value in sorted(vars(args).items()):
+        if key in ("handler", "argument_module", "command", "train_command", "config_file") or value in (None, False, []):
+            continue
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        parts += [f"{flag} {v}" if v is not True else flag for v in values]
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    task = Task(args.task)
+    settings = FinetuneSettings(task=task, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                backbone_lr_factor=args.backbone_lr_factor, label_fraction=args.label_fraction,
+                                val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                                balance_classes=args.balance_classes, device=DeviceChoice(args.device))
+    try:
+        model = _initial_model(args)
+        spec = model.card.preprocessing
+        if args.data is not None:
+            data = read_synth_folder(args.data, task.joint, spec, segmentation=task.segmentation)
+        else:
+            seeds = range(args.data_seed, args.data_seed + args.synthetic)
+            data = generate_task_data(task.joint, seeds, spec, segmentation=task.segmentation)
+    except (FinetuneError, ValueError, OSError) as error:
+        logger.error("fine-tuning not started: %s", error)
+        return EXIT_USAGE
+    train_index, val_index = split(len(data), settings.val_fraction, settings.label_fraction, settings.seed)
+    result = train_task(model, task, data.subset(train_index), data.subset(val_index), settings)
+    apply_result(model, task, result, len(train_index), len(val_index))
+    command = command_line(args)
+    version = model.card.version if model.card.version != "untrained" else f"finetuned-{task.value}"
+    model.card = dataclasses.replace(model.card, version=version,
+                                     training={**model.card.training, task.value: command})
+    save_system(settings.out, model)
+    logger.info("%s: best epoch %d, validation score %.4f; model written to %s", task.value, result.epoch,
+                result.score, settings.out)
+    return EXIT_OK

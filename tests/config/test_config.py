@@ -1,0 +1,80 @@
+"""Settings: defaults, TOML file, environment, flags, and errors that name the bad key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ortho_node.app.cli.main import main
+from ortho_node.config import ConfigError, load_settings
+
+
+def test_defaults_need_no_file():
+    settings = load_settings(environ={})
+    assert settings.dicom.ae_title == "ORTHODIFF"
+    assert settings.dicom.port == 11112
+    assert settings.storage.data_dir == "./ortho-node-data"
+    assert settings.database_url == "sqlite:///ortho-node-data/ortho-node.db"
+
+
+def test_precedence_file_env_flags(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('[dicom]\nae_title = "FROMFILE"\nport = 2000\nmax_associations = 3\n')
+    settings = load_settings(config, environ={"ORTHO_NODE_DICOM_PORT": "3000"},
+                             overrides={"dicom.ae_title": "FROMFLAG"})
+    assert (settings.dicom.ae_title, settings.dicom.port, settings.dicom.max_associations) == ("FROMFLAG", 3000, 3)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[dicom]\nprot = 1\n", "dicom.prot"),
+    ("[dicom]\nport = 70000\n", "dicom.port in"),
+    ('[dicom]\nport = "x"\n', "expected int"),
+    ('[dicom]\nae_title = "A\\\\B"\n', "not a valid AE title"),
+    ("[nonsense]\nx = 1\n", "unknown section [nonsense]"),
+    ('[logging]\nlevel = "LOUD"\n', "logging.level"),
+    ("[tls]\nenabled = true\n", "tls.certificate"),
+    ('[database]\nurl = "mysql://x"\n', "database.url"),
+    ("[dicom\n", "not valid TOML"),
+])
+def test_bad_file_values_name_the_key(tmp_path, content, message):
+    config = tmp_path / "node.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_settings(config, environ={})
+
+
+def test_bad_environment_names_the_variable():
+    with pytest.raises(ConfigError, match="ORTHO_NODE_DICOM_PORT"):
+        load_settings(environ={"ORTHO_NODE_DICOM_PORT": "eleven"})
+    with pytest.raises(ConfigError, match="ORTHO_NODE_STORAGE_DATADIR"):
+        load_settings(environ={"ORTHO_NODE_STORAGE_DATADIR": "/x"})
+
+
+def test_config_show_prints_effective_settings(monkeypatch, capsys):
+    monkeypatch.setenv("ORTHO_NODE_DICOM_AE_TITLE", "ENVAE")
+    monkeypatch.setenv("ORTHO_NODE_DATABASE_URL", "postgresql+psycopg://user:secret@db/ortho")
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert 'dicom.ae_title = "ENVAE"' in out
+    assert "secret" not in out.split("# effective database URL:")[1]
+    assert main(["config", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dicom"]["port"] == 11112
+
+
+def test_cli_reports_config_errors(monkeypatch, capsys):
+    monkeypatch.setenv("ORTHO_NODE_DICOM_PORT", "-5")
+    assert main(["config", "show"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ORTHO_NODE_DICOM_PORT: must be at least 0" in captured.err
+
+
+def test_deployment_example_configuration_is_valid():
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "deploy" / "node.example.toml", environ={})
+    assert settings.logging.format == "json"
+    assert "PACS@10.10.0.5" in settings.dicom.allowed_calling_aets
+    assert settings.model.enabled and settings.model_path.name == "bundled" and settings.model.device == "auto"
+    assert [(d.name, d.ae_title, d.port) for d in settings.destinations] == [("PACS", "MAINPACS", 104)]

@@ -1,0 +1,56 @@
+"""Schema through Alembic on SQLite and PostgreSQL; the audit trail is append-only."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from ortho_node.audit.trail import AuditKind, AuditTrail
+from ortho_node.db import migrations
+from ortho_node.db.engine import make_engine, make_session_factory
+from ortho_node.db.models import AuditEvent, Base
+
+
+def test_upgrade_creates_the_schema_the_models_describe(database_url):
+    engine = make_engine(database_url)
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert set(Base.metadata.tables) <= tables
+    for name, table in Base.metadata.tables.items():
+        columns = {c["name"] for c in inspect(engine).get_columns(name)}
+        assert {c.name for c in table.columns} == columns, name
+    migrations.upgrade(engine)  # idempotent
+    engine.dispose()
+
+
+def test_audit_trail_is_append_only(database_url):
+    engine = make_engine(database_url)
+    migrations.upgrade(engine)
+    factory = make_session_factory(engine)
+    assert AuditTrail(factory).record(AuditKind.NODE_STARTED, "started")
+    with pytest.raises(DBAPIError, match="append-only"):
+        with factory.begin() as session:
+            session.execute(update(AuditEvent).values(message="rewritten"))
+    with pytest.raises(DBAPIError, match="append-only"):
+        with factory.begin() as session:
+            session.execute(text("DELETE FROM audit_events"))
+    with factory() as session:
+        assert session.scalars(select(AuditEvent.message)).all() == ["started"]
+    engine.dispose()
+
+
+def test_node_stores_on_each_database(start_node, database_url, tmp_path):
+    from ortho_node.delivery.scu import RemoteNode, send_files
+    from ortho_node.audit.queries import list_studies
+    from tests.dicom_factory import mr_dataset, write
+
+    node = start_node(**{"database.url": database_url})
+    files = [write(mr_dataset(study_uid="1.2.3.4", series_uid="1.2.3.4.1", seed=i, instance_number=i),
+                   tmp_path / f"{i}.dcm") for i in range(3)]
+    results = send_files(RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port), files, calling_ae="SCU")
+    assert [r.status for r in results] == [0, 0, 0]
+    [study] = list_studies(node.session_factory)
+    assert study["instance_count"] == 3
+    assert study["series"][0]["body_part_examined"] == "KNEE"
