@@ -28,7 +28,7 @@ import torch
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
 from ortho_node.labels import MODEL_PLANES, Joint, Plane
 from ortho_node.model.evidence import STATISTICS, plane_statistics, stack_inputs
-from ortho_node.model.heads import DiagnosisOutput
+from ortho_node.model.heads import DiagnosisOutput, clinical_from_facts
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     GridMapping,
@@ -41,7 +41,6 @@ from ortho_node.model.preprocessing import (
 )
 from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
 from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
-from ortho_node.training.taskdata import clinical_from_facts
 from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyNotAnalysable, StudyPrediction
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Backbone checkpoints: our format (safetensors + JSON model card) and the official ``.pt`` files.
+"""Backbone checkpoints: our format (:mod:`ortho_node.model.card` files, :class:`ModelCard`) and the official
+``.pt`` files.
 
 Our format is a directory holding ``model.safetensors`` (the GaussianDiffusion state dict: the 13 schedule
 buffers and the ``denoise_fn.`` UNet tensors, exactly the names of the official ``ema`` dict) and
@@ -10,41 +11,47 @@ tensor is listed in one :class:`CheckpointError`.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ortho_node import __version__
 from ortho_node.labels import Plane
+from ortho_node.model.card import (  # noqa: F401 - CARD_FILE .. verify_weights: this module's public names
+    CARD_FILE,
+    CARD_FORMAT,
+    WEIGHTS_FILE,
+    CardFiles,
+    CardKind,
+    CheckpointError,
+    check_state_dict,
+    file_sha256,
+    load_strict,
+    read_card_file,
+    read_weights,
+    save_card,
+    verify_weights,
+)
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.model.unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
-CARD_FORMAT = 1
 UNET_PREFIX = "denoise_fn."
 #: Official files saved from a DistributedDataParallel-wrapped UNet carry this prefix instead.
 DDP_PREFIX = "denoise_fn.module."
 OFFICIAL_KEYS = ("step", "model", "ema", "opt")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model it is loaded into, or its files are inconsistent."""
-
-
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(CardFiles):
     """Everything needed to rebuild, trust and describe a backbone, stored beside its weights."""
+
+    KIND: ClassVar[CardKind] = CardKind.BACKBONE
 
     plane: Plane
     unet: UNetConfig
@@ -55,13 +62,8 @@ class ModelCard:
     training_data: str
     step: int
     metrics: Mapping[str, float] = field(default_factory=dict)
-    weights_file: str = WEIGHTS_FILE
-    weights_sha256: str = ""
-    software_version: str = __version__
-    created: str = ""
-    card_format: int = CARD_FORMAT
 
-    def to_json(self) -> str:
+    def _json_values(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values.update(
             plane=self.plane.value,
@@ -70,13 +72,10 @@ class ModelCard:
             preprocessing=self.preprocessing.to_dict(),
             metrics=dict(self.metrics),
         )
-        return json.dumps(values, indent=2, sort_keys=True)
+        return values
 
     @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        values = json.loads(text)
-        if values.get("card_format") != CARD_FORMAT:
-            raise CheckpointError(f"unsupported model card format {values.get('card_format')!r}")
+    def _from_values(cls, values: dict[str, Any]) -> ModelCard:
         values.update(
             plane=Plane(values["plane"]),
             unet=UNetConfig.from_dict(values["unet"]),
@@ -96,83 +95,28 @@ def preprocess_spec_for(unet: UNetConfig) -> PreprocessSpec:
     return PreprocessSpec(depth=unet.depth_size, size=unet.image_size)
 
 
-def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Raise one CheckpointError listing every missing, unknown and shape-mismatched tensor."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unknown = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} != model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    problems = [
-        f"{label} ({len(items)}): {', '.join(items)}"
-        for label, items in (("missing", missing), ("unknown", unknown), ("shape mismatch", mismatched))
-        if items
-    ]
-    if problems:
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(problems))
-
-
 def load_state(model: GaussianDiffusion, state: Mapping[str, torch.Tensor]) -> GaussianDiffusion:
     """Check, then load ``state`` into ``model`` (strictly); returns the model."""
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
+    load_strict(model, state)
     return model
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_weights(weights: Path, expected_sha256: str) -> None:
-    """Refuse weights whose hash is not the one their card records (altered or swapped files)."""
-    actual = file_sha256(weights)
-    if actual != expected_sha256:
-        raise CheckpointError(f"{weights}: sha256 {actual} does not match the model card ({expected_sha256})")
-
-
 def save_checkpoint(directory: Path, model: GaussianDiffusion, card: ModelCard) -> ModelCard:
-    """Write ``model.safetensors`` and ``model_card.json`` (with the weights' hash) into ``directory``.
-
-    Each file is written to a temporary name and renamed, so a crash never leaves a half-written pair
-    that looks valid: the card's hash would not match.
-    Returns: the card as written (hash, file name and creation time filled in).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    weights, card_path = directory / WEIGHTS_FILE, directory / CARD_FILE
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tmp_weights = weights.with_suffix(".tmp")
-    save_file(state, str(tmp_weights), metadata={"format": "pt", "ortho_node_card": CARD_FILE})
-    tmp_weights.replace(weights)
-    written = dataclasses.replace(
-        card,
-        weights_file=WEIGHTS_FILE,
-        weights_sha256=file_sha256(weights),
-        created=card.created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-    tmp_card = card_path.with_suffix(".tmp")
-    tmp_card.write_text(written.to_json(), encoding="utf-8")
-    tmp_card.replace(card_path)
+    """Write the backbone's weights and card (:func:`~ortho_node.model.card.save_card`); returns the card as
+    written."""
+    written = save_card(directory, model, card)
     logger.info("saved %s backbone (step %d) to %s", card.plane.value, card.step, directory)
     return written
 
 
 def read_card(directory: Path) -> ModelCard:
-    return ModelCard.from_json((directory / CARD_FILE).read_text(encoding="utf-8"))
+    return read_card_file(directory, ModelCard)
 
 
 def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> tuple[GaussianDiffusion, ModelCard]:
     """Rebuild a backbone from our format, verifying the weights' hash against the card."""
     card = read_card(directory)
-    weights = directory / card.weights_file
-    verify_weights(weights, card.weights_sha256)
-    model = load_state(build_model(card.unet, card.diffusion), load_file(str(weights)))
+    model = load_state(build_model(card.unet, card.diffusion), read_weights(directory, card))
     return model.to(device), card
 
 

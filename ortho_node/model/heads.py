@@ -11,6 +11,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,25 @@ def clinical_vector(age_years: float | None, sex: str | None, height_m: float | 
     values = [0.0 if v is None else float(v) for v in raw]
     missing = [1.0 if v is None else 0.0 for v in raw]
     return torch.tensor(values + missing, dtype=torch.float32)
+
+
+class ClinicalInputs(Protocol):
+    """The header facts the clinical fusion reads (``assembly.study.ClinicalFacts`` has them; the model does
+    not import assembly)."""
+
+    @property
+    def age_years(self) -> float | None: ...
+    @property
+    def patient_sex(self) -> str | None: ...
+    @property
+    def patient_size(self) -> float | None: ...
+    @property
+    def patient_weight(self) -> float | None: ...
+
+
+def clinical_from_facts(facts: ClinicalInputs) -> torch.Tensor:
+    """[8] clinical input of the diagnosis heads from the header facts (missing values flagged)."""
+    return clinical_vector(facts.age_years, facts.patient_sex, facts.patient_size, facts.patient_weight)
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,6 @@ class GridMapping:
         """Number of source slices on the model grid (the rest of the grid is padding)."""
         return min(self.spec.depth, self.source_shape[0])
 
-    @property
-    def oriented_shape(self) -> tuple[int, int]:
-        """(height, width) of a source slice after the in-plane rotation."""
-        rows, cols = self.source_shape[1:]
-        return (cols, rows) if self.spec.rot90_k % 2 else (rows, cols)
-
 
 def _validated(volume: np.ndarray, name: str) -> tuple[int, int, int]:
     if volume.ndim != 3 or 0 in volume.shape:

@@ -11,37 +11,52 @@ unchanged; the UNet decoder is not kept),
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
-import math
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ortho_node import __version__
-from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
-from ortho_node.model.checkpoint import (
-    CheckpointError, build_model, check_state_dict, file_sha256, load_checkpoint, verify_weights,
+from ortho_node.labels import (
+    DIAGNOSIS_LABELS,
+    KNEE_STRUCTURES,
+    MODEL_PLANES,
+    Joint,
+    Plane,
 )
+from ortho_node.model.card import (  # noqa: F401 - CARD_FILE, WEIGHTS_FILE: this module's public names
+    CARD_FILE,
+    CARD_FORMAT,
+    WEIGHTS_FILE,
+    CardFiles,
+    CardKind,
+    CheckpointError,
+    load_strict,
+    read_card_file,
+    read_weights,
+    save_card,
+)
+from ortho_node.model.checkpoint import build_model, load_checkpoint
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.evidence import EvidenceReadout, readout_uses
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
-from ortho_node.model.heads import DiagnosisHead, FusionMode, SegmentationDecoder, decoder_widths
+from ortho_node.model.heads import (
+    DiagnosisHead,
+    FusionMode,
+    SegmentationDecoder,
+    decoder_widths,
+)
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.model.runtime import match_memory_format
 from ortho_node.model.unet import UNetConfig
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
-SYSTEM_CARD_FORMAT = 1
+SYSTEM_CARD_FORMAT = CARD_FORMAT
 SEGMENTATION_JOINT = Joint.KNEE
 DEFAULT_THRESHOLD = 0.5
 
@@ -68,8 +83,10 @@ class DiagnosisTask:
 
 
 @dataclass(frozen=True)
-class SystemCard:
+class SystemCard(CardFiles):
     """Everything needed to rebuild, trust and describe the task model, stored beside its weights."""
+
+    KIND: ClassVar[CardKind] = CardKind.SYSTEM
 
     name: str
     version: str
@@ -95,11 +112,6 @@ class SystemCard:
     intended_use: str = ""
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
-    weights_file: str = WEIGHTS_FILE
-    weights_sha256: str = ""
-    software_version: str = __version__
-    created: str = ""
-    card_format: int = SYSTEM_CARD_FORMAT
 
     def __post_init__(self) -> None:
         if self.segmentation_draws < 1:
@@ -109,7 +121,7 @@ class SystemCard:
             raise CheckpointError(f"structure_scales needs one positive factor per structure "
                                   f"({len(self.structures)}), got {list(self.structure_scales)}")
 
-    def to_json(self) -> str:
+    def _json_values(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values.update(
             unet=self.unet.to_dict(), diffusion=self.diffusion.to_dict(), preprocessing=self.preprocessing.to_dict(),
@@ -118,13 +130,10 @@ class SystemCard:
             evidence={j.value: dict(labels) for j, labels in self.evidence.items()},
             training=dict(self.training), metrics=dict(self.metrics),
         )
-        return json.dumps(values, indent=2, sort_keys=True)
+        return values
 
     @classmethod
-    def from_json(cls, text: str) -> SystemCard:
-        values = json.loads(text)
-        if values.get("card_format") != SYSTEM_CARD_FORMAT or "diagnosis" not in values:
-            raise CheckpointError(f"not a task-model card (card_format {values.get('card_format')!r})")
+    def _from_values(cls, values: dict[str, Any]) -> SystemCard:
         values.update(
             unet=UNetConfig.from_dict(values["unet"]), diffusion=DiffusionConfig.from_dict(values["diffusion"]),
             preprocessing=PreprocessSpec.from_dict(values["preprocessing"]), feature=FeatureSpec(**values["feature"]),
@@ -317,42 +326,21 @@ def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.AN
 
 
 def save_system(directory: Path, model: OrthoModel, card: SystemCard | None = None) -> SystemCard:
-    """Write weights and card (temporary names, then rename); returns the card as written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    card = card or model.card
-    weights, card_path = directory / WEIGHTS_FILE, directory / CARD_FILE
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "ortho_node_card": CARD_FILE})
-    tmp.chmod(0o644)  # readable like any package file (safetensors creates it 0600)
-    tmp.replace(weights)
-    written = dataclasses.replace(
-        card, weights_file=WEIGHTS_FILE, weights_sha256=file_sha256(weights),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-    tmp_card = card_path.with_suffix(".tmp")
-    tmp_card.write_text(written.to_json() + "\n", encoding="utf-8")
-    tmp_card.replace(card_path)
+    """Write weights and card (:func:`~ortho_node.model.card.save_card`); returns the card as written, which
+    the model then carries."""
+    written = save_card(Path(directory), model, card or model.card)
     model.card = written
     logger.info("saved task model %s to %s", written.version, directory)
     return written
 
 
 def read_system_card(directory: Path) -> SystemCard:
-    path = Path(directory) / CARD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no {CARD_FILE}")
-    return SystemCard.from_json(path.read_text(encoding="utf-8"))
+    return read_card_file(directory, SystemCard)
 
 
 def load_system(directory: Path) -> OrthoModel:
     """Rebuild the task model on the CPU, verifying the weights' hash and every tensor name and shape."""
-    directory = Path(directory)
     card = read_system_card(directory)
-    weights = directory / card.weights_file
-    verify_weights(weights, card.weights_sha256)
     model = OrthoModel(card)
-    state = load_file(str(weights))
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
+    load_strict(model, read_weights(directory, card))
     return model

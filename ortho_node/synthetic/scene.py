@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ortho_node.labels import Joint
-from ortho_node.synthetic.shapes import Bounds, Shape, _axis_slices
+from ortho_node.synthetic.shapes import Shape, _axis_slices
 from ortho_node.synthetic.structures import Signal, Structure, default_signal
 
 
@@ -108,9 +108,3 @@ class Scene:
     def paint_all(self, ops: Iterable[Paint]) -> None:
         for op in ops:
             self.paint(op)
-
-
-def bounds_union(*boxes: Bounds) -> Bounds:
-    """The smallest box holding every finite box given."""
-    los, his = zip(*boxes)
-    return np.min(los, axis=0), np.max(his, axis=0)

@@ -165,11 +165,3 @@ def ground_truth_lut(joint: Joint) -> np.ndarray:
     for index, structure in enumerate(exported_structures(joint)):
         lut[int(structure)] = index
     return lut
-
-
-def signal_lut() -> np.ndarray:
-    """A 256-entry table of each structure's default :class:`Signal`."""
-    lut = np.zeros(256, dtype=np.uint8)
-    for structure in Structure:
-        lut[int(structure)] = int(default_signal(structure))
-    return lut

@@ -25,7 +25,7 @@ from ortho_node.assembly.anatomy import Laterality
 from ortho_node.assembly.contrast import Contrast, Weighting
 from ortho_node.assembly.study import AssembledStudy, ClinicalFacts, PlaneVolume, VolumeGeometry
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
-from ortho_node.model.heads import CLINICAL_INPUTS, clinical_vector
+from ortho_node.model.heads import CLINICAL_INPUTS, clinical_from_facts
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     PreprocessSpec,
@@ -38,11 +38,6 @@ from ortho_node.model.preprocessing import (
 from ortho_node.synthetic import DomainRandomization, SyntheticStudy, generate_study
 
 logger = logging.getLogger(__name__)
-
-
-def clinical_from_facts(facts: ClinicalFacts) -> torch.Tensor:
-    """[8] clinical input of the diagnosis heads from the header facts (missing values flagged)."""
-    return clinical_vector(facts.age_years, facts.patient_sex, facts.patient_size, facts.patient_weight)
 
 
 def assembled_from_synthetic(study: SyntheticStudy, planes: Sequence[Plane] | None = None) -> AssembledStudy:
