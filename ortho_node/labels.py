@@ -23,6 +23,9 @@ class Plane(str, enum.Enum):
     OBLIQUE = "oblique"
 
 
+#: The joints the model analyses (one diagnosis head each), in the model's order.
+MODEL_JOINTS: tuple[Joint, ...] = (Joint.KNEE, Joint.ANKLE, Joint.SHOULDER)
+
 #: The three analysed planes in the model's order (one backbone each).
 MODEL_PLANES: tuple[Plane, ...] = (Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import secrets
+
+from ortho_node.config.users import PASSWORD_HASH, is_password_hash
 
 SCHEME = "scrypt"
 _N, _R, _P, _LENGTH = 2**14, 8, 1, 32
-_HASH = re.compile(r"^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
-_USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -21,17 +20,9 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
                      base64.b64encode(digest).decode()))
 
 
-def is_password_hash(text: str) -> bool:
-    match = _HASH.match(text)
-    if match is None:
-        return False
-    n, r, p = (int(match.group(i)) for i in (1, 2, 3))
-    return n >= 2**10 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
-
-
 def verify_password(password: str, stored: str) -> bool:
     """Constant-time check of ``password`` against a stored hash (False for a malformed hash)."""
-    match = _HASH.match(stored)
+    match = PASSWORD_HASH.match(stored)
     if match is None or not is_password_hash(stored):
         return False
     n, r, p = (int(match.group(i)) for i in (1, 2, 3))
@@ -39,18 +30,3 @@ def verify_password(password: str, stored: str) -> bool:
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=len(expected),
                             maxmem=256 * 1024 * 1024)
     return hmac.compare_digest(digest, expected)
-
-
-def valid_user_name(name: str) -> bool:
-    return bool(_USER.match(name))
-
-
-def parse_user(entry: str) -> tuple[str, str]:
-    """``NAME:HASH`` -> (name, hash); raises ValueError naming what is wrong (never echoing a password)."""
-    name, sep, stored = entry.partition(":")
-    if not sep or not valid_user_name(name):
-        raise ValueError("expected NAME:HASH with a name of letters, digits, '.', '_' or '-'")
-    if not is_password_hash(stored):
-        raise ValueError(f"the password of {name!r} is not a scrypt hash (make one with "
-                         "`ortho-node console hash-password NAME`); plaintext passwords are refused")
-    return name, stored

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from ortho_node.audit import views as q
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.config import ConsoleSettings
-from listeners.console.passwords import hash_password, parse_user, verify_password
+from listeners.console.passwords import hash_password, verify_password
+from ortho_node.config.users import parse_user
 from listeners.console import pages
 from listeners.console.images import dicom_to_png
 

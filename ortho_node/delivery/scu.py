@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,11 +14,11 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from ortho_node.config import parse_dicom_address
 from ortho_node.dicom_status import describe
 
 log = logging.getLogger(__name__)
 
-_ADDRESS = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@]+):(?P<port>\d{1,5})$")
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
@@ -32,10 +31,7 @@ class RemoteNode:
     @classmethod
     def parse(cls, text: str) -> RemoteNode:
         """Parse ``AE@HOST:PORT``."""
-        match = _ADDRESS.match(text.strip())
-        if not match or not 0 < int(match["port"]) < 65536:
-            raise ValueError(f"expected AE@HOST:PORT, got {text!r}")
-        return cls(match["ae"].strip(), match["host"].strip("[]"), int(match["port"]))
+        return cls(*parse_dicom_address(text))
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"

@@ -14,11 +14,11 @@ Module map: ``shapes`` (signed-distance primitives) -> ``anatomy/<joint>`` (para
 
 from ortho_node.synthetic.domain import DomainRandomization
 from ortho_node.synthetic.export import OutputFormat, label_row, write_labels_csv, write_study
-from ortho_node.synthetic.render import Weighting
+from ortho_node.synthetic.render import SequencePreset
 from ortho_node.synthetic.structures import Structure, structure_names
 from ortho_node.synthetic.study import SyntheticSeries, SyntheticStudy, generate_study
 
 __all__ = [
-    "DomainRandomization", "OutputFormat", "Structure", "SyntheticSeries", "SyntheticStudy", "Weighting",
+    "DomainRandomization", "OutputFormat", "Structure", "SyntheticSeries", "SyntheticStudy", "SequencePreset",
     "generate_study", "label_row", "structure_names", "write_labels_csv", "write_study",
 ]

@@ -7,7 +7,7 @@ import importlib
 from types import ModuleType
 
 from ortho_node.labels import Joint, Plane
-from ortho_node.synthetic.render import Weighting
+from ortho_node.synthetic.render import SequencePreset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +33,10 @@ class JointProtocol:
     coverage: dict[Plane, float]
     yaw: tuple[float, float]
     table_x: tuple[float, float]
-    default_weighting: dict[Plane, Weighting]
+    default_weighting: dict[Plane, SequencePreset]
 
 
-_PD_FS = {Plane.SAGITTAL: Weighting.PD_FS, Plane.CORONAL: Weighting.PD_FS, Plane.AXIAL: Weighting.PD_FS}
+_PD_FS = {Plane.SAGITTAL: SequencePreset.PD_FS, Plane.CORONAL: SequencePreset.PD_FS, Plane.AXIAL: SequencePreset.PD_FS}
 
 PROTOCOLS: dict[Joint, JointProtocol] = {
     Joint.KNEE: JointProtocol(
@@ -48,7 +48,7 @@ PROTOCOLS: dict[Joint, JointProtocol] = {
     Joint.SHOULDER: JointProtocol(
         "SHOULDER", "Shoulder 16", "HFS", (-5.0, 0.0, 5.0),
         {Plane.SAGITTAL: 90.0, Plane.CORONAL: 80.0, Plane.AXIAL: 100.0}, (-32.0, 6.0), (150.0, 190.0),
-        {Plane.SAGITTAL: Weighting.T2_FS, Plane.CORONAL: Weighting.PD_FS, Plane.AXIAL: Weighting.PD_FS}),
+        {Plane.SAGITTAL: SequencePreset.T2_FS, Plane.CORONAL: SequencePreset.PD_FS, Plane.AXIAL: SequencePreset.PD_FS}),
 }
 
 

@@ -17,7 +17,9 @@ from ortho_node.synthetic.domain import DomainRandomization
 from ortho_node.synthetic.structures import Signal
 
 
-class Weighting(str, enum.Enum):
+class SequencePreset(str, enum.Enum):
+    """A prescribed sequence: its weighting (``assembly.contrast.Weighting``) with or without fat suppression."""
+
     PD_FS = "PD_FS"
     T1 = "T1"
     T2 = "T2"
@@ -37,7 +39,7 @@ class Weighting(str, enum.Enum):
 class SequenceParams:
     """What the scanner did: goes to the DICOM header and determines the contrast."""
 
-    weighting: Weighting
+    weighting: SequencePreset
     field_strength: float
     repetition_time: float  # ms
     echo_time: float  # ms
@@ -50,11 +52,11 @@ class SequenceParams:
 
 
 # (TR range, TE range, echo train length) per weighting for fast spin echo.
-_PROTOCOL: dict[Weighting, tuple[tuple[float, float], tuple[float, float], int]] = {
-    Weighting.PD_FS: ((2500.0, 4000.0), (25.0, 40.0), 8),
-    Weighting.T1: ((450.0, 700.0), (9.0, 16.0), 3),
-    Weighting.T2: ((3000.0, 5000.0), (70.0, 100.0), 14),
-    Weighting.T2_FS: ((3000.0, 5000.0), (55.0, 80.0), 12),
+_PROTOCOL: dict[SequencePreset, tuple[tuple[float, float], tuple[float, float], int]] = {
+    SequencePreset.PD_FS: ((2500.0, 4000.0), (25.0, 40.0), 8),
+    SequencePreset.T1: ((450.0, 700.0), (9.0, 16.0), 3),
+    SequencePreset.T2: ((3000.0, 5000.0), (70.0, 100.0), 14),
+    SequencePreset.T2_FS: ((3000.0, 5000.0), (55.0, 80.0), 12),
 }
 
 # Water compartment (PD, T1 at 1.5 T, T1 at 3 T, T2 in ms) and fat fraction per appearance class.
@@ -79,7 +81,7 @@ _TEXTURE = {Signal.MARROW: 1.0, Signal.MARROW_OEDEMA: 0.8, Signal.MUSCLE: 0.6, S
             Signal.CARTILAGE: 0.3, Signal.SKIN: 0.3}
 
 
-def sample_sequence(weighting: Weighting, field_strength: float, rng: np.random.Generator) -> SequenceParams:
+def sample_sequence(weighting: SequencePreset, field_strength: float, rng: np.random.Generator) -> SequenceParams:
     (tr_lo, tr_hi), (te_lo, te_hi), etl = _PROTOCOL[weighting]
     return SequenceParams(
         weighting=weighting, field_strength=field_strength,

@@ -17,7 +17,7 @@ from ortho_node.synthetic.acquisition import SeriesGeometry
 from ortho_node.synthetic.domain import DomainRandomization
 from ortho_node.synthetic.findings import Finding, registry
 from ortho_node.synthetic.protocol import PROTOCOLS, anatomy_module
-from ortho_node.synthetic.render import SequenceParams, Weighting
+from ortho_node.synthetic.render import SequenceParams, SequencePreset
 from ortho_node.synthetic.scene import Grid, Scene
 from ortho_node.synthetic.shapes import rotation
 from ortho_node.synthetic.structures import ground_truth_lut
@@ -139,15 +139,15 @@ def _placement(joint: Joint, seed: int, laterality: str | None) -> tuple[str, np
     return side, to_world, mirror @ yaw @ mirror
 
 
-def _weightings(joint: Joint, weighting: Weighting | Mapping[Plane, Weighting] | None) -> dict[Plane, Weighting]:
+def _weightings(joint: Joint, weighting: SequencePreset | Mapping[Plane, SequencePreset] | None) -> dict[Plane, SequencePreset]:
     chosen = dict(PROTOCOLS[joint].default_weighting)
-    if isinstance(weighting, (Weighting, str)):
-        return {plane: Weighting(weighting) for plane in chosen}
+    if isinstance(weighting, (SequencePreset, str)):
+        return {plane: SequencePreset(weighting) for plane in chosen}
     chosen.update(weighting or {})
     return chosen
 
 
-def _acquire(study_seed: int, scene: Scene, plane: Plane, weighting: Weighting, field: float, centre: np.ndarray,
+def _acquire(study_seed: int, scene: Scene, plane: Plane, weighting: SequencePreset, field: float, centre: np.ndarray,
              limb_rotation: np.ndarray, bias: np.ndarray, dr: DomainRandomization) -> tuple[SeriesGeometry,
                                                                                           SequenceParams, np.ndarray,
                                                                                           np.ndarray]:
@@ -167,7 +167,7 @@ def _acquire(study_seed: int, scene: Scene, plane: Plane, weighting: Weighting, 
 
 
 def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | str | None = "random",
-                   weighting: Weighting | Mapping[Plane, Weighting] | None = None,
+                   weighting: SequencePreset | Mapping[Plane, SequencePreset] | None = None,
                    domain: DomainRandomization | None = None, laterality: str | None = None,
                    planes: Sequence[Plane] = MODEL_PLANES, scene_spacing: float = 0.6,
                    keep_scene: bool = False) -> SyntheticStudy:

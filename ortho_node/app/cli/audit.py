@@ -1,15 +1,71 @@
-"""Output of ``ortho-node audit``: the admin views as text, JSON or CSV (``ortho_node.audit.views``)."""
+"""``ortho-node audit``: the admin views (``ortho_node.audit.views``, shared with the console) as text, JSON or CSV."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from ortho_node.app.cli import common
 from ortho_node.audit import views as q
+from ortho_node.labels import Joint
+
+
+def register(sub) -> None:
+    """``ortho-node audit``: what happened to studies, results and deliveries (shared with the web console)."""
+    audit = sub.add_parser("audit", help="admin audit views: studies, a study's timeline, deliveries, failures")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    views = {"studies": "processed studies with joint, status, findings, turnaround and delivery state",
+             "deliveries": "result deliveries (status: pending, delivered, failed)",
+             "failures": "failed steps: job retries and failures, skipped studies, flagged deliveries",
+             "summary": "per-day volumes, failures and turnaround percentiles"}
+    for name, help_text in views.items():
+        view = audit_sub.add_parser(name, help=help_text)
+        common.add_config_flag(view)
+        _add_audit_output_flags(view)
+        if name == "summary":
+            view.add_argument("--days", type=int, default=14, help="days up to today (default 14)")
+            continue
+        view.add_argument("--since", type=_iso_day, metavar="YYYY-MM-DD", help="from this day (UTC)")
+        view.add_argument("--until", type=_iso_day, metavar="YYYY-MM-DD", help="up to this day (UTC)")
+        view.add_argument("--status", help="studies: " + ", ".join(q.STATUSES) +
+                          "; deliveries: pending, delivered, failed; failures: a step name")
+        view.add_argument("--search", help="part of a Study Instance UID (or study description)")
+        view.add_argument("--limit", type=int, default=500)
+        if name == "studies":
+            view.add_argument("--joint", choices=[joint.value for joint in Joint])
+            view.add_argument("--ae", dest="calling_ae", metavar="AE", help="sending (calling) AE title")
+    timeline = audit_sub.add_parser("timeline", help="a study's timeline, results and deliveries")
+    common.add_config_flag(timeline)
+    _add_audit_output_flags(timeline)
+    timeline.add_argument("study_uid", metavar="STUDY_UID")
+    audit.set_defaults(handler=cmd_audit)
+
+
+def _add_audit_output_flags(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON on stdout")
+    output.add_argument("--csv", action="store_true", help="CSV on stdout")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+
+
+
+
+def _iso_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return run(args, common.session_factory(common.settings_of(args)))
+
 
 
 def run(args: argparse.Namespace, session_factory: sessionmaker[Session]) -> int:

@@ -6,16 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from ortho_node.labels import DIAGNOSIS_LABELS, Joint
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_JOINTS, Joint
 from ortho_node.synthetic.export import OutputFormat, label_row, write_labels_csv, write_study
 from ortho_node.synthetic.study import generate_study
 
 logger = logging.getLogger(__name__)
-JOINTS = (Joint.KNEE.value, Joint.ANKLE.value, Joint.SHOULDER.value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--joint", required=True, choices=JOINTS)
+    parser.add_argument("--joint", required=True, choices=[joint.value for joint in MODEL_JOINTS])
     parser.add_argument("--n", type=int, default=1, help="number of studies (seeds S, S+1, ...)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first study")
     parser.add_argument("--out", type=Path, required=True, help="output directory")

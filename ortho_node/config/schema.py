@@ -1,30 +1,36 @@
-"""Node settings: defaults, one TOML file, ``ORTHO_NODE_<SECTION>_<KEY>`` environment overrides, CLI flags.
+"""The node's settings: one frozen dataclass per section, each field with its documentation and checks.
 
-Precedence, lowest first: built-in defaults, the TOML file, the environment, command-line flags. Every value
-is validated once, at start-up, and a bad one is reported by its dotted key (``dicom.port``) or by the
-environment variable that set it.
+Field checks (type, range, choices, AE title, plane and contrast names) are declared in the field metadata and
+applied by :func:`validate_field`; rules that relate several fields live in each section's ``check``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "ORTHO_NODE_"
-CONFIG_ENV = "ORTHO_NODE_CONFIG"  # names the TOML file; not a setting itself
+from ortho_node.config.users import parse_user
+from ortho_node.labels import MODEL_JOINTS
 
+_ADDRESS = re.compile(r"^(?P<ae>[^@\\]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@]+):(?P<port>\d{1,5})$")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: 16 chars, no backslash
 _CONTRAST = re.compile(r"^(PD|T1|T2|T2\*)( FS)?$")
 
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message names it."""
+
+
+def parse_dicom_address(text: str) -> tuple[str, str, int]:
+    """``AE@HOST:PORT`` (HOST may be ``[IPv6]``) -> (AE title, host, port); raises ValueError."""
+    match = _ADDRESS.match(text.strip())
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"expected AE@HOST:PORT, got {text!r}")
+    return match["ae"].strip(), match["host"].strip("[]"), int(match["port"])
 
 
 def _field(default: Any, doc: str, **checks: Any) -> Any:
@@ -52,6 +58,12 @@ class DicomSettings:
     max_pdu_size: int = _field(262144, "Largest P-DATA PDU we accept (bytes), announced to peers.",
                                min=4096, max=16 * 1024 * 1024)
 
+    def check(self) -> None:
+        for entry in self.allowed_calling_aets:
+            ae, _, _host = entry.partition("@")
+            if not _AE_TITLE.match(ae.strip() or "-"):
+                raise ConfigError(f"dicom.allowed_calling_aets: not a valid AE title: {entry!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TlsSettings:
@@ -60,6 +72,19 @@ class TlsSettings:
     private_key: str = _field("", "PEM private key of this node.")
     ca_certificates: str = _field("", "PEM bundle of CAs trusted to sign peer certificates.")
     require_client_certificate: bool = _field(False, "Reject peers that present no valid certificate.")
+
+    def check(self) -> None:
+        if not self.enabled:
+            return
+        for key in ("certificate", "private_key"):
+            if not getattr(self, key):
+                raise ConfigError(f"tls.{key}: required when tls.enabled is true")
+        if self.require_client_certificate and not self.ca_certificates:
+            raise ConfigError("tls.ca_certificates: required when tls.require_client_certificate is true")
+        for key in ("certificate", "private_key", "ca_certificates"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"tls.{key}: file {value} does not exist")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +104,11 @@ class DatabaseSettings:
     busy_timeout: float = _field(5.0, "Seconds a statement waits for a locked database before failing.",
                                  min=0.0)
 
+    def check(self) -> None:
+        if self.url and not (self.url.startswith("sqlite") or self.url.startswith("postgresql")):
+            raise ConfigError("database.url: only sqlite and postgresql URLs are supported, got "
+                              f"{self.url.split(':')[0]}")
+
 
 @dataclasses.dataclass(frozen=True)
 class LoggingSettings:
@@ -87,7 +117,7 @@ class LoggingSettings:
 
 
 _PLANES = ("sagittal", "coronal", "axial")
-_JOINT_POLICIES = ("skip", "knee", "ankle", "shoulder")
+_JOINT_POLICIES = ("skip", *(joint.value for joint in MODEL_JOINTS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +158,12 @@ class SchedulingSettings:
     poll_interval: float = _field(5.0, "Seconds between looks at the job table for work queued by other "
                                        "processes (ortho-node reprocess).", min=0.1)
 
+    def check(self) -> None:
+        if self.long_timeout < self.quiet_period:
+            raise ConfigError("scheduling.long_timeout: must be at least scheduling.quiet_period")
+        if self.retry_cap < self.retry_base:
+            raise ConfigError("scheduling.retry_cap: must be at least scheduling.retry_base")
+
 
 @dataclasses.dataclass(frozen=True)
 class ResultsSettings:
@@ -144,6 +180,17 @@ class ResultsSettings:
     manufacturer: str = _field("OrthoDiffusion Node", "Manufacturer written into every result object.")
     institution_name: str = _field("", "Institution Name written into result objects (empty: none).")
     device_serial_number: str = _field("ORTHODIFF-1", "Device Serial Number of this node in result objects.")
+
+    def check(self) -> None:
+        for key in ("seg_series_description", "sr_series_description", "summary_series_description"):
+            try:
+                text = getattr(self, key).format(plane="sagittal")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(f"results.{key}: only the placeholder {{plane}} is allowed ({exc!r})") from None
+            if not 0 < len(text) <= 64:
+                raise ConfigError(f"results.{key}: must give 1-64 characters (DICOM LO), got {len(text)}")
+        if self.sr_series_number == self.summary_series_number:
+            raise ConfigError("results.summary_series_number: must differ from results.sr_series_number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +218,19 @@ class ConsoleSettings:
     secure_cookie: bool = _field(False, "Mark the session cookie Secure (set it when users reach the console "
                                         "through HTTPS).")
 
+    def check(self) -> None:
+        names = set()
+        for index, entry in enumerate(self.users):
+            try:
+                name, _ = parse_user(entry)
+            except ValueError as exc:
+                raise ConfigError(f"console.users[{index}]: {exc}") from None
+            if name in names:
+                raise ConfigError(f"console.users[{index}]: user {name!r} is listed twice")
+            names.add(name)
+        if self.enabled and not names:
+            raise ConfigError("console.users: at least one user is required when console.enabled is true")
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricsSettings:
@@ -180,7 +240,7 @@ class MetricsSettings:
 
 
 #: The model shipped with the package (``ortho-node train bundle`` writes it): used when ``model.path`` is empty.
-BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled"
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "bundled"
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -197,7 +257,6 @@ class ModelSettings:
 
 
 OBJECT_KINDS = ("seg", "sr", "summary")
-DESTINATIONS_ENV = "ORTHO_NODE_DESTINATIONS"  # NAME=AE@HOST:PORT,...
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -212,6 +271,20 @@ class DestinationSettings:
     tls: bool = _field(False, "Use DICOM TLS (TLS 1.2 or newer; the [tls] certificate is presented if set).")
     ca_certificates: str = _field("", "PEM bundle trusted for this destination's certificate (empty: system).")
     kinds: list[str] = _field(list(OBJECT_KINDS), "Result objects it accepts: seg, sr, summary.")
+
+    def check(self, where: str) -> None:
+        if not _DESTINATION_NAME.match(self.name):
+            raise ConfigError(f"{where}: destination name must be 1-64 letters, digits, '.', '_' or '-', got "
+                              f"{self.name!r}")
+        if not _AE_TITLE.match(self.ae_title.strip() or "-"):
+            raise ConfigError(f"{where}: not a valid AE title: {self.ae_title!r}")
+        if not self.host:
+            raise ConfigError(f"{where}: host is required")
+        unknown = [kind for kind in self.kinds if kind not in OBJECT_KINDS]
+        if unknown or not self.kinds:
+            raise ConfigError(f"{where}: kinds must be some of {', '.join(OBJECT_KINDS)}, got {self.kinds!r}")
+        if self.ca_certificates and not Path(self.ca_certificates).is_file():
+            raise ConfigError(f"{where}: ca_certificates file {self.ca_certificates} does not exist")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +319,11 @@ class Settings:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        """The rules that relate several fields of a section, section by section."""
+        for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database):
+            section.check()
+
 
 SECTIONS: dict[str, type] = {
     "dicom": DicomSettings,
@@ -263,110 +341,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def load_settings(
-    config_file: str | Path | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Build validated settings.
 
-    ``config_file`` falls back to ``$ORTHO_NODE_CONFIG``; ``overrides`` maps dotted keys (``dicom.port``) to
-    values from command-line flags. Raises :class:`ConfigError` naming the offending key.
-    """
-    environ = os.environ if environ is None else environ
-    raw: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
-    path = config_file or environ.get(CONFIG_ENV)
-    if path:
-        for section, key, value in _read_toml(Path(path)):
-            raw[section][key] = (value, f"{section}.{key} in {path}")
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name not in (CONFIG_ENV, DESTINATIONS_ENV):
-            section, key = _split_env_name(name)
-            raw[section][key] = (_parse_env_value(SECTIONS[section], key, value, name), name)
-    for dotted, value in (overrides or {}).items():
-        if value is not None and dotted != "destinations":
-            section, _, key = dotted.partition(".")
-            _check_known(section, key, dotted)
-            raw[section][key] = (value, f"{dotted} (command line)")
-    sections = {name: _build_section(cls, raw[name]) for name, cls in SECTIONS.items()}
-    destinations = load_destinations(Path(path) if path else None, environ.get(DESTINATIONS_ENV),
-                                     (overrides or {}).get("destinations"))
-    settings = Settings(**sections, destinations=destinations)
-    _check_cross_field(settings)
-    return settings
-
-
-def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
-    items = []
-    for section, table in document.items():
-        if section == "destinations":
-            continue  # an array of tables, read by load_destinations
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in {path}; known: {', '.join(SECTIONS)}")
-        if not isinstance(table, dict):
-            raise ConfigError(f"'{section}' in {path} must be a table ([{section}])")
-        for key, value in table.items():
-            _check_known(section, key, f"{section}.{key} in {path}")
-            items.append((section, key, value))
-    return items
-
-
-def _split_env_name(name: str) -> tuple[str, str]:
-    rest = name[len(ENV_PREFIX):].lower()
-    section, _, key = rest.partition("_")
-    _check_known(section, key, f"environment variable {name}")
-    return section, key
-
-
-def _check_known(section: str, key: str, where: str) -> None:
-    if section not in SECTIONS:
-        raise ConfigError(f"{where}: unknown section '{section}'; known: {', '.join(SECTIONS)}")
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if key not in names:
-        raise ConfigError(f"{where}: unknown setting '{section}.{key}'; known: {', '.join(names)}")
-
-
-def _field_type(cls: type, key: str) -> Any:
-    return typing.get_type_hints(cls)[key]
-
-
-def _parse_env_value(cls: type, key: str, text: str, where: str) -> Any:
-    kind = _field_type(cls, key)
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {text!r}")
-    if kind is int or kind is float:
-        try:
-            return kind(text)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {text!r}") from None
-    if typing.get_origin(kind) is list:
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return text
-
-
-def _build_section(cls: type, values: dict[str, tuple[Any, str]]) -> Any:
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in values:
-            continue
-        value, where = values[field.name]
-        kwargs[field.name] = _validate(value, _field_type(cls, field.name), field.metadata, where)
-    return cls(**kwargs)
-
-
-def _validate(value: Any, kind: Any, checks: Mapping[str, Any], where: str) -> Any:
+def validate_field(value: Any, kind: Any, checks: Mapping[str, Any], where: str) -> Any:
+    """``value`` checked against its field's type and metadata checks; ``where`` names it in the error."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if typing.get_origin(kind) is list:
@@ -391,133 +368,3 @@ def _validate(value: Any, kind: Any, checks: Mapping[str, Any], where: str) -> A
     if checks.get("ae_title") and not _AE_TITLE.match(value.strip() or "-"):
         raise ConfigError(f"{where}: not a valid AE title (1-16 characters, no backslash): {value!r}")
     return value
-
-
-def _check_cross_field(settings: Settings) -> None:
-    for entry in settings.dicom.allowed_calling_aets:
-        ae, _, _host = entry.partition("@")
-        if not _AE_TITLE.match(ae.strip() or "-"):
-            raise ConfigError(f"dicom.allowed_calling_aets: not a valid AE title: {entry!r}")
-    tls = settings.tls
-    if tls.enabled:
-        for key in ("certificate", "private_key"):
-            if not getattr(tls, key):
-                raise ConfigError(f"tls.{key}: required when tls.enabled is true")
-        if tls.require_client_certificate and not tls.ca_certificates:
-            raise ConfigError("tls.ca_certificates: required when tls.require_client_certificate is true")
-        for key in ("certificate", "private_key", "ca_certificates"):
-            value = getattr(tls, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"tls.{key}: file {value} does not exist")
-    scheduling = settings.scheduling
-    if scheduling.long_timeout < scheduling.quiet_period:
-        raise ConfigError("scheduling.long_timeout: must be at least scheduling.quiet_period")
-    if scheduling.retry_cap < scheduling.retry_base:
-        raise ConfigError("scheduling.retry_cap: must be at least scheduling.retry_base")
-    _check_results(settings.results)
-    _check_console(settings.console)
-    url = settings.database.url
-    if url and not (url.startswith("sqlite") or url.startswith("postgresql")):
-        raise ConfigError(f"database.url: only sqlite and postgresql URLs are supported, got {url.split(':')[0]}")
-
-
-def describe(settings: Settings) -> list[tuple[str, Any, str]]:
-    """(dotted key, effective value, documentation) for every setting; used by ``config show``."""
-    rows = []
-    for section, cls in SECTIONS.items():
-        current = getattr(settings, section)
-        for field in dataclasses.fields(cls):
-            rows.append((f"{section}.{field.name}", getattr(current, field.name), field.metadata["doc"]))
-    for dest in settings.destinations:
-        rows.append((f"destinations.{dest.name}", f"{dest.ae_title}@{dest.host}:{dest.port}",
-                     f"accepts {', '.join(dest.kinds)}{'; TLS' if dest.tls else ''}"))
-    return rows
-
-
-def load_destinations(config_file: Path | None, env_value: str | None,
-                      flags: list[str] | None) -> tuple[DestinationSettings, ...]:
-    """Result destinations: ``[[destinations]]`` in the file, then ``$ORTHO_NODE_DESTINATIONS`` and
-    ``--destination`` flags (``NAME=AE@HOST:PORT``, every object kind, no TLS); a later one replaces an
-    earlier one of the same name."""
-    merged: dict[str, DestinationSettings] = {}
-    if config_file is not None:
-        document = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        tables = document.get("destinations", [])
-        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-            raise ConfigError(f"destinations in {config_file}: expected an array of tables ([[destinations]])")
-        for index, table in enumerate(tables):
-            where = f"destinations[{index}] in {config_file}"
-            for key in table:
-                _check_known_destination_key(key, where)
-            values = {key: (value, f"{where}: {key}") for key, value in table.items()}
-            _add_destination(merged, _build_section(DestinationSettings, values), where)
-    for where, specs in ((DESTINATIONS_ENV, (env_value or "").split(",")), ("--destination", flags or [])):
-        for spec in (item.strip() for item in specs):
-            if spec:
-                _add_destination(merged, _parse_destination(spec, where), where)
-    return tuple(merged.values())
-
-
-def _check_known_destination_key(key: str, where: str) -> None:
-    names = [f.name for f in dataclasses.fields(DestinationSettings)]
-    if key not in names:
-        raise ConfigError(f"{where}: unknown setting '{key}'; known: {', '.join(names)}")
-
-
-def _parse_destination(spec: str, where: str) -> DestinationSettings:
-    from ortho_node.delivery.scu import RemoteNode  # pynetdicom is imported only when destinations are given
-
-    name, sep, address = spec.partition("=")
-    try:
-        if not sep:
-            raise ValueError("missing NAME=")
-        remote = RemoteNode.parse(address)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: expected NAME=AE@HOST:PORT, got {spec!r} ({exc})") from None
-    return DestinationSettings(name=name.strip(), ae_title=remote.ae_title, host=remote.host, port=remote.port)
-
-
-def _add_destination(merged: dict[str, DestinationSettings], dest: DestinationSettings, where: str) -> None:
-    if not _DESTINATION_NAME.match(dest.name):
-        raise ConfigError(f"{where}: destination name must be 1-64 letters, digits, '.', '_' or '-', got "
-                          f"{dest.name!r}")
-    if not _AE_TITLE.match(dest.ae_title.strip() or "-"):
-        raise ConfigError(f"{where}: not a valid AE title: {dest.ae_title!r}")
-    if not dest.host:
-        raise ConfigError(f"{where}: host is required")
-    unknown = [kind for kind in dest.kinds if kind not in OBJECT_KINDS]
-    if unknown or not dest.kinds:
-        raise ConfigError(f"{where}: kinds must be some of {', '.join(OBJECT_KINDS)}, got {dest.kinds!r}")
-    if dest.ca_certificates and not Path(dest.ca_certificates).is_file():
-        raise ConfigError(f"{where}: ca_certificates file {dest.ca_certificates} does not exist")
-    merged[dest.name] = dest
-
-
-def _check_results(results: ResultsSettings) -> None:
-    for key in ("seg_series_description", "sr_series_description", "summary_series_description"):
-        template = getattr(results, key)
-        try:
-            text = template.format(plane="sagittal")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"results.{key}: only the placeholder {{plane}} is allowed ({exc!r})") from None
-        if not 0 < len(text) <= 64:
-            raise ConfigError(f"results.{key}: must give 1-64 characters (DICOM LO), got {len(text)}")
-    numbers = {results.sr_series_number, results.summary_series_number}
-    if len(numbers) < 2:
-        raise ConfigError("results.summary_series_number: must differ from results.sr_series_number")
-
-
-def _check_console(console: ConsoleSettings) -> None:
-    from listeners.console.passwords import parse_user
-
-    names = set()
-    for index, user in enumerate(console.users):
-        try:
-            name, _ = parse_user(user)
-        except ValueError as exc:
-            raise ConfigError(f"console.users[{index}]: {exc}") from None
-        if name in names:
-            raise ConfigError(f"console.users[{index}]: user {name!r} is listed twice")
-        names.add(name)
-    if console.enabled and not names:
-        raise ConfigError("console.users: at least one user is required when console.enabled is true")

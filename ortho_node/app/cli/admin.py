@@ -1,0 +1,136 @@
+"""``ortho-node studies``, ``jobs``, ``reprocess``, ``deliveries`` and ``resend``: the node's work queues."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ortho_node.app.cli.common import add_config_flag, session_factory, settings_of
+
+
+def register(sub) -> None:
+    studies = sub.add_parser("studies", help="list received studies")
+    add_config_flag(studies)
+    studies.add_argument("--json", action="store_true")
+    studies.set_defaults(handler=cmd_studies)
+
+    jobs = sub.add_parser("jobs", help="list processing jobs (newest first)")
+    add_config_flag(jobs)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=cmd_jobs)
+
+    reprocess = sub.add_parser("reprocess", help="queue a study for processing again")
+    add_config_flag(reprocess)
+    reprocess.add_argument("study_uid", metavar="STUDY_UID")
+    reprocess.set_defaults(handler=cmd_reprocess)
+
+    deliveries = sub.add_parser("deliveries", help="list the result delivery queue")
+    add_config_flag(deliveries)
+    deliveries.add_argument("--json", action="store_true")
+    deliveries.set_defaults(handler=cmd_deliveries)
+
+    resend = sub.add_parser("resend", help="queue a study's results for delivery again")
+    add_config_flag(resend)
+    resend.add_argument("study_uid", metavar="STUDY_UID")
+    resend.add_argument("--to", metavar="NAME", help="only this destination (default: every configured one and "
+                                                     "every one the study was queued for)")
+    resend.set_defaults(handler=cmd_resend)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from ortho_node.audit.views import study_inventory
+
+    studies = study_inventory(session_factory(settings_of(args)))
+    if args.json:
+        print(json.dumps(studies, indent=2, default=str))
+        return 0
+    for study in studies:
+        print(f"{study['study_instance_uid']}  {study['instance_count']} instances in "
+              f"{len(study['series'])} series, last received {study['last_received_at']}")
+        assembly, job = study["assembly"], study["job"]
+        if job is not None:
+            print(f"    job {job['id']} {job['state']}: {job['reason']}")
+        if assembly is not None:
+            planes = ", ".join(f"{p} <- {v['series_instance_uid']} ({v['reason']})"
+                               for p, v in assembly["planes"].items())
+            print(f"    {assembly['joint']} {assembly['laterality']} {assembly['outcome']}: {planes or 'no planes'}"
+                  f"{'; missing ' + ', '.join(assembly['missing_planes']) if assembly['missing_planes'] else ''}"
+                  f"{'; ' + assembly['skip_reason'] if assembly['skip_reason'] else ''}")
+        for series in study["series"]:
+            print(f"    {series['series_instance_uid']}  {series['modality'] or '-':3} "
+                  f"{series['instance_count']:5d}  {series['series_description'] or ''}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from ortho_node.audit.views import list_jobs
+
+    jobs = list_jobs(session_factory(settings_of(args)))
+    if args.json:
+        print(json.dumps(jobs, indent=2, default=str))
+        return 0
+    for job in jobs:
+        error = f"  last error: {job['last_error']}" if job["last_error"] else ""
+        print(f"job {job['id']:5d} {job['state']:10} attempts {job['attempts']}  {job['study_instance_uid']}  "
+              f"{job['reason']}{error}")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Queue a job in the database; the serving node picks it up at its next poll."""
+    from ortho_node.audit.trail import AuditKind
+    from ortho_node.scheduling.jobs import JobQueue, RetryPolicy
+    from ortho_node.scheduling.timers import SystemTime
+
+    settings = settings_of(args)
+    scheduling = settings.scheduling
+    queue = JobQueue(session_factory(settings), SystemTime(),
+                     RetryPolicy(scheduling.max_attempts, scheduling.retry_base, scheduling.retry_cap))
+    try:
+        job_id = queue.enqueue(args.study_uid, "reprocess requested", force=True, kind=AuditKind.JOB_QUEUED)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"job {job_id} queued for study {args.study_uid}")
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from ortho_node.delivery.queue import list_deliveries
+
+    items = list_deliveries(session_factory(settings_of(args)))
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+        return 0
+    for item in items:
+        status = "" if item["last_status"] is None else f" 0x{item['last_status']:04X}"
+        error = f"  {item['last_error']}" if item["last_error"] and item["state"] != "delivered" else ""
+        when = item["delivered_at"] if item["state"] == "delivered" else f"next {item['next_attempt_at']}"
+        print(f"{item['study_instance_uid']}  {item['destination']:12} {item['kind']:7} {item['state']:9} "
+              f"attempts {item['attempts']}{status}  {when}{error}")
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Reset the queue rows in the database; the serving node sends them at its next poll."""
+    from ortho_node.config import OBJECT_KINDS
+    from ortho_node.delivery.worker import DeliveryService
+
+    settings = settings_of(args)
+    queue = DeliveryService(settings, session_factory(settings)).queue
+    configured = {dest.name: dest.kinds for dest in settings.destinations}
+    queued_for = queue.destinations_of(args.study_uid)
+    targets = {**{name: list(OBJECT_KINDS) for name in queued_for}, **configured}
+    if args.to:
+        if args.to not in targets:
+            print(f"error: destination {args.to!r} is neither configured nor in the queue for this study",
+                  file=sys.stderr)
+            return 2
+        targets = {args.to: targets[args.to]}
+    count = queue.resend(args.study_uid, targets) if queued_for else 0
+    if not count:
+        print(f"error: no result objects of study {args.study_uid} in the delivery queue", file=sys.stderr)
+        return 1
+    print(f"{count} result objects queued again for {', '.join(sorted(targets))}")
+    return 0

@@ -1,0 +1,32 @@
+"""``ortho-node console hash-password``: a ``console.users`` entry for a password typed at a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    console = sub.add_parser("console", help="admin web console")
+    console_sub = console.add_subparsers(dest="console_command", required=True)
+    hash_password = console_sub.add_parser(
+        "hash-password", help="print a console.users entry NAME:HASH for a password read from stdin or a prompt")
+    hash_password.add_argument("user", metavar="NAME")
+    hash_password.set_defaults(handler=cmd_console_hash_password)
+
+
+def cmd_console_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from listeners.console.passwords import hash_password
+    from ortho_node.config.users import valid_user_name
+
+    if not valid_user_name(args.user):
+        print("error: user names are 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+        return 2
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("error: the password must have at least 8 characters", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
