@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ortho_node.app.cli.common import add_config_flag, session_factory, settings_of
+from ortho_node.app.cli.context import add_config_flag, session_factory, settings_of
 
 
 def register(sub) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ortho_node.app.cli import common
+from ortho_node.app.cli import context
 from ortho_node.audit import views as q
 from ortho_node.labels import Joint
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
              "summary": "per-day volumes, failures and turnaround percentiles"}
     for name, help_text in views.items():
         view = audit_sub.add_parser(name, help=help_text)
-        common.add_config_flag(view)
+        context.add_config_flag(view)
         _add_audit_output_flags(view)
         if name == "summary":
             view.add_argument("--days", type=int, default=14, help="days up to today (default 14)")
@@ -41,7 +41,7 @@ def register(sub) -> None:
             view.add_argument("--joint", choices=[joint.value for joint in Joint])
             view.add_argument("--ae", dest="calling_ae", metavar="AE", help="sending (calling) AE title")
     timeline = audit_sub.add_parser("timeline", help="a study's timeline, results and deliveries")
-    common.add_config_flag(timeline)
+    context.add_config_flag(timeline)
     _add_audit_output_flags(timeline)
     timeline.add_argument("study_uid", metavar="STUDY_UID")
     audit.set_defaults(handler=cmd_audit)
@@ -64,7 +64,7 @@ def _iso_day(text: str) -> dt.date:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    return run(args, common.session_factory(common.settings_of(args)))
+    return run(args, context.session_factory(context.settings_of(args)))
 
 
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import threading
 
-from ortho_node.app.cli.common import add_config_flag, settings_of
+from ortho_node.app.cli.context import add_config_flag, settings_of
 from ortho_node.app.logs import configure_logging
 from ortho_node.config import describe
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ortho_node.app.cli.common import settings_of
+from ortho_node.app.cli.context import settings_of
 
 
 def register(sub) -> None:
