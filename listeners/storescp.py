@@ -137,14 +137,16 @@ class StorageSCP:
 
     def serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Run an association on an accepted connection (accepted by another process)."""
-        assert self._server is not None, "start_without_listening() first"
+        if self._server is None:
+            raise RuntimeError("start_without_listening() first")
         if self.ssl_context:
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self._server.process_request(sock, address)
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() first"
+        if self._server is None:
+            raise RuntimeError("start() first")
         return self._server.server_address[1]
 
     def stop(self) -> None:

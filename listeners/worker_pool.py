@@ -59,7 +59,8 @@ class WorkerPoolSCP:
 
     @property
     def port(self) -> int:
-        assert self._listener is not None, "start() first"
+        if self._listener is None:
+            raise RuntimeError("start() first")
         return self._listener.getsockname()[1]
 
     def start(self, *, ready_timeout: float = 120.0) -> None:

@@ -18,10 +18,6 @@ class Status(enum.IntEnum):
     #: Error: Cannot understand - a UID is not a valid DICOM UID (and is never used as a file name).
     CANNOT_UNDERSTAND_INVALID_UID = 0xC221
 
-    @property
-    def is_success(self) -> bool:
-        return self == Status.SUCCESS
-
 
 def describe(status: int) -> str:
     """A human-readable name for any status value, ours or a peer's."""

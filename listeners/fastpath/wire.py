@@ -168,7 +168,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
             if self.message is not None:  # pynetdicom is decoding this message
                 super().receive_primitive(_p_data(context_id, pdv))
             elif self._request is not None:
-                self._receive_data(pdv)
+                self._receive_data(self._request, pdv)
             elif pdv[0] & 1:
                 self._receive_command(context_id, pdv)
             else:  # a data set fragment with no command before it: pynetdicom's way
@@ -186,7 +186,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
         request._context_id = context_id
         self._request = request
 
-    def _receive_data(self, pdv: Any) -> None:
+    def _receive_data(self, request: C_STORE, pdv: Any) -> None:
         if pdv[0] & 1:
             log.error("command fragment received inside a C-STORE data set; aborting the association")
             self._request, self._fragments = None, []
@@ -195,8 +195,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
         self._fragments.append(pdv[1:])
         if not pdv[0] & 2:
             return  # more data set fragments follow
-        request, self._request = self._request, None
-        assert request is not None
+        self._request = None
         request.DataSet = BytesIO(b"".join(self._fragments))
         self._fragments = []
         self.msg_queue.put((request._context_id, request))

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from listeners.console.server import Console, ConsoleServer
 from listeners.metrics_server import MetricsServer
@@ -22,13 +15,11 @@ from ortho_node.assembly.assembler import Assembler
 from ortho_node.assembly.plan import AssemblyRules
 from ortho_node.intake.associations import AssociationLog
 from ortho_node.intake.catalog import Catalog
-from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
+from ortho_node.audit.trail import AuditKind, AuditTrail
 from ortho_node.config import ConfigError, Settings
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
-from ortho_node.db.models import Instance
 from ortho_node.delivery.worker import DeliveryService
-from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.receive import Intake
 from ortho_node.app.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
@@ -38,13 +29,11 @@ from ortho_node.prediction import StudyPrediction
 from ortho_node.audit.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.timers import TimeSource
-from ortho_node.intake.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
+from ortho_node.intake.recovery import Recovery
+from ortho_node.intake.storage import InstanceStore, is_valid_uid
 from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 
 log = logging.getLogger(__name__)
-
-#: Left in the data folder by a clean stop; its absence at start-up means a crash, and a recovery scan.
-CLEAN_SHUTDOWN = "clean-shutdown.json"
 
 
 class Node:
@@ -67,6 +56,7 @@ class Node:
         self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
         self.catalog = Catalog(self.engine)
         self.intake = Intake(self.store, self.catalog, self.audit)
+        self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit)
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory)
@@ -83,74 +73,7 @@ class Node:
     def prepare(self) -> None:
         """Bring the schema up to date and recover from an earlier crash; run before serving."""
         migrations.upgrade(self.engine)
-        removed = self.store.clear_partial_files()
-        if removed:
-            log.info("removed %d partial files left by an interrupted write (never acknowledged)", removed)
-        if self._take_clean_shutdown_marker():
-            log.info("last stop was clean and the database still holds what it held then: no recovery scan")
-        else:
-            self.recover_unrecorded_files()
-
-    def _shutdown_state(self) -> dict[str, object]:
-        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows."""
-        with self.session_factory() as session:
-            instances = session.scalar(select(func.count(Instance.id)))
-        return {"database": hashlib.sha256(self.settings.database_url.encode()).hexdigest(), "instances": instances}
-
-    def _take_clean_shutdown_marker(self) -> bool:
-        """True when the last stop was clean and the database is the one it left: every stored file has its
-        row, so the scan over the whole archive can be skipped. The marker is removed (durably) first, so a
-        crash from here on leads to a scan at the next start."""
-        path = self.settings.data_dir / CLEAN_SHUTDOWN
-        try:
-            marker = json.loads(path.read_text())
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError):
-            marker = None
-        path.unlink(missing_ok=True)
-        fsync_folder(path.parent)
-        return marker == self._shutdown_state()
-
-    def _leave_clean_shutdown_marker(self) -> None:
-        path = self.settings.data_dir / CLEAN_SHUTDOWN
-        try:
-            write_file_durably(path, json.dumps(self._shutdown_state()).encode())
-            fsync_folder(path.parent)
-        except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
-            log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
-
-    def recover_unrecorded_files(self) -> int:
-        """Index complete files that lack a row (a crash between rename and commit)."""
-        with self.session_factory() as session:
-            known = set(session.scalars(select(Instance.file_path)))
-        recovered = 0
-        for path in self.store.iter_instance_files():
-            relative = path.relative_to(self.store.data_dir).as_posix()
-            if relative not in known and self._recover(path, relative):
-                recovered += 1
-        if recovered:
-            log.warning("indexed %d stored files that had no database row", recovered)
-        return recovered
-
-    def _recover(self, path: Path, relative: str) -> bool:
-        try:
-            dataset = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            log.error("stored file %s cannot be read (%s); left in place", relative, type(exc).__name__)
-            return False
-        header = InstanceHeader.from_dataset(dataset)
-        if not (is_valid_uid(header.sop_uid) and relative.endswith(f"/{header.sop_uid}.dcm")):
-            log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
-            return False
-        payload = path.read_bytes()
-        self.catalog.record(header, path=relative, size=len(payload),
-                            sha256=hashlib.sha256(payload).hexdigest(),
-                            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                            association_id=None, calling_ae=None)
-        self.audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
-                          study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
-        return True
+        self.recovery.prepare()
 
     def start(self) -> StorageSCP | WorkerPoolSCP:
         """Start the scheduler (recovering interrupted jobs and timers), then the Storage SCP."""
@@ -208,7 +131,7 @@ class Node:
         self.scheduler.stop()
         self.delivery.stop()
         if served:  # every association has ended: each stored file has its row
-            self._leave_clean_shutdown_marker()
+            self.recovery.leave_marker()
         self.engine.dispose()
 
 

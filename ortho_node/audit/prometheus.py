@@ -20,7 +20,7 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ortho_node.audit.views import utc
+from ortho_node.clock import as_utc
 from ortho_node.db.models import DeliveryItem, Instance, Job, Study, StudyResult, TimelineEntry
 from ortho_node.audit.timeline import Step
 
@@ -135,12 +135,12 @@ class NodeCollector:
         jobs = session.execute(select(Job.started_at, Job.finished_at).where(
             Job.finished_at.is_not(None), Job.started_at.is_not(None))).all()
         yield _histogram("ortho_node_job_duration_seconds", "Job run time (claim to finish)",
-                         [(utc(end) - utc(start)).total_seconds() for start, end in jobs], DURATION_BUCKETS)
+                         [(as_utc(end) - as_utc(start)).total_seconds() for start, end in jobs], DURATION_BUCKETS)
         inference = session.execute(select(StudyResult.inference_started_at, StudyResult.inference_finished_at)
                                     .where(StudyResult.inference_finished_at.is_not(None),
                                            StudyResult.inference_started_at.is_not(None))).all()
         yield _histogram("ortho_node_inference_duration_seconds", "Predictor run time per study",
-                         [(utc(end) - utc(start)).total_seconds() for start, end in inference], DURATION_BUCKETS)
+                         [(as_utc(end) - as_utc(start)).total_seconds() for start, end in inference], DURATION_BUCKETS)
         yield _histogram("ortho_node_turnaround_seconds", "Last instance received to last result acknowledged, "
                          "per study whose results are all delivered", _turnarounds(session), TURNAROUND_BUCKETS)
 
@@ -151,7 +151,7 @@ def _turnarounds(session: Session) -> list[float]:
                func.sum(case((DeliveryItem.state == "pending", 1), else_=0)))
         .join(DeliveryItem, DeliveryItem.study_instance_uid == Study.study_instance_uid)
         .group_by(Study.id, Study.last_received_at)).all()
-    return [(utc(acked) - utc(received)).total_seconds() for received, acked, pending in rows
+    return [(as_utc(acked) - as_utc(received)).total_seconds() for received, acked, pending in rows
             if acked is not None and not pending]
 
 

@@ -19,12 +19,15 @@ import enum
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ortho_node.db.models import StudyResult, TimelineEntry, utcnow
-from ortho_node.prediction import StudyPrediction
+from ortho_node.clock import utcnow
+from ortho_node.db.models import StudyResult, TimelineEntry
+
+if TYPE_CHECKING:  # annotations only: the CLI's audit views must not pull numpy in with the prediction types
+    from ortho_node.prediction import StudyPrediction
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Read-only admin views shared by ``ortho-node audit`` and the web console: studies with their status,
-findings and turnaround, a study's timeline, deliveries, failures, a daily summary, CSV export.
+"""Read-only views of what the node holds, for the CLI (``studies``, ``jobs``, ``audit``) and the web console:
+studies with their status, findings and turnaround, a study's timeline, jobs, deliveries, failures, a daily
+summary, CSV export.
 
 No patient identifiers leave here: studies are named by UID and description, senders by AE title.
 """
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ortho_node.audit.timeline import FAILURE_STEPS, Step
+from ortho_node.clock import as_utc, utcnow
 from ortho_node.db.models import (DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult,
                                   TimelineEntry)
-from ortho_node.audit.timeline import FAILURE_STEPS, Step
 
 STATUSES = ("receiving", "queued", "processing", "skipped", "failed", "processed", "delivering", "delivered",
             "delivery_failed")
@@ -46,13 +48,6 @@ class Filters:
     calling_ae: str | None = None
     search: str | None = None  # part of a Study Instance UID or study description
     limit: int = 500
-
-
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _day_bounds(filters: Filters) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -107,8 +102,6 @@ class _StudyContext:
     def load(cls, session: Session, ids: Sequence[int], uids: Sequence[str]) -> _StudyContext:
         counts: dict[int, int] = {}
         aes: dict[int, list[str]] = defaultdict(list)
-        jobs: dict[int, Job] = {}
-        assemblies: dict[int, StudyAssembly] = {}
         results: dict[str, StudyResult] = {}
         deliveries: dict[str, list[DeliveryItem]] = defaultdict(list)
         for chunk in _chunks(ids):
@@ -118,11 +111,6 @@ class _StudyContext:
                     select(Series.study_id, Instance.calling_ae).join(Instance, Instance.series_id == Series.id)
                     .where(Series.study_id.in_(chunk), Instance.calling_ae.is_not(None)).distinct()):
                 aes[study_id].append(ae)
-            for job in session.scalars(select(Job).where(Job.study_id.in_(chunk)).order_by(Job.id)):
-                jobs[job.study_id] = job
-            for record in session.scalars(select(StudyAssembly).where(StudyAssembly.study_id.in_(chunk))
-                                          .order_by(StudyAssembly.id)):
-                assemblies[record.study_id] = record
         for chunk in _chunks(uids):
             for result in session.scalars(select(StudyResult).where(StudyResult.study_instance_uid.in_(chunk))
                                           .order_by(StudyResult.id)):
@@ -130,7 +118,8 @@ class _StudyContext:
             for item in session.scalars(select(DeliveryItem).where(DeliveryItem.study_instance_uid.in_(chunk))
                                         .order_by(DeliveryItem.id)):
                 deliveries[item.study_instance_uid].append(item)
-        return cls(counts, aes, jobs, assemblies, results, deliveries)
+        return cls(counts, aes, _latest(session, Job, ids), _latest(session, StudyAssembly, ids), results,
+                   deliveries)
 
     def row(self, study: Study) -> dict[str, Any]:
         job = self.jobs.get(study.id)
@@ -140,8 +129,8 @@ class _StudyContext:
         delivered = [i for i in items if i.state == "delivered"]
         failed = [i for i in items if i.state == "failed"]
         pending = [i for i in items if i.state == "pending"]
-        last_received = utc(study.last_received_at)
-        last_ack = max((utc(i.delivered_at) for i in delivered if i.delivered_at), default=None)
+        last_received = as_utc(study.last_received_at)
+        last_ack = max((as_utc(i.delivered_at) for i in delivered if i.delivered_at), default=None)
         reasons = sorted({f"{i.destination}: {i.last_error}" for i in failed + pending if i.last_error})
         if job is not None and job.last_error and job.state in ("failed", "pending"):
             reasons.insert(0, f"job {job.id}: {job.last_error}")
@@ -151,7 +140,7 @@ class _StudyContext:
             "study_instance_uid": study.study_instance_uid,
             "study_description": study.study_description,
             "calling_aes": sorted(self.aes.get(study.id, [])),
-            "first_received_at": utc(study.first_received_at),
+            "first_received_at": as_utc(study.first_received_at),
             "last_received_at": last_received,
             "instance_count": int(self.counts.get(study.id) or 0),
             "joint": (result.joint if result else assembly.joint if assembly else None),
@@ -164,7 +153,7 @@ class _StudyContext:
             "findings_present": [f["label"] for f in result.findings if f.get("present")] if result else [],
             "model_name": result.model_name if result else None,
             "model_version": result.model_version if result else None,
-            "results_at": utc(result.created_at) if result else None,
+            "results_at": as_utc(result.created_at) if result else None,
             "delivered": len(delivered), "pending": len(pending), "failed": len(failed),
             "failure_reasons": reasons,
             "turnaround_seconds": (round((last_ack - last_received).total_seconds(), 3)
@@ -199,6 +188,65 @@ def _chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield values[index:index + size]
 
 
+def _latest(session: Session, model: type[Job] | type[StudyAssembly], ids: Sequence[int]) -> dict[int, Any]:
+    """The newest job (or assembly decision) of each of the studies ``ids``, by study id."""
+    latest: dict[int, Any] = {}
+    for chunk in _chunks(ids):
+        for row in session.scalars(select(model).where(model.study_id.in_(chunk)).order_by(model.id)):
+            latest[row.study_id] = row
+    return latest
+
+
+def study_inventory(session_factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+    """What ``ortho-node studies`` lists: every received study, newest first, with its series and instance
+    counts, the latest assembly decision (joint, laterality, planes with the chosen series and why,
+    completeness reason) and the latest job; timestamps as the database returns them."""
+    with session_factory() as session:
+        studies = session.scalars(
+            select(Study).options(selectinload(Study.series)).order_by(Study.last_received_at.desc())).all()
+        ids = [s.id for s in studies]
+        jobs, assemblies = _latest(session, Job, ids), _latest(session, StudyAssembly, ids)
+        return [_inventory_row(study, jobs.get(study.id), assemblies.get(study.id)) for study in studies]
+
+
+def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None) -> dict[str, Any]:
+    series = [{"series_instance_uid": s.series_instance_uid, "series_number": s.series_number,
+               "modality": s.modality, "series_description": s.series_description,
+               "body_part_examined": s.body_part_examined, "laterality": s.laterality,
+               "instance_count": s.instance_count} for s in study.series]
+    return {"study_instance_uid": study.study_instance_uid, "study_description": study.study_description,
+            "first_received_at": study.first_received_at, "last_received_at": study.last_received_at,
+            "instance_count": sum(s["instance_count"] for s in series), "series": series,
+            "job": _job(job) if job is not None else None, "assembly": _assembly(assembly)}
+
+
+def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    summary = record.summary
+    return {"job_id": record.job_id, "outcome": record.outcome, "joint": record.joint,
+            "joint_reason": summary.get("joint_reason"), "laterality": record.laterality,
+            "laterality_reason": summary.get("laterality_reason"), "conflicts": summary.get("conflicts", []),
+            "planes": summary.get("planes", {}), "missing_planes": summary.get("missing_planes", []),
+            "completeness_reason": record.completeness_reason, "skip_reason": record.skip_reason,
+            "excluded": summary.get("excluded", [])}
+
+
+def list_jobs(session_factory: sessionmaker[Session], *, limit: int = 200) -> list[dict[str, Any]]:
+    """The most recent jobs, newest first (``ortho-node jobs``)."""
+    with session_factory() as session:
+        rows = session.execute(select(Job, Study.study_instance_uid).join(Study).order_by(Job.id.desc())
+                               .limit(limit)).all()
+        return [{**_job(job), "study_instance_uid": uid} for job, uid in rows]
+
+
+def _job(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.state, "reason": job.reason, "attempts": job.attempts,
+            "next_attempt_at": job.next_attempt_at, "last_error": job.last_error,
+            "supersedes_job_id": job.supersedes_job_id, "created_at": job.created_at,
+            "started_at": job.started_at, "finished_at": job.finished_at}
+
+
 def study_timeline(session_factory: sessionmaker[Session], study_instance_uid: str) -> list[dict[str, Any]] | None:
     """The study's timeline in the order it happened (None when the study is not stored): first and last
     instance received, then every recorded step."""
@@ -208,11 +256,11 @@ def study_timeline(session_factory: sessionmaker[Session], study_instance_uid: s
             return None
         rows = session.scalars(select(TimelineEntry).where(TimelineEntry.study_instance_uid == study_instance_uid)
                                .order_by(TimelineEntry.id)).all()
-    entries = [{"at": utc(study.first_received_at), "step": Step.FIRST_RECEIVED.value, "job_id": None,
+    entries = [{"at": as_utc(study.first_received_at), "step": Step.FIRST_RECEIVED.value, "job_id": None,
                 "detail": "first instance received", "data": None},
-               {"at": utc(study.last_received_at), "step": Step.LAST_RECEIVED.value, "job_id": None,
+               {"at": as_utc(study.last_received_at), "step": Step.LAST_RECEIVED.value, "job_id": None,
                 "detail": "last instance received", "data": None}]
-    entries += [{"at": utc(r.at), "step": r.step, "job_id": r.job_id, "detail": r.detail, "data": r.data}
+    entries += [{"at": as_utc(r.at), "step": r.step, "job_id": r.job_id, "detail": r.detail, "data": r.data}
                 for r in rows]
     return entries
 
@@ -222,11 +270,11 @@ def study_results(session_factory: sessionmaker[Session], study_instance_uid: st
     with session_factory() as session:
         rows = session.scalars(select(StudyResult).where(StudyResult.study_instance_uid == study_instance_uid)
                                .order_by(StudyResult.id.desc())).all()
-    return [{"id": r.id, "job_id": r.job_id, "created_at": utc(r.created_at), "joint": r.joint,
+    return [{"id": r.id, "job_id": r.job_id, "created_at": as_utc(r.created_at), "joint": r.joint,
              "laterality": r.laterality, "model_name": r.model_name, "model_version": r.model_version,
              "model_card": r.model_card, "findings": r.findings, "objects": r.objects,
-             "inference_started_at": utc(r.inference_started_at),
-             "inference_finished_at": utc(r.inference_finished_at)} for r in rows]
+             "inference_started_at": as_utc(r.inference_started_at),
+             "inference_finished_at": as_utc(r.inference_finished_at)} for r in rows]
 
 
 def list_deliveries(session_factory: sessionmaker[Session], filters: Filters = Filters(), *,
@@ -246,7 +294,7 @@ def list_deliveries(session_factory: sessionmaker[Session], filters: Filters = F
         if filters.search:
             query = query.where(DeliveryItem.study_instance_uid.like(f"%{filters.search.strip()}%"))
         items = session.scalars(query.limit(filters.limit)).all()
-    return [{column: (utc(value) if isinstance(value := getattr(item, column), dt.datetime) else value)
+    return [{column: (as_utc(value) if isinstance(value := getattr(item, column), dt.datetime) else value)
              for column in DELIVERY_COLUMNS} for item in items]
 
 
@@ -265,7 +313,7 @@ def list_failures(session_factory: sessionmaker[Session], filters: Filters = Fil
         if filters.search:
             query = query.where(TimelineEntry.study_instance_uid.like(f"%{filters.search.strip()}%"))
         rows = session.scalars(query.limit(filters.limit)).all()
-    return [{"at": utc(r.at), "study_instance_uid": r.study_instance_uid, "step": r.step, "job_id": r.job_id,
+    return [{"at": as_utc(r.at), "study_instance_uid": r.study_instance_uid, "step": r.step, "job_id": r.job_id,
              "detail": r.detail} for r in rows]
 
 
@@ -284,7 +332,7 @@ def daily_summary(session_factory: sessionmaker[Session], *, days: int = 14,
     """Per UTC day, oldest first: studies received (by last instance), instances received, result sets built,
     objects delivered, failures (job failures, flagged deliveries, skipped studies) and the turnaround
     percentiles of the studies received that day."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or utcnow().date()
     first = today - dt.timedelta(days=days - 1)
     studies = list_studies(session_factory, Filters(since=first, until=today, limit=10**9))
     start = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
@@ -301,7 +349,7 @@ def daily_summary(session_factory: sessionmaker[Session], *, days: int = 14,
 
     def bump(values: Iterable[dt.datetime | None], key: str) -> None:
         for value in values:
-            day = utc(value).date() if value else None
+            day = as_utc(value).date() if value else None
             if day in summary:
                 summary[day][key] += 1
 

@@ -1,12 +1,12 @@
-"""What a C-STORE outcome means for delivery (PS3.4 B.2.3, PS3.7 C.4.2, PS3.8 9.3.4) and when to retry."""
+"""What a C-STORE outcome means for delivery (PS3.4 B.2.3, PS3.7 C.4.2, PS3.8 9.3.4) and the retry backoff."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
-from typing import Protocol
 
+from ortho_node.clock import RetryPolicy
+from ortho_node.config import DeliverySettings
 from ortho_node.delivery.scu import Failure, SendResult
 
 #: C-STORE warnings (coercion, elements discarded, data set does not match SOP class): the object is stored.
@@ -34,33 +34,8 @@ def classify(result: SendResult) -> Outcome:
     return Outcome.PERMANENT
 
 
-class Clock(Protocol):
-    def now(self) -> dt.datetime: ...
-
-
-class SystemClock:
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff: ``initial * 2**(attempts - 1)`` seconds, at most ``maximum``, for at most
-    ``retry_for`` after the object was queued."""
-
-    initial: dt.timedelta = dt.timedelta(seconds=30)
-    maximum: dt.timedelta = dt.timedelta(minutes=30)
-    retry_for: dt.timedelta = dt.timedelta(hours=24)
-
-    def __post_init__(self) -> None:
-        if self.initial <= dt.timedelta(0) or self.maximum < self.initial:
-            raise ValueError("backoff needs 0 < initial <= maximum")
-
-    def delay(self, attempts: int) -> dt.timedelta:
-        exponent = min(max(attempts - 1, 0), 32)  # 2**32 initial delays exceed any sensible cap
-        return min(self.initial * (2 ** exponent), self.maximum)
-
-    def next_attempt(self, attempts: int, queued_at: dt.datetime, now: dt.datetime) -> dt.datetime | None:
-        """When to try again after ``attempts`` failed attempts; None when the retry time is used up."""
-        when = now + self.delay(attempts)
-        return when if when <= queued_at + self.retry_for else None
+def retry_policy(settings: DeliverySettings) -> RetryPolicy:
+    """The deliveries' backoff: ``initial_backoff`` seconds doubled per attempt up to ``max_backoff``, for
+    ``retry_for_hours`` after the object was queued, however many attempts that takes."""
+    return RetryPolicy.of_seconds(settings.initial_backoff, max(settings.max_backoff, settings.initial_backoff),
+                                  retry_for=dt.timedelta(hours=settings.retry_for_hours))

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.config import DestinationSettings
 from ortho_node.db.models import DeliveryItem
-from ortho_node.delivery.outcomes import Clock, Outcome, RetryPolicy, classify
+from ortho_node.clock import Clock, RetryPolicy, as_utc
+from ortho_node.delivery.outcomes import Outcome, classify
 from ortho_node.delivery.scu import SendResult
 from ortho_node.audit.timeline import Step, entry
 
@@ -137,7 +138,7 @@ class DeliveryQueue:
             item.last_error = f"{status} {result.reason}"
             retry_at = None
             if outcome is Outcome.TRANSIENT:
-                retry_at = self.policy.next_attempt(item.attempts, _aware(item.queued_at), now)
+                retry_at = self.policy.next_attempt(item.attempts, as_utc(item.queued_at), now)
             if retry_at is not None:
                 item.next_attempt_at = retry_at
                 return outcome
@@ -154,7 +155,7 @@ class DeliveryQueue:
         with self._session_factory() as session:
             when = session.scalars(select(DeliveryItem.next_attempt_at).where(
                 DeliveryItem.state == State.PENDING.value).order_by(DeliveryItem.next_attempt_at).limit(1)).first()
-        return _aware(when) if when else None
+        return as_utc(when) if when else None
 
     def destinations_of(self, study_instance_uid: str) -> set[str]:
         with self._session_factory() as session:
@@ -201,8 +202,3 @@ def list_deliveries(session_factory: sessionmaker[Session]) -> list[dict[str, An
         return [{column: getattr(item, column) for column in (
             "study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts", "queued_at",
             "next_attempt_at", "last_attempt_at", "delivered_at", "last_status", "last_error")} for item in items]
-
-
-def _aware(when: dt.datetime) -> dt.datetime:
-    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)

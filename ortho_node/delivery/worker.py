@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import ssl
 import threading
@@ -16,8 +15,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ortho_node.clock import Clock, SystemClock
 from ortho_node.config import DestinationSettings, Settings, TlsSettings
-from ortho_node.delivery.outcomes import Clock, Outcome, RetryPolicy, SystemClock
+from ortho_node.delivery.outcomes import Outcome, retry_policy
 from ortho_node.delivery.queue import DeliveryQueue, ResultFile
 from ortho_node.delivery.scu import Failure, RemoteNode, SendResult, send_files
 
@@ -115,11 +115,8 @@ class DeliveryService:
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *,
                  clock: Clock | None = None) -> None:
         delivery = settings.delivery
-        policy = RetryPolicy(initial=dt.timedelta(seconds=delivery.initial_backoff),
-                             maximum=dt.timedelta(seconds=max(delivery.max_backoff, delivery.initial_backoff)),
-                             retry_for=dt.timedelta(hours=delivery.retry_for_hours))
         self.destinations = settings.destinations
-        self.queue = DeliveryQueue(session_factory, clock or SystemClock(), policy)
+        self.queue = DeliveryQueue(session_factory, clock or SystemClock(), retry_policy(delivery))
         self.worker = DeliveryWorker(
             self.queue, settings.destinations, calling_ae=delivery.calling_ae or settings.dicom.ae_title,
             timeout=delivery.timeout, batch_size=delivery.batch_size, poll_interval=delivery.poll_interval,

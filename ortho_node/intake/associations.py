@@ -9,7 +9,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, Severity, make_event
-from ortho_node.db.models import Association, utcnow
+from ortho_node.clock import utcnow
+from ortho_node.db.models import Association
 
 log = logging.getLogger(__name__)
 

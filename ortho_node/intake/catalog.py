@@ -11,7 +11,8 @@ import threading
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ortho_node.db.models import Instance, Series, Study, utcnow
+from ortho_node.clock import utcnow
+from ortho_node.db.models import Instance, Series, Study
 from ortho_node.intake.header import InstanceHeader
 
 

@@ -218,12 +218,3 @@ class InstanceHeader:
             },
         )
 
-    def study_facts(self) -> dict[str, Any]:
-        return dict(self.study)
-
-    def series_facts(self) -> dict[str, Any]:
-        return dict(self.series)
-
-    def instance_facts(self) -> dict[str, Any]:
-        return dict(self.instance)
-

@@ -16,9 +16,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, Severity, make_event
-from ortho_node.db.models import Instance, Job, Series, Study
-from ortho_node.scheduling.timers import TimeSource, as_utc
 from ortho_node.audit.timeline import Step, entry
+from ortho_node.clock import RetryPolicy, as_utc
+from ortho_node.config import SchedulingSettings
+from ortho_node.db.models import Instance, Job, Series, Study
+from ortho_node.scheduling.timers import TimeSource
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +33,11 @@ class JobState(str, enum.Enum):
     SUPERSEDED = "superseded"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    base: float  # seconds before the first retry
-    cap: float  # longest wait
-
-    def delay(self, attempts: int) -> dt.timedelta:
-        return dt.timedelta(seconds=min(self.cap, self.base * 2 ** max(0, attempts - 1)))
+def retry_policy(settings: SchedulingSettings) -> RetryPolicy:
+    """The jobs' backoff: ``retry_base`` seconds doubled per attempt up to ``retry_cap``, for at most
+    ``max_attempts`` attempts however long that takes."""
+    return RetryPolicy.of_seconds(settings.retry_base, settings.retry_cap, retry_for=None,
+                                  max_attempts=settings.max_attempts)
 
 
 @dataclass(frozen=True)
@@ -148,9 +147,9 @@ class JobQueue:
             row = session.get(Job, job.id)
             row.last_error = error[:2000]
             details = {"job_id": job.id, "attempt": row.attempts, "error": error[:500]}
-            if not permanent and row.attempts < self.retry.max_attempts:
-                row.state, row.next_attempt_at = JobState.PENDING.value, now + self.retry.delay(row.attempts)
-                retry_at = row.next_attempt_at
+            retry_at = None if permanent else self.retry.next_attempt(row.attempts, as_utc(row.created_at), now)
+            if retry_at is not None:
+                row.state, row.next_attempt_at = JobState.PENDING.value, retry_at
                 session.add(make_event(AuditKind.JOB_RETRY, f"job {job.id} attempt {row.attempts} failed; retry at "
                                        f"{retry_at.isoformat()}", severity=Severity.WARNING,
                                        study_instance_uid=job.study_instance_uid, details=details))

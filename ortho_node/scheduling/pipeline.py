@@ -82,11 +82,10 @@ class Pipeline:
         recorded = self._record(assembled, job_id)
         if self.stages is None or assembled.skipped:
             return recorded
-        return PipelineResult(recorded.assembly_id, False, self._infer_and_deliver(assembled, job_id))
+        return PipelineResult(recorded.assembly_id, False, self._infer_and_deliver(self.stages, assembled, job_id))
 
-    def _infer_and_deliver(self, assembled: AssembledStudy, job_id: int | None) -> int:
-        stages, uid = self.stages, assembled.study_instance_uid
-        assert stages is not None
+    def _infer_and_deliver(self, stages: ResultStages, assembled: AssembledStudy, job_id: int | None) -> int:
+        uid = assembled.study_instance_uid
         with self.gpu_lock:
             started = self.timeline.inference_started(uid, job_id=job_id,
                                                       planes=[p.value for p in assembled.planes])

@@ -16,7 +16,7 @@ from ortho_node.assembly.completeness import CompletenessRules
 from ortho_node.audit.trail import AuditKind
 from ortho_node.config import SchedulingSettings
 from ortho_node.scheduling.pipeline import Pipeline
-from ortho_node.scheduling.jobs import ClaimedJob, JobQueue, RetryPolicy
+from ortho_node.scheduling.jobs import ClaimedJob, JobQueue, retry_policy
 from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.scheduling.watcher import StudyWatcher
 from ortho_node.scheduling.workers import WorkerPool
@@ -33,8 +33,7 @@ class Scheduler:
         self._settings = settings
         self._assembler = assembler
         self._pipeline = pipeline
-        self.queue = JobQueue(session_factory, self.time,
-                              RetryPolicy(settings.max_attempts, settings.retry_base, settings.retry_cap))
+        self.queue = JobQueue(session_factory, self.time, retry_policy(settings))
         self.pool = WorkerPool(self.queue, self._run_job, self.time, settings.concurrency)
         self.watcher = StudyWatcher(assembler, self.queue, self.time, CompletenessRules.from_settings(settings),
                                     on_queued=self.pool.dispatch)

@@ -1,4 +1,4 @@
-"""Time for the scheduler: the clock and one-shot/periodic timers, behind one small interface.
+"""Timers for the scheduler: one-shot and periodic callbacks on a :class:`~ortho_node.clock.Clock`.
 
 Production uses APScheduler's background scheduler; tests use :class:`ManualTime`, whose ``advance``
 fires due timers synchronously, so no test sleeps through a real timeout.
@@ -18,23 +18,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from ortho_node.clock import Clock, SystemClock, utcnow
+
 log = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands timestamps back naive; every timestamp the node writes is UTC."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
-
-
-class TimeSource(Protocol):
-    def now(self) -> dt.datetime: ...
-
+class TimeSource(Clock, Protocol):
     def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
         """Run ``callback`` once at ``when``, replacing any timer armed under ``key``."""
 
@@ -45,16 +36,13 @@ class TimeSource(Protocol):
     def shutdown(self) -> None: ...
 
 
-class SystemTime:
+class SystemTime(SystemClock):
     """Wall-clock time with APScheduler timers (in-memory job store: the database holds the truth)."""
 
     def __init__(self) -> None:
         self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc,
                                               job_defaults={"coalesce": True, "misfire_grace_time": None,
                                                             "max_instances": 1})
-
-    def now(self) -> dt.datetime:
-        return utcnow()
 
     def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
         self._scheduler.add_job(callback, DateTrigger(run_date=when), id=key, replace_existing=True)

@@ -43,7 +43,7 @@ def test_audit_trail_is_append_only(database_url):
 
 def test_node_stores_on_each_database(start_node, database_url, tmp_path):
     from ortho_node.delivery.scu import RemoteNode, send_files
-    from ortho_node.audit.queries import list_studies
+    from ortho_node.audit.views import study_inventory
     from tests.dicom_factory import mr_dataset, write
 
     node = start_node(**{"database.url": database_url})
@@ -51,6 +51,6 @@ def test_node_stores_on_each_database(start_node, database_url, tmp_path):
                    tmp_path / f"{i}.dcm") for i in range(3)]
     results = send_files(RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port), files, calling_ae="SCU")
     assert [r.status for r in results] == [0, 0, 0]
-    [study] = list_studies(node.session_factory)
+    [study] = study_inventory(node.session_factory)
     assert study["instance_count"] == 3
     assert study["series"][0]["body_part_examined"] == "KNEE"

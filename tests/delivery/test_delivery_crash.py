@@ -9,7 +9,7 @@ from sqlalchemy import select
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import DeliveryItem
-from ortho_node.delivery.outcomes import RetryPolicy, SystemClock
+from ortho_node.clock import RetryPolicy, SystemClock
 from ortho_node.delivery.queue import DeliveryQueue, ResultFile
 from ortho_node.config import DestinationSettings
 from tests.delivery.conftest import make_result_files

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.db.models import AuditEvent, DeliveryItem
-from ortho_node.delivery.outcomes import Outcome, RetryPolicy, classify
+from ortho_node.clock import RetryPolicy
+from ortho_node.delivery.outcomes import Outcome, classify
 from ortho_node.delivery.scu import Failure, SendResult
 from ortho_node.delivery.worker import DeliveryService
 from tests.delivery.conftest import FakeClock, make_result_files

@@ -9,9 +9,10 @@ import logging
 
 from sqlalchemy import delete, func, select
 
-from ortho_node.app.node import CLEAN_SHUTDOWN, Node
+from ortho_node.app.node import Node
 from ortho_node.db.models import Instance
 from ortho_node.delivery.scu import RemoteNode, send_files
+from ortho_node.intake.recovery import CLEAN_SHUTDOWN
 from tests.dicom_factory import mr_dataset, write
 
 
@@ -39,7 +40,7 @@ def test_clean_stop_spares_the_scan_and_a_changed_database_does_not(make_setting
     assert json.loads(marker.read_text())["instances"] == 2
 
     again = Node(settings)
-    with caplog.at_level(logging.INFO, logger="ortho_node.app.node"):
+    with caplog.at_level(logging.INFO, logger="ortho_node.intake.recovery"):
         again.prepare()
     assert "no recovery scan" in caplog.text and _rows(again) == 2
     assert not marker.exists()  # a crash from now on must lead to a scan
@@ -53,7 +54,7 @@ def test_clean_stop_spares_the_scan_and_a_changed_database_does_not(make_setting
     again.engine.dispose()
     caplog.clear()
     third = Node(settings)
-    with caplog.at_level(logging.INFO, logger="ortho_node.app.node"):
+    with caplog.at_level(logging.INFO, logger="ortho_node.intake.recovery"):
         third.prepare()
     assert "no recovery scan" not in caplog.text and "indexed 2 stored files" in caplog.text
     assert _rows(third) == 2

@@ -7,7 +7,7 @@ import functools
 import json
 
 from ortho_node.app.cli import main as cli
-from ortho_node.db.models import utcnow
+from ortho_node.clock import utcnow
 from ortho_node.scheduling.pipeline import Pipeline
 from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.watcher import timer_key

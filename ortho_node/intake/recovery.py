@@ -1,0 +1,108 @@
+"""Start-up crash recovery of the archive and the clean-stop marker that lets a clean restart skip it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
+from ortho_node.db.models import Instance
+from ortho_node.intake.catalog import Catalog
+from ortho_node.intake.header import InstanceHeader
+from ortho_node.intake.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
+
+log = logging.getLogger(__name__)
+
+#: Left in the data folder by a clean stop; its absence at start-up means a crash, and a recovery scan.
+CLEAN_SHUTDOWN = "clean-shutdown.json"
+
+
+class Recovery:
+    """Brings the archive and its rows back in step after a crash, and vouches for them after a clean stop."""
+
+    def __init__(self, database_url: str, session_factory: sessionmaker[Session], store: InstanceStore,
+                 catalog: Catalog, audit: AuditTrail) -> None:
+        self._database_url = database_url
+        self._session_factory = session_factory
+        self._store = store
+        self._catalog = catalog
+        self._audit = audit
+        self.marker = store.data_dir / CLEAN_SHUTDOWN
+
+    def prepare(self) -> None:
+        """Clear partial writes; index stored files without a row unless a clean stop vouches there are none."""
+        removed = self._store.clear_partial_files()
+        if removed:
+            log.info("removed %d partial files left by an interrupted write (never acknowledged)", removed)
+        if self._take_marker():
+            log.info("last stop was clean and the database still holds what it held then: no recovery scan")
+        else:
+            self.recover_unrecorded_files()
+
+    def leave_marker(self) -> None:
+        """After a clean stop (every association ended, so each stored file has its row)."""
+        try:
+            write_file_durably(self.marker, json.dumps(self._state()).encode())
+            fsync_folder(self.marker.parent)
+        except (OSError, SQLAlchemyError) as exc:  # disk full, database gone: the next start scans, as after a crash
+            log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
+
+    def _state(self) -> dict[str, object]:
+        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows."""
+        with self._session_factory() as session:
+            instances = session.scalar(select(func.count(Instance.id)))
+        return {"database": hashlib.sha256(self._database_url.encode()).hexdigest(), "instances": instances}
+
+    def _take_marker(self) -> bool:
+        """True when the last stop was clean and the database is the one it left: every stored file has its
+        row, so the scan over the whole archive can be skipped. The marker is removed (durably) first, so a
+        crash from here on leads to a scan at the next start."""
+        try:
+            marker = json.loads(self.marker.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            marker = None
+        self.marker.unlink(missing_ok=True)
+        fsync_folder(self.marker.parent)
+        return marker == self._state()
+
+    def recover_unrecorded_files(self) -> int:
+        """Index complete files that lack a row (a crash between rename and commit)."""
+        with self._session_factory() as session:
+            known = set(session.scalars(select(Instance.file_path)))
+        recovered = 0
+        for path in self._store.iter_instance_files():
+            relative = path.relative_to(self._store.data_dir).as_posix()
+            if relative not in known and self._recover(path, relative):
+                recovered += 1
+        if recovered:
+            log.warning("indexed %d stored files that had no database row", recovered)
+        return recovered
+
+    def _recover(self, path: Path, relative: str) -> bool:
+        try:
+            dataset = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            log.error("stored file %s cannot be read (%s); left in place", relative, type(exc).__name__)
+            return False
+        header = InstanceHeader.from_dataset(dataset)
+        if not (is_valid_uid(header.sop_uid) and relative.endswith(f"/{header.sop_uid}.dcm")):
+            log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
+            return False
+        payload = path.read_bytes()
+        self._catalog.record(header, path=relative, size=len(payload),
+                             sha256=hashlib.sha256(payload).hexdigest(),
+                             transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                             association_id=None, calling_ae=None)
+        self._audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
+                           study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
+        return True
