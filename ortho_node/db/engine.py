@@ -32,7 +32,7 @@ def _sqlite_pragmas(busy_timeout: float):
         cursor.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; after a power loss the last commits may
         # roll back, but every acknowledged instance's file was fsynced first and start-up recovery
-        # (Node.recover_unrecorded_files) rebuilds rows from files. This halves fsyncs per instance.
+        # (ortho_node.intake.recovery) rebuilds rows from files. This halves fsyncs per instance.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

@@ -80,13 +80,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Queue a job in the database; the serving node picks it up at its next poll."""
     from ortho_node.audit.trail import AuditKind
-    from ortho_node.scheduling.jobs import JobQueue, RetryPolicy
+    from ortho_node.scheduling.jobs import JobQueue, retry_policy
     from ortho_node.scheduling.timers import SystemTime
 
     settings = settings_of(args)
-    scheduling = settings.scheduling
-    queue = JobQueue(session_factory(settings), SystemTime(),
-                     RetryPolicy(scheduling.max_attempts, scheduling.retry_base, scheduling.retry_cap))
+    queue = JobQueue(session_factory(settings), SystemTime(), retry_policy(settings.scheduling))
     try:
         job_id = queue.enqueue(args.study_uid, "reprocess requested", force=True, kind=AuditKind.JOB_QUEUED)
     except LookupError as exc:
