@@ -21,12 +21,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ortho_node.audit.timeline import FAILURE_STEPS, Step
 from ortho_node.clock import as_utc, utcnow
-from ortho_node.db.models import (DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult,
-                                  TimelineEntry)
+from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult, TimelineEntry
+from ortho_node.labels import Joint
 
 STATUSES = ("receiving", "queued", "processing", "skipped", "failed", "processed", "delivering", "delivered",
             "delivery_failed")
-JOINTS = ("knee", "ankle", "shoulder", "unknown")
+JOINTS = tuple(joint.value for joint in Joint)
 STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "first_received_at", "last_received_at",
                  "instance_count", "joint", "laterality", "status", "job_state", "completeness_reason",
                  "missing_planes", "findings_present", "model_version", "results_at", "delivered", "pending",
@@ -230,6 +230,16 @@ def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:
             "planes": summary.get("planes", {}), "missing_planes": summary.get("missing_planes", []),
             "completeness_reason": record.completeness_reason, "skip_reason": record.skip_reason,
             "excluded": summary.get("excluded", [])}
+
+
+def delivery_queue(session_factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+    """Every queued object with its state, for ``ortho-node deliveries``."""
+    with session_factory() as session:
+        items = session.scalars(select(DeliveryItem).order_by(DeliveryItem.study_instance_uid,
+                                                              DeliveryItem.destination, DeliveryItem.id))
+        return [{column: getattr(item, column) for column in (
+            "study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts", "queued_at",
+            "next_attempt_at", "last_attempt_at", "delivered_at", "last_status", "last_error")} for item in items]
 
 
 def list_jobs(session_factory: sessionmaker[Session], *, limit: int = 200) -> list[dict[str, Any]]:

@@ -193,12 +193,3 @@ class DeliveryQueue:
                                   at=now, data={"destination": name}))
         return queued
 
-
-def list_deliveries(session_factory: sessionmaker[Session]) -> list[dict[str, Any]]:
-    """Every queued object with its state, for ``ortho-node deliveries``."""
-    with session_factory() as session:
-        items = session.scalars(select(DeliveryItem).order_by(DeliveryItem.study_instance_uid,
-                                                              DeliveryItem.destination, DeliveryItem.id))
-        return [{column: getattr(item, column) for column in (
-            "study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts", "queued_at",
-            "next_attempt_at", "last_attempt_at", "delivered_at", "last_status", "last_error")} for item in items]

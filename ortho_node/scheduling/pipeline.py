@@ -7,7 +7,7 @@ job re-run after a crash replaces its own record instead of adding a second one.
 With :class:`ResultStages` (plugged in by the composition root when a model is configured, the usual case
 for ``ortho-node serve``) a study that was not skipped then goes predictor -> result objects written ->
 delivery queue, each step on the study's timeline (``ortho_node.audit.timeline``) with the model card version
-recorded with the results. The predictor holds ``gpu_lock``, so model work is serialized whatever the
+recorded with the results. The predictor holds ``model_lock``, so model work is serialized whatever the
 worker concurrency; building and writing the objects runs outside it.
 """
 
@@ -73,7 +73,7 @@ class ResultStages:
 class Pipeline:
     def __init__(self, session_factory: sessionmaker[Session], *, stages: ResultStages | None = None) -> None:
         self._session_factory = session_factory
-        self.gpu_lock = threading.Lock()
+        self.model_lock = threading.Lock()
         self.stages = stages
         self.timeline = Timeline(session_factory)
 
@@ -86,7 +86,7 @@ class Pipeline:
 
     def _infer_and_deliver(self, stages: ResultStages, assembled: AssembledStudy, job_id: int | None) -> int:
         uid = assembled.study_instance_uid
-        with self.gpu_lock:
+        with self.model_lock:
             started = self.timeline.inference_started(uid, job_id=job_id,
                                                       planes=[p.value for p in assembled.planes])
             prediction = stages.predictor.predict(assembled, locate=stages.locate)

@@ -95,9 +95,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from ortho_node.delivery.queue import list_deliveries
+    from ortho_node.audit.views import delivery_queue
 
-    items = list_deliveries(session_factory(settings_of(args)))
+    items = delivery_queue(session_factory(settings_of(args)))
     if args.json:
         print(json.dumps(items, indent=2, default=str))
         return 0
