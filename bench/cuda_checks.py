@@ -150,7 +150,7 @@ def pretrain_cli(device: torch.device, scratch: Path) -> None:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         return parser.parse_args(
-            ["--plane", "sagittal", "--data", str(scratch / "data"), "--out", str(scratch / "out"), "--config",
+            ["--plane", "sagittal", "--data", str(scratch / "data"), "--out", str(scratch / "out"), "--unet",
              "reduced", "--steps", str(steps), "--batch-size", "2", "--ema-start", "2", "--ema-every", "1",
              "--checkpoint-every", "2", "--device", device.type] + (["--resume"] if resume else []))  # fmt: skip
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = OrthoModel(dataclasses.replace(base.card, segmentation_widths=widths))
         model.load_state_dict(frozen, strict=False)  # every decoder weight starts fresh
-        settings = FinetuneSettings(task=Task.KNEE_SEG, out=Path(), epochs=args.epochs, patience=args.epochs,
+        settings = FinetuneSettings(epochs=args.epochs, patience=args.epochs,
                                     lr=DECODER_LR, backbone_lr_factor=0.0, balance_classes=True, device="cpu")
         started = time.perf_counter()
         result = train_task(model, Task.KNEE_SEG, train, val, settings)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for fraction in (0.1, 1.0):
                 model = copy.deepcopy(start)
                 train, val = split(len(data), 0.2, fraction, 0)
-                settings = FinetuneSettings(task=task, out=Path(), epochs=args.epochs, patience=args.epochs,
+                settings = FinetuneSettings(epochs=args.epochs, patience=args.epochs,
                                             label_fraction=fraction, lr=args.lr)
                 train_task(model, task, data.subset(train), data.subset(val), settings)
                 score, _, _ = evaluate(model, task, test, device)

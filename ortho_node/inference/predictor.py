@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
+from ortho_node.inference.windows import WindowAverage, window_starts
 from ortho_node.labels import MODEL_PLANES, Joint, Plane
 from ortho_node.model.evidence import STATISTICS, plane_statistics, stack_inputs
 from ortho_node.model.heads import DiagnosisOutput, clinical_from_facts
@@ -39,9 +40,26 @@ from ortho_node.model.preprocessing import (
     scale_intensity,
     slices_to_model_grid,
 )
-from ortho_node.model.runtime import DeviceChoice, autocast, prepare_for_inference, resolve_device
-from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, SystemCard, load_system
-from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyNotAnalysable, StudyPrediction
+from ortho_node.model.runtime import (
+    DeviceChoice,
+    autocast,
+    prepare_for_inference,
+    resolve_device,
+)
+from ortho_node.model.system import (
+    SEGMENTATION_JOINT,
+    OrthoModel,
+    SystemCard,
+    load_system,
+)
+from ortho_node.prediction import (
+    Finding,
+    ModelIdentity,
+    SeriesSegmentation,
+    SliceRef,
+    StudyNotAnalysable,
+    StudyPrediction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +96,6 @@ class _PlaneRun:
     class_maps: torch.Tensor | None = None
     first_draw_maps: torch.Tensor | None = None
     slices: torch.Tensor | None = None
-
-
-def window_starts(slices: int, depth: int, stride: int | None = None) -> tuple[int, ...]:
-    """First slices of the windows covering ``slices`` source slices: the official centre window, then windows
-    every ``stride`` slices on either side of it, the outermost flush with the series' ends.
-
-    A series no longer than ``depth`` is one window (zero-padded after its last slice).
-    """
-    if slices <= depth:
-        return (0,)
-    stride = max(1, stride or depth // 2)
-    centre, last = GridMapping((slices, 1, 1), PreprocessSpec(depth=depth)).start, slices - depth
-    before = range(centre, 0, -stride)
-    after = range(centre, last, stride)
-    return tuple(sorted({0, *before, *after, last}))
-
-
-def slice_weights(depth: int) -> torch.Tensor:
-    """[depth] weights of a window's slices when overlapping windows are averaged: a Gaussian (sigma depth / 4)
-    around the window centre, as nnU-Net weights its patches: slices near a window's ends see less context."""
-    z = torch.arange(depth, dtype=torch.float32) - (depth - 1) / 2
-    return torch.exp(-0.5 * (z / (depth / 4)) ** 2)
 
 
 class Predictor:
@@ -159,7 +155,8 @@ class Predictor:
             for plane, run in runs.items():
                 volume = study.planes[plane]
                 if run.class_maps is not None:
-                    assert locate is not None  # checked above for every segmenting joint
+                    if locate is None:  # refused above for every segmenting joint
+                        raise RuntimeError("segmented plane without a locate callable")
                     segmentations.append(self._segmentation(plane, volume, run.class_maps, locate))
                 elif locate is not None:
                     segmentations.append(self._analysed_series(plane, volume, locate))
@@ -236,10 +233,7 @@ class Predictor:
         # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
         centre: torch.Tensor | None = None
         starts = window_starts(n, spec.depth, self.window_stride)
-        classes = len(self.card.structures)
-        total = torch.zeros((draws, classes, n, spec.size, spec.size), device=self.device)
-        counts = torch.zeros(n, device=self.device)
-        weights = slice_weights(spec.depth).to(self.device)
+        average = WindowAverage(draws, len(self.card.structures), n, spec.depth, spec.size, self.device)
         inputs = []  # (first slice, noise draw, window)
         for start in starts:
             try:
@@ -258,14 +252,10 @@ class Predictor:
             for k, ((start, draw, _), p) in enumerate(zip(batch, probabilities)):
                 if start == centre_start and draw == 0:
                     centre = features[k : k + 1].float()
-                count = min(spec.depth, n - start)
-                total[draw, :, start : start + count] += p[:, :count] * weights[None, :count, None, None]
-                if draw == 0:  # every draw covers the same slices
-                    counts[start : start + count] += weights[:count]
-        uncovered = counts == 0
-        total[:, 0, uncovered] = 1.0  # slices of constant windows: background
-        assert centre is not None  # window_starts always holds the centre window, which has an image
-        maps = total / torch.where(uncovered, 1.0, counts)[None, None, :, None, None]
+                average.add(start, draw, p)
+        if centre is None:  # window_starts always holds the centre window, which has an image
+            raise RuntimeError(f"{plane.value}: the centre window was not among the segmented windows")
+        maps = average.average()
         return _PlaneRun(centre, starts, maps.mean(dim=0), maps[0], slices[:n])
 
     @staticmethod
@@ -288,7 +278,8 @@ class Predictor:
         with torch.inference_mode():  # not held across the yields: the caller's code runs in its own mode
             runs, _ = self._run_planes(study, True)
         for plane, run in runs.items():
-            assert run.class_maps is not None  # every run of a segmenting joint has its maps
+            if run.class_maps is None:  # every run of a segmenting joint has its maps
+                raise RuntimeError(f"{plane.value}: a segmenting run without class maps")
             for chunk, mapping in self._restore_chunks(study.planes[plane]):
                 maps = run.class_maps[:, chunk] * self._scales
                 yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))

@@ -19,7 +19,6 @@ structure scales of the masks on the knee validation studies and fit the knee an
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import logging
 import time
@@ -33,6 +32,16 @@ import torch
 from ortho_node.assembly.study import AssembledStudy
 from ortho_node.inference.predictor import Predictor
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
+from ortho_node.model.system import (
+    SEGMENTATION_JOINT,
+    OrthoModel,
+    load_system,
+    new_card,
+    save_system,
+)
+from ortho_node.model.unet import UNetConfig
+from ortho_node.synthetic import generate_study
 from ortho_node.training import scores as metrics
 from ortho_node.training.finetune import (
     FinetuneSettings,
@@ -44,12 +53,13 @@ from ortho_node.training.finetune import (
     train_joint,
     train_task,
 )
-from ortho_node.training.pretrain import PretrainSettings, _train_step, update_ema
-from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
-from ortho_node.model.system import SEGMENTATION_JOINT, OrthoModel, load_system, new_card, save_system
-from ortho_node.training.taskdata import TaskData, assembled_from_synthetic, generate_task_data, rendering_pool
-from ortho_node.model.unet import UNetConfig
-from ortho_node.synthetic import generate_study
+from ortho_node.training.pretrain import Backbone, PretrainSettings, train_backbone
+from ortho_node.training.taskdata import (
+    TaskData,
+    assembled_from_synthetic,
+    generate_task_data,
+    rendering_pool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,26 +152,23 @@ def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, w
 
 
 def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed: int, device: torch.device) -> dict:
-    """Diffusion pretraining of each plane's backbone on the knee volumes (EMA weights kept)."""
-    from ortho_node.model.checkpoint import build_model
-
+    """Diffusion pretraining of each plane's backbone on the knee volumes (EMA weights kept), by the
+    pretraining loop of ``train pretrain``."""
     losses = {}
     for i, plane in enumerate(MODEL_PLANES):
         volumes = knee.images[knee.present[:, i], i]
-        full = place_model(build_model(model.card.unet, model.card.diffusion), device)
-        ema = copy.deepcopy(full).requires_grad_(False)
-        settings = PretrainSettings(plane=plane, data=Path(), out=Path(), steps=profile.pretrain_steps,
-                                    batch_size=profile.pretrain_batch, ema_start=profile.pretrain_steps // 2,
-                                    ema_every=1, ema_decay=PRETRAIN_EMA_DECAY, seed=seed)
-        opt = torch.optim.Adam(full.parameters(), lr=settings.lr)
+        settings = PretrainSettings(steps=profile.pretrain_steps, batch_size=profile.pretrain_batch,
+                                    ema_start=profile.pretrain_steps // 2, ema_every=1,
+                                    ema_decay=PRETRAIN_EMA_DECAY, seed=seed)
+        backbone = Backbone.new(model.card.unet, model.card.diffusion, settings.lr, device)
         rng = torch.Generator().manual_seed(seed + i)
-        recent = []
-        for step in range(1, profile.pretrain_steps + 1):
-            recent = [*recent[-49:], _train_step(full, opt, volumes, settings.batch_size, rng, device)]
-            update_ema(ema, full, step, settings)
+        recent: list[float] = []
+        train_backbone(backbone, volumes, settings, rng, device, label=f"pretrain {plane.value}",
+                       after_step=lambda _step, loss: recent.append(loss))
         own = model.backbones[plane.value]
-        own.load_state_dict({k: v for k, v in ema.state_dict().items() if k in own.state_dict()})
-        losses[f"pretrain/{plane.value}/loss_last50"] = sum(recent) / len(recent)
+        own.load_state_dict({k: v for k, v in backbone.ema.state_dict().items() if k in own.state_dict()})
+        last = recent[-50:]
+        losses[f"pretrain/{plane.value}/loss_last50"] = sum(last) / len(last)
         logger.info("pretrained %s backbone: %d steps, loss %.4f", plane.value, profile.pretrain_steps,
                     losses[f"pretrain/{plane.value}/loss_last50"])
     return losses
@@ -374,7 +381,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         train_index, val_index = split(len(joint_data), 0.2, 1.0, seed)
         splits[task] = (joint_data.subset(train_index), joint_data.subset(val_index))
         sizes[task] = (len(train_index), len(val_index))
-    settings = FinetuneSettings(task=Task.KNEE_SEG, out=out, epochs=profile.epochs, patience=profile.patience,
+    settings = FinetuneSettings(epochs=profile.epochs, patience=profile.patience,
                                 lr=profile.lr, seed=seed, device=DeviceChoice(device.type))
     for task, result in train_joint(model, splits, settings).items():
         apply_result(model, task, result, *sizes[task])

@@ -15,20 +15,23 @@ import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
-from ortho_node.training import scores as metrics
 from ortho_node.model.heads import diagnosis_loss, segmentation_loss
 from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
-from ortho_node.training.taskdata import TaskData, generate_task_data, read_synth_folder
 from ortho_node.model.unet import UNetConfig
+from ortho_node.training import scores as metrics
+from ortho_node.training.flags import add_flags, from_flags, param
+from ortho_node.training.pretrain import UNET_PRESETS
+from ortho_node.training.taskdata import TaskData, generate_task_data, read_synth_folder
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ BACKBONE_LR_FACTOR = 0.05
 MAX_POS_WEIGHT = 20.0
 MAX_CLASS_WEIGHT = 10.0
 EVAL_NOISE_SEED = 0
+#: What one epoch of a fit loop returns besides its score (a task's result, or every task's).
+Result = TypeVar("Result")
 
 
 class Task(str, enum.Enum):
@@ -56,20 +61,20 @@ class Task(str, enum.Enum):
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    task: Task
-    out: Path
-    epochs: int = 5
-    batch_size: int = 2
-    lr: float = 5e-4
-    backbone_lr_factor: float = BACKBONE_LR_FACTOR
-    label_fraction: float = 1.0
-    val_fraction: float = 0.2
-    patience: int = 3
-    plane_dropout: float = 0.2
-    #: Weigh segmentation's cross-entropy by class rarity (:func:`class_weight`).
-    balance_classes: bool = False
-    seed: int = 0
-    device: DeviceChoice = DeviceChoice.AUTO
+    """The hyper-parameters of fine-tuning (each is a ``train finetune`` flag), and the device it runs on."""
+
+    epochs: int = param(5)
+    batch_size: int = param(2)
+    lr: float = param(5e-4, "head learning rate")
+    backbone_lr_factor: float = param(BACKBONE_LR_FACTOR, "encoder + middle block learning rate as a fraction "
+                                                          "of --lr (0 freezes them)")
+    label_fraction: float = param(1.0)
+    val_fraction: float = param(0.2)
+    patience: int = param(3, "epochs without improvement to stop")
+    plane_dropout: float = param(0.2, "diagnosis: chance of hiding each plane of a training study")
+    balance_classes: bool = param(False, "knee-seg: weigh the cross-entropy by structure rarity (thin structures)")
+    seed: int = param(0)
+    device: DeviceChoice = param(DeviceChoice.AUTO)
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,8 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
         images, present = data.images[index].to(device), data.present[index]
         with autocast(device):
             if task.segmentation:
-                assert data.segmentation is not None
+                if data.segmentation is None:
+                    raise FinetuneError(f"{task.value} validation data carries no segmentation labels")
                 for i, rows, logits in _plane_segmentations(model, images, present, EVAL_NOISE_SEED, None):
                     predicted = logits.argmax(1).cpu().numpy()
                     truth = data.segmentation[index][rows, i].numpy()
@@ -236,6 +242,28 @@ def _optimizer(model: OrthoModel, task: Task, settings: FinetuneSettings) -> tor
     return torch.optim.Adam(groups)
 
 
+def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callable[[int], tuple[float, Result]]
+        ) -> Result:
+    """The fit loop of every fine-tuning task: ``epoch(n)`` trains epoch n and returns (validation score, its
+    result); the best-scoring epoch's weights are restored (a NaN score never beats a number) and training
+    stops after ``settings.patience`` epochs without improvement. Returns the kept epoch's result."""
+    best: tuple[float, int, Result] | None = None
+    best_state, stale = None, 0
+    for n in range(1, settings.epochs + 1):
+        score, result = epoch(n)
+        if best is None or (not math.isnan(score) and (math.isnan(best[0]) or score > best[0])):
+            best, best_state, stale = (score, n, result), copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                logger.info("%s: early stop after epoch %d (best epoch %d)", name, n, best[1])
+                break
+    if best is None or best_state is None:
+        raise FinetuneError(f"{name}: no epoch trained (epochs {settings.epochs})")
+    model.load_state_dict(best_state)
+    return best[2]
+
+
 def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings) -> TaskResult:
     """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures."""
     if task.segmentation and train.segmentation is None:
@@ -246,9 +274,8 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = _optimizer(model, task, settings)
     weights = _loss_weights(model, task, train, settings, device)
-    best: TaskResult | None = None
-    best_state, stale = None, 0
-    for epoch in range(1, settings.epochs + 1):
+
+    def epoch(n: int) -> tuple[float, TaskResult]:
         model.train()
         order = torch.randperm(len(train), generator=generator)
         losses = []
@@ -260,17 +287,10 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
             optimizer.step()
             losses.append(float(loss.detach()))
         score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
-        logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, epoch, np.mean(losses), score)
-        if best is None or (not math.isnan(score) and (math.isnan(best.score) or score > best.score)):
-            best = TaskResult(epoch, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
-            best_state, stale = copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                logger.info("%s: early stop after epoch %d (best epoch %d)", task.value, epoch, best.epoch)
-                break
-    assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
+        logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, n, np.mean(losses), score)
+        return score, TaskResult(n, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+
+    best = fit(model, settings, task.value, epoch)
     for p in model.parameters():
         p.requires_grad_(True)
     return best
@@ -295,9 +315,8 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
                for task, (train, _) in splits.items()}
     steps = max(math.ceil(len(train) / settings.batch_size) for train, _ in splits.values())
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps)
-    best: dict[Task, TaskResult] | None = None
-    best_score, best_state, stale = -math.inf, None, 0
-    for epoch in range(1, settings.epochs + 1):
+
+    def epoch(n: int) -> tuple[float, dict[Task, TaskResult]]:
         model.train()
         orders = {task: torch.randperm(len(train), generator=generator) for task, (train, _) in splits.items()}
         losses: list[float] = []
@@ -315,20 +334,13 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
         results = {}
         for task, (_, val) in splits.items():
             score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
-            results[task] = TaskResult(epoch, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+            results[task] = TaskResult(n, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
         score = metrics.nanmean(r.score for r in results.values())
-        logger.info("joint epoch %d: train loss %.4f, validation %s -> mean %.4f", epoch, np.mean(losses),
+        logger.info("joint epoch %d: train loss %.4f, validation %s -> mean %.4f", n, np.mean(losses),
                     ", ".join(f"{t.value} {r.score:.3f}" for t, r in results.items()), score)
-        if best is None or score > best_score:
-            best, best_score, best_state, stale = results, score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                logger.info("joint: early stop after epoch %d (best epoch %d)", epoch, next(iter(best.values())).epoch)
-                break
-    assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
-    return best
+        return score, results
+
+    return fit(model, settings, "joint", epoch)
 
 
 def apply_result(model: OrthoModel, task: Task, result: TaskResult, n_train: int, n_val: int) -> None:
@@ -344,7 +356,7 @@ def apply_result(model: OrthoModel, task: Task, result: TaskResult, n_train: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = FinetuneSettings(task=Task.KNEE_SEG, out=Path())
+    """The ``train finetune`` flags: task, output, data and starting model, then one per hyper-parameter."""
     parser.add_argument("--task", required=True, choices=[t.value for t in Task])
     parser.add_argument("--out", required=True, type=Path, help="folder for the task model (weights + card)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -355,20 +367,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--init", type=Path, help="start from this task model (e.g. the output of another task)")
     start.add_argument("--backbone", action="append", default=[], metavar="PLANE=DIR",
                        help="pretrained backbone folder (`train pretrain` --out/backbone) per plane")
-    parser.add_argument("--config", choices=("official", "reduced"), default="reduced",
+    parser.add_argument("--unet", choices=UNET_PRESETS, default="reduced",
                         help="UNet size when neither --init nor --backbone gives it")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr, help="head learning rate")
-    parser.add_argument("--backbone-lr-factor", type=float, default=d.backbone_lr_factor,
-                        help="encoder + middle block learning rate as a fraction of --lr (0 freezes them)")
-    parser.add_argument("--label-fraction", type=float, default=d.label_fraction)
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    parser.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement to stop")
-    parser.add_argument("--balance-classes", action="store_true",
-                        help="knee-seg: weigh the cross-entropy by structure rarity (thin structures)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", choices=[c.value for c in DeviceChoice], default=d.device.value)
+    add_flags(parser, FinetuneSettings)
 
 
 def _initial_model(args: argparse.Namespace) -> OrthoModel:
@@ -382,7 +383,7 @@ def _initial_model(args: argparse.Namespace) -> OrthoModel:
         backbones[Plane(plane)] = Path(folder)
     from ortho_node.model.checkpoint import read_card
 
-    unet = read_card(next(iter(backbones.values()))).unet if backbones else UNetConfig.named(args.config)
+    unet = read_card(next(iter(backbones.values()))).unet if backbones else UNetConfig.named(args.unet)
     model = OrthoModel(new_card(unet))
     model.load_backbones(backbones)
     return model
@@ -402,10 +403,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     task = Task(args.task)
-    settings = FinetuneSettings(task=task, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                backbone_lr_factor=args.backbone_lr_factor, label_fraction=args.label_fraction,
-                                val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                                balance_classes=args.balance_classes, device=DeviceChoice(args.device))
+    settings = from_flags(FinetuneSettings, args)
     try:
         model = _initial_model(args)
         spec = model.card.preprocessing
@@ -424,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     version = model.card.version if model.card.version != "untrained" else f"finetuned-{task.value}"
     model.card = dataclasses.replace(model.card, version=version,
                                      training={**model.card.training, task.value: command})
-    save_system(settings.out, model)
+    save_system(args.out, model)
     logger.info("%s: best epoch %d, validation score %.4f; model written to %s", task.value, result.epoch,
-                result.score, settings.out)
+                result.score, args.out)
     return EXIT_OK

@@ -1,8 +1,9 @@
 """Unlabelled training volumes: find NIfTI files and DICOM series under a folder, read them, tell their plane.
 
-A deliberately small reader for pretraining; the node's full series assembly (echo split, localizers,
-completeness) lives elsewhere. Volumes come back as float32 (slices, rows, cols), slices sorted by position
-along the slice normal, ascending.
+DICOM series are read by the node's own assembly code (header facts, orientation and plane, echo split, slice
+order, duplicate positions, pixel rescale), so pretraining sees images exactly as inference does; of a series
+split into several stacks (echoes, contrasts) the first is used (the lowest echo). Volumes come back as float32
+(slices, rows, cols), slices sorted by position along the slice normal, ascending.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from ortho_node.assembly.pixels import read_volume as read_slices
+from ortho_node.assembly.plan import AssemblyRules
+from ortho_node.assembly.slices import SeriesFacts, SliceRef, multi_frame, single_frame
+from ortho_node.assembly.volumes import GeometryRules, plan_series
+from ortho_node.config import AssemblySettings
+from ortho_node.db.models import Instance, Series
+from ortho_node.intake.header import InstanceHeader
 from ortho_node.labels import Plane
 
 logger = logging.getLogger(__name__)
 
-_HEADER_TAGS = ["SeriesInstanceUID", "ImageOrientationPatient", "ImagePositionPatient", "EchoNumbers", "InstanceNumber"]
 #: Patient axis of a slice normal -> plane (x: left-right, y: anterior-posterior, z: head-foot; same in LPS/RAS).
 _PLANE_OF_AXIS = (Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL)
 
@@ -34,33 +41,34 @@ class SourceKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class VolumeSource:
-    """One volume on disk: a NIfTI file, or the files of one DICOM series."""
+    """One volume on disk: a NIfTI file, or one DICOM series (its files, and the slices assembly chose)."""
 
     kind: SourceKind
     path: Path
     plane: Plane
     files: tuple[Path, ...] = ()
+    slices: tuple[SliceRef, ...] = ()
 
 
 def plane_of_normal(normal: Iterable[float]) -> Plane:
-    """The plane whose slices have this normal: the patient axis it points along most."""
+    """The plane whose slices have this normal: the patient axis it points along most (NIfTI sources)."""
     return _PLANE_OF_AXIS[int(np.argmax(np.abs(np.asarray(list(normal), dtype=float))))]
 
 
-def _slice_normal(orientation: Iterable[float]) -> np.ndarray:
-    """ImageOrientationPatient (row direction, column direction) -> unit normal."""
-    iop = np.asarray([float(v) for v in orientation])
-    return np.cross(iop[:3], iop[3:])
+def default_rules() -> GeometryRules:
+    """The node's default geometry rules (oblique limit, minimum slices, spacing tolerance)."""
+    return AssemblyRules.from_settings(AssemblySettings()).geometry
 
 
-def find_volumes(root: Path) -> list[VolumeSource]:
-    """Every ``*.nii``/``*.nii.gz`` file and every DICOM series (``*.dcm``, grouped per folder) under root."""
+def find_volumes(root: Path, rules: GeometryRules | None = None) -> list[VolumeSource]:
+    """Every ``*.nii``/``*.nii.gz`` file and every usable DICOM series (``*.dcm``, grouped per folder) under
+    root; DICOM series that assembly would not use (localizers, oblique, too few slices) are left out."""
     sources = [_nifti_source(p) for p in sorted({*root.rglob("*.nii"), *root.rglob("*.nii.gz")})]
     folders: dict[Path, list[Path]] = defaultdict(list)
     for path in sorted(root.rglob("*.dcm")):
         folders[path.parent].append(path)
     for files in folders.values():
-        sources.extend(_dicom_sources(files))
+        sources.extend(_dicom_sources(files, rules or default_rules()))
     return sources
 
 
@@ -70,28 +78,43 @@ def _nifti_source(path: Path) -> VolumeSource:
     return VolumeSource(SourceKind.NIFTI, path, plane_of_normal(affine[:3, 2]))
 
 
-def _dicom_sources(files: list[Path]) -> list[VolumeSource]:
-    series: dict[str, list[Path]] = defaultdict(list)
-    orientation: dict[str, np.ndarray] = {}
-    for path in files:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        uid, iop = header.get("SeriesInstanceUID"), header.get("ImageOrientationPatient")
-        if uid is None or iop is None:
-            logger.warning("skipping %s: no SeriesInstanceUID or ImageOrientationPatient", path)
+def _series_slices(files: list[Path]) -> dict[str, tuple[SeriesFacts, list[SliceRef], list[Path]]]:
+    """Per series UID: its facts, the slices its files offer (as assembly reads them from the catalog's rows)
+    and its files."""
+    series: dict[str, tuple[SeriesFacts, list[SliceRef], list[Path]]] = {}
+    for order, path in enumerate(files):
+        header = InstanceHeader.from_dataset(pydicom.dcmread(path, stop_before_pixels=True))
+        if not (header.series_uid and header.sop_uid):
+            logger.warning("skipping %s: no SeriesInstanceUID or SOPInstanceUID", path)
             continue
-        series[str(uid)].append(path)
-        orientation.setdefault(str(uid), _slice_normal(iop))
-    return [
-        VolumeSource(SourceKind.DICOM, paths[0].parent, plane_of_normal(orientation[uid]), tuple(paths))
-        for uid, paths in series.items()
-    ]
+        # Unsaved catalog rows: assembly takes its slice facts from them exactly as from stored ones.
+        row = Instance(id=order, sop_instance_uid=header.sop_uid, file_path=str(path), **header.instance)
+        facts = SeriesFacts.from_row(Series(series_instance_uid=header.series_uid, **header.series))
+        _, slices, paths = series.setdefault(header.series_uid, (facts, [], []))
+        slices.extend(multi_frame(row, path) if (row.number_of_frames or 1) > 1 else [single_frame(row)])
+        paths.append(path)
+    return series
+
+
+def _dicom_sources(files: list[Path], rules: GeometryRules) -> list[VolumeSource]:
+    sources = []
+    for uid, (facts, slices, paths) in _series_slices(files).items():
+        candidates, excluded = plan_series(facts, slices, rules)
+        usable = [volume for volume in candidates if volume.usable]
+        if excluded is not None or not usable:
+            reason = excluded.reason if excluded is not None else "; ".join(str(v.problem) for v in candidates)
+            logger.warning("skipping series %s in %s: %s", uid, paths[0].parent, reason)
+            continue
+        chosen = usable[0]  # stacks come in echo order: the first echo, as the reader always took
+        sources.append(VolumeSource(SourceKind.DICOM, paths[0].parent, chosen.plane, tuple(paths), chosen.slices))
+    return sources
 
 
 def read_volume(source: VolumeSource) -> np.ndarray:
     """The volume as float32 (slices, rows, cols)."""
     if source.kind is SourceKind.NIFTI:
         return read_nifti(source.path)
-    return read_dicom_series(source.files)
+    return read_slices(source.slices, Path)
 
 
 def read_nifti(path: Path) -> np.ndarray:
@@ -108,32 +131,3 @@ def read_nifti(path: Path) -> np.ndarray:
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
     return np.ascontiguousarray(np.moveaxis(np.rot90(data, k=1, axes=(0, 1)), 2, 0))
-
-
-def read_dicom_series(files: Iterable[Path]) -> np.ndarray:
-    """Files of one series -> (slices, rows, cols), sorted by position along the slice normal.
-
-    Where several images share a position (multi-echo series), the lowest echo number is kept.
-    """
-    by_position: dict[float, pydicom.Dataset] = {}
-    for path in files:
-        ds = pydicom.dcmread(path)
-        position = float(np.dot([float(v) for v in ds.ImagePositionPatient], _slice_normal(ds.ImageOrientationPatient)))
-        key = round(position, 3)
-        kept = by_position.get(key)
-        if kept is None or int(ds.get("EchoNumbers", 1) or 1) < int(kept.get("EchoNumbers", 1) or 1):
-            by_position[key] = ds
-    if not by_position:
-        raise ValueError("no DICOM images to read")
-    slices = [by_position[k] for k in sorted(by_position)]
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in slices}
-    if len(shapes) != 1:
-        raise ValueError(f"series mixes image sizes {sorted(shapes)}")
-    return np.stack([_pixels(ds) for ds in slices]).astype(np.float32)
-
-
-def _pixels(ds: pydicom.Dataset) -> np.ndarray:
-    """Stored values -> modality values (RescaleSlope/Intercept)."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return ds.pixel_array.astype(np.float32) * slope + intercept

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ortho_node.inference.predictor import PredictionError, Predictor, slice_weights, window_starts
+from ortho_node.inference.predictor import PredictionError, Predictor
+from ortho_node.inference.windows import slice_weights, window_starts
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
 from ortho_node.model.evidence import STATISTICS, readout_inputs
 from ortho_node.model.system import load_system

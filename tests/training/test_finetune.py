@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,7 +223,7 @@ def test_joint_fine_tuning_trains_every_head_and_the_shared_backbones_and_keeps_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     splits = {task: (_random_task_data(task.joint, 2, 1, task.segmentation),
                      _random_task_data(task.joint, 2, 2, task.segmentation)) for task in Task}
-    results = train_joint(model, splits, FinetuneSettings(task=Task.KNEE_SEG, out=Path(), epochs=1, device=DeviceChoice.CPU))
+    results = train_joint(model, splits, FinetuneSettings(epochs=1, device=DeviceChoice.CPU))
     assert set(results) == set(Task)
     assert results[Task.ANKLE_DX].thresholds.keys() == set(DIAGNOSIS_LABELS[Joint.ANKLE])
     assert "dice/femur" in results[Task.KNEE_SEG].metrics
@@ -237,14 +236,14 @@ def test_joint_fine_tuning_trains_every_head_and_the_shared_backbones_and_keeps_
 
 def test_segmentation_refinement_trains_only_the_decoders():
     from ortho_node.training.bundle import PROFILES, refine_segmentation
-    from ortho_node.training.finetune import FinetuneSettings, Task
+    from ortho_node.training.finetune import FinetuneSettings
     from ortho_node.model.runtime import DeviceChoice
 
     torch.manual_seed(0)
     model = OrthoModel(new_card(UNetConfig.reduced()))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train, val = _random_task_data(Joint.KNEE, 2, 1, True), _random_task_data(Joint.KNEE, 2, 2, True)
-    joint = FinetuneSettings(task=Task.KNEE_SEG, out=Path(), epochs=1, device=DeviceChoice.CPU)
+    joint = FinetuneSettings(epochs=1, device=DeviceChoice.CPU)
     result = refine_segmentation(model, train, val, joint, PROFILES["quick"])
     assert "dice/femur" in result.metrics
     after = model.state_dict()

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -52,7 +51,7 @@ def test_reduced_backbone_overfits_a_handful_of_volumes(smooth_volume):
 def _args(data, out, steps: int, resume: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = ["--plane", "sagittal", "--data", str(data), "--out", str(out), "--config", "reduced", "--steps",
+    argv = ["--plane", "sagittal", "--data", str(data), "--out", str(out), "--unet", "reduced", "--steps",
             str(steps), "--batch-size", "2", "--lr", "1e-3", "--ema-start", "2", "--ema-every", "1",
             "--checkpoint-every", "2", "--device", "cpu"]  # fmt: skip
     return parser.parse_args(argv + (["--resume"] if resume else []))
@@ -83,7 +82,7 @@ def test_pretrain_runs_checkpoints_and_resumes(tmp_path, smooth_volume):
     assert card.step == 4 and card.plane is Plane.SAGITTAL and card.unet == UNetConfig.reduced()
     assert "3 unlabelled sagittal volumes" in card.training_data and np.isfinite(card.metrics["train_loss"])
     assert all(torch.equal(model.state_dict()[k], v) for k, v in second["ema"].items())
-    assert json.loads(second["settings"])["config"] == "reduced"
+    assert json.loads(second["settings"])["unet"] == "reduced"
 
 
 def test_pretrain_reports_missing_data(tmp_path):
@@ -92,7 +91,7 @@ def test_pretrain_reports_missing_data(tmp_path):
 
 
 def test_ema_copies_before_its_start_and_averages_after(tiny_model):
-    settings = PretrainSettings(Plane.AXIAL, Path(), Path(), ema_every=10, ema_start=20, ema_decay=0.9)
+    settings = PretrainSettings(ema_every=10, ema_start=20, ema_decay=0.9)
     ema = build_model(tiny_model.denoise_fn.config)
     weight = lambda m: m.denoise_fn.out[2].bias  # noqa: E731
     with torch.no_grad():
