@@ -24,6 +24,7 @@ from ortho_node.intake.receive import Intake
 from ortho_node.app.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
 from ortho_node.audit.prometheus import Liveness, NodeCollector, health, make_registry
+from ortho_node.audit.status import configuration_warnings
 from ortho_node.scheduling.pipeline import Locate, Pipeline, ResultStages, StudyPredictor, WrittenResults
 from ortho_node.prediction import StudyPrediction
 from ortho_node.audit.timeline import BuiltObject
@@ -90,6 +91,8 @@ class Node:
         self.scp.start()
         self.delivery.start()  # resumes whatever the queue held when the node last stopped
         self._start_operations()
+        for warning in configuration_warnings(self.settings):
+            log.warning("%s", warning)
         self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started as {dicom.ae_title} on port "
                                                   f"{self.scp.port}")
         return self.scp
@@ -115,8 +118,10 @@ class Node:
         return self.settings.storage.min_free_mb * 1024 * 1024
 
     def health(self) -> dict:
-        """Database reachable, disk above the watermark, scheduler, delivery and Storage SCP running."""
-        return health(self.session_factory, self.settings.data_dir, self._min_free_bytes(), self.liveness())
+        """Database reachable, disk above the watermark, scheduler, delivery and Storage SCP running; and the
+        configuration warnings (they do not make the node unhealthy)."""
+        report = health(self.session_factory, self.settings.data_dir, self._min_free_bytes(), self.liveness())
+        return {**report, "warnings": configuration_warnings(self.settings)}
 
     def stop(self) -> None:
         for server in (self.console, self.metrics):

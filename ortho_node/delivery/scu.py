@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from ortho_node.config import parse_dicom_address
@@ -48,6 +48,29 @@ class Failure(str, enum.Enum):
     ABORTED = "aborted"  # no response: timeout, A-ABORT or connection lost
 
 
+# PS3.8 Table 9-21, (source, reason/diag.) -> the standard's words, as dcmtk's echoscu and storescu print them.
+_REJECTION_REASONS = {
+    (1, 1): "No Reason Given", (1, 2): "Application Context Name Not Supported",
+    (1, 3): "Calling AE Title Not Recognized", (1, 7): "Called AE Title Not Recognized",
+    (2, 1): "No Reason Given", (2, 2): "Protocol Version Not Supported",
+    (3, 1): "Temporary Congestion", (3, 2): "Local Limit Exceeded",
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ: result (1 permanent, 2 transient), source (1 service user, 2 and 3 service
+    provider) and reason (PS3.8 9.3.4)."""
+
+    result: int
+    source: int
+    reason: int
+
+    def __str__(self) -> str:
+        words = _REJECTION_REASONS.get((self.source, self.reason), f"reason {self.reason}")
+        return f"{words} ({'permanent' if self.result == 0x01 else 'transient'})"
+
+
 @dataclass(frozen=True)
 class SendResult:
     path: Path
@@ -55,25 +78,58 @@ class SendResult:
     status: int | None  # None: no response (timeout, abort, no context)
     reason: str
     failure: Failure | None = None  # set when status is None
+    rejection: Rejection | None = None  # set when the peer rejected the association
 
     @property
     def ok(self) -> bool:
         return self.status is not None and (self.status == 0x0000 or self.status in (0xB000, 0xB007, 0xB006))
 
 
+@dataclass(frozen=True)
+class EchoResult:
+    status: int | None  # None: no association or no response
+    reason: str  # what went wrong, for an operator; "" on a response
+    failure: Failure | None = None
+    rejection: Rejection | None = None
+
+
 def echo(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 30.0) -> int | None:
     """C-ECHO; returns the status, or ``None`` when no association or response came."""
+    return echo_peer(remote, calling_ae=calling_ae, timeout=timeout).status
+
+
+def echo_peer(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 30.0) -> EchoResult:
+    """C-ECHO, telling a refused connection, a rejected association and a missing response apart."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title)
+    connection = _ConnectionWatch()
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, evt_handlers=connection.handlers())
     if not assoc.is_established:
-        return None
+        failure, reason, rejection = _association_failure(assoc, remote, connected=connection.opened)
+        return EchoResult(None, reason, failure, rejection)
     try:
         status = assoc.send_c_echo()
-        return int(status.Status) if "Status" in status else None
+        if "Status" not in status:
+            return EchoResult(None, "no response (timeout or abort)", Failure.ABORTED)
+        return EchoResult(int(status.Status), "")
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
+
+
+class _ConnectionWatch:
+    """Did the TCP (and TLS) connection open? Without it an association failure is 'cannot connect'; with it,
+    the peer accepted the connection but did not answer the association request."""
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    def handlers(self) -> list:
+        return [(evt.EVT_CONN_OPEN, self._on_open)]
+
+    def _on_open(self, _event: evt.Event) -> None:
+        self.opened = True
 
 
 @dataclass(frozen=True)
@@ -122,9 +178,13 @@ def _read_item(path: Path) -> _Item | SendResult:
     try:
         ds = dcmread(path, stop_before_pixels=True)
         return _Item(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
-    except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
-        return SendResult(path, None, None, f"not a readable DICOM file: {type(exc).__name__}",
+    except InvalidDicomError:
+        return SendResult(path, None, None, "not a DICOM file", Failure.UNREADABLE)
+    except OSError as exc:
+        return SendResult(path, None, None, f"cannot be read: {exc.strerror or type(exc).__name__}",
                           Failure.UNREADABLE)
+    except (AttributeError, ValueError) as exc:  # no SOP Class / Instance UID or file meta, or a broken header
+        return SendResult(path, None, None, f"not a usable DICOM file: {type(exc).__name__}", Failure.UNREADABLE)
 
 
 def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
@@ -148,12 +208,14 @@ def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout
     for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}):
         ae.add_requested_context(sop_class, syntax)
     tls_args = (ssl_context, remote.host) if ssl_context else None
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=0, tls_args=tls_args)
+    connection = _ConnectionWatch()
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=0, tls_args=tls_args,
+                         evt_handlers=connection.handlers())
     if not assoc.is_established:
-        failure, reason = _association_failure(assoc)
+        failure, reason, rejection = _association_failure(assoc, remote, connected=connection.opened)
         log.error("%s: %s", remote, reason)
         for item in batch:
-            report(SendResult(item.path, item.sop_instance_uid, None, reason, failure))
+            report(SendResult(item.path, item.sop_instance_uid, None, reason, failure, rejection))
         return
     sent = 0
     try:
@@ -169,14 +231,20 @@ def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout
         report(SendResult(item.path, item.sop_instance_uid, None, "association lost", Failure.ABORTED))
 
 
-def _association_failure(assoc) -> tuple[Failure, str]:
+def _association_failure(assoc, remote: RemoteNode, *,
+                         connected: bool) -> tuple[Failure, str, Rejection | None]:
+    """Why no association: (kind, reason for logs and the delivery queue, the A-ASSOCIATE-RJ if any)."""
     primitive = assoc.acceptor.primitive
     if assoc.is_rejected and primitive is not None:
         text = f"association rejected ({primitive.result_str}, {primitive.source_str}: {primitive.reason_str})"
-        return (Failure.REJECTED_PERMANENT if primitive.result == 0x01 else Failure.REJECTED_TRANSIENT), text
+        rejection = Rejection(int(primitive.result), int(primitive.result_source), int(primitive.diagnostic))
+        failure = Failure.REJECTED_PERMANENT if primitive.result == 0x01 else Failure.REJECTED_TRANSIENT
+        return failure, text, rejection
     if primitive is not None and primitive.result == 0x00:
-        return Failure.NO_CONTEXT, "association accepted without any presentation context, aborted"
-    return Failure.NO_ASSOCIATION, "association failed (connection refused, timed out or aborted)"
+        return Failure.NO_CONTEXT, "association accepted without any presentation context, aborted", None
+    if not connected:
+        return Failure.NO_ASSOCIATION, f"cannot connect to {remote.host}:{remote.port}", None
+    return Failure.NO_ASSOCIATION, "no response to the association request (timeout or abort)", None
 
 
 def _store_one(assoc, item: _Item) -> SendResult:

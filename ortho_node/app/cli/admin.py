@@ -6,32 +6,32 @@ import argparse
 import json
 import sys
 
-from ortho_node.app.cli.context import add_config_flag, session_factory, settings_of
+from ortho_node.app.cli.context import add_node_flags, session_factory, settings_of
 
 
 def register(sub) -> None:
     studies = sub.add_parser("studies", help="list received studies")
-    add_config_flag(studies)
+    add_node_flags(studies)
     studies.add_argument("--json", action="store_true")
     studies.set_defaults(handler=cmd_studies)
 
     jobs = sub.add_parser("jobs", help="list processing jobs (newest first)")
-    add_config_flag(jobs)
+    add_node_flags(jobs)
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(handler=cmd_jobs)
 
     reprocess = sub.add_parser("reprocess", help="queue a study for processing again")
-    add_config_flag(reprocess)
+    add_node_flags(reprocess)
     reprocess.add_argument("study_uid", metavar="STUDY_UID")
     reprocess.set_defaults(handler=cmd_reprocess)
 
     deliveries = sub.add_parser("deliveries", help="list the result delivery queue")
-    add_config_flag(deliveries)
+    add_node_flags(deliveries)
     deliveries.add_argument("--json", action="store_true")
     deliveries.set_defaults(handler=cmd_deliveries)
 
     resend = sub.add_parser("resend", help="queue a study's results for delivery again")
-    add_config_flag(resend)
+    add_node_flags(resend)
     resend.add_argument("study_uid", metavar="STUDY_UID")
     resend.add_argument("--to", metavar="NAME", help="only this destination (default: every configured one and "
                                                      "every one the study was queued for)")

@@ -26,7 +26,7 @@ def register(sub) -> None:
              "summary": "per-day volumes, failures and turnaround percentiles"}
     for name, help_text in views.items():
         view = audit_sub.add_parser(name, help=help_text)
-        context.add_config_flag(view)
+        context.add_node_flags(view)
         _add_audit_output_flags(view)
         if name == "summary":
             view.add_argument("--days", type=int, default=14, help="days up to today (default 14)")
@@ -41,7 +41,7 @@ def register(sub) -> None:
             view.add_argument("--joint", choices=[joint.value for joint in Joint])
             view.add_argument("--ae", dest="calling_ae", metavar="AE", help="sending (calling) AE title")
     timeline = audit_sub.add_parser("timeline", help="a study's timeline, results and deliveries")
-    context.add_config_flag(timeline)
+    context.add_node_flags(timeline)
     _add_audit_output_flags(timeline)
     timeline.add_argument("study_uid", metavar="STUDY_UID")
     audit.set_defaults(handler=cmd_audit)

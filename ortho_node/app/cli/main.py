@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ortho_node import __version__
+from ortho_node.app.checks import StartupError
 from ortho_node.app.cli import admin, audit, console, dicom, model_tools, serving
 from ortho_node.app.logs import configure_logging
 from ortho_node.config import ConfigError
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:  # no node database, a port in use, a folder not writable: the line says which
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

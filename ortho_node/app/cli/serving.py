@@ -8,7 +8,8 @@ import logging
 import signal
 import threading
 
-from ortho_node.app.cli.context import add_config_flag, settings_of
+from ortho_node.app.checks import StartupError, check_database_reachable, preflight, redacted
+from ortho_node.app.cli.context import add_node_flags, settings_of
 from ortho_node.app.logs import configure_logging
 from ortho_node.config import describe
 
@@ -17,11 +18,10 @@ log = logging.getLogger("ortho_node")
 
 def register(sub) -> None:
     serve = sub.add_parser("serve", help="run the DICOM node")
-    add_config_flag(serve)
+    add_node_flags(serve)
     serve.add_argument("--aet", help="our AE title (dicom.ae_title)")
     serve.add_argument("--host", help="listen address (dicom.host)")
     serve.add_argument("--port", type=int, help="listen port (dicom.port)")
-    serve.add_argument("--data-dir", help="data folder (storage.data_dir)")
     serve.add_argument("--destination", action="append", metavar="NAME=AE@HOST:PORT",
                        help="deliver results to this node (repeatable; adds to or replaces [[destinations]])")
     serve.set_defaults(handler=cmd_serve)
@@ -29,13 +29,13 @@ def register(sub) -> None:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply Alembic migrations up to the newest schema")
-    add_config_flag(upgrade)
+    add_node_flags(upgrade)
     upgrade.set_defaults(handler=cmd_db_upgrade)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the effective settings")
-    add_config_flag(show)
+    add_node_flags(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_config_show)
 
@@ -44,12 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortho_node.app.node import Node, load_predictor
 
     settings = settings_of(args, **{"dicom.ae_title": args.aet, "dicom.host": args.host, "dicom.port": args.port,
-                                  "storage.data_dir": args.data_dir, "destinations": args.destination})
+                                  "destinations": args.destination})
     configure_logging(settings.logging.level, settings.logging.format)
+    preflight(settings)  # ports, data folder, database: seconds, before the model and the migrations
     # Loaded once, before the Storage SCP accepts anything; every study reuses it.
     node = Node(settings, predictor=load_predictor(settings))
     node.prepare()
-    node.start()
+    try:
+        node.start()
+    except OSError as exc:  # a port taken between the check and the bind: stop what did start, say which
+        node.stop()
+        raise StartupError(f"cannot listen: {exc.strerror or exc} (dicom.port / console.port / "
+                           "metrics.port)") from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -64,6 +70,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from ortho_node.db.engine import make_engine
 
     settings = settings_of(args)
+    check_database_reachable(settings)  # one line, not a traceback, for a server that does not answer
     engine = make_engine(settings.database_url)
     migrations.upgrade(engine)
     print(f"database at revision {migrations.current_revision(engine)}")
@@ -77,11 +84,5 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         return 0
     for key, value, doc in describe(settings):
         print(f"{key} = {json.dumps(value)}    # {doc}")
-    print(f"# effective database URL: {_redact_url(settings.database_url)}")
+    print(f"# effective database URL: {redacted(settings.database_url)}")
     return 0
-
-
-def _redact_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
