@@ -164,7 +164,7 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
         rng = torch.Generator().manual_seed(seed + i)
         recent: list[float] = []
         train_backbone(backbone, volumes, settings, rng, device, label=f"pretrain {plane.value}",
-                       after_step=lambda _step, loss: recent.append(loss))
+                       after_step=lambda _step, loss, recent=recent: recent.append(loss))
         own = model.backbones[plane.value]
         own.load_state_dict({k: v for k, v in backbone.ema.state_dict().items() if k in own.state_dict()})
         last = recent[-50:]
