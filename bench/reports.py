@@ -33,7 +33,7 @@ from tests.reports.orthanc import Orthanc  # noqa: E402
 def synthetic_prediction(folder: Path, seed: int) -> tuple[StudyPrediction, list[Path]]:
     from ortho_node.synthetic.dicom_writer import write_series
     from ortho_node.synthetic.structures import structure_names
-    from ortho_node.synthetic.study import generate_study
+    from ortho_node.synthetic.generator import generate_study
 
     study = generate_study(Joint.KNEE, seed)
     segmentations, files = [], []

@@ -1,1 +1,2 @@
-"""The OrthoDiffusion backbone: 3D denoising UNet, diffusion, checkpoints, preprocessing, pretraining."""
+"""The OrthoDiffusion model for serving: 3D denoising UNet and diffusion, features, task heads, evidence readouts,
+preprocessing, runtime placement and the model card with its weights (no training code)."""

@@ -21,7 +21,7 @@ from ortho_node.synthetic.randomization import RandomizedAppearance
 from ortho_node.synthetic.randomized_study import choose_randomized, generate_randomized_study, randomize_study
 from ortho_node.synthetic.render import SequencePreset
 from ortho_node.synthetic.structures import Structure, structure_names
-from ortho_node.synthetic.study import SyntheticSeries, SyntheticStudy, generate_study
+from ortho_node.synthetic.generator import SyntheticSeries, SyntheticStudy, generate_study
 
 __all__ = [
     "DomainRandomization", "OutputFormat", "Structure", "SyntheticSeries", "SyntheticStudy", "SequencePreset",

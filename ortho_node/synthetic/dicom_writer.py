@@ -13,7 +13,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 
 import ortho_node
 from ortho_node.synthetic.protocol import PROTOCOLS
-from ortho_node.synthetic.study import SyntheticSeries, SyntheticStudy
+from ortho_node.synthetic.generator import SyntheticSeries, SyntheticStudy
 
 MANUFACTURER = "OrthoDiffusion Node"
 MODEL_NAME = "Synthetic MSK MRI"

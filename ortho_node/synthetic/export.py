@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
 from ortho_node.synthetic import dicom_writer, nifti_writer
-from ortho_node.synthetic.study import SyntheticStudy
+from ortho_node.synthetic.generator import SyntheticStudy
 
 logger = logging.getLogger(__name__)
 

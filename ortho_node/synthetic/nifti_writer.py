@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ortho_node.synthetic.study import SyntheticSeries
+from ortho_node.synthetic.generator import SyntheticSeries
 
 #: LPS (DICOM) -> RAS (NIfTI) flips the first two world axes.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

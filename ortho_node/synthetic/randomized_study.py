@@ -22,7 +22,7 @@ from ortho_node.synthetic.protocol import PROTOCOLS
 from ortho_node.synthetic.randomization import RandomizedAppearance, render_randomized
 from ortho_node.synthetic.scene import Scene
 from ortho_node.synthetic.structures import ground_truth_lut
-from ortho_node.synthetic.study import PLANE_ABBREVIATION, SyntheticSeries, SyntheticStudy, generate_study, stream
+from ortho_node.synthetic.generator import PLANE_ABBREVIATION, SyntheticSeries, SyntheticStudy, generate_study, stream
 
 #: Step (mm) of the sub-slice samples through each slab: partial volume is resolved to about this.
 SUB_SLICE_MM = 1.0

@@ -40,7 +40,7 @@ from ortho_node.model.runtime import (
 )
 from ortho_node.model.unet import UNetConfig
 from ortho_node.training.flags import add_flags, from_flags, param
-from ortho_node.training.volumes import find_volumes, read_volume
+from ortho_node.training.unlabelled import find_volumes, read_volume
 
 logger = logging.getLogger(__name__)
 

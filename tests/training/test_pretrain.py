@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 
 import nibabel as nib
 import numpy as np
@@ -19,7 +18,8 @@ from ortho_node.model.unet import UNetConfig
 
 
 def test_reduced_backbone_overfits_a_handful_of_volumes(smooth_volume):
-    """Held-out (t, eps) pairs on the training volumes: the loss must fall at least tenfold within a minute."""
+    """Held-out (t, eps) pairs on the training volumes: the loss must fall at least tenfold in 180 steps (the time
+    this takes is a benchmark's figure, not a test's: bench/backbone.py)."""
     torch.manual_seed(0)
     config = dataclasses.replace(UNetConfig.reduced(), image_size=32)
     model = build_model(config)
@@ -34,7 +34,7 @@ def test_reduced_backbone_overfits_a_handful_of_volumes(smooth_volume):
         with torch.no_grad():
             return model.training_losses(eval_x0, eval_t, eval_noise).item()
 
-    wall, cpu, initial = time.monotonic(), time.process_time(), held_out_loss()
+    initial = held_out_loss()
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(180):
         loss = model.training_losses(volumes)
@@ -43,9 +43,6 @@ def test_reduced_backbone_overfits_a_handful_of_volumes(smooth_volume):
         optimiser.step()
     final = held_out_loss()
     assert final < initial / 10, (initial, final)
-    # "Under a minute on the CPU": CPU seconds per thread, so that other load on a shared machine does not count.
-    per_thread = (time.process_time() - cpu) / torch.get_num_threads()
-    assert min(time.monotonic() - wall, per_thread) < 60
 
 
 def _args(data, out, steps: int, resume: bool = False) -> argparse.Namespace:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_JOINTS, Joint
 from ortho_node.synthetic.export import OutputFormat, label_row, write_labels_csv, write_study
-from ortho_node.synthetic.study import generate_study
+from ortho_node.synthetic.generator import generate_study
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ortho_node.labels import Plane
-from ortho_node.training.volumes import SourceKind, find_volumes, plane_of_normal, read_volume
+from ortho_node.training.unlabelled import SourceKind, find_volumes, plane_of_normal, read_volume
 from ortho_node.model.preprocessing import PreprocessSpec, preprocess_volume
 from tests.conftest import GE_SERIES
 
