@@ -24,6 +24,7 @@ from torch import nn
 from ortho_node.labels import (
     DIAGNOSIS_LABELS,
     KNEE_STRUCTURES,
+    MODEL_JOINTS,
     MODEL_PLANES,
     Joint,
     Plane,
@@ -310,7 +311,7 @@ def default_segmentation_skips(unet: UNetConfig) -> tuple[str, ...]:
     return tuple(last_at[total // 2 ** (k + 1)] for k in range(stages))
 
 
-def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = (Joint.KNEE, Joint.ANKLE, Joint.SHOULDER), *,
+def new_card(unet: UNetConfig, joints: tuple[Joint, ...] = MODEL_JOINTS, *,
              fusion: FusionMode = FusionMode.MPAE, name: str = "OrthoDiffusion", version: str = "untrained",
              t: int = DEFAULT_T, block: str = DEFAULT_BLOCK,
              segmentation_skips: tuple[str, ...] | None = None,
