@@ -24,7 +24,7 @@ th{background:#edf2f7;font-weight:600} td.num{text-align:right;font-variant-nume
 .uid{font-family:ui-monospace,monospace;font-size:12px} .muted{color:#718096}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;background:#e2e8f0}
 .delivered,.succeeded{background:#c6f6d5} .failed,.delivery_failed,.job_failed{background:#fed7d7}
-.skipped,.job_retry,.delivering,.pending{background:#feebc8} .processing,.queued,.running{background:#bee3f8}
+.skipped,.job_skipped,.job_retry,.delivering,.pending,.waiting{background:#feebc8} .processing,.queued,.running{background:#bee3f8}
 form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin-bottom:12px}
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#4a5568}
 input,select,button{font:inherit;padding:3px 6px} .reason{color:#9b2c2c;font-size:12px}
@@ -150,9 +150,12 @@ def study_page(row: dict[str, Any], timeline: Sequence[dict[str, Any]], results:
              ("Description", escape(row["study_description"] or "")),
              ("Sending AE", escape(", ".join(row["calling_aes"]))), ("Instances", str(row["instance_count"])),
              ("Joint", f'{escape(row["joint"] or "-")} {escape(row["laterality"] or "")}'),
-             ("Status", _badge(row["status"])), ("Ready because", escape(row["completeness_reason"] or "-")),
-             ("Missing planes", escape(", ".join(row["missing_planes"]) or "none")),
-             ("Turnaround", _seconds(row["turnaround_seconds"]))]
+             ("Status", _badge(row["status"]))]
+    if row.get("waiting"):
+        facts.append(("Waiting for", f'<span class="reason">{escape(row["waiting"])}</span>'))
+    facts += [("Ready because", escape(row["completeness_reason"] or "-")),
+              ("Missing planes", escape(", ".join(row["missing_planes"]) or "none")),
+              ("Turnaround", _seconds(row["turnaround_seconds"]))]
     if results:
         latest = results[0]
         facts.append(("Model", f'{escape(latest["model_name"])} {escape(latest["model_version"])}'))
@@ -198,7 +201,7 @@ def deliveries_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *,
 
 
 def failures_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str) -> str:
-    form = _filter_form("/failures", query, statuses=("job_retry", "job_failed", "skipped", "delivery_failed"),
+    form = _filter_form("/failures", query, statuses=("job_retry", "job_failed", "job_skipped", "delivery_failed"),
                         joints=False, ae=False)
     lines = "".join(f'<tr><td>{_when(r["at"])}</td><td>{_study_link(r["study_instance_uid"])}</td>'
                     f'<td>{_badge(r["step"])}</td><td>{escape(r["detail"])}</td></tr>' for r in rows)

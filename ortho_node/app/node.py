@@ -23,6 +23,7 @@ from ortho_node.delivery.worker import DeliveryService
 from ortho_node.intake.receive import Intake
 from ortho_node.app.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
+from ortho_node.delivery.results import results_folder
 from ortho_node.audit.prometheus import Liveness, NodeCollector, health, make_registry
 from ortho_node.audit.status import configuration_warnings
 from ortho_node.scheduling.pipeline import Locate, Pipeline, ResultStages, StudyPredictor, WrittenResults
@@ -198,7 +199,7 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
         uid = prediction.study_instance_uid
         if not is_valid_uid(uid):
             raise ValueError("prediction for an invalid Study Instance UID")
-        folder = settings.data_dir / "results" / uid / (f"job-{job_id}" if job_id is not None else "manual")
+        folder = results_folder(settings.data_dir, uid, job_id)
         built = build_results(prediction, settings)
         return WrittenResults(write_result_objects(built.datasets, folder, fsync=settings.storage.fsync),
                               built.seg_not_built)

@@ -47,12 +47,17 @@ class CompletenessRules:
 @dataclass(frozen=True)
 class Readiness:
     ready: bool
-    reason: str
+    reason: str  # ready: why; not ready: what it waits for and until when ("waiting: ...")
     next_check: dt.datetime | None  # when to look again if not ready
+    missing_planes: tuple[str, ...] = ()
 
 
 def _planes(planes) -> str:
     return ", ".join(p.value for p in planes)
+
+
+def _clock(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%H:%M:%S UTC")
 
 
 def evaluate(plan: StudyPlan, signals: Sequence[SeriesSignal], last_activity: dt.datetime, now: dt.datetime,
@@ -60,25 +65,34 @@ def evaluate(plan: StudyPlan, signals: Sequence[SeriesSignal], last_activity: dt
     present = [p for p in plan.expected_planes if p in plan.choices]
     missing = plan.missing_planes
     contributing = [s for s in signals if s.series_instance_uid not in plan.excluded_series]
-    deadlines: list[tuple[dt.datetime, str]] = []
+    # A study already known to be skipped (joint unknown) has no expected planes to wait for.
+    found = (f"planes {_planes(plan.choices) or 'none'} present ({plan.skip_reason})" if plan.skip_reason and
+             plan.choices else f"expected planes {_planes(present)} present")
+    deadlines: list[tuple[dt.datetime, str, str]] = []  # (when, ready reason, waiting reason)
     if not missing:
         if contributing and all(s.complete for s in contributing):
-            deadlines.append((last_activity + rules.settle_time,
-                              f"complete by sender signals (every series reached ImagesInAcquisition and its "
-                              f"association was released; expected planes {_planes(present)} present); "
-                              f"settled {rules.settle_time.total_seconds():g} s"))
-        deadlines.append((last_activity + rules.quiet_period,
-                          f"expected planes {_planes(present)} present; quiet for "
-                          f"{rules.quiet_period.total_seconds():g} s"))
+            settle = last_activity + rules.settle_time
+            signalled = (f"complete by sender signals (every series reached ImagesInAcquisition and its "
+                         f"association was released; {found}); settled {rules.settle_time.total_seconds():g} s")
+            deadlines.append((settle, signalled, f"{found}, complete by sender signals; settling until "
+                                                 f"{_clock(settle)}"))
+        quiet = last_activity + rules.quiet_period
+        deadlines.append((quiet, f"{found}; quiet for {rules.quiet_period.total_seconds():g} s",
+                          f"{found}; quiet period until {_clock(quiet)}"))
+    timeout_at = last_activity + rules.long_timeout
+    seconds = f"{rules.long_timeout.total_seconds():g} s"
     if plan.choices:
-        found = _planes(present) if present else _planes(plan.choices)
-        timeout = f"long quiet timeout ({rules.long_timeout.total_seconds():g} s) passed with {found} present"
+        have = _planes(present) if present else _planes(plan.choices)
+        timeout = f"long quiet timeout ({seconds}) passed with {have} present"
+        waiting = f"expected planes {_planes(missing)} missing ({have} present)"
         if missing:
             timeout += f"; {_planes(missing)} missing"
     else:
-        timeout = f"long quiet timeout ({rules.long_timeout.total_seconds():g} s) passed with no usable plane"
-    deadlines.append((last_activity + rules.long_timeout, timeout))
-    when, reason = min(deadlines, key=lambda d: d[0])
+        timeout = f"long quiet timeout ({seconds}) passed with no usable plane"
+        waiting = f"no usable plane yet (expected planes {_planes(missing)} missing)"
+    deadlines.append((timeout_at, timeout, f"{waiting}; ready at the long timeout {_clock(timeout_at)}"))
+    when, reason, waiting = min(deadlines, key=lambda d: d[0])
+    missing_values = tuple(p.value for p in missing)
     if now >= when:
-        return Readiness(True, reason, None)
-    return Readiness(False, f"waiting: {reason}", when)
+        return Readiness(True, reason, None, missing_values)
+    return Readiness(False, f"waiting: {waiting}", when, missing_values)

@@ -72,12 +72,15 @@ def plan_study(study_uid: str, study_description: str | None,
                series: Sequence[tuple[SeriesFacts, Sequence[SliceRef]]], rules: AssemblyRules) -> StudyPlan:
     volumes: list[CandidateVolume] = []
     excluded: list[str] = []
+    causes: list[str] = []  # the same, named as the operator sees the series: why no plane may come of it
     for facts, slices in series:
         candidates, exclusion = plan_series(facts, slices, rules.geometry)
         if exclusion is not None:
             excluded.append(f"{exclusion.series_instance_uid}: {exclusion.reason}")
+            causes.append(f"{_series_name(facts)}: {exclusion.reason}")
         volumes.extend(candidates)
         excluded.extend(f"{v.series.series_instance_uid}: {v.name}: {v.problem}" for v in candidates if not v.usable)
+        causes.extend(f"{v.name}: {v.problem}" for v in candidates if not v.usable)
     joint, joint_reason, joint_conflicts = joint_from(_joint_sources(study_description, series))
     skip_reason = None
     if joint is Joint.UNKNOWN:
@@ -89,10 +92,15 @@ def plan_study(study_uid: str, study_description: str | None,
     laterality, laterality_reason, side_conflicts = laterality_from(_side_sources(study_description, series))
     choices, others = _choose(volumes, rules.preference)
     if skip_reason is None and not choices:
-        skip_reason = "no usable plane"
+        skip_reason = "no usable plane: " + ("; ".join(causes) if causes else "no image series")
     return StudyPlan(study_uid, study_description, joint, joint_reason, laterality, laterality_reason,
                      joint_conflicts + side_conflicts, rules.expected_for(joint), choices, tuple(excluded),
                      tuple(others), skip_reason)
+
+
+def _series_name(facts: SeriesFacts) -> str:
+    number = facts.series_number
+    return f"series {number}" if number is not None else f"series {facts.series_instance_uid}"
 
 
 _JOINT_KEYWORDS = (("BodyPartExamined", "body_part_examined"), ("StudyDescription", "study_description"),

@@ -165,9 +165,9 @@ def _volume(series: SeriesFacts, split: str, group: list[SliceRef], orientation:
     problem = None
     if plane is Plane.OBLIQUE:
         problem = f"oblique: normal {orientation.obliquity():.1f} degrees from the nearest axis " \
-                  f"(limit {rules.oblique_angle:g})"
+                  f"(limit {rules.oblique_angle:g}, assembly.oblique_angle)"
     elif len(kept) < rules.min_slices:
-        problem = f"{len(kept)} slices, fewer than {rules.min_slices}"
+        problem = f"{len(kept)} slices, fewer than {rules.min_slices} (assembly.min_slices)"
     return CandidateVolume(series, split, plane, orientation, tuple(kept), tuple(distances), spacing, contrast,
                            tuple(notes), problem)
 

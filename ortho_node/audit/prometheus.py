@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.clock import as_utc
 from ortho_node.db.models import DeliveryItem, Instance, Job, Study, StudyResult, TimelineEntry
-from ortho_node.audit.timeline import Step
+from ortho_node.audit.timeline import FAILURE_STEPS, Step
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("pending", "running", "succeeded", "failed", "superseded")
+JOB_STATES = ("pending", "running", "succeeded", "skipped", "failed", "superseded")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 TURNAROUND_BUCKETS = (5, 10, 20, 30, 45, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
@@ -125,9 +125,8 @@ class NodeCollector:
         failures = CounterMetricFamily("ortho_node_failures", "Failed steps by kind (job retries and failures, "
                                        "skipped studies, flagged deliveries)", labels=["step"])
         counts = dict(session.execute(select(TimelineEntry.step, func.count(TimelineEntry.id)).where(
-            TimelineEntry.step.in_([Step.JOB_RETRY.value, Step.JOB_FAILED.value, Step.SKIPPED.value,
-                                    Step.DELIVERY_FAILED.value])).group_by(TimelineEntry.step)).all())
-        for step in (Step.JOB_RETRY, Step.JOB_FAILED, Step.SKIPPED, Step.DELIVERY_FAILED):
+            TimelineEntry.step.in_([s.value for s in FAILURE_STEPS])).group_by(TimelineEntry.step)).all())
+        for step in FAILURE_STEPS:
             failures.add_metric([step.value], counts.get(step.value, 0))
         yield failures
         yield CounterMetricFamily("ortho_node_delivery_failures", "Result objects flagged as undeliverable",

@@ -1,8 +1,8 @@
 """The per-study timeline (``study_timeline``) and the result record (``study_results``): one write path.
 
 Each step is written by the part of the node that owns it, in the same transaction as its audit event
-(``entry`` returns a row to add there): the job queue (ready and why, started, succeeded, retried, failed,
-superseded, requeued), the pipeline (assembled or skipped; inference start and end; objects built) and the
+(``entry`` returns a row to add there): the job queue (waiting and until when, ready and why, started,
+succeeded or skipped and why, retried, failed, superseded, requeued), the pipeline (assembled or skipped; inference start and end; objects built) and the
 delivery queue (queued, each object acknowledged, flagged, resent). First and last instance received are
 the study row's own timestamps (``studies.first_received_at`` / ``last_received_at``); the ready step also
 copies them, so the timeline of a job is complete on its own.
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class Step(str, enum.Enum):
     FIRST_RECEIVED = "first_received"  # synthesized from the study row by the queries, never stored
     LAST_RECEIVED = "last_received"  # idem
+    WAITING = "waiting"  # not ready yet: what the study waits for and until when (the completeness timer)
     READY = "ready"  # completeness decided, a job queued (reason in the detail)
     REQUESTED = "requested"  # queued on request (ortho-node reprocess)
     JOB_STARTED = "job_started"
@@ -44,6 +45,7 @@ class Step(str, enum.Enum):
     INFERENCE_FINISHED = "inference_finished"
     OBJECTS_BUILT = "objects_built"
     JOB_SUCCEEDED = "job_succeeded"
+    JOB_SKIPPED = "job_skipped"  # the study cannot be analysed (assembly or model): the cause in the detail
     JOB_RETRY = "job_retry"
     JOB_FAILED = "job_failed"
     JOB_SUPERSEDED = "job_superseded"
@@ -54,8 +56,9 @@ class Step(str, enum.Enum):
     DELIVERY_RESEND = "delivery_resend"
 
 
-#: Steps that mark a failure, for the failures view and the metrics.
-FAILURE_STEPS = (Step.JOB_RETRY, Step.JOB_FAILED, Step.DELIVERY_FAILED, Step.SKIPPED)
+#: Steps that mark a failure, for the failures view and the metrics. A skipped study counts once, by its job's
+#: ``job_skipped`` (the pipeline's ``skipped`` step records the assembly decision beside it).
+FAILURE_STEPS = (Step.JOB_RETRY, Step.JOB_FAILED, Step.DELIVERY_FAILED, Step.JOB_SKIPPED)
 
 
 def entry(step: Step, study_instance_uid: str, detail: str, *, job_id: int | None = None,

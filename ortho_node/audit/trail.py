@@ -30,6 +30,7 @@ class AuditKind(str, enum.Enum):
     JOB_QUEUED = "job_queued"  # queued on request (ortho-node reprocess)
     JOB_STARTED = "job_started"
     JOB_SUCCEEDED = "job_succeeded"
+    JOB_SKIPPED = "job_skipped"  # the study cannot be analysed; the cause in the message
     JOB_RETRY = "job_retry"
     JOB_FAILED = "job_failed"
     JOB_SUPERSEDED = "job_superseded"

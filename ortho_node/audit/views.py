@@ -28,7 +28,7 @@ STATUSES = ("receiving", "queued", "processing", "skipped", "failed", "processed
             "delivery_failed")
 JOINTS = tuple(joint.value for joint in Joint)
 STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "first_received_at", "last_received_at",
-                 "instance_count", "joint", "laterality", "status", "job_state", "completeness_reason",
+                 "instance_count", "joint", "laterality", "status", "job_state", "waiting", "completeness_reason",
                  "missing_planes", "findings_present", "model_version", "results_at", "delivered", "pending",
                  "failed", "failure_reasons", "turnaround_seconds")
 DELIVERY_COLUMNS = ("study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts",
@@ -71,9 +71,7 @@ def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filt
             pattern = f"%{filters.search.strip()}%"
             query = query.where(or_(Study.study_instance_uid.like(pattern), Study.study_description.like(pattern)))
         studies = session.scalars(query).all()
-        ids = [s.id for s in studies]
-        uids = [s.study_instance_uid for s in studies]
-        context = _StudyContext.load(session, ids, uids)
+        context = _StudyContext.load(session, studies)
     rows = [context.row(study) for study in studies]
     rows = [r for r in rows if _matches(r, filters)]
     return rows[:filters.limit]
@@ -97,9 +95,12 @@ class _StudyContext:
     assemblies: dict[int, StudyAssembly]
     results: dict[str, StudyResult]
     deliveries: dict[str, list[DeliveryItem]]
+    waiting: dict[int, str]
 
     @classmethod
-    def load(cls, session: Session, ids: Sequence[int], uids: Sequence[str]) -> _StudyContext:
+    def load(cls, session: Session, studies: Sequence[Study]) -> _StudyContext:
+        ids = [s.id for s in studies]
+        uids = [s.study_instance_uid for s in studies]
         counts: dict[int, int] = {}
         aes: dict[int, list[str]] = defaultdict(list)
         results: dict[str, StudyResult] = {}
@@ -118,8 +119,9 @@ class _StudyContext:
             for item in session.scalars(select(DeliveryItem).where(DeliveryItem.study_instance_uid.in_(chunk))
                                         .order_by(DeliveryItem.id)):
                 deliveries[item.study_instance_uid].append(item)
-        return cls(counts, aes, _latest(session, Job, ids), _latest(session, StudyAssembly, ids), results,
-                   deliveries)
+        jobs = _latest(session, Job, ids)
+        return cls(counts, aes, jobs, _latest(session, StudyAssembly, ids), results, deliveries,
+                   waiting_states(session, studies, jobs))
 
     def row(self, study: Study) -> dict[str, Any]:
         job = self.jobs.get(study.id)
@@ -134,7 +136,9 @@ class _StudyContext:
         reasons = sorted({f"{i.destination}: {i.last_error}" for i in failed + pending if i.last_error})
         if job is not None and job.last_error and job.state in ("failed", "pending"):
             reasons.insert(0, f"job {job.id}: {job.last_error}")
-        if assembly is not None and assembly.skip_reason:
+        if job is not None and job.state == "skipped":
+            reasons.insert(0, f"skipped: {job.last_error}")
+        elif assembly is not None and assembly.skip_reason:  # skipped before jobs recorded it (older nodes)
             reasons.insert(0, f"skipped: {assembly.skip_reason}")
         return {
             "study_instance_uid": study.study_instance_uid,
@@ -147,6 +151,7 @@ class _StudyContext:
             "laterality": (assembly.laterality if assembly else result.laterality if result else None),
             "status": _status(job, assembly, result, delivered, pending, failed),
             "job_state": job.state if job else None,
+            "waiting": self.waiting.get(study.id),
             "completeness_reason": assembly.completeness_reason if assembly else (job.reason if job else None),
             "missing_planes": (assembly.summary.get("missing_planes", []) if assembly else []),
             "findings": list(result.findings) if result else [],
@@ -172,7 +177,7 @@ def _status(job: Job | None, assembly: StudyAssembly | None, result: StudyResult
         return "processing"
     if job.state == "failed":
         return "failed"
-    if assembly is not None and assembly.outcome == "skipped":
+    if job.state == "skipped" or (assembly is not None and assembly.outcome == "skipped"):
         return "skipped"
     if failed:
         return "delivery_failed"
@@ -197,6 +202,37 @@ def _latest(session: Session, model: type[Job] | type[StudyAssembly], ids: Seque
     return latest
 
 
+def waiting_states(session: Session, studies: Sequence[Study], jobs: dict[int, Job]) -> dict[int, str]:
+    """What each study with instances that no job covers yet waits for, by study id: the completeness timer's
+    last recorded state ("waiting: expected planes coronal, axial missing (...); ready at the long timeout
+    12:34:56 UTC", "... quiet period until ..."), or "receiving" with the last instance's time before the
+    first check. ``jobs``: the newest job of each study. The one source of the CLI's, the timeline's and the
+    console's waiting line."""
+    newest: dict[int, int] = {}
+    for chunk in _chunks([s.id for s in studies]):
+        newest.update(session.execute(select(Series.study_id, func.max(Instance.id)).join(Instance)
+                                      .where(Series.study_id.in_(chunk)).group_by(Series.study_id)).all())
+    # Only studies with instances that no job covers wait (nothing received yet: nothing to wait for).
+    open_studies = [s for s in studies if newest.get(s.id) and (
+        jobs.get(s.id) is None or jobs[s.id].last_instance_id < newest[s.id])]
+    latest: dict[str, TimelineEntry] = {}
+    steps = [Step.WAITING.value, Step.READY.value, Step.REQUESTED.value]
+    for chunk in _chunks([s.study_instance_uid for s in open_studies]):
+        for row in session.scalars(select(TimelineEntry).where(TimelineEntry.study_instance_uid.in_(chunk),
+                                                               TimelineEntry.step.in_(steps))
+                                   .order_by(TimelineEntry.id)):
+            latest[row.study_instance_uid] = row
+    states: dict[int, str] = {}
+    for study in open_studies:
+        noted = latest.get(study.study_instance_uid)
+        if noted is not None and noted.step == Step.WAITING.value:
+            states[study.id] = noted.detail
+        else:
+            states[study.id] = (f"receiving: last instance at "
+                                f"{as_utc(study.last_received_at).strftime('%H:%M:%S UTC')}; not checked yet")
+    return states
+
+
 def study_inventory(session_factory: sessionmaker[Session]) -> list[dict[str, Any]]:
     """What ``ortho-node studies`` lists: every received study, newest first, with its series and instance
     counts, the latest assembly decision (joint, laterality, planes with the chosen series and why,
@@ -206,10 +242,13 @@ def study_inventory(session_factory: sessionmaker[Session]) -> list[dict[str, An
             select(Study).options(selectinload(Study.series)).order_by(Study.last_received_at.desc())).all()
         ids = [s.id for s in studies]
         jobs, assemblies = _latest(session, Job, ids), _latest(session, StudyAssembly, ids)
-        return [_inventory_row(study, jobs.get(study.id), assemblies.get(study.id)) for study in studies]
+        waiting = waiting_states(session, studies, jobs)
+        return [_inventory_row(study, jobs.get(study.id), assemblies.get(study.id), waiting.get(study.id))
+                for study in studies]
 
 
-def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None) -> dict[str, Any]:
+def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None,
+                   waiting: str | None) -> dict[str, Any]:
     series = [{"series_instance_uid": s.series_instance_uid, "series_number": s.series_number,
                "modality": s.modality, "series_description": s.series_description,
                "body_part_examined": s.body_part_examined, "laterality": s.laterality,
@@ -217,7 +256,7 @@ def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None
     return {"study_instance_uid": study.study_instance_uid, "study_description": study.study_description,
             "first_received_at": study.first_received_at, "last_received_at": study.last_received_at,
             "instance_count": sum(s["instance_count"] for s in series), "series": series,
-            "job": _job(job) if job is not None else None, "assembly": _assembly(assembly)}
+            "job": _job(job) if job is not None else None, "assembly": _assembly(assembly), "waiting": waiting}
 
 
 def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:
@@ -251,7 +290,8 @@ def list_jobs(session_factory: sessionmaker[Session], *, limit: int = 200) -> li
 
 
 def _job(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "state": job.state, "reason": job.reason, "attempts": job.attempts,
+    return {"id": job.id, "state": job.state, "reason": job.reason,
+            "skip_cause": job.last_error if job.state == "skipped" else None, "attempts": job.attempts,
             "next_attempt_at": job.next_attempt_at, "last_error": job.last_error,
             "supersedes_job_id": job.supersedes_job_id, "created_at": job.created_at,
             "started_at": job.started_at, "finished_at": job.finished_at}
@@ -353,7 +393,7 @@ def daily_summary(session_factory: sessionmaker[Session], *, days: int = 14,
                                          .where(DeliveryItem.delivered_at >= start)).all()
         failure_days = session.scalars(select(TimelineEntry.at).where(
             TimelineEntry.at >= start,
-            TimelineEntry.step.in_([Step.JOB_FAILED.value, Step.DELIVERY_FAILED.value, Step.SKIPPED.value]))).all()
+            TimelineEntry.step.in_([Step.JOB_FAILED.value, Step.DELIVERY_FAILED.value, Step.JOB_SKIPPED.value]))).all()
     summary = {first + dt.timedelta(days=n): {"studies": 0, "instances": 0, "results": 0, "delivered": 0,
                                               "failures": 0, "turnarounds": []} for n in range(days)}
 

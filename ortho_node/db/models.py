@@ -150,7 +150,8 @@ class AuditEvent(Base):
 class Job(Base):
     """One unit of study processing; this table, not the timer store, is the truth about pending work.
 
-    States: pending -> running -> succeeded | failed | superseded (a newer job of the same study succeeded).
+    States (plain text, no constraint): pending -> running -> succeeded | skipped | failed | superseded (a newer
+    job of the same study finished). ``skipped``: the study cannot be analysed; the cause is in ``last_error``.
     ``last_instance_id`` is the newest instance row the job was queued for: a study with instances beyond
     it has unprocessed material and gets a superseding job, never a duplicate.
     """

@@ -98,13 +98,17 @@ def echo(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 
     return echo_peer(remote, calling_ae=calling_ae, timeout=timeout).status
 
 
-def echo_peer(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 30.0) -> EchoResult:
-    """C-ECHO, telling a refused connection, a rejected association and a missing response apart."""
+def echo_peer(remote: RemoteNode, *, calling_ae: str = "ORTHODIFF", timeout: float = 30.0,
+              ssl_context: ssl.SSLContext | None = None) -> EchoResult:
+    """C-ECHO (over DICOM TLS with ``ssl_context``), telling a refused connection, a rejected association and a
+    missing response apart."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
     connection = _ConnectionWatch()
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, evt_handlers=connection.handlers())
+    tls_args = (ssl_context, remote.host) if ssl_context else None
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, tls_args=tls_args,
+                         evt_handlers=connection.handlers())
     if not assoc.is_established:
         failure, reason, rejection = _association_failure(assoc, remote, connected=connection.opened)
         return EchoResult(None, reason, failure, rejection)

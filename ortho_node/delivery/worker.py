@@ -109,6 +109,10 @@ class DeliveryWorker:
             self._wake.wait(self._poll_interval)
 
 
+class UnknownDestination(LookupError):
+    """``resend --to`` names a destination that is neither configured nor in the study's queue."""
+
+
 class DeliveryService:
     """Queue, policy and worker built from settings: what the node's composition root holds."""
 
@@ -116,6 +120,8 @@ class DeliveryService:
                  clock: Clock | None = None) -> None:
         delivery = settings.delivery
         self.destinations = settings.destinations
+        self._session_factory = session_factory
+        self._data_dir = settings.data_dir
         self.queue = DeliveryQueue(session_factory, clock or SystemClock(), retry_policy(delivery))
         self.worker = DeliveryWorker(
             self.queue, settings.destinations, calling_ae=delivery.calling_ae or settings.dicom.ae_title,
@@ -127,6 +133,34 @@ class DeliveryService:
         added = self.queue.enqueue([ResultFile.read(Path(p)) for p in paths], self.destinations)
         self.worker.wake()
         return added
+
+    def resend(self, study_instance_uid: str, to: str | None = None) -> tuple[int, list[str]]:
+        """Queue the study's results again for ``to`` (default: every configured destination and every one the
+        study was queued for). Objects the queue holds are reset; a study whose results were built while no
+        destination (or not this one) was configured gets its latest built result set queued. Returns the
+        rows queued and the destinations; :class:`LookupError` (:class:`UnknownDestination` for ``to``) says
+        what is missing."""
+        from ortho_node.config import OBJECT_KINDS
+        from ortho_node.delivery.results import latest_result_files
+
+        configured = {dest.name: dest for dest in self.destinations}
+        queued_for = self.queue.destinations_of(study_instance_uid)
+        targets = {**{name: list(OBJECT_KINDS) for name in queued_for},
+                   **{name: dest.kinds for name, dest in configured.items()}}
+        if to is not None:
+            if to not in targets:
+                raise UnknownDestination(f"destination {to!r} is neither configured nor in the queue for this study")
+            targets = {to: targets[to]}
+        count = self.queue.resend(study_instance_uid, targets) if queued_for else 0
+        missing = [configured[name] for name in targets if name in configured and name not in queued_for]
+        if missing:  # built while these destinations did not exist: queue the latest result set for them
+            files = latest_result_files(self._session_factory, self._data_dir, study_instance_uid)
+            count += self.queue.enqueue(files, missing)
+        if not count:
+            raise LookupError(f"no result objects of study {study_instance_uid} in the delivery queue or among "
+                              "its built results")
+        self.worker.wake()
+        return count, sorted(targets)
 
     def start(self) -> None:
         self.worker.start()

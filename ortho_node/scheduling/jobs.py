@@ -1,6 +1,7 @@
 """The job queue in the database: the truth about which study needs processing, whatever timers say.
 
-States: pending -> running -> succeeded | failed | superseded. A job covers the study's instances up to
+States: pending -> running -> succeeded | skipped | failed | superseded (``skipped``: the study cannot be
+analysed, the cause recorded in ``last_error``; a later job supersedes it as it does a success). A job covers the study's instances up to
 ``last_instance_id``; a study is queued again only when instances beyond that arrived (a superseding job,
 never a duplicate) or on request. Failed attempts are retried with capped exponential backoff.
 """
@@ -29,8 +30,13 @@ class JobState(str, enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"  # the study cannot be analysed (no usable plane, unknown joint, no model for it)
     FAILED = "failed"
     SUPERSEDED = "superseded"
+
+
+#: Finished jobs with an outcome; a newer job of the same study supersedes them.
+OUTCOMES = (JobState.SUCCEEDED, JobState.SKIPPED)
 
 
 def retry_policy(settings: SchedulingSettings) -> RetryPolicy:
@@ -71,7 +77,7 @@ class JobQueue:
                 return pending.id
             if not force and any(j.last_instance_id >= (newest or 0) for j in jobs):
                 return None
-            previous = next((j for j in jobs if j.state in (JobState.RUNNING, JobState.SUCCEEDED)), None)
+            previous = next((j for j in jobs if j.state in (JobState.RUNNING, *OUTCOMES)), None)
             job = Job(study_id=study.id, state=JobState.PENDING.value, reason=reason, last_instance_id=newest or 0,
                       supersedes_job_id=previous.id if previous else None, attempts=0, next_attempt_at=now,
                       created_at=now)
@@ -120,24 +126,45 @@ class JobQueue:
         return claimed
 
     def succeed(self, job: ClaimedJob) -> None:
+        self._finish(job, JobState.SUCCEEDED, None)
+
+    def skip(self, job: ClaimedJob, cause: str) -> None:
+        """The study cannot be analysed: the job ends ``skipped`` with ``cause`` (never retried)."""
+        self._finish(job, JobState.SKIPPED, cause)
+
+    def _finish(self, job: ClaimedJob, state: JobState, cause: str | None) -> None:
         now = self._time.now()
+        uid = job.study_instance_uid
         with self._session_factory.begin() as session:
             row = session.get(Job, job.id)
-            row.state, row.finished_at, row.last_error = JobState.SUCCEEDED.value, now, None
-            session.add(make_event(AuditKind.JOB_SUCCEEDED, f"job {job.id} succeeded",
-                                   study_instance_uid=job.study_instance_uid, details={"job_id": job.id}))
-            session.add(entry(Step.JOB_SUCCEEDED, job.study_instance_uid, f"job {job.id} succeeded", job_id=job.id,
-                              at=now))
+            row.state, row.finished_at, row.last_error = state.value, now, cause[:2000] if cause else None
+            if state is JobState.SKIPPED:
+                message = f"job {job.id} skipped: {cause}"
+                session.add(make_event(AuditKind.JOB_SKIPPED, message, severity=Severity.WARNING,
+                                       study_instance_uid=uid, details={"job_id": job.id, "cause": cause}))
+                session.add(entry(Step.JOB_SKIPPED, uid, message, job_id=job.id, at=now, data={"cause": cause}))
+                log.warning("study %s: %s", uid, message)
+            else:
+                session.add(make_event(AuditKind.JOB_SUCCEEDED, f"job {job.id} succeeded", study_instance_uid=uid,
+                                       details={"job_id": job.id}))
+                session.add(entry(Step.JOB_SUCCEEDED, uid, f"job {job.id} succeeded", job_id=job.id, at=now))
             older = session.scalars(select(Job).where(Job.study_id == row.study_id, Job.id < row.id,
-                                                      Job.state == JobState.SUCCEEDED.value)).all()
-            for old in older:  # their results are replaced by this job's
+                                                      Job.state.in_([s.value for s in OUTCOMES]))).all()
+            for old in older:  # their results (or skip decision) are replaced by this job's
                 old.state = JobState.SUPERSEDED.value
                 session.add(make_event(AuditKind.JOB_SUPERSEDED, f"job {old.id} superseded by job {job.id}",
-                                       study_instance_uid=job.study_instance_uid,
-                                       details={"job_id": old.id, "superseded_by": job.id}))
-                session.add(entry(Step.JOB_SUPERSEDED, job.study_instance_uid,
-                                  f"job {old.id} superseded by job {job.id}", job_id=old.id, at=now,
-                                  data={"superseded_by": job.id}))
+                                       study_instance_uid=uid, details={"job_id": old.id, "superseded_by": job.id}))
+                session.add(entry(Step.JOB_SUPERSEDED, uid, f"job {old.id} superseded by job {job.id}", job_id=old.id,
+                                  at=now, data={"superseded_by": job.id}))
+
+    def note_waiting(self, study_uid: str, waiting: str, until: dt.datetime | None,
+                     missing_planes: tuple[str, ...]) -> None:
+        """Record what a study that is not ready yet waits for and until when (the completeness timer's
+        state, for ``studies``, the timeline and the console)."""
+        now = self._time.now()
+        with self._session_factory.begin() as session:
+            session.add(entry(Step.WAITING, study_uid, waiting, at=now, data={
+                "until": until.isoformat() if until else None, "missing_planes": list(missing_planes)}))
 
     def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> dt.datetime | None:
         """Record a failed attempt; returns the retry time, or None when the job is given up (``permanent``:

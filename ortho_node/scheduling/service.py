@@ -64,6 +64,8 @@ class Scheduler:
         self.time.shutdown()
         self.pool.shutdown(wait=True)
 
-    def _run_job(self, job: ClaimedJob) -> None:
+    def _run_job(self, job: ClaimedJob) -> str | None:
+        """Assemble and process the job's study; returns the cause when it cannot be analysed."""
         assembled = self._assembler.assemble(job.study_instance_uid, job.reason)
         self._pipeline.run(assembled, job_id=job.id)
+        return assembled.skip_reason

@@ -3,7 +3,8 @@
 Intake calls ``instance_stored`` and ``association_ended`` on the C-STORE handler threads, so both only
 note the time and arm the study's timer (a per-study debounce); the completeness check itself runs on the
 timer thread, reads the header-only plan from the database and either queues a job or re-arms the timer
-for the next deadline.
+for the next deadline, recording in the study's timeline what it waits for and until when (the timers live
+in memory; the database holds what an operator reads, and start-up recovery re-arms them from it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class StudyWatcher:
         self._lock = threading.Lock()
         self._activity: dict[str, dt.datetime] = {}  # study UID -> last instance or association end
         self._armed: dict[str, dt.datetime] = {}  # study UID -> when its timer fires
+        self._noted: dict[str, str] = {}  # study UID -> the waiting state last recorded (recorded once each)
         self._association_studies: dict[int, set[str]] = defaultdict(set)
 
     # -- intake listener: cheap, never blocks on the database -------------------------------------------
@@ -101,11 +103,15 @@ class StudyWatcher:
         plan, signals, _ = self._assembler.plan(study_uid)
         readiness = evaluate(plan, signals, last, now, self._rules)
         if not readiness.ready:
-            log.debug("study %s %s", study_uid, readiness.reason)
+            log.info("study %s %s", study_uid, readiness.reason)
+            if self._noted.get(study_uid) != readiness.reason:
+                self._queue.note_waiting(study_uid, readiness.reason, readiness.next_check, readiness.missing_planes)
+                self._noted[study_uid] = readiness.reason
             with self._lock:
                 if study_uid not in self._armed:  # activity meanwhile may have armed an earlier check
                     self._arm(study_uid, readiness.next_check)
             return
+        self._noted.pop(study_uid, None)
         log.info("study %s ready: %s", study_uid, readiness.reason)
         job_id = self._queue.enqueue(study_uid, readiness.reason)
         self._forget(study_uid, last)

@@ -1,8 +1,9 @@
 """The worker pool: claims due jobs from the queue and runs them on a bounded number of threads.
 
 Concurrency bounds CPU work (assembly); stages that use the GPU take the pipeline's GPU lock, so GPU work
-is serialized whatever the concurrency. A failure is recorded on the job (retried with backoff) and never
-stops the pool.
+is serialized whatever the concurrency. ``run_job`` returns None when the study was processed, or the cause
+when it cannot be analysed (the job ends ``skipped``; so does a :class:`StudyNotAnalysable` from the model).
+A failure is recorded on the job (retried with backoff) and never stops the pool.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ RETRY_TIMER = "jobs:next-attempt"
 
 
 class WorkerPool:
-    def __init__(self, queue: JobQueue, run_job: Callable[[ClaimedJob], None], time: TimeSource,
+    def __init__(self, queue: JobQueue, run_job: Callable[[ClaimedJob], str | None], time: TimeSource,
                  concurrency: int) -> None:
         self._queue = queue
         self._run_job = run_job
@@ -52,15 +53,17 @@ class WorkerPool:
     def _run(self, job: ClaimedJob) -> None:
         log.info("job %s for study %s: attempt %d (%s)", job.id, job.study_instance_uid, job.attempt, job.reason)
         try:
-            self._run_job(job)
-        except StudyNotAnalysable as exc:
-            log.error("job %s for study %s: study cannot be analysed: %s", job.id, job.study_instance_uid, exc)
-            self._queue.fail(job, f"{type(exc).__name__}: {exc}", permanent=True)
+            skipped = self._run_job(job)
+        except StudyNotAnalysable as exc:  # the study's content, not the machine: retrying cannot help
+            self._queue.skip(job, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of a job is recorded on it, then retried
             log.exception("job %s for study %s raised", job.id, job.study_instance_uid)
             self._queue.fail(job, f"{type(exc).__name__}: {exc}")
         else:
-            self._queue.succeed(job)
+            if skipped is None:
+                self._queue.succeed(job)
+            else:
+                self._queue.skip(job, skipped)
         finally:
             with self._lock:
                 self._in_flight.discard(job.id)

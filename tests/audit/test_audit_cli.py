@@ -38,10 +38,13 @@ def test_studies_json_and_filters(seeded, audit):
 def test_timeline_with_results_and_model_card_version(seeded, audit):
     document = json.loads(audit("timeline", seeded.study_uid, "--json"))
     steps = [entry["step"] for entry in document["timeline"]]
-    assert steps[:6] == ["first_received", "last_received", "ready", "job_started", "assembled",
+    # Issue 22: the completeness check's waiting state (here: the quiet period) is a step before "ready".
+    assert steps[:7] == ["first_received", "last_received", "waiting", "ready", "job_started", "assembled",
                          "inference_started"]
     assert steps.count("delivered") == 8 and steps.count("delivery_failed") == 8
-    ready = document["timeline"][2]
+    waiting, ready = document["timeline"][2:4]
+    assert waiting["detail"].startswith("waiting: expected planes sagittal, coronal, axial present; quiet period "
+                                        "until ") and waiting["data"]["until"]
     assert "quiet for 10 s" in ready["detail"] and ready["data"]["last_received_at"]
     [result] = document["results"]
     assert (result["model_name"], result["model_version"]) == ("OrthoDiffusion-knee", "0.1.0-test")

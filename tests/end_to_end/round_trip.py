@@ -137,7 +137,7 @@ class RoundTrip:
 
     def _raise_on_failure(self, study_uid: str) -> None:
         for entry in self.timeline(study_uid):
-            if entry["step"] in ("job_retry", "job_failed", "skipped", "delivery_failed"):
+            if entry["step"] in ("job_retry", "job_failed", "skipped", "job_skipped", "delivery_failed"):
                 raise RoundTripError(f"study {study_uid}: {entry['step']}: {entry['detail']}; node log: "
                                      f"{self.node.log()[-3000:]}")
 

@@ -76,17 +76,18 @@ class UnanalysablePipeline(Pipeline):
         raise StudyNotAnalysable("no model for joint 'elbow'")
 
 
-def test_a_study_that_cannot_be_analysed_fails_at_once_without_retries(manual_node):
+def test_a_study_that_cannot_be_analysed_is_skipped_at_once_without_retries(manual_node):
+    # Issue 22: a study the model cannot analyse ends ``skipped`` with its cause (it was ``failed`` before).
     node = manual_node(pipeline_factory=UnanalysablePipeline)
     _send_study(node)
     advance(node, 2)
     [job] = jobs(node)
-    assert (job.state, job.attempts) == ("failed", 1)
-    assert "no model for joint" in job.last_error
+    assert (job.state, job.attempts) == ("skipped", 1)
+    assert job.last_error == "no model for joint 'elbow'"
     kinds = audit_kinds(node)
-    assert "job_failed" in kinds and "job_retry" not in kinds
+    assert "job_skipped" in kinds and "job_retry" not in kinds and "job_failed" not in kinds
     advance(node, 3600)
-    assert [(j.state, j.attempts) for j in jobs(node)] == [("failed", 1)]
+    assert [(j.state, j.attempts) for j in jobs(node)] == [("skipped", 1)]
 
 
 def test_restart_rearms_timers_for_studies_still_receiving(manual_node, tmp_path):

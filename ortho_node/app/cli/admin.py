@@ -49,8 +49,11 @@ def cmd_studies(args: argparse.Namespace) -> int:
         print(f"{study['study_instance_uid']}  {study['instance_count']} instances in "
               f"{len(study['series'])} series, last received {study['last_received_at']}")
         assembly, job = study["assembly"], study["job"]
+        if study["waiting"]:
+            print(f"    {study['waiting']}")
         if job is not None:
-            print(f"    job {job['id']} {job['state']}: {job['reason']}")
+            cause = f"; skipped: {job['skip_cause']}" if job["skip_cause"] else ""
+            print(f"    job {job['id']} {job['state']}: {job['reason']}{cause}")
         if assembly is not None:
             planes = ", ".join(f"{p} <- {v['series_instance_uid']} ({v['reason']})"
                                for p, v in assembly["planes"].items())
@@ -71,7 +74,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(jobs, indent=2, default=str))
         return 0
     for job in jobs:
-        error = f"  last error: {job['last_error']}" if job["last_error"] else ""
+        error = (f"  skipped: {job['skip_cause']}" if job["skip_cause"] else
+                 f"  last error: {job['last_error']}" if job["last_error"] else "")
         print(f"job {job['id']:5d} {job['state']:10} attempts {job['attempts']}  {job['study_instance_uid']}  "
               f"{job['reason']}{error}")
     return 0
@@ -111,24 +115,18 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    """Reset the queue rows in the database; the serving node sends them at its next poll."""
-    from ortho_node.config import OBJECT_KINDS
-    from ortho_node.delivery.worker import DeliveryService
+    """Queue in the database; the serving node sends them at its next poll. Results built while no destination
+    was configured are found among the study's built results."""
+    from ortho_node.delivery.worker import DeliveryService, UnknownDestination
 
     settings = settings_of(args)
-    queue = DeliveryService(settings, session_factory(settings)).queue
-    configured = {dest.name: dest.kinds for dest in settings.destinations}
-    queued_for = queue.destinations_of(args.study_uid)
-    targets = {**{name: list(OBJECT_KINDS) for name in queued_for}, **configured}
-    if args.to:
-        if args.to not in targets:
-            print(f"error: destination {args.to!r} is neither configured nor in the queue for this study",
-                  file=sys.stderr)
-            return 2
-        targets = {args.to: targets[args.to]}
-    count = queue.resend(args.study_uid, targets) if queued_for else 0
-    if not count:
-        print(f"error: no result objects of study {args.study_uid} in the delivery queue", file=sys.stderr)
+    try:
+        count, targets = DeliveryService(settings, session_factory(settings)).resend(args.study_uid, args.to)
+    except UnknownDestination as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
         return 1
-    print(f"{count} result objects queued again for {', '.join(sorted(targets))}")
+    print(f"{count} result objects queued for {', '.join(targets)}")
     return 0

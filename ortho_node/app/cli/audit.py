@@ -130,6 +130,8 @@ def _study_line(row: dict[str, Any]) -> str:
             f"deliveries {row['delivered']} ok / {row['pending']} pending / {row['failed']} failed")
     if row["model_version"]:
         text += f"  model {row['model_version']}"
+    if row["waiting"]:
+        text += f"\n    {row['waiting']}"
     for reason in row["failure_reasons"]:
         text += f"\n    {reason}"
     return text
