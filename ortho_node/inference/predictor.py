@@ -11,6 +11,10 @@ where the card names an evidence readout, each label's final logit comes from it
 descriptors, or the statistics of the label's structure in the first draw's class maps:
 :mod:`ortho_node.model.evidence`). Planes that are absent or carry no image (a single intensity, e.g.
 all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
+
+Where the card's preprocessing names a ``crop_mm``, each series is first cropped in-plane to that physical extent
+around its foreground centroid (:func:`~ortho_node.model.preprocessing.plan_crop`; one box for every window of
+the series), and its masks come back onto every source pixel, background outside the crop.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from ortho_node.model.evidence import STATISTICS, plane_statistics, stack_inputs
 from ortho_node.model.heads import DiagnosisOutput, clinical_from_facts
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
+    CropBox,
     GridMapping,
     PreprocessSpec,
+    plan_crop,
     preprocess_volume,
     restore_argmax,
     restore_probabilities,
@@ -89,13 +95,15 @@ class PredictionOutcome:
 class _PlaneRun:
     """One plane's pass: centre-window features [1, C, d, h, w], the windows' first slices and, when segmented,
     the class probabilities [K, n, S, S] averaged over windows and noise draws (the masks') and over the first
-    draw's windows alone (what the structure evidence reads), and the slices [n, S, S] on the model grid."""
+    draw's windows alone (what the structure evidence reads), the slices [n, S, S] on the model grid, and the
+    in-plane crop the grid covers (None: the whole field of view)."""
 
     features: torch.Tensor
     window_starts: tuple[int, ...]
     class_maps: torch.Tensor | None = None
     first_draw_maps: torch.Tensor | None = None
     slices: torch.Tensor | None = None
+    crop: CropBox | None = None
 
 
 class Predictor:
@@ -157,7 +165,7 @@ class Predictor:
                 if run.class_maps is not None:
                     if locate is None:  # refused above for every segmenting joint
                         raise RuntimeError("segmented plane without a locate callable")
-                    segmentations.append(self._segmentation(plane, volume, run.class_maps, locate))
+                    segmentations.append(self._segmentation(plane, volume, run, locate))
                 elif locate is not None:
                     segmentations.append(self._analysed_series(plane, volume, locate))
             findings = self._findings(joint, runs, study)
@@ -219,17 +227,18 @@ class Predictor:
     def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int) -> _PlaneRun:
         spec = self.card.preprocessing
         pixels = volume.pixels
+        crop = plan_crop(pixels, spec, volume.geometry.pixel_spacing)
         if not segment:  # diagnosis reads the centre window alone
-            centre_input, mapping = preprocess_volume(pixels, spec)
-            return _PlaneRun(self._features(plane, centre_input[None]), (mapping.start,))
+            centre_input, mapping = preprocess_volume(pixels, spec, crop=crop)
+            return _PlaneRun(self._features(plane, centre_input[None]), (mapping.start,), crop=crop)
         n = pixels.shape[0]
         # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
         # window on its own, without resizing the overlaps again.
-        slices = slices_to_model_grid(pixels, spec)
+        slices = slices_to_model_grid(pixels, spec, crop=crop)
         if n < spec.depth:
             slices = torch.cat([slices, slices.new_zeros((spec.depth - n, *slices.shape[1:]))])
         centre_start = GridMapping(pixels.shape, spec).start
-        centre_input = scale_intensity(slices[centre_start : centre_start + spec.depth])
+        centre_input = scale_intensity(slices[centre_start : centre_start + spec.depth], spec)
         # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
         centre: torch.Tensor | None = None
         starts = window_starts(n, spec.depth, self.window_stride)
@@ -237,7 +246,8 @@ class Predictor:
         inputs = []  # (first slice, noise draw, window)
         for start in starts:
             try:
-                window = centre_input if start == centre_start else scale_intensity(slices[start : start + spec.depth])
+                window = (centre_input if start == centre_start
+                          else scale_intensity(slices[start : start + spec.depth], spec))
             except ConstantVolumeError:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
                 continue
@@ -256,7 +266,7 @@ class Predictor:
         if centre is None:  # window_starts always holds the centre window, which has an image
             raise RuntimeError(f"{plane.value}: the centre window was not among the segmented windows")
         maps = average.average()
-        return _PlaneRun(centre, starts, maps.mean(dim=0), maps[0], slices[:n])
+        return _PlaneRun(centre, starts, maps.mean(dim=0), maps[0], slices[:n], crop)
 
     @staticmethod
     def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:
@@ -280,24 +290,26 @@ class Predictor:
         for plane, run in runs.items():
             if run.class_maps is None:  # every run of a segmenting joint has its maps
                 raise RuntimeError(f"{plane.value}: a segmenting run without class maps")
-            for chunk, mapping in self._restore_chunks(study.planes[plane]):
+            for chunk, mapping in self._restore_chunks(study.planes[plane], run.crop):
                 maps = run.class_maps[:, chunk] * self._scales
                 yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))
 
-    def _restore_chunks(self, volume: PlaneVolume) -> Iterator[tuple[slice, GridMapping]]:
-        """(slices, mapping) of each RESTORE_CHUNK slices of ``volume``, model grid -> source grid."""
+    def _restore_chunks(self, volume: PlaneVolume, crop: CropBox | None) -> Iterator[tuple[slice, GridMapping]]:
+        """(slices, mapping) of each RESTORE_CHUNK slices of ``volume``, model grid (covering ``crop``) -> source
+        grid."""
         n, rows, cols = volume.pixels.shape
         spec = self.card.preprocessing
         for start in range(0, n, RESTORE_CHUNK):
             count = min(n, start + RESTORE_CHUNK) - start
             chunk = PreprocessSpec(count, spec.size, spec.rot90_k)
-            yield slice(start, start + count), GridMapping((count, rows, cols), chunk)
+            yield slice(start, start + count), GridMapping((count, rows, cols), chunk, crop)
 
-    def _segmentation(self, plane: Plane, volume: PlaneVolume, maps: torch.Tensor,
-                      locate: Locate) -> SeriesSegmentation:
+    def _segmentation(self, plane: Plane, volume: PlaneVolume, run: _PlaneRun, locate: Locate) -> SeriesSegmentation:
+        if run.class_maps is None:
+            raise RuntimeError(f"{plane.value}: a segmenting run without class maps")
         mask = np.zeros(volume.pixels.shape, dtype=np.uint8)
-        for chunk, mapping in self._restore_chunks(volume):
-            mask[chunk] = restore_argmax(maps[:, chunk] * self._scales, mapping)
+        for chunk, mapping in self._restore_chunks(volume, run.crop):
+            mask[chunk] = restore_argmax(run.class_maps[:, chunk] * self._scales, mapping)
         return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
                                   tuple(self.card.structures))
 

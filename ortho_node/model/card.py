@@ -87,7 +87,14 @@ class CardFiles:
             raise CheckpointError(f"not a {_NAMES[cls.KIND]} card (card_format {values.get('card_format')!r}, "
                                   f"kind {card_kind(values).value})")
         values.pop("kind", None)
-        return cls._from_values(values)
+        try:
+            return cls._from_values(values)
+        except CheckpointError:
+            raise
+        except KeyError as error:
+            raise CheckpointError(f"invalid {_NAMES[cls.KIND]} card: no field {error}") from error
+        except (ValueError, TypeError) as error:  # a field out of range or of the wrong type
+            raise CheckpointError(f"invalid {_NAMES[cls.KIND]} card: {error}") from error
 
 
 def file_sha256(path: Path) -> str:

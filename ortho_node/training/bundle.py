@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 from ortho_node.assembly.study import AssembledStudy
 from ortho_node.inference.predictor import Predictor
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.model.preprocessing import Normalisation
 from ortho_node.model.runtime import DeviceChoice, place_model, resolve_device
 from ortho_node.model.system import (
     SEGMENTATION_JOINT,
@@ -41,7 +42,7 @@ from ortho_node.model.system import (
     save_system,
 )
 from ortho_node.model.unet import UNetConfig
-from ortho_node.synthetic import generate_study
+from ortho_node.synthetic import RandomizedAppearance, generate_study
 from ortho_node.training import scores as metrics
 from ortho_node.training.finetune import (
     FinetuneSettings,
@@ -111,6 +112,18 @@ class Profile:
     lr: float = 2e-3
     #: Segmentation decoder stage widths (card ``segmentation_widths``); () = halving per stage.
     decoder_widths: tuple[int, ...] = ()
+    #: Share of the training studies (every joint) rendered by the SynthSeg-style randomisation instead of the
+    #: realistic render, chosen per seed (card ``training.randomized_ratio``); held-out studies stay realistic.
+    randomized_ratio: float = 0.0
+    #: Ranges of that randomisation, deformation included (card ``training.randomized_appearance``).
+    appearance: RandomizedAppearance = field(default_factory=RandomizedAppearance)
+    #: The card's preprocessing: intensity normalisation and the joint-centred crop (None: whole field of view).
+    normalisation: Normalisation = Normalisation.MINMAX
+    crop_mm: float | None = None
+
+    def sizes(self) -> dict[str, object]:
+        """The profile's plain fields, as the card's ``profile_sizes`` records them (the appearance apart)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "appearance"}
 
 
 PROFILES = {
@@ -125,9 +138,11 @@ PROFILES = {
     # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
     # 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs:
     # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
+    # Issue 21: half the training studies are randomised renders (about 2.5x the realistic render's time each,
+    # so generation takes about 1.75x as long); the shipped model predates this and its card has no ratio.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
                     epochs=70, patience=10, decoder_epochs=60, decoder_patience=10, evidence=80,
-                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16)),
+                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16), randomized_ratio=0.5),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6, segmentation_draws=2),
 }
@@ -146,9 +161,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model in --out, built by this command with the same profile and seeds")
 
 
-def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1) -> TaskData:
+def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1,
+          profile: Profile | None = None) -> TaskData:
+    """The profile's training mix of realistic and randomised studies; held-out (``test``) studies and a missing
+    profile: realistic only."""
     start = first_seed + JOINT_OFFSET[joint] + (TEST_OFFSET if test else 0)
-    return generate_task_data(joint, range(start, start + count), spec, workers=workers)
+    ratio = 0.0 if test or profile is None else profile.randomized_ratio
+    return generate_task_data(joint, range(start, start + count), spec, workers=workers, randomized_ratio=ratio,
+                              appearance=None if profile is None else profile.appearance)
 
 
 def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed: int, device: torch.device) -> dict:
@@ -243,7 +263,9 @@ def new_bundle_model(profile: Profile) -> OrthoModel:
     """The untrained task model of a bundle run: reduced backbones, the profile's decoder widths."""
     card = new_card(UNetConfig.reduced(), name="OrthoDiffusion-reduced-synthetic",
                     segmentation_widths=profile.decoder_widths)
-    return OrthoModel(card)
+    preprocessing = dataclasses.replace(card.preprocessing, normalisation=profile.normalisation,
+                                        crop_mm=profile.crop_mm)
+    return OrthoModel(dataclasses.replace(card, preprocessing=preprocessing))
 
 
 def _diagnosis_task(joint: Joint) -> Task:
@@ -366,7 +388,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     model = new_bundle_model(profile)
     spec = model.card.preprocessing
     counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
-    data = {joint: _data(joint, n, data_seed, spec, workers=workers) for joint, n in counts.items()}
+    data = {joint: _data(joint, n, data_seed, spec, workers=workers, profile=profile) for joint, n in counts.items()}
     tests = {joint: _data(joint, profile.test, data_seed, spec, test=True, workers=workers) for joint in counts}
     timings["seconds/generate"] = time.perf_counter() - started
 
@@ -403,11 +425,15 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     # Test-set thresholds are never used: the card keeps the validation thresholds from apply_result.
     timings["seconds/total"] = time.perf_counter() - started
     training = {
-        "command": command, "profile": profile_name, "profile_sizes": dataclasses.asdict(profile),
+        "command": command, "profile": profile_name, "profile_sizes": profile.sizes(),
         "data_seed": data_seed, "training_seed": seed, "device": device.type,
         "threads": torch.get_num_threads(),
         "data": "ortho_node.synthetic.generate_study(joint, seed, findings='random', domain=DomainRandomization(), "
-                "scene_spacing=1.0); seeds: knee data_seed+[0,N), ankle +100000, shoulder +200000, held-out +50000",
+                "scene_spacing=1.0); seeds: knee data_seed+[0,N), ankle +100000, shoulder +200000, held-out +50000; "
+                "training seeds with choose_randomized(seed, randomized_ratio): randomize_study(generate_study(..., "
+                "keep_scene=True), seed, RandomizedAppearance.from_dict(randomized_appearance)); held-out: realistic",
+        "randomized_ratio": profile.randomized_ratio,
+        "randomized_appearance": profile.appearance.to_dict(),
         "held_out_note": "held-out metrics are on the model grid (16 x 64 x 64 centre window); "
                          "bench/quality.py measures masks on the source grid",
         "short_run": profile_name != "full",

@@ -165,7 +165,7 @@ def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tens
                 weights: torch.Tensor | None, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     present = data.present[index]
     if task.segmentation:
-        images, labels = data.segmentation_batch(index, generator)
+        images, labels = data.segmentation_batch(index, generator, model.card.preprocessing)
         images = images.to(device)
         with autocast(device):
             losses = [segmentation_loss(logits, labels[rows, i].long().to(device), weights)

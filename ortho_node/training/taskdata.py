@@ -2,7 +2,9 @@
 folder) -> model-grid tensors, and a synthetic study as the :class:`AssembledStudy` the predictor consumes.
 
 Every example goes through the same ``AssembledStudy`` pixels and ``preprocess_volume`` as inference, so
-training and prediction see one input convention (slices ascending along the normal, centre window).
+training and prediction see one input convention (slices ascending along the normal, centre window, the card's
+crop and intensity normalisation). Generated data mixes today's realistic renders with SynthSeg-style randomised
+ones (``randomized_ratio``; :func:`~ortho_node.synthetic.choose_randomized` picks per seed).
 """
 
 from __future__ import annotations
@@ -28,14 +30,23 @@ from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.heads import CLINICAL_INPUTS, clinical_from_facts
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
+    CropBox,
     PreprocessSpec,
     label_slices_to_model_grid,
     labels_to_model_grid,
+    plan_crop,
     preprocess_volume,
     scale_intensity,
     slices_to_model_grid,
 )
-from ortho_node.synthetic import DomainRandomization, SyntheticStudy, generate_study
+from ortho_node.synthetic import (
+    DomainRandomization,
+    RandomizedAppearance,
+    SyntheticStudy,
+    choose_randomized,
+    generate_study,
+    randomize_study,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +100,11 @@ class SliceStacks:
         within = torch.arange(self.labels.shape[2])[None, None, :] < self.lengths[:, :, None]  # [N, P, L]
         return self.labels[within]
 
-    def random_windows(self, index: torch.Tensor, depth: int, generator: torch.Generator
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_windows(self, index: torch.Tensor, depth: int, generator: torch.Generator,
+                       spec: PreprocessSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, P, 1, D, S, S], labels [B, P, D, S, S]): one window of ``depth`` slices per study and
-        plane, starting anywhere in the series, scaled as :func:`preprocess_volume` scales a window.
+        plane, starting anywhere in the series, scaled as :func:`preprocess_volume` scales a window by ``spec``
+        (default: the official min-max).
 
         Inference covers a series with overlapping windows; a model that only ever saw the centre window
         learns where in the window the joint sits and segments shifted windows poorly.
@@ -108,7 +120,7 @@ class SliceStacks:
                     continue
                 start = int(torch.randint(max(1, length - depth + 1), (1,), generator=generator))
                 try:
-                    images[row, plane] = scale_intensity(self.images[n, plane, start : start + depth])
+                    images[row, plane] = scale_intensity(self.images[n, plane, start : start + depth], spec)
                 except ConstantVolumeError:
                     continue  # an image-less window: learnt as background on a blank input
                 labels[row, plane] = self.labels[n, plane, start : start + depth]
@@ -157,15 +169,16 @@ class TaskData:
         return TaskData(self.joint, self.images[index], self.present[index], seg, self.diagnosis[index],
                         self.clinical[index], tuple(self.study_uids[int(i)] for i in index), stacks)
 
-    def segmentation_batch(self, index: torch.Tensor, generator: torch.Generator | None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) to train segmentation on: random windows where the stacks are kept (and a
-        generator is given), else the centre windows."""
+    def segmentation_batch(self, index: torch.Tensor, generator: torch.Generator | None,
+                           spec: PreprocessSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) to train segmentation on: random windows (scaled by ``spec``'s normalisation, the
+        one the data was made with) where the stacks are kept (and a generator is given), else the centre
+        windows."""
         if self.segmentation is None:
             raise ValueError(f"{self.joint.value} data carries no segmentation labels")
         if self.stacks is None or generator is None:
             return self.images[index], self.segmentation[index]
-        return self.stacks.random_windows(index, self.images.shape[3], generator)
+        return self.stacks.random_windows(index, self.images.shape[3], generator, spec)
 
     def save(self, path: Path) -> None:
         stacks = None if self.stacks is None else {
@@ -195,7 +208,12 @@ class _Example:
 
 
 def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels: Mapping[Plane, np.ndarray] | None,
-             diagnosis: Mapping[str, int], clinical: torch.Tensor, spec: PreprocessSpec) -> _Example:
+             diagnosis: Mapping[str, int], clinical: torch.Tensor, spec: PreprocessSpec,
+             spacings: Mapping[Plane, tuple[float, float]] | None = None) -> _Example:
+    """One study on the model grid; ``spacings`` (per plane, DICOM pixel spacing in mm) place the crop of a spec
+    with ``crop_mm``."""
+    if spec.crop_mm is not None and (spacings is None or not set(volumes) <= set(spacings)):
+        raise ValueError("a cropping preprocessing needs every series' pixel spacing")
     shape = (spec.depth, spec.size, spec.size)
     images = torch.zeros((len(MODEL_PLANES), 1, *shape))
     segmentation = torch.zeros((len(MODEL_PLANES), *shape), dtype=torch.uint8) if labels is not None else None
@@ -204,15 +222,16 @@ def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels
     for i, plane in enumerate(MODEL_PLANES):
         if plane not in volumes:
             continue
+        crop: CropBox | None = None if spacings is None else plan_crop(volumes[plane], spec, spacings[plane])
         try:
-            images[i] = preprocess_volume(volumes[plane], spec)[0]
+            images[i] = preprocess_volume(volumes[plane], spec, crop=crop)[0]
         except ConstantVolumeError:
             continue
         present[i] = True
         if segmentation is not None and labels is not None:
-            segmentation[i] = labels_to_model_grid(labels[plane], spec).to(torch.uint8)
-            slices[i] = (slices_to_model_grid(volumes[plane], spec),
-                         label_slices_to_model_grid(labels[plane], spec).to(torch.uint8))
+            segmentation[i] = labels_to_model_grid(labels[plane], spec, crop=crop).to(torch.uint8)
+            slices[i] = (slices_to_model_grid(volumes[plane], spec, crop=crop),
+                         label_slices_to_model_grid(labels[plane], spec, crop=crop).to(torch.uint8))
     target = torch.tensor([float(diagnosis.get(label, 0)) for label in DIAGNOSIS_LABELS[joint]])
     return _Example(images, present, segmentation, target, clinical, uid, slices)
 
@@ -234,13 +253,29 @@ def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmenta
     assembled = assembled_from_synthetic(study)
     volumes = {p: v.pixels for p, v in assembled.planes.items()}
     labels = {s.plane: s.labels for s in study.series} if segmentation else None
+    spacings = {p: v.geometry.pixel_spacing for p, v in assembled.planes.items()}
     return _example(study.joint, study.study_uid, volumes, labels, study.diagnosis,
-                    clinical_from_facts(assembled.clinical), spec)
+                    clinical_from_facts(assembled.clinical), spec, spacings)
+
+
+def synthetic_training_study(joint: Joint, seed: int, *, domain: DomainRandomization | None = None,
+                             scene_spacing: float = 1.0, randomized_ratio: float = 0.0,
+                             appearance: RandomizedAppearance | None = None) -> SyntheticStudy:
+    """The training study of ``seed``: the randomised render of the realistic study's scene (``randomize_study``
+    with ``seed``) when :func:`choose_randomized` picks it for this ratio, else the realistic study itself
+    (exactly today's ``generate_study`` call: a ratio of 0 changes nothing)."""
+    if choose_randomized(seed, randomized_ratio):
+        realistic = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
+                                   keep_scene=True)
+        return randomize_study(realistic, seed, appearance)
+    return generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
 
 
 def _synthetic_example(joint: Joint, seed: int, spec: PreprocessSpec, domain: DomainRandomization | None,
-                       segmentation: bool, scene_spacing: float) -> _Example:
-    study = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
+                       segmentation: bool, scene_spacing: float, randomized_ratio: float,
+                       appearance: RandomizedAppearance | None) -> _Example:
+    study = synthetic_training_study(joint, seed, domain=domain, scene_spacing=scene_spacing,
+                                     randomized_ratio=randomized_ratio, appearance=appearance)
     return example_from_synthetic(study, spec, segmentation)
 
 
@@ -257,26 +292,37 @@ def rendering_pool(workers: int) -> ProcessPoolExecutor:
 
 def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec, *,
                        domain: DomainRandomization | None = None, segmentation: bool | None = None,
-                       scene_spacing: float = 1.0, workers: int = 1) -> TaskData:
+                       scene_spacing: float = 1.0, workers: int = 1, randomized_ratio: float = 0.0,
+                       appearance: RandomizedAppearance | None = None) -> TaskData:
     """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it.
 
-    ``workers`` > 1 renders in that many processes (:func:`rendering_pool`); a study depends only on its seed,
-    so the result is the same.
+    ``randomized_ratio`` of the studies (chosen per seed, :func:`synthetic_training_study`) are SynthSeg-style
+    randomised renders with ``appearance``'s ranges (default ``RandomizedAppearance()``); 0: today's data,
+    bit for bit. ``workers`` > 1 renders in that many processes (:func:`rendering_pool`); a study depends only
+    on its seed, so the result is the same.
     """
+    if not 0.0 <= randomized_ratio <= 1.0:
+        raise ValueError(f"randomized_ratio must be in [0, 1], got {randomized_ratio}")
     segmentation = joint is Joint.KNEE if segmentation is None else segmentation
-    jobs = [(joint, seed, spec, domain, segmentation, scene_spacing) for seed in seeds]
+    jobs = [(joint, seed, spec, domain, segmentation, scene_spacing, randomized_ratio, appearance) for seed in seeds]
     if workers > 1 and len(jobs) > 1:
         with rendering_pool(min(workers, len(jobs))) as pool:
             examples = list(pool.map(_synthetic_example, *zip(*jobs)))
     else:
         examples = [_synthetic_example(*job) for job in jobs]
-    logger.info("generated %d %s studies", len(examples), joint.value)
+    logger.info("generated %d %s studies (randomised ratio %g)", len(examples), joint.value, randomized_ratio)
     return _stack(joint, examples)
 
 
 def _nifti_volume(path: Path) -> np.ndarray:
     """Our synthetic NIfTI (i=col, j=row, k=slice) -> (slice, row, col), the DICOM/assembly order."""
     return np.ascontiguousarray(np.transpose(np.asarray(nib.load(path).dataobj), (2, 1, 0)))
+
+
+def _nifti_pixel_spacing(path: Path) -> tuple[float, float]:
+    """DICOM's (between rows, between columns) of our synthetic NIfTI: its (j, i) voxel sizes."""
+    zooms = nib.load(path).header.get_zooms()
+    return (float(zooms[1]), float(zooms[0]))
 
 
 def _clinical_from_dicom(root: Path) -> torch.Tensor:
@@ -297,15 +343,16 @@ def read_synth_folder(root: Path, joint: Joint, spec: PreprocessSpec, *, segment
     for summary_path in sorted(Path(root).glob(f"{joint.value}_*/findings.json")):
         study_dir = summary_path.parent
         summary = json.loads(summary_path.read_text())
-        volumes, labels = {}, {}
+        volumes, labels, spacings = {}, {}, {}
         for plane in MODEL_PLANES:
             image = study_dir / "nifti" / f"{plane.value}.nii.gz"
             if image.is_file():
                 volumes[plane] = _nifti_volume(image).astype(np.float32)
+                spacings[plane] = _nifti_pixel_spacing(image)
                 labels[plane] = _nifti_volume(study_dir / "nifti" / f"{plane.value}_labels.nii.gz")
         if not volumes:
             logger.warning("skipping %s: no NIfTI volumes (write with --format nifti or both)", study_dir)
             continue
         examples.append(_example(joint, summary["study_instance_uid"], volumes, labels if segmentation else None,
-                                 summary["labels"], _clinical_from_dicom(study_dir), spec))
+                                 summary["labels"], _clinical_from_dicom(study_dir), spec, spacings))
     return _stack(joint, examples)

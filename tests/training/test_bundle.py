@@ -19,7 +19,7 @@ from ortho_node.training.bundle import (
 from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
 from ortho_node.training.taskdata import TaskData, assembled_from_synthetic
 from ortho_node.model.unet import UNetConfig
-from ortho_node.synthetic import generate_study
+from ortho_node.synthetic import RandomizedAppearance, generate_study
 
 
 def test_pretraining_updates_every_plane_backbone():
@@ -94,6 +94,8 @@ def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads(tmp_p
     card = read_system_card(tmp_path)
     assert card.training["command"].startswith("ortho-node train bundle --out") and "--profile tiny" in \
         card.training["command"]
+    assert card.training["randomized_ratio"] == tiny.randomized_ratio  # the mix's recipe (issue 21)
+    assert RandomizedAppearance.from_dict(card.training["randomized_appearance"]) == tiny.appearance
     for phase in ("generate", "pretrain", "finetune", "refine_segmentation", "structure_scales", "evidence_readout"):
         assert card.metrics[f"seconds/{phase}"] > 0, phase
     assert card.metrics["seconds/total"] >= sum(card.metrics[f"seconds/{p}"] for p in ("pretrain", "finetune"))
