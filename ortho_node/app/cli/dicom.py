@@ -47,13 +47,22 @@ def _own_messages_only() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def cmd_echo(args: argparse.Namespace) -> int:
-    from ortho_node.delivery.scu import RemoteNode, echo_peer
+def _remote(text: str):
+    """``AE@HOST:PORT`` as a RemoteNode; None (the error printed) when it does not parse."""
+    from ortho_node.delivery.scu import RemoteNode
 
     try:
-        remote = RemoteNode.parse(args.remote)
+        return RemoteNode.parse(text)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from ortho_node.delivery.scu import echo_peer
+
+    remote = _remote(args.remote)
+    if remote is None:
         return 2
     with _own_messages_only():
         result = echo_peer(remote, calling_ae=args.aet, timeout=args.timeout)
@@ -68,12 +77,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ortho_node.delivery.scu import RemoteNode, collect_files, send_files
+    from ortho_node.delivery.scu import collect_files, send_files
 
-    try:
-        remote = RemoteNode.parse(args.to)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    remote = _remote(args.to)
+    if remote is None:
         return 2
     files = collect_files(args.paths)
     if not files:
