@@ -20,20 +20,14 @@ from typing import Any, ClassVar
 import torch
 
 from ortho_node.labels import Plane
-from ortho_node.model.card import (  # noqa: F401 - CARD_FILE .. verify_weights: this module's public names
-    CARD_FILE,
-    CARD_FORMAT,
-    WEIGHTS_FILE,
+from ortho_node.model.card import (
     CardFiles,
     CardKind,
     CheckpointError,
-    check_state_dict,
-    file_sha256,
     load_strict,
     read_card_file,
     read_weights,
     save_card,
-    verify_weights,
 )
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.preprocessing import PreprocessSpec

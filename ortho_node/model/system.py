@@ -29,10 +29,8 @@ from ortho_node.labels import (
     Joint,
     Plane,
 )
-from ortho_node.model.card import (  # noqa: F401 - CARD_FILE, WEIGHTS_FILE: this module's public names
-    CARD_FILE,
+from ortho_node.model.card import (
     CARD_FORMAT,
-    WEIGHTS_FILE,
     CardFiles,
     CardKind,
     CheckpointError,

@@ -103,8 +103,10 @@ class StudyWatcher:
         plan, signals, _ = self._assembler.plan(study_uid)
         readiness = evaluate(plan, signals, last, now, self._rules)
         if not readiness.ready:
-            log.info("study %s %s", study_uid, readiness.reason)
-            if self._noted.get(study_uid) != readiness.reason:
+            if self._noted.get(study_uid) == readiness.reason:
+                log.debug("study %s %s", study_uid, readiness.reason)
+            else:  # a new waiting state: logged and recorded once
+                log.info("study %s %s", study_uid, readiness.reason)
                 self._queue.note_waiting(study_uid, readiness.reason, readiness.next_check, readiness.missing_planes)
                 self._noted[study_uid] = readiness.reason
             with self._lock:

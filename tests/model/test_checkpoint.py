@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from ortho_node.labels import Plane
+from ortho_node.model.card import CARD_FILE, WEIGHTS_FILE, CheckpointError
 from ortho_node.model.checkpoint import (
-    CARD_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
     ModelCard,
     convert_official,
     load_checkpoint,

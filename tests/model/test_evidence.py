@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ortho_node.labels import KNEE_STRUCTURES, Joint, Plane
-from ortho_node.model.checkpoint import CheckpointError
+from ortho_node.model.card import CheckpointError
 from ortho_node.model.evidence import (
     REGION_STATISTICS,
     STATISTICS,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ortho_node.model.checkpoint import CheckpointError
+from ortho_node.model.card import CheckpointError
 from ortho_node.training.scores import choose_scales, dice_per_structure, scaled_overlaps
 from ortho_node.model.system import SystemCard, new_card
 from ortho_node.model.unet import UNetConfig

@@ -10,25 +10,15 @@ from ortho_node.app.cli.context import add_node_flags, session_factory, settings
 
 
 def register(sub) -> None:
-    studies = sub.add_parser("studies", help="list received studies")
-    add_node_flags(studies)
-    studies.add_argument("--json", action="store_true")
-    studies.set_defaults(handler=cmd_studies)
-
-    jobs = sub.add_parser("jobs", help="list processing jobs (newest first)")
-    add_node_flags(jobs)
-    jobs.add_argument("--json", action="store_true")
-    jobs.set_defaults(handler=cmd_jobs)
+    _listing(sub, "studies", "list received studies", cmd_studies)
+    _listing(sub, "jobs", "list processing jobs (newest first)", cmd_jobs)
 
     reprocess = sub.add_parser("reprocess", help="queue a study for processing again")
     add_node_flags(reprocess)
     reprocess.add_argument("study_uid", metavar="STUDY_UID")
     reprocess.set_defaults(handler=cmd_reprocess)
 
-    deliveries = sub.add_parser("deliveries", help="list the result delivery queue")
-    add_node_flags(deliveries)
-    deliveries.add_argument("--json", action="store_true")
-    deliveries.set_defaults(handler=cmd_deliveries)
+    _listing(sub, "deliveries", "list the result delivery queue", cmd_deliveries)
 
     resend = sub.add_parser("resend", help="queue a study's results for delivery again")
     add_node_flags(resend)
@@ -36,6 +26,14 @@ def register(sub) -> None:
     resend.add_argument("--to", metavar="NAME", help="only this destination (default: every configured one and "
                                                      "every one the study was queued for)")
     resend.set_defaults(handler=cmd_resend)
+
+
+def _listing(sub, name: str, help_text: str, handler) -> None:
+    """A command that lists one of the node's queues, as text or ``--json``."""
+    parser = sub.add_parser(name, help=help_text)
+    add_node_flags(parser)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=handler)
 
 
 def cmd_studies(args: argparse.Namespace) -> int:

@@ -55,14 +55,3 @@ def run(args: argparse.Namespace) -> int:
     logger.info("wrote %d %s studies and %s", len(rows), joint.value, path)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m ortho_node.app.cli.synth``); the node wires ``run`` as ``synth``."""
-    parser = argparse.ArgumentParser(prog="ortho-node synth", description=__doc__)
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
