@@ -54,6 +54,11 @@ class Step(str, enum.Enum):
     DELIVERED = "delivered"  # one object acknowledged by one destination
     DELIVERY_FAILED = "delivery_failed"  # flagged: permanent rejection or retry time exhausted
     DELIVERY_RESEND = "delivery_resend"
+    INSTANCES_PURGED = "instances_purged"  # received instances deleted; why, how many files and bytes
+    RESULTS_PURGED = "results_purged"
+    RESULTS_SUPERSEDED = "results_superseded"  # an earlier job's result files deleted (a newer set replaces them)
+    KEEP_SET = "keep_set"
+    KEEP_CLEARED = "keep_cleared"
 
 
 #: Steps that mark a failure, for the failures view and the metrics. A skipped study counts once, by its job's

@@ -41,6 +41,13 @@ class AuditKind(str, enum.Enum):
     DELIVERY_FAILED = "delivery_failed"  # flagged: permanent rejection, or retry time exhausted
     DELIVERY_RESEND = "delivery_resend"
 
+    INSTANCES_PURGED = "instances_purged"  # a study's received instances deleted (retention rule or watermark)
+    RESULTS_PURGED = "results_purged"  # a study's result objects deleted (retention.results_days)
+    RESULTS_SUPERSEDED = "results_superseded"  # an earlier job's result files deleted, a newer set replaces them
+    PURGE_SHORT = "purge_short"  # free space below the watermark and nothing more may be deleted
+    STUDY_KEEP_SET = "study_keep_set"  # marked to keep: never purged
+    STUDY_KEEP_CLEARED = "study_keep_cleared"
+
     CONSOLE_LOGIN = "console_login"
     CONSOLE_LOGIN_FAILED = "console_login_failed"
 

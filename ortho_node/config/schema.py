@@ -98,6 +98,45 @@ class StorageSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    """``[retention]``: when stored data is deleted (``ortho_node.retention``). Every period 0 and no watermark: the
+    node keeps everything, as before the section existed."""
+
+    instances_days: int = _field(0, "Days after a study's results were delivered (or built, when no destination "
+                                    "was owed them) before its received instances are deleted; 0: never by "
+                                    "age.", min=0, max=36500)
+    unanalysable_days: int = _field(0, "Days after a study was found unanalysable (its job skipped) before its "
+                                       "received instances are deleted; 0: never by age.", min=0, max=36500)
+    results_days: int = _field(0, "Days a study's result objects (SEG, SR, summary) are kept after they were "
+                                  "built and delivered; 0: kept for ever.", min=0, max=36500)
+    purge_below_free_mb: int = _field(0, "High watermark: when free disk space in the data folder falls below "
+                                         "this many MB, the instances of the oldest eligible studies are deleted "
+                                         "before their time; 0: no watermark.", min=0)
+    purge_until_free_mb: int = _field(0, "Low watermark: a watermark purge stops once this many MB are free; must "
+                                         "be above purge_below_free_mb.", min=0)
+    min_keep_hours: float = _field(24.0, "The watermark never deletes a study delivered (or found unanalysable) "
+                                         "less than this many hours ago.", min=0.0)
+    purge_interval: float = _field(600.0, "Seconds between purge passes of the serving node (only when a period "
+                                          "or the watermark is set).", min=10.0)
+    supersede_results: bool = _field(True, "Delete the result files of a study's earlier job once a newer job's "
+                                           "results are written and no pending or failed delivery needs them "
+                                           "(their record stays): one copy of results per study.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is ever deleted by age or watermark (superseded results aside)."""
+        return bool(self.instances_days or self.unanalysable_days or self.results_days or self.purge_below_free_mb)
+
+    def check(self) -> None:
+        if self.purge_until_free_mb and not self.purge_below_free_mb:
+            raise ConfigError("retention.purge_until_free_mb: set retention.purge_below_free_mb too (the mark "
+                              "that starts a purge)")
+        if self.purge_below_free_mb and self.purge_until_free_mb <= self.purge_below_free_mb:
+            raise ConfigError("retention.purge_until_free_mb: must be above retention.purge_below_free_mb "
+                              f"({self.purge_below_free_mb}), got {self.purge_until_free_mb}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DatabaseSettings:
     url: str = _field("", "SQLAlchemy URL; empty means SQLite at <data_dir>/ortho-node.db. PostgreSQL: "
                           "postgresql+psycopg://user:pass@host/db")
@@ -292,6 +331,7 @@ class Settings:
     dicom: DicomSettings = dataclasses.field(default_factory=DicomSettings)
     tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
     storage: StorageSettings = dataclasses.field(default_factory=StorageSettings)
+    retention: RetentionSettings = dataclasses.field(default_factory=RetentionSettings)
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     logging: LoggingSettings = dataclasses.field(default_factory=LoggingSettings)
     assembly: AssemblySettings = dataclasses.field(default_factory=AssemblySettings)
@@ -323,12 +363,14 @@ class Settings:
         """The rules that relate several fields of a section, section by section."""
         for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database):
             section.check()
+        self.retention.check()
 
 
 SECTIONS: dict[str, type] = {
     "dicom": DicomSettings,
     "tls": TlsSettings,
     "storage": StorageSettings,
+    "retention": RetentionSettings,
     "database": DatabaseSettings,
     "logging": LoggingSettings,
     "assembly": AssemblySettings,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ortho_node.clock import utcnow
@@ -56,6 +57,13 @@ class Study(Base):
     patient_weight: Mapped[float | None] = mapped_column(Float)  # kilograms
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Storage lifecycle (ortho_node.retention): the row outlives the files, so the history stays readable.
+    keep: Mapped[bool] = mapped_column(default=False, server_default=false())  # never purged (ortho-node keep)
+    keep_reason: Mapped[str | None] = mapped_column(String(128))
+    instances_purged_at: Mapped[dt.datetime | None]
+    purge_reason: Mapped[str | None] = mapped_column(Text)
+    results_purged_at: Mapped[dt.datetime | None]
+    purge_claimed_at: Mapped[dt.datetime | None]  # a purger's lease while it deletes this study's files
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -256,3 +264,6 @@ class StudyResult(Base):
     objects: Mapped[list[Any]] = mapped_column(JSON)  # [{kind, sop_instance_uid, series_instance_uid, ...}]
     inference_started_at: Mapped[dt.datetime | None]
     inference_finished_at: Mapped[dt.datetime | None]
+    superseded_by: Mapped[int | None]  # the newer study_results row of the same study
+    files_removed_at: Mapped[dt.datetime | None]  # the objects' files deleted (the row and its list stay)
+    files_removed_reason: Mapped[str | None] = mapped_column(String(32))  # superseded, retention

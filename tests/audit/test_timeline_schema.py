@@ -12,12 +12,12 @@ from ortho_node.db.engine import make_engine
 
 def test_single_head_and_round_trip(database_url):
     config = migrations.alembic_config(make_engine(database_url))
-    assert ScriptDirectory.from_config(config).get_heads() == ["0004"]
+    assert len(ScriptDirectory.from_config(config).get_heads()) == 1  # a linear chain
     engine = make_engine(database_url)
     migrations.upgrade(engine)
     assert {"study_timeline", "study_results"} <= set(inspect(engine).get_table_names())
     command.downgrade(migrations.alembic_config(engine), "0003")
     assert "study_timeline" not in inspect(engine).get_table_names()
     migrations.upgrade(engine)
-    assert migrations.current_revision(engine) == "0004"
+    assert migrations.current_revision(engine) == migrations.head_revision()
     engine.dispose()
