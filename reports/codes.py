@@ -14,6 +14,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
 from ortho_node.labels import DIAGNOSIS_LABELS, DIAGNOSIS_NAMES, Joint, Plane
+from ortho_node.prediction import OperatingPoint, ThresholdRule
 
 PRIVATE_SCHEME = "99ORTHOD"
 
@@ -81,10 +82,35 @@ PLANE_WEIGHT = {
     Plane.AXIAL: _private("W-AX", "Axial plane weight"),
 }
 
+# --- A finding's operating point: how its threshold was chosen, the model card's validation figures there ---------
+# DCM 111088 Case Sensitivity and 111090 Case Specificity are defined for CAD marks on mammograms, not per-label
+# decisions on validation studies: private concepts instead.
+SENSITIVITY = _private("M-SENS", "Sensitivity at threshold on validation studies")
+SPECIFICITY = _private("M-SPEC", "Specificity at threshold on validation studies")
+VALIDATION_POSITIVES = _private("M-NPOS", "Positive validation studies")
+VALIDATION_NEGATIVES = _private("M-NNEG", "Negative validation studies")
+TARGET_SPECIFICITY = _private("M-TSPEC", "Target specificity of the operating point")
+FALSE_POSITIVE_BUDGET = _private("M-FPB", "False positive budget per normal study")
+OPERATING_POINT = _private("OP", "Operating point")
+#: Values of OPERATING_POINT by ``ThresholdRule``; TARGET_NOT_MET where no threshold reached the target.
+OPERATING_RULES = {
+    ThresholdRule.TARGET_SPECIFICITY: _private("OP-TSPEC", "Lowest threshold meeting the target specificity"),
+    ThresholdRule.YOUDEN: _private("OP-YOUDEN", "Maximal sensitivity plus specificity"),
+    ThresholdRule.FALLBACK: _private("OP-FIXED", "Fixed threshold, too few validation studies"),
+}
+TARGET_NOT_MET = _private("OP-TSPEC-NM", "Most specific threshold, target specificity not met")
+
 # --- Units (UCUM, CID 7181) -------------------------------------------------------------------------------------
 CUBIC_CENTIMETER = Code("cm3", "UCUM", "cubic centimeter")
 PERCENT = Code("%", "UCUM", "Percent")
 NO_UNITS = Code("1", "UCUM", "no units")
+
+
+def operating_rule(point: OperatingPoint) -> Code:
+    """The OPERATING_POINT value of a finding's operating point."""
+    if point.rule is ThresholdRule.TARGET_SPECIFICITY and not point.target_met:
+        return TARGET_NOT_MET
+    return OPERATING_RULES[point.rule]
 
 
 def laterality_code(laterality: str | None) -> Code | None:

@@ -3,7 +3,10 @@
 Content (PS3.16): TID 1001 observation context with the device observer (TID 1004); the Image Library (TID
 1600) of the images the groups are drawn on; per segment a TID 1411 volumetric group (Volume in cm3,
 referencing its DICOM-SEG segment and source series); per diagnosis label a TID 1501 group (Presence of property: Present/Absent,
-Certainty of Finding in %, the operating Threshold Value in %, plane weights where the model gives them).
+Certainty of Finding in %, the operating Threshold Value in %, plane weights where the model gives them, and
+where the model card records it the threshold's operating point: how it was chosen, as a coded ``99ORTHOD``
+evaluation, with the card's validation sensitivity and specificity in %, their study counts, the target
+specificity and the false-positive budget per normal study).
 
 Viewers such as OHIF draw only groups with image coordinates and merge groups that share a Tracking
 Unique Identifier. Every structure and finding therefore also gets a TID 1410 planar group with the same
@@ -40,7 +43,7 @@ from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import generate_uid
 
 from ortho_node.config import ResultsSettings
-from ortho_node.prediction import Finding, StudyPrediction
+from ortho_node.prediction import Finding, OperatingPoint, StudyPrediction
 from reports import codes
 from reports.seg import SegmentRef, SeriesSegmentationResult, software_versions
 from reports.sources import SourceSeries, bounding_polyline, evidence, result_uid
@@ -151,16 +154,34 @@ def _finding_groups(prediction: StudyPrediction, finding: Finding, sources: Sequ
     for plane, weight in sorted((finding.plane_weights or {}).items(), key=lambda item: item[0].value):
         measurements.append(Measurement(name=codes.PLANE_WEIGHT[plane], value=round(weight, 4),
                                         unit=codes.NO_UNITS, algorithm_id=algorithm))
+    evaluations = [QualitativeEvaluation(name=codes.PRESENCE, value=codes.PRESENT if finding.present else codes.ABSENT)]
+    if finding.operating_point is not None:
+        measurements += _operating_figures(finding.operating_point, algorithm)
+        evaluations.append(QualitativeEvaluation(name=codes.OPERATING_POINT,
+                                                 value=codes.operating_rule(finding.operating_point)))
     sites = _sites(prediction, concept.site, concept.site_modifier)
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uid, identifier=identifier),
         finding_type=concept.code, finding_sites=sites, algorithm_id=algorithm, measurements=measurements,
-        qualitative_evaluations=[QualitativeEvaluation(
-            name=codes.PRESENCE, value=codes.PRESENT if finding.present else codes.ABSENT)])
+        qualitative_evaluations=evaluations)
     source, slice_index, mask = _finding_anchor(finding, concept.key_structure, sources, segmentations)
     located = _located_group(source, slice_index, mask, TrackingIdentifier(uid=uid, identifier=identifier),
                              dict(finding_type=concept.code, finding_sites=sites, algorithm_id=algorithm))
     return [group, located]
+
+
+def _operating_figures(point: OperatingPoint, algorithm: AlgorithmIdentification) -> list[Measurement]:
+    """The model card's figures at a finding's threshold: validation sensitivity and specificity (%) with their
+    study counts, and the target specificity (%) and false-positive budget that chose it, each where known."""
+    validation = point.validation
+    figures = [(codes.SENSITIVITY, validation.sensitivity, 100), (codes.SPECIFICITY, validation.specificity, 100),
+               (codes.VALIDATION_POSITIVES, validation.positives, None),
+               (codes.VALIDATION_NEGATIVES, validation.negatives, None),
+               (codes.TARGET_SPECIFICITY, point.target_specificity, 100),
+               (codes.FALSE_POSITIVE_BUDGET, point.fp_budget, None)]
+    return [Measurement(name=name, value=round(value * 100, 2) if percent else value,
+                        unit=codes.PERCENT if percent else codes.NO_UNITS, algorithm_id=algorithm)
+            for name, value, percent in figures if value is not None]
 
 
 def _finding_anchor(finding: Finding, structure: str | None, sources: Sequence[SourceSeries],

@@ -80,6 +80,31 @@ def _finding_badge(present: bool) -> str:
     return '<span class="badge failed">present</span>' if present else '<span class="badge">absent</span>'
 
 
+def _card_figure(finding: Mapping[str, Any], name: str, count: str) -> str:
+    """The card's validation figure of a finding row, with its study count where known; "-" for rows and cards
+    without it."""
+    value = finding.get(name)
+    if value is None:
+        return "-"
+    studies = ((finding.get("operating_point") or {}).get("validation") or {}).get(count)
+    return f"{100 * value:.0f} %" + ("" if studies is None else f" (n={studies})")
+
+
+def _operating_point(point: Mapping[str, Any] | None) -> str:
+    """How a finding's threshold was chosen, in words (:class:`ortho_node.prediction.OperatingPoint` as JSON)."""
+    if not point:
+        return "-"
+    rule, target, budget = point.get("rule"), point.get("target_specificity"), point.get("fp_budget")
+    if rule == "target_specificity":
+        words = f"specificity >= {round(100 * target, 2):g} %" if target is not None else "target specificity"
+        if budget is not None:
+            words += f" (<= {budget:g} false positives per normal study)"
+        return words + ("" if point.get("target_met", True) else ": target not met on validation")
+    if rule == "youden":
+        return "max. sensitivity + specificity"
+    return f"fixed threshold: {point.get('note') or 'too few validation studies'}"
+
+
 def _study_link(uid: str) -> str:
     return f'<a class="uid" href="/studies/{quote(uid)}">{escape(uid)}</a>'
 
@@ -165,9 +190,14 @@ def study_page(row: dict[str, Any], timeline: Sequence[dict[str, Any]], results:
         findings = "".join(
             f'<tr><td>{escape(f["label"])}</td><td>{_finding_badge(f["present"])}</td>'
             f'<td class="num">{100 * f["probability"]:.1f} %'
-            f'</td><td class="num">{100 * f["threshold"]:.0f} %</td></tr>' for f in results[0]["findings"])
+            f'</td><td class="num">{100 * f["threshold"]:.0f} %</td>'
+            f'<td class="num">{_card_figure(f, "sensitivity", "positives")}</td>'
+            f'<td class="num">{_card_figure(f, "specificity", "negatives")}</td>'
+            f'<td>{escape(_operating_point(f.get("operating_point")))}</td></tr>' for f in results[0]["findings"])
         body.append('<h2>Findings</h2><table><tr><th>Label</th><th>Finding</th><th>Probability</th>'
-                    f'<th>Threshold</th></tr>{findings}</table>')
+                    '<th>Threshold</th><th>Sensitivity</th><th>Specificity</th><th>Operating point</th></tr>'
+                    f'{findings}</table><p class="muted">Sensitivity and specificity: the model card\'s, at the '
+                    'threshold, on its validation studies (n: positive / negative studies).</p>')
     if image_urls:
         images = "".join(f'<img src="{escape(url)}" alt="{escape(alt)}" width="440">' for url, alt in image_urls)
         body.append(f'<h2>Key images</h2><div class="images">{images}</div>')

@@ -151,7 +151,5 @@ class Timeline:
 
 
 def findings_of(prediction: StudyPrediction) -> list[dict[str, Any]]:
-    return [{"label": f.label, "probability": round(f.probability, 4), "threshold": f.threshold,
-             "present": f.present,
-             "plane_weights": ({p.value: w for p, w in f.plane_weights.items()} if f.plane_weights else None)}
-            for f in prediction.findings]
+    """The findings as the result row keeps them (``Finding.figures``: with the card's operating point)."""
+    return [f.figures() for f in prediction.findings]

@@ -100,10 +100,7 @@ def findings_document(prediction: StudyPrediction, outcome: PredictionOutcome) -
         "laterality": prediction.laterality,
         "model": {"name": prediction.model.name, "version": prediction.model.version,
                   "intended_use": prediction.model.card.get("intended_use", "")},
-        "findings": [{"label": f.label, "probability": round(f.probability, 6), "threshold": f.threshold,
-                      "present": f.present,
-                      "plane_weights": None if f.plane_weights is None else
-                      {p.value: round(w, 6) for p, w in f.plane_weights.items()}} for f in prediction.findings],
+        "findings": [f.figures() for f in prediction.findings],
         "segmentations": [{"plane": s.plane.value, "series_instance_uid": s.series_instance_uid,
                            "shape": list(s.mask.shape), "structures": list(s.structures),
                            "voxels": {s.structures[k]: int(c) for k, c in enumerate(np.bincount(s.mask.ravel()))

@@ -1,5 +1,5 @@
 """The predictor: an :class:`AssembledStudy` -> :class:`StudyPrediction` (masks on each source series' grid,
-findings at the model card's thresholds, per-label plane weights).
+findings at the model card's thresholds with its operating points, per-label plane weights).
 
 Per analysed plane the series is covered by overlapping windows of the model's depth (the official centre
 window, then stride depth / 2 on either side, the outermost flush with the series' ends), so every source
@@ -349,5 +349,6 @@ class Predictor:
             plane_weights = None if weights is None or k in from_structures else {
                 p: float(weights[i, k]) for i, p in enumerate(MODEL_PLANES) if p in runs}
             findings.append(Finding(label, float(np.clip(probabilities[k], 0.0, 1.0)),
-                                    self.card.threshold(joint, label), plane_weights))
+                                    self.card.threshold(joint, label), plane_weights,
+                                    self.card.operating_point(joint, label)))
         return tuple(findings)

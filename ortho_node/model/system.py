@@ -52,6 +52,7 @@ from ortho_node.model.heads import (
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.model.runtime import match_memory_format
 from ortho_node.model.unet import UNetConfig
+from ortho_node.prediction import OperatingPoint, SplitFigures, ThresholdRule
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,31 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class DiagnosisTask:
-    """One joint's labels, how its planes are fused, and the operating threshold of each label."""
+    """One joint's labels, how its planes are fused, and the operating threshold of each label, with the record
+    of how each threshold was chosen and what it does on validation studies (``operating_points``; cards
+    written before it have none, and their JSON stays as it was)."""
 
     labels: tuple[str, ...]
     thresholds: Mapping[str, float]
     fusion: FusionMode = FusionMode.MPAE
+    operating_points: Mapping[str, OperatingPoint] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.operating_points) - set(self.labels))
+        if unknown:
+            raise CheckpointError(f"operating points for unknown labels: {', '.join(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": list(self.labels), "thresholds": dict(self.thresholds), "fusion": self.fusion.value}
+        values: dict[str, Any] = {"labels": list(self.labels), "thresholds": dict(self.thresholds),
+                                  "fusion": self.fusion.value}
+        if self.operating_points:
+            values["operating_points"] = {label: p.to_dict() for label, p in self.operating_points.items()}
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DiagnosisTask:
-        return cls(tuple(values["labels"]), dict(values["thresholds"]), FusionMode(values["fusion"]))
+        points = {label: OperatingPoint.from_dict(p) for label, p in values.get("operating_points", {}).items()}
+        return cls(tuple(values["labels"]), dict(values["thresholds"]), FusionMode(values["fusion"]), points)
 
     @classmethod
     def default(cls, joint: Joint, fusion: FusionMode = FusionMode.MPAE) -> DiagnosisTask:
@@ -153,6 +167,23 @@ class SystemCard(CardFiles):
 
     def threshold(self, joint: Joint, label: str) -> float:
         return float(self.diagnosis[joint].thresholds.get(label, DEFAULT_THRESHOLD))
+
+    def operating_point(self, joint: Joint, label: str) -> OperatingPoint | None:
+        """The card's record of ``label``'s threshold. Cards without one (written before operating points) give
+        their validation figures where their metrics hold them at the card's own threshold (Youden's J, study
+        counts unknown); None otherwise (an untrained or official card)."""
+        recorded = self.diagnosis[joint].operating_points.get(label)
+        if recorded is not None:
+            return recorded
+        prefix = f"{joint.value}-dx/val"
+        threshold = self.metrics.get(f"{prefix}/threshold/{label}")
+        if threshold is None or label not in self.diagnosis[joint].thresholds \
+                or not math.isclose(threshold, self.threshold(joint, label)):
+            return None
+        figures = [self.metrics.get(f"{prefix}/{name}/{label}") for name in ("sensitivity", "specificity")]
+        sensitivity, specificity = (None if v is None or not math.isfinite(v) else float(v) for v in figures)
+        return OperatingPoint(ThresholdRule.YOUDEN, SplitFigures(sensitivity, specificity),
+                              note="older card: validation figures from its metrics")
 
 
 class OrthoModel(nn.Module):

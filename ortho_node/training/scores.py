@@ -1,20 +1,18 @@
-"""Validation metrics of the task heads: Dice per structure, AUC, sensitivity and specificity per label, and
-the operating threshold chosen on validation data (Youden's J), and the structure scales chosen on validation
-masks (mean Dice per structure)."""
+"""Validation metrics of the task heads: Dice per structure, AUC per label, and the structure scales chosen on
+validation masks (mean Dice per structure). The labels' thresholds, sensitivity and specificity are
+:mod:`ortho_node.training.calibration`'s."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-FALLBACK_THRESHOLD = 0.5
-#: Thresholds stay inside (0, 1), as ``prediction.Finding`` demands.
-THRESHOLD_RANGE = (0.01, 0.99)
+# Until finetune.evaluate and bundle.py (edited apart) call calibration themselves: their names, moved there.
+from ortho_node.training.calibration import choose_threshold, sensitivity_specificity  # noqa: F401
 
 
 def dice_per_structure(prediction: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
@@ -85,38 +83,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     greater = (positives[:, None] > negatives[None, :]).sum()
     ties = (positives[:, None] == negatives[None, :]).sum()
     return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    threshold: float
-    sensitivity: float
-    specificity: float
-
-
-def sensitivity_specificity(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:
-    labels = labels.astype(bool)
-    called = scores >= threshold
-    sens = float(called[labels].mean()) if labels.any() else math.nan
-    spec = float((~called[~labels]).mean()) if (~labels).any() else math.nan
-    return sens, spec
-
-
-def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> OperatingPoint:
-    """The threshold maximising sensitivity + specificity (midway between neighbouring scores).
-
-    Without both classes the fallback 0.5 is kept (and reported with what can be measured).
-    """
-    labels = labels.astype(bool)
-    if labels.all() or not labels.any():
-        sens, spec = sensitivity_specificity(scores, labels, FALLBACK_THRESHOLD)
-        return OperatingPoint(FALLBACK_THRESHOLD, sens, spec)
-    unique = np.unique(scores)
-    candidates = np.concatenate([[unique[0] - 1e-6], (unique[:-1] + unique[1:]) / 2, [unique[-1] + 1e-6]])
-    candidates = np.clip(candidates, *THRESHOLD_RANGE)
-    best = max(candidates, key=lambda c: (sum(sensitivity_specificity(scores, labels, c)), -abs(c - 0.5)))
-    sens, spec = sensitivity_specificity(scores, labels, float(best))
-    return OperatingPoint(float(best), sens, spec)
 
 
 def nanmean(values) -> float:

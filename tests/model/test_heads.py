@@ -15,7 +15,8 @@ from ortho_node.model.heads import (
     segmentation_loss,
     soft_dice_loss,
 )
-from ortho_node.training.scores import choose_threshold, roc_auc
+from ortho_node.training.calibration import choose_threshold
+from ortho_node.training.scores import roc_auc
 
 MISSING = clinical_vector(None, None, None, None)
 

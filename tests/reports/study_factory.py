@@ -9,7 +9,16 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, Joint, Plane
-from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyPrediction
+from ortho_node.prediction import (
+    Finding,
+    ModelIdentity,
+    OperatingPoint,
+    SeriesSegmentation,
+    SliceRef,
+    SplitFigures,
+    StudyPrediction,
+    ThresholdRule,
+)
 from tests.dicom_factory import mr_dataset, write
 
 # Slice normal, row and column direction cosines per plane (patient LPS).
@@ -20,6 +29,14 @@ ORIENTATION = {
 }
 DESCRIPTION = {Plane.SAGITTAL: "SAG PD FS", Plane.CORONAL: "COR PD FS", Plane.AXIAL: "AX T2 FS"}
 MODEL = ModelIdentity(name="OrthoDiffusion-knee", version="0.1.0-test")
+#: The findings' operating points in turn: chosen for a budget, a fallback, an older card's, none.
+OPERATING_POINTS = (
+    OperatingPoint(ThresholdRule.TARGET_SPECIFICITY, SplitFigures(0.82, 0.97, 11, 21), 0.9625, 0.3),
+    OperatingPoint(ThresholdRule.FALLBACK, SplitFigures(None, 0.9, 0, 32), 0.9625, 0.3, target_met=False,
+                   note="no positive validation study: fixed threshold 0.5"),
+    OperatingPoint(ThresholdRule.YOUDEN, SplitFigures(0.75, 0.8)),
+    None,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,8 @@ def make_knee_study(folder: Path, *, planes=(Plane.SAGITTAL, Plane.CORONAL, Plan
         paths[series_uid] = files
     findings = tuple(
         Finding(label, probability=round(0.1 + 0.11 * i, 3), threshold=0.5,
-                plane_weights={Plane.SAGITTAL: 0.5, Plane.CORONAL: 0.3, Plane.AXIAL: 0.2} if i % 2 == 0 else None)
+                plane_weights={Plane.SAGITTAL: 0.5, Plane.CORONAL: 0.3, Plane.AXIAL: 0.2} if i % 2 == 0 else None,
+                operating_point=OPERATING_POINTS[i % len(OPERATING_POINTS)])
         for i, label in enumerate(DIAGNOSIS_LABELS[Joint.KNEE]))
     prediction = StudyPrediction(study_uid, Joint.KNEE, laterality, tuple(segmentations), findings, MODEL)
     return SyntheticKnee(prediction, folder, paths)

@@ -11,7 +11,7 @@ from reports import codes
 
 def _all_codes() -> list[Code]:
     found = [value for value in vars(codes).values() if isinstance(value, Code)]
-    found += list(codes.PLANE_WEIGHT.values()) + list(codes.JOINT_SITE.values())
+    found += list(codes.PLANE_WEIGHT.values()) + list(codes.JOINT_SITE.values()) + list(codes.OPERATING_RULES.values())
     for concept in codes.STRUCTURES.values():
         found += [c for c in (concept.category, concept.type, concept.modifier, concept.region) if c]
     for concept in codes.FINDINGS.values():

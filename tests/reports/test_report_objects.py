@@ -90,6 +90,28 @@ def test_sr_findings_carry_presence_certainty_threshold_and_weights(result_files
         assert ("Sagittal plane weight" in measured) == (finding.plane_weights is not None)
 
 
+def test_sr_findings_carry_the_cards_operating_point(result_files, knee):
+    sr = hd.sr.srread(_by_class(result_files, Comprehensive3DSRStorage)[0])
+    for finding, group in zip(knee.prediction.findings, sr.content.get_image_measurement_groups()):
+        measured = {m.name.meaning: m.value for m in group.get_measurements()}
+        evaluated = {e.name.meaning: e.value for e in group.get_qualitative_evaluations()}
+        point = finding.operating_point
+        assert ("Operating point" in evaluated) == (point is not None)
+        if point is None:
+            assert not any("validation" in name for name in measured)
+            continue
+        assert evaluated["Operating point"].scheme_designator == "99ORTHOD"
+        assert evaluated["Operating point"].value == {"target_specificity": "OP-TSPEC", "fallback": "OP-FIXED",
+                                                      "youden": "OP-YOUDEN"}[point.rule.value]
+        sensitivity = measured.get("Sensitivity at threshold on validation studies")
+        assert sensitivity == (None if finding.sensitivity is None else pytest.approx(finding.sensitivity * 100))
+        assert measured["Specificity at threshold on validation studies"] == pytest.approx(finding.specificity * 100)
+        assert measured.get("Negative validation studies") == point.validation.negatives
+        target = measured.get("Target specificity of the operating point")
+        assert target == (None if point.target_specificity is None else pytest.approx(point.target_specificity * 100))
+        assert measured.get("False positive budget per normal study") == point.fp_budget
+
+
 def test_rebuilding_gives_the_same_uids(knee, result_objects, results_settings):
     from reports.results import build_results
 

@@ -14,7 +14,8 @@ from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.card import CheckpointError
 from ortho_node.model.checkpoint import save_checkpoint
 from ortho_node.training.finetune import class_weight, pos_weight, split
-from ortho_node.training.scores import choose_threshold, dice_per_structure, mean_dice, roc_auc
+from ortho_node.training.calibration import choose_threshold
+from ortho_node.training.scores import dice_per_structure, mean_dice, roc_auc
 from ortho_node.model.system import OrthoModel, SystemCard, load_system, new_card, read_system_card, save_system
 from ortho_node.model.unet import UNetConfig
 
