@@ -6,11 +6,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
 from listeners.console.server import Console, ConsoleServer
 from listeners.metrics_server import MetricsServer
 from listeners.storescp import StorageSCP
 from listeners.worker_pool import WorkerPoolSCP
 from ortho_node import __version__
+from ortho_node.clock import utcnow
 from ortho_node.assembly.assembler import Assembler
 from ortho_node.assembly.plan import AssemblyRules
 from ortho_node.intake.associations import AssociationLog
@@ -34,8 +38,12 @@ from ortho_node.scheduling.timers import TimeSource
 from ortho_node.intake.recovery import Recovery
 from ortho_node.intake.storage import InstanceStore, is_valid_uid
 from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
+from ortho_node.retention.purger import Purger
+from ortho_node.retention.superseded import remove_superseded
 
 log = logging.getLogger(__name__)
+
+PURGE_TIMER = "retention:purge"
 
 
 class Node:
@@ -62,12 +70,14 @@ class Node:
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory)
-        stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store))
+        stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store),
+                                self.session_factory)
                   if predictor is not None else None)
         self.pipeline = pipeline_factory(self.session_factory, **({"stages": stages} if stages else {}))
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=time)
         self.intake.add_listener(self.scheduler.watcher)
+        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time)
         self.scp: StorageSCP | WorkerPoolSCP | None = None
         self.console: ConsoleServer | None = None
         self.metrics: MetricsServer | None = None
@@ -80,6 +90,9 @@ class Node:
     def start(self) -> StorageSCP | WorkerPoolSCP:
         """Start the scheduler (recovering interrupted jobs and timers), then the Storage SCP."""
         self.scheduler.start()
+        retention = self.settings.retention
+        if retention.enabled or retention.supersede_results:  # off by default: nothing is deleted by age
+            self.scheduler.time.every(PURGE_TIMER, retention.purge_interval, self.purge)
         dicom = self.settings.dicom
         if dicom.workers > 1:
             self.scp = WorkerPoolSCP(self.settings, workers=dicom.workers, intake=self.intake,
@@ -110,6 +123,13 @@ class Node:
                                       self.liveness())
             self.metrics = MetricsServer(metrics.host, metrics.port, make_registry(collector), self.health)
             self.metrics.start()
+
+    def purge(self) -> None:
+        """One purge pass (the scheduled job): a failing pass is logged and the next one tries again."""
+        try:
+            self.purger.run()
+        except (SQLAlchemyError, OSError) as exc:  # database away or a disk error: nothing was marked falsely
+            log.error("purge pass failed: %s: %s", type(exc).__name__, exc)
 
     def liveness(self) -> Liveness:
         return Liveness(scheduler=lambda: self.scheduler.running, delivery=lambda: self.delivery.running,
@@ -190,7 +210,7 @@ def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:
 
 
 def result_stages(settings: Settings, delivery: DeliveryService, predictor: StudyPredictor,
-                  locate: Locate) -> ResultStages:
+                  locate: Locate, session_factory: sessionmaker[Session]) -> ResultStages:
     """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
     ``<data>/results/<study>/job-<id>``, then queued for every destination."""
     from reports.results import build_results, write_result_objects
@@ -209,5 +229,13 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
         return BuiltObject(result.kind, result.sop_instance_uid, result.series_instance_uid, result.sop_class_uid,
                            str(result.path))
 
+    def supersede(study_uid: str) -> None:
+        try:
+            remove_superseded(session_factory, study_uid, results_root=settings.data_dir / "results",
+                              now=utcnow())
+        except (SQLAlchemyError, OSError) as exc:  # the new results are delivered anyway; the purge pass retries
+            log.error("study %s: superseded results not removed: %s: %s", study_uid, type(exc).__name__, exc)
+
     return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
-                        describe_object=describe, locate=locate)
+                        describe_object=describe, locate=locate,
+                        supersede=supersede if settings.retention.supersede_results else None)

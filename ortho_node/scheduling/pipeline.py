@@ -68,6 +68,9 @@ class ResultStages:
     deliver: Callable[[Sequence[Path]], int]
     describe_object: Callable[[Path], BuiltObject]
     locate: Locate
+    # After the new set is queued: the study's earlier result sets give up their files (one copy of results per
+    # study; ortho_node.retention.superseded, wired by the composition root when retention.supersede_results).
+    supersede: Callable[[str], None] | None = None
 
 
 class Pipeline:
@@ -97,6 +100,8 @@ class Pipeline:
                                                 inference_finished_at=finished, seg_not_built=written.seg_not_built)
         queued = stages.deliver(written.paths)
         log.info("study %s: %d result objects written, %d deliveries queued", uid, len(written.paths), queued)
+        if stages.supersede is not None:
+            stages.supersede(uid)
         return result_id
 
     def _record(self, assembled: AssembledStudy, job_id: int | None) -> PipelineResult:

@@ -71,7 +71,7 @@ def test_doctor_passes_with_the_destination_up_and_fails_naming_it_when_down(sta
     assert code == 0, out
     checks = {c["check"]: c for c in json.loads(_doctor(capsys, "--config", str(config), "--json")[1])["checks"]}
     assert {name: c["status"] for name, c in checks.items()} == {
-        "configuration": "ok", "database": "ok", "disk": "ok", "model": "ok", "gpu": "ok",
+        "configuration": "ok", "database": "ok", "disk": "ok", "retention": "ok", "model": "ok", "gpu": "ok",
         "destination PACS": "ok", f"dicom port {dicom_port}": "ok"}
     assert "at revision" in checks["database"]["detail"] and "(head)" in checks["database"]["detail"]
     assert "weights sha256 matches the card" in checks["model"]["detail"]

@@ -64,8 +64,8 @@ def run_checks(settings: Settings, *, source: str | None = None) -> list[Check]:
     """Every check, in the order an operator would fix them."""
     where = source or os.environ.get("ORTHO_NODE_CONFIG") or "defaults and environment"
     checks = [Check("configuration", Status.OK, f"valid ({where}); data folder {settings.data_dir}")]
-    steps: list[Callable[[Settings], list[Check]]] = [_database, _disk, _model, _gpu, _destinations, _listener,
-                                                      _warnings]
+    steps: list[Callable[[Settings], list[Check]]] = [_database, _disk, _retention, _model, _gpu, _destinations,
+                                                      _listener, _warnings]
     for step in steps:
         checks.extend(step(settings))
     return checks
@@ -109,6 +109,35 @@ def _disk(settings: Settings) -> list[Check]:
     if free_mb < 2 * minimum:
         return [Check("disk", Status.WARN, f"{detail}: less than twice the minimum left")]
     return [Check("disk", Status.OK, detail)]
+
+
+def _retention(settings: Settings) -> list[Check]:
+    """The [retention] rules in one line, and the free space against the watermarks."""
+    retention, minimum = settings.retention, settings.storage.min_free_mb
+    supersede = "; superseded result files removed" if retention.supersede_results else ""
+    if not retention.enabled:
+        return [Check("retention", Status.OK, f"off: received instances and results are kept{supersede}")]
+    periods = (f"instances {retention.instances_days or '-'} d after delivery, unanalysable "
+               f"{retention.unanalysable_days or '-'} d, results {retention.results_days or '-'} d{supersede}")
+    below, until = retention.purge_below_free_mb, retention.purge_until_free_mb
+    if not below:
+        return [Check("retention", Status.OK, f"{periods}; no watermark")]
+    free_mb = shutil.disk_usage(_existing(settings.data_dir.absolute())).free // (1024 * 1024)
+    detail = f"{periods}; {free_mb} MB free, watermark below {below} MB until {until} MB"
+    if below <= minimum:
+        return [Check("retention", Status.WARN, f"{detail}: purge_below_free_mb is not above storage.min_free_mb "
+                                                f"{minimum}, so studies are refused before the watermark purges")]
+    if free_mb < below:
+        return [Check("retention", Status.WARN, f"{detail}: below the watermark, the purger deletes the oldest "
+                                                "eligible studies (see `ortho-node purge --dry-run`)")]
+    return [Check("retention", Status.OK, detail)]
+
+
+def _existing(folder):
+    """The folder, or its nearest existing parent (a data folder not created yet)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _model(settings: Settings) -> list[Check]:

@@ -1,0 +1,265 @@
+"""The one purger: deletes what the retention rules (``ortho_node.retention.rules``) and the disk watermark allow,
+each deletion an audit event and a timeline step, the study's rows kept and marked.
+
+Safe from several processes sharing a database: a study's instances or results are deleted only under a lease
+taken by one conditional UPDATE that re-checks, in the database, that the study is still not kept, has no job
+queued or running, no delivery pending or failed and no instance newer than the decision saw; a second purger's
+UPDATE matches no row. The lease is taken and committed before any file goes, and the study is marked purged
+after its files are gone; a pass interrupted in between leaves a lease that expires (``LEASE``) and the next pass
+finishes the study (a file already gone is not an error).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import exists, false, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.audit.timeline import Step, entry
+from ortho_node.audit.trail import AuditKind, Severity, make_event
+from ortho_node.clock import Clock, SystemClock
+from ortho_node.config.schema import Settings
+from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyResult
+from ortho_node.intake.storage import InstanceStore, InvalidUID
+from ortho_node.retention.deletion import Deletion, delete_files, file_size, remove_empty_folders
+from ortho_node.retention.inventory import instance_files, result_paths, study_facts
+from ortho_node.retention.rules import (ACTIVE_STATES, Action, StudyFacts, hold_reason, instances_due, results_due,
+                                        watermark_eligible)
+from ortho_node.retention.superseded import remove_superseded
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+#: How long a purger's claim on a study holds; longer than deleting one study's files ever takes.
+LEASE = dt.timedelta(minutes=15)
+#: Delivery states that mean an object is still owed (``ortho_node.delivery.queue.State`` values).
+UNDELIVERED = ("pending", "failed")
+
+FreeBytes = Callable[[Path], int]
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (tests inject their own)."""
+    return shutil.disk_usage(path).free
+
+
+@dataclass
+class PurgeReport:
+    dry_run: bool
+    deletions: list[Deletion] = field(default_factory=list)
+    held: Counter[str] = field(default_factory=Counter)  # why studies were left alone, counted
+    free_before: int | None = None  # measured only when a watermark is configured
+    free_after: int | None = None
+    short: bool = False  # below the watermark, and nothing more may be deleted
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.deletions)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "deletions": [d.as_dict() for d in self.deletions],
+                "held": dict(self.held), "free_before": self.free_before, "free_after": self.free_after,
+                "short": self.short}
+
+
+class Purger:
+    """``run`` makes one pass; the node schedules it every ``retention.purge_interval`` seconds and ``ortho-node
+    purge`` runs it once. ``clock`` and ``free_bytes`` are the only things tests replace."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *, clock: Clock | None = None,
+                 free_bytes: FreeBytes = disk_free) -> None:
+        self.retention = settings.retention
+        self._session_factory = session_factory
+        self._clock = clock or SystemClock()
+        self._free_bytes = free_bytes
+        self._store = InstanceStore(settings.data_dir, fsync=False)
+        self._short_reported = False
+        self._emptied: defaultdict[Path, set[Path]] = defaultdict(set)  # root -> folders emptied in this pass
+
+    @property
+    def results_root(self) -> Path:
+        return self._store.data_dir / "results"
+
+    def run(self, *, dry_run: bool = False) -> PurgeReport:
+        report = PurgeReport(dry_run)
+        now = self._clock.now()
+        self._emptied = defaultdict(set)
+        with self._session_factory() as session:
+            facts = study_facts(session)
+        if self.retention.supersede_results:
+            for study in facts:
+                if len(study.results_on_disk) > 1:
+                    done = remove_superseded(self._session_factory, study.uid, results_root=self.results_root, now=now,
+                                            dry_run=dry_run)
+                    report.deletions.extend(done)
+        purged: set[int] = set()
+        for study in facts:
+            self._by_age(study, now, report, purged, dry_run)
+        self._watermark(facts, now, report, purged, dry_run)
+        for root, folders in self._emptied.items():  # once, in parallel: see remove_empty_folders
+            remove_empty_folders(folders, stop=root)
+        waiting = sum(1 for s in facts if s.id not in purged and not s.instances_purged
+                      and s.newest_instance_id is not None and not hold_reason(s))
+        if waiting:
+            report.held["within retention"] = waiting
+        self._log(report)
+        return report
+
+    def _by_age(self, study: StudyFacts, now: dt.datetime, report: PurgeReport, purged: set[int],
+                dry_run: bool) -> None:
+        held = hold_reason(study)
+        if held:
+            report.held[held] += 1
+            return
+        reason = instances_due(study, self.retention, now)
+        if reason and self._purge_instances(study, reason, "age", now, report, dry_run):
+            purged.add(study.id)
+        reason = results_due(study, self.retention, now)
+        if reason:
+            self._purge_results(study, reason, now, report, dry_run)
+
+    def _watermark(self, facts: list[StudyFacts], now: dt.datetime, report: PurgeReport, purged: set[int],
+                   dry_run: bool) -> None:
+        """Below ``purge_below_free_mb`` free, the oldest eligible studies lose their instances until
+        ``purge_until_free_mb`` are free."""
+        below, until = self.retention.purge_below_free_mb * MB, self.retention.purge_until_free_mb * MB
+        if not below:
+            return
+        free = report.free_before = self._free_bytes(self._store.data_dir)
+        if free >= below:
+            report.free_after = free
+            self._short_reported = False
+            return
+        candidates = sorted((s for s in facts if s.id not in purged and watermark_eligible(s, self.retention, now)),
+                            key=lambda s: (s.first_received_at, s.id))
+        for study in candidates:
+            if free >= until:
+                break
+            reason = (f"free space {free // MB} MB below retention.purge_below_free_mb "
+                      f"{self.retention.purge_below_free_mb}: oldest studies first")
+            if self._purge_instances(study, reason, "watermark", now, report, dry_run):
+                purged.add(study.id)
+                # A dry run deletes nothing, so it counts what would be freed; a real pass measures again.
+                free = free + study.instance_bytes if dry_run else self._free_bytes(self._store.data_dir)
+        report.free_after = free
+        report.short = free < until
+        if report.short and not dry_run:
+            self._report_short(free, until)
+
+    def _report_short(self, free: int, until: int) -> None:
+        message = (f"free space {free // MB} MB still below retention.purge_until_free_mb {until // MB}: nothing "
+                   "more may be deleted (kept, unprocessed or undelivered studies, or within min_keep_hours)")
+        log.warning("%s", message)
+        if not self._short_reported:  # one audit event per episode, not one per pass
+            with self._session_factory.begin() as session:
+                session.add(make_event(AuditKind.PURGE_SHORT, message, severity=Severity.WARNING,
+                                       details={"free_bytes": free, "target_bytes": until}))
+            self._short_reported = True
+
+    def _purge_instances(self, study: StudyFacts, reason: str, rule: str, now: dt.datetime, report: PurgeReport,
+                         dry_run: bool) -> bool:
+        if dry_run:
+            report.deletions.append(Deletion(study.uid, Action.INSTANCES.value, reason, study.instance_files,
+                                             study.instance_bytes))
+            return True
+        if study.newest_instance_id is None or not self._claim(study, now, Study.instances_purged_at.is_(None)):
+            report.held["claimed by another purger or changed"] += 1
+            return False
+        with self._session_factory() as session:
+            files = instance_files(session, study.id, study.newest_instance_id)
+        try:
+            gone = self._delete_instance_files(files)
+        except OSError as exc:  # permissions, I/O error: the study stays unpurged, the lease expires, retried
+            log.error("study %s: instances could not be deleted: %s", study.uid, exc)
+            report.held["deletion failed"] += 1
+            return False
+        details = {"rule": rule, "reason": reason, "files": len(files), "bytes": study.instance_bytes,
+                   "already_gone": gone}
+        message = f"{len(files)} received instances deleted ({study.instance_bytes / MB:.1f} MB): {reason}"
+        with self._session_factory.begin() as session:
+            session.execute(update(Study).where(Study.id == study.id).values(
+                instances_purged_at=now, purge_reason=f"{rule}: {reason}", purge_claimed_at=None))
+            self._record(session, study.uid, AuditKind.INSTANCES_PURGED, Step.INSTANCES_PURGED, message, details, now)
+        report.deletions.append(Deletion(study.uid, Action.INSTANCES.value, reason, len(files), study.instance_bytes))
+        return True
+
+    def _purge_results(self, study: StudyFacts, reason: str, now: dt.datetime, report: PurgeReport,
+                       dry_run: bool) -> None:
+        with self._session_factory() as session:
+            paths = result_paths(session, study.results_on_disk)
+        files = [path for group in paths.values() for path in group]
+        size = sum(file_size(path) for path in files)
+        if dry_run:
+            report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
+            return
+        if not self._claim(study, now):
+            report.held["claimed by another purger or changed"] += 1
+            return
+        try:
+            gone = delete_files(files)
+        except OSError as exc:  # as for instances: retried once the lease expires
+            log.error("study %s: result objects could not be deleted: %s", study.uid, exc)
+            report.held["deletion failed"] += 1
+            return
+        self._emptied[self.results_root].update(path.parent for path in files)
+        details = {"reason": reason, "files": len(files), "bytes": size, "already_gone": gone,
+                   "result_ids": list(study.results_on_disk)}
+        with self._session_factory.begin() as session:
+            session.execute(update(StudyResult).where(StudyResult.id.in_(study.results_on_disk),
+                                                      StudyResult.files_removed_at.is_(None))
+                            .values(files_removed_at=now, files_removed_reason="retention"))
+            session.execute(update(Study).where(Study.id == study.id).values(results_purged_at=now,
+                                                                             purge_claimed_at=None))
+            self._record(session, study.uid, AuditKind.RESULTS_PURGED, Step.RESULTS_PURGED,
+                         f"{len(files)} result objects deleted: {reason}", details, now)
+        report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
+
+    def _claim(self, study: StudyFacts, now: dt.datetime, *conditions) -> bool:
+        """Take the study's lease if, in the database now, it is still not kept, has no active job, nothing
+        undelivered and no instance newer than the decision saw, and no other purger holds it."""
+        newer = select(Instance.id).join(Series, Instance.series_id == Series.id).where(
+            Series.study_id == study.id, Instance.id > (study.newest_instance_id or 0))
+        active = select(Job.id).where(Job.study_id == study.id, Job.state.in_(ACTIVE_STATES))
+        owed = select(DeliveryItem.id).where(DeliveryItem.study_instance_uid == study.uid,
+                                             DeliveryItem.state.in_(UNDELIVERED))
+        with self._session_factory.begin() as session:
+            result = session.execute(
+                update(Study).where(Study.id == study.id, Study.keep == false(), *conditions,
+                                    or_(Study.purge_claimed_at.is_(None), Study.purge_claimed_at < now - LEASE),
+                                    ~exists(newer), ~exists(active), ~exists(owed))
+                .values(purge_claimed_at=now).execution_options(synchronize_session=False))
+            return result.rowcount == 1
+
+    def _delete_instance_files(self, relative_paths: list[str]) -> int:
+        """Delete the instances' files (never outside the data folder); returns how many were already gone."""
+        paths = []
+        for relative in relative_paths:
+            try:
+                paths.append(self._store.absolute(relative))
+            except InvalidUID:  # a row pointing outside the data folder is never followed
+                log.error("an instance row names a path outside the data folder; not deleted")
+        gone = delete_files(paths)
+        self._emptied[self._store.instances_dir].update(path.parent for path in paths)
+        return gone
+
+    @staticmethod
+    def _record(session: Session, uid: str, kind: AuditKind, step: Step, message: str, details: dict,
+                now: dt.datetime) -> None:
+        session.add(make_event(kind, message, study_instance_uid=uid, details=details))
+        session.add(entry(step, uid, message, at=now, data=details))
+
+    def _log(self, report: PurgeReport) -> None:
+        if not report.deletions:
+            log.debug("purge: nothing to delete; held %s", dict(report.held))
+            return
+        counts = Counter(d.what for d in report.deletions)
+        log.info("purge%s: %s; %.1f MB%s", " (dry run)" if report.dry_run else "",
+                 ", ".join(f"{n} studies' {what}" for what, n in sorted(counts.items())), report.bytes / MB,
+                 "" if report.free_after is None else f"; {report.free_after // MB} MB free")
