@@ -15,7 +15,7 @@ from highdicom import ContentQualificationValues
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from ortho_node.config import ResultsSettings
 from ortho_node.labels import DIAGNOSIS_NAMES, Plane
@@ -156,4 +156,9 @@ def _secondary_capture(prediction: StudyPrediction, source: SourceSeries, rgb: n
     )
     image.BurnedInAnnotation = "NO"
     image.ImageComments = BANNER
+    # Stored and sent deflated (lossless, allowed for every SOP class, no codec needed): nearest-neighbour
+    # enlarged grey slices, black margins and a text page shrink 15-40x (a real GE key image 1.38 MB -> 80 kB;
+    # RLE gave 590 kB, JPEG-LS 162 kB). highdicom builds it uncompressed; pydicom deflates it when written.
+    # ortho_node.delivery.scu also offers Explicit VR Little Endian and inflates for a peer that refuses it.
+    image.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     return image

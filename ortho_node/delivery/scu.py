@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from ortho_node.config import parse_dicom_address
 from ortho_node.dicom_status import describe
@@ -20,6 +21,10 @@ from ortho_node.dicom_status import describe
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+#: A stored transfer syntax -> the one also offered for a peer that refuses it. Deflate wraps Explicit VR Little
+#: Endian losslessly (the summary images are stored deflated), and pynetdicom inflates a file read from disk
+#: when only that context is accepted; compressed pixel data is never transcoded.
+FALLBACK_SYNTAX = {DeflatedExplicitVRLittleEndian: ExplicitVRLittleEndian}
 
 
 @dataclass(frozen=True)
@@ -195,21 +200,31 @@ def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
     batch: list[_Item] = []
     contexts: set[tuple[str, str]] = set()
     for item in items:
-        key = (item.sop_class_uid, item.transfer_syntax_uid)
-        if key not in contexts and len(contexts) == MAX_CONTEXTS:
+        keys = _contexts(item)
+        if len(contexts | keys) > MAX_CONTEXTS:
             yield batch
             batch, contexts = [], set()
-        contexts.add(key)
+        contexts |= keys
         batch.append(item)
     if batch:
         yield batch
+
+
+def _contexts(item: _Item) -> set[tuple[str, str]]:
+    """The presentation contexts an item needs: its stored syntax, and the fallback for a peer refusing it."""
+    keys = {(item.sop_class_uid, item.transfer_syntax_uid)}
+    fallback = FALLBACK_SYNTAX.get(item.transfer_syntax_uid)
+    if fallback is not None:
+        keys.add((item.sop_class_uid, str(fallback)))
+    return keys
 
 
 def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout: float,
                 ssl_context: ssl.SSLContext | None, report: Callable[[SendResult], None]) -> None:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for sop_class, syntax in sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}):
+    # One context per (class, syntax) pair: the peer accepts or refuses the stored syntax and its fallback apart.
+    for sop_class, syntax in sorted(set().union(*(_contexts(i) for i in batch))):
         ae.add_requested_context(sop_class, syntax)
     tls_args = (ssl_context, remote.host) if ssl_context else None
     connection = _ConnectionWatch()
