@@ -171,7 +171,9 @@ class DeliveryQueue:
         with self._session_factory.begin() as session:
             items = list(session.scalars(select(DeliveryItem).where(
                 DeliveryItem.study_instance_uid == study_instance_uid).order_by(DeliveryItem.id)))
-            objects = {item.sop_instance_uid: item for item in items}
+            # An object whose file is gone (an earlier result set superseded, or results past their retention) is
+            # not queued again: it would only be flagged 'result file is missing' and hold the study's purge.
+            objects = {item.sop_instance_uid: item for item in items if Path(item.file_path).is_file()}
             for name, kinds in destinations.items():
                 have = {item.sop_instance_uid: item for item in items if item.destination == name}
                 for sop_uid, template in objects.items():

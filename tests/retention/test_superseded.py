@@ -81,3 +81,19 @@ def test_supersede_results_false_keeps_every_copy(archive, node_settings):
     _, first_path, _, _ = _two_sets(archive, uid, "delivered")
     Purger(node_settings(supersede_results=False), archive.sessions, clock=FakeClock()).run()
     assert first_path.exists()
+
+
+def test_resend_after_superseding_queues_the_current_objects_only(archive):
+    from ortho_node.clock import RetryPolicy
+    from ortho_node.delivery.queue import DeliveryQueue
+
+    uid = archive.study("receiving")
+    with archive.sessions.begin() as session:
+        archive.results(session, uid, 1001, at=T0, delivery="delivered", sop_uid=f"{uid}.9.1")
+        archive.results(session, uid, 1002, at=T0, delivery="delivered", sop_uid=f"{uid}.9.2")  # a new model
+    remove_superseded(archive.sessions, uid, results_root=archive.data_dir / "results", now=T0)
+    queue = DeliveryQueue(archive.sessions, FakeClock(), RetryPolicy())
+    assert queue.resend(uid, {"PACS": ["sr"]}) == 1
+    with archive.sessions() as session:
+        states = dict(session.execute(select(DeliveryItem.sop_instance_uid, DeliveryItem.state)).all())
+    assert states == {f"{uid}.9.1": "delivered", f"{uid}.9.2": "pending"}
