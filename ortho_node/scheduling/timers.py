@@ -43,17 +43,28 @@ class SystemTime(SystemClock):
         self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc,
                                               job_defaults={"coalesce": True, "misfire_grace_time": None,
                                                             "max_instances": 1})
+        # APScheduler's shutdown(wait=True) holds its job store lock while it waits for running callbacks, and
+        # a callback that arms a timer (a completeness check re-arming itself) needs that lock: a deadlock.
+        # Once shutdown begins, timers are no longer armed (under this lock, so none is half-way through).
+        self._arming = threading.Lock()
+        self._stopping = False
 
     def call_at(self, key: str, when: dt.datetime, callback: Callback) -> None:
-        self._scheduler.add_job(callback, DateTrigger(run_date=when), id=key, replace_existing=True)
+        with self._arming:
+            if not self._stopping:
+                self._scheduler.add_job(callback, DateTrigger(run_date=when), id=key, replace_existing=True)
 
     def every(self, key: str, seconds: float, callback: Callback) -> None:
-        self._scheduler.add_job(callback, IntervalTrigger(seconds=seconds), id=key, replace_existing=True)
+        with self._arming:
+            if not self._stopping:
+                self._scheduler.add_job(callback, IntervalTrigger(seconds=seconds), id=key, replace_existing=True)
 
     def start(self) -> None:
         self._scheduler.start()
 
     def shutdown(self) -> None:
+        with self._arming:
+            self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
 
