@@ -199,6 +199,19 @@ class StorageSCP:
             self._states[assoc] = _AssociationState(peer, association_id)
         log.info("association %s from %s at %s:%d accepted", association_id, peer.calling_ae, peer.host,
                  peer.port)
+        self._reject_refused_contexts(assoc, AssociationRef(association_id, peer.calling_ae, peer.host))
+
+    def _reject_refused_contexts(self, assoc: Any, ref: AssociationRef) -> None:
+        """SOP classes the accept rules refuse whatever the content leave our supported contexts for this
+        association only, so that negotiation rejects them (abstract syntax not supported)."""
+        if self.intake.accept.analyse_all:
+            return
+        supported = assoc.acceptor.supported_contexts
+        ours = {cx.abstract_syntax for cx in supported} - {Verification}  # rules are about stored instances
+        proposed = {cx.abstract_syntax for cx in assoc.requestor.primitive.presentation_context_definition_list}
+        refused = self.intake.refuse_sop_classes(ref, sorted(proposed & ours))
+        if refused:  # a new list: the server's shared one stays whole for other associations
+            assoc.acceptor.supported_contexts = [cx for cx in supported if cx.abstract_syntax not in refused]
 
     def _on_echo(self, event: evt.Event) -> int:
         return Status.SUCCESS

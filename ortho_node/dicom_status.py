@@ -7,6 +7,9 @@ import enum
 
 class Status(enum.IntEnum):
     SUCCESS = 0x0000
+    #: Refused: SOP Class Not Supported (PS3.7 C.4.2): an accept rule refuses every instance of this SOP class
+    #: from this sender (its presentation context is rejected at negotiation where the sender proposes it).
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     #: Refused: Out of Resources (disk full, database unavailable): the sender should retry later.
     OUT_OF_RESOURCES = 0xA700
     #: Error: Data Set does not match SOP Class (or the request's Affected SOP Instance UID).
@@ -17,6 +20,9 @@ class Status(enum.IntEnum):
     CANNOT_UNDERSTAND_MISSING_UID = 0xC220
     #: Error: Cannot understand - a UID is not a valid DICOM UID (and is never used as a file name).
     CANNOT_UNDERSTAND_INVALID_UID = 0xC221
+    #: Error: Cannot understand - an accept rule refuses the instance by its content (modality, body part,
+    #: description). A failure, not Refused (A7xx): re-sending the same instance gives the same answer.
+    CANNOT_UNDERSTAND_NOT_ACCEPTED = 0xC230
 
 
 def describe(status: int) -> str:

@@ -24,6 +24,7 @@ from ortho_node.config import ConfigError, Settings
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.delivery.worker import DeliveryService
+from ortho_node.intake.accept import AcceptRules
 from ortho_node.intake.receive import Intake
 from ortho_node.app.logs import silence_identifier_sources
 from ortho_node.delivery.queue import ResultFile
@@ -65,8 +66,10 @@ class Node:
         self.audit = AuditTrail(self.session_factory)
         self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
         self.catalog = Catalog(self.engine)
-        self.intake = Intake(self.store, self.catalog, self.audit)
-        self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit)
+        accept = AcceptRules.from_settings(settings.accept)
+        self.intake = Intake(self.store, self.catalog, self.audit, accept=accept)
+        self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit,
+                                 accept=accept)
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory)

@@ -40,6 +40,7 @@ def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int
     from ortho_node.audit.trail import AuditTrail
     from ortho_node.intake.catalog import Catalog
     from ortho_node.db.engine import make_engine, make_session_factory
+    from ortho_node.intake.accept import AcceptRules
     from ortho_node.intake.receive import Intake
     from ortho_node.app.logs import configure_logging
     from ortho_node.intake.storage import InstanceStore
@@ -48,7 +49,8 @@ def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int
     engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     session_factory = make_session_factory(engine)
     store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
-    intake = Intake(store, Catalog(engine), AuditTrail(session_factory))
+    intake = Intake(store, Catalog(engine), AuditTrail(session_factory),
+                    accept=AcceptRules.from_settings(settings.accept))
     relay = EventRelay(channel)
     intake.add_listener(relay)
     scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),

@@ -47,10 +47,14 @@ class Assembler:
             study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
             if study is None:
                 raise StudyNotFound(study_uid)
-            series_rows = session.scalars(select(Series).where(Series.study_id == study.id)
-                                          .order_by(Series.series_number, Series.id)).all()
-            instances = session.scalars(select(Instance).join(Series).where(Series.study_id == study.id)
+            # Instances an accept rule ignored are kept out of analysis, and series left without any with them.
+            instances = session.scalars(select(Instance).join(Series).where(Series.study_id == study.id,
+                                                                            Instance.ignored_by.is_(None))
                                         .order_by(Instance.id)).all()
+            analysed = {row.series_id for row in instances}
+            series_rows = [s for s in session.scalars(select(Series).where(Series.study_id == study.id)
+                                                      .order_by(Series.series_number, Series.id))
+                           if s.id in analysed or not s.instance_count]
             released = self._released_associations(session, {i.association_id for i in instances})
         by_series: dict[int, list[Instance]] = defaultdict(list)
         for row in instances:

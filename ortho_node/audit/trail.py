@@ -20,7 +20,9 @@ class AuditKind(str, enum.Enum):
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
     ASSOCIATION_ENDED = "association_ended"
-    INSTANCE_REJECTED = "instance_rejected"
+    INSTANCE_REJECTED = "instance_rejected"  # an accept rule's refusal names it in details["accept_rule"]
+    SERIES_IGNORED = "series_ignored"  # stored, kept out of analysis by an accept rule
+    CONTEXTS_REJECTED = "presentation_contexts_rejected"  # SOP classes an accept rule refuses, at negotiation
     STORAGE_FAILED = "storage_failed"
     FILE_RECOVERED = "file_recovered"
     MALFORMED_CONNECTION = "malformed_connection"

@@ -24,8 +24,8 @@ from ortho_node.clock import as_utc, utcnow
 from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult, TimelineEntry
 from ortho_node.labels import Joint
 
-STATUSES = ("receiving", "queued", "processing", "skipped", "failed", "processed", "delivering", "delivered",
-            "delivery_failed")
+STATUSES = ("receiving", "ignored", "queued", "processing", "skipped", "failed", "processed", "delivering",
+            "delivered", "delivery_failed")
 JOINTS = tuple(joint.value for joint in Joint)
 STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "first_received_at", "last_received_at",
                  "instance_count", "joint", "laterality", "status", "job_state", "waiting", "completeness_reason",
@@ -96,6 +96,7 @@ class _StudyContext:
     results: dict[str, StudyResult]
     deliveries: dict[str, list[DeliveryItem]]
     waiting: dict[int, str]
+    ignored: dict[int, str]
 
     @classmethod
     def load(cls, session: Session, studies: Sequence[Study]) -> _StudyContext:
@@ -121,7 +122,7 @@ class _StudyContext:
                 deliveries[item.study_instance_uid].append(item)
         jobs = _latest(session, Job, ids)
         return cls(counts, aes, jobs, _latest(session, StudyAssembly, ids), results, deliveries,
-                   waiting_states(session, studies, jobs))
+                   waiting_states(session, studies, jobs), ignored_states(session, studies))
 
     def row(self, study: Study) -> dict[str, Any]:
         job = self.jobs.get(study.id)
@@ -136,6 +137,9 @@ class _StudyContext:
         reasons = sorted({f"{i.destination}: {i.last_error}" for i in failed + pending if i.last_error})
         if job is not None and job.last_error and job.state in ("failed", "pending"):
             reasons.insert(0, f"job {job.id}: {job.last_error}")
+        ignored = self.ignored.get(study.id)
+        if ignored is not None and job is None:
+            reasons.insert(0, ignored)
         if job is not None and job.state == "skipped":
             reasons.insert(0, f"skipped: {job.last_error}")
         elif assembly is not None and assembly.skip_reason:  # skipped before jobs recorded it (older nodes)
@@ -149,9 +153,10 @@ class _StudyContext:
             "instance_count": int(self.counts.get(study.id) or 0),
             "joint": (result.joint if result else assembly.joint if assembly else None),
             "laterality": (assembly.laterality if assembly else result.laterality if result else None),
-            "status": _status(job, assembly, result, delivered, pending, failed),
+            "status": _status(job, assembly, result, delivered, pending, failed, ignored=ignored is not None),
             "job_state": job.state if job else None,
             "waiting": self.waiting.get(study.id),
+            "ignored": ignored,
             "completeness_reason": assembly.completeness_reason if assembly else (job.reason if job else None),
             "missing_planes": (assembly.summary.get("missing_planes", []) if assembly else []),
             "findings": list(result.findings) if result else [],
@@ -168,9 +173,9 @@ class _StudyContext:
 
 
 def _status(job: Job | None, assembly: StudyAssembly | None, result: StudyResult | None,
-            delivered: list, pending: list, failed: list) -> str:
+            delivered: list, pending: list, failed: list, *, ignored: bool = False) -> str:
     if job is None:
-        return "receiving"
+        return "ignored" if ignored else "receiving"
     if job.state == "pending":
         return "queued"
     if job.state == "running":
@@ -209,9 +214,10 @@ def waiting_states(session: Session, studies: Sequence[Study], jobs: dict[int, J
     first check. ``jobs``: the newest job of each study. The one source of the CLI's, the timeline's and the
     console's waiting line."""
     newest: dict[int, int] = {}
-    for chunk in _chunks([s.id for s in studies]):
+    for chunk in _chunks([s.id for s in studies]):  # instances an accept rule ignored wait for nothing
         newest.update(session.execute(select(Series.study_id, func.max(Instance.id)).join(Instance)
-                                      .where(Series.study_id.in_(chunk)).group_by(Series.study_id)).all())
+                                      .where(Series.study_id.in_(chunk), Instance.ignored_by.is_(None))
+                                      .group_by(Series.study_id)).all())
     # Only studies with instances that no job covers wait (nothing received yet: nothing to wait for).
     open_studies = [s for s in studies if newest.get(s.id) and (
         jobs.get(s.id) is None or jobs[s.id].last_instance_id < newest[s.id])]
@@ -233,6 +239,42 @@ def waiting_states(session: Session, studies: Sequence[Study], jobs: dict[int, J
     return states
 
 
+def ignored_by_series(session: Session, study_ids: Sequence[int]) -> dict[int, dict[int, str | None]]:
+    """By study id, by series id: the accept rule that ignored the series' instances (None: some analysed)."""
+    series: dict[int, dict[int, str | None]] = defaultdict(dict)
+    for chunk in _chunks(study_ids):
+        rows = session.execute(select(Series.study_id, Series.id, func.min(Instance.ignored_by),
+                                      func.count(Instance.id) - func.count(Instance.ignored_by))
+                               .join(Instance, Instance.series_id == Series.id)
+                               .where(Series.study_id.in_(chunk)).group_by(Series.study_id, Series.id))
+        for study_id, series_id, rule, analysed in rows:
+            series[study_id][series_id] = None if analysed else rule
+    return series
+
+
+def ignored_reason(rule: str) -> str:
+    """As :attr:`ortho_node.intake.accept.Decision.reason` words it (tests hold the two to the same text)."""
+    if rule == "accept.default":
+        return "ignored by accept.default (no accept rule matched)"
+    return f"ignored by accept rule '{rule}'"
+
+
+def ignored_states(session: Session, studies: Sequence[Study]) -> dict[int, str]:
+    """Studies whose every instance an accept rule kept out of analysis, by study id: why ("ignored by
+    accept rule 'no-ct'"; several rules joined)."""
+    states = {study_id: _study_ignored(series)
+              for study_id, series in ignored_by_series(session, [s.id for s in studies]).items()}
+    return {study_id: state for study_id, state in states.items() if state is not None}
+
+
+def _study_ignored(series: dict[int, str | None]) -> str | None:
+    """Why a study is not analysed at all when no series of it is (``ignored_by_series`` of one study)."""
+    rules = set(series.values())
+    if not rules or None in rules:
+        return None
+    return "; ".join(ignored_reason(rule) for rule in sorted(r for r in rules if r))
+
+
 def study_inventory(session_factory: sessionmaker[Session]) -> list[dict[str, Any]]:
     """What ``ortho-node studies`` lists: every received study, newest first, with its series and instance
     counts, the latest assembly decision (joint, laterality, planes with the chosen series and why,
@@ -243,20 +285,23 @@ def study_inventory(session_factory: sessionmaker[Session]) -> list[dict[str, An
         ids = [s.id for s in studies]
         jobs, assemblies = _latest(session, Job, ids), _latest(session, StudyAssembly, ids)
         waiting = waiting_states(session, studies, jobs)
-        return [_inventory_row(study, jobs.get(study.id), assemblies.get(study.id), waiting.get(study.id))
-                for study in studies]
+        ignored = ignored_by_series(session, ids)
+        return [_inventory_row(study, jobs.get(study.id), assemblies.get(study.id), waiting.get(study.id),
+                               ignored.get(study.id, {})) for study in studies]
 
 
-def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None,
-                   waiting: str | None) -> dict[str, Any]:
+def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None, waiting: str | None,
+                   ignored: dict[int, str | None]) -> dict[str, Any]:
     series = [{"series_instance_uid": s.series_instance_uid, "series_number": s.series_number,
                "modality": s.modality, "series_description": s.series_description,
                "body_part_examined": s.body_part_examined, "laterality": s.laterality,
-               "instance_count": s.instance_count} for s in study.series]
+               "instance_count": s.instance_count,
+               "ignored": ignored_reason(ignored[s.id]) if ignored.get(s.id) else None} for s in study.series]
     return {"study_instance_uid": study.study_instance_uid, "study_description": study.study_description,
             "first_received_at": study.first_received_at, "last_received_at": study.last_received_at,
             "instance_count": sum(s["instance_count"] for s in series), "series": series,
-            "job": _job(job) if job is not None else None, "assembly": _assembly(assembly), "waiting": waiting}
+            "job": _job(job) if job is not None else None, "assembly": _assembly(assembly), "waiting": waiting,
+            "ignored": _study_ignored(ignored)}
 
 
 def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:

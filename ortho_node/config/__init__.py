@@ -3,6 +3,7 @@ console users' entry format (``users``). The names below are the package's inter
 
 from ortho_node.config.loading import (CONFIG_ENV, DESTINATIONS_ENV, ENV_PREFIX, describe, load_destinations,
                                        load_settings)
+from ortho_node.config.schema import AcceptRule, AcceptSettings
 from ortho_node.config.schema import (BUNDLED_MODEL, OBJECT_KINDS, SECTIONS, AssemblySettings, ConfigError,
                                       ConsoleSettings, DatabaseSettings, DeliverySettings, DestinationSettings,
                                       DicomSettings, LoggingSettings, MetricsSettings, ModelSettings,
@@ -10,6 +11,7 @@ from ortho_node.config.schema import (BUNDLED_MODEL, OBJECT_KINDS, SECTIONS, Ass
                                       parse_dicom_address)
 
 __all__ = [
+    "AcceptRule", "AcceptSettings",
     "BUNDLED_MODEL", "CONFIG_ENV", "DESTINATIONS_ENV", "ENV_PREFIX", "OBJECT_KINDS", "SECTIONS",
     "AssemblySettings", "ConfigError", "ConsoleSettings", "DatabaseSettings", "DeliverySettings",
     "DestinationSettings", "DicomSettings", "LoggingSettings", "MetricsSettings", "ModelSettings",

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ortho_node.config.schema import (SECTIONS, ConfigError, DestinationSettings, Settings, parse_dicom_address,
-                                      validate_field)
+from ortho_node.config.schema import (SECTIONS, AcceptRule, ConfigError, DestinationSettings, Settings,
+                                      parse_dicom_address, validate_field)
 
 ENV_PREFIX = "ORTHO_NODE_"
 CONFIG_ENV = "ORTHO_NODE_CONFIG"  # names the TOML file; not a setting itself
 DESTINATIONS_ENV = "ORTHO_NODE_DESTINATIONS"  # NAME=AE@HOST:PORT,...
+#: Settings that are arrays of tables: read from the configuration file only.
+_FILE_ONLY = {("accept", "rules")}
 
 
 def load_settings(
@@ -50,6 +52,7 @@ def load_settings(
             _check_known(section, key, dotted)
             raw[section][key] = (value, f"{dotted} (command line)")
     sections = {name: _build_section(cls, raw[name]) for name, cls in SECTIONS.items()}
+    sections["accept"] = dataclasses.replace(sections["accept"], rules=load_accept_rules(Path(path) if path else None))
     destinations = load_destinations(Path(path) if path else None, environ.get(DESTINATIONS_ENV),
                                      (overrides or {}).get("destinations"))
     settings = Settings(**sections, destinations=destinations)
@@ -73,6 +76,8 @@ def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
         if not isinstance(table, dict):
             raise ConfigError(f"'{section}' in {path} must be a table ([{section}])")
         for key, value in table.items():
+            if (section, key) in _FILE_ONLY:
+                continue  # an array of tables, read by its own loader (load_accept_rules)
             _check_known(section, key, f"{section}.{key} in {path}")
             items.append((section, key, value))
     return items
@@ -91,6 +96,9 @@ def _check_known(section: str, key: str, where: str) -> None:
     names = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if key not in names:
         raise ConfigError(f"{where}: unknown setting '{section}.{key}'; known: {', '.join(names)}")
+    if (section, key) in _FILE_ONLY:
+        raise ConfigError(f"{where}: {section}.{key} can be set only in the configuration file "
+                          f"([[{section}.{key}]] tables)")
 
 
 def _field_type(cls: type, key: str) -> Any:
@@ -134,7 +142,10 @@ def describe(settings: Settings) -> list[tuple[str, Any, str]]:
     for section, cls in SECTIONS.items():
         current = getattr(settings, section)
         for field in dataclasses.fields(cls):
-            rows.append((f"{section}.{field.name}", getattr(current, field.name), field.metadata["doc"]))
+            if (section, field.name) not in _FILE_ONLY:
+                rows.append((f"{section}.{field.name}", getattr(current, field.name), field.metadata["doc"]))
+    for rule in settings.accept.rules:
+        rows.append((f"accept.rules.{rule.name}", rule.action, describe_rule(rule)))
     for dest in settings.destinations:
         rows.append((f"destinations.{dest.name}", f"{dest.ae_title}@{dest.host}:{dest.port}",
                      f"accepts {', '.join(dest.kinds)}{'; TLS' if dest.tls else ''}"))
@@ -184,3 +195,31 @@ def _parse_destination(spec: str, where: str) -> DestinationSettings:
 def _add_destination(merged: dict[str, DestinationSettings], dest: DestinationSettings, where: str) -> None:
     dest.check(where)
     merged[dest.name] = dest
+
+
+def load_accept_rules(config_file: Path | None) -> tuple[AcceptRule, ...]:
+    """``[[accept.rules]]`` tables of the configuration file, in order (the first match decides)."""
+    if config_file is None:
+        return ()
+    accept = tomllib.loads(config_file.read_text(encoding="utf-8")).get("accept", {})
+    tables = accept.get("rules", []) if isinstance(accept, dict) else []
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"accept.rules in {config_file}: expected an array of tables ([[accept.rules]])")
+    names = [f.name for f in dataclasses.fields(AcceptRule)]
+    rules = []
+    for index, table in enumerate(tables):
+        where = f"accept.rules[{index}] in {config_file}"
+        for key in table:
+            if key not in names:
+                raise ConfigError(f"{where}: unknown setting '{key}'; known: {', '.join(names)}")
+        rule = _build_section(AcceptRule, {key: (value, f"{where}: {key}") for key, value in table.items()})
+        rule.check(where)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def describe_rule(rule: AcceptRule) -> str:
+    """A rule's conditions in one line (``modalities CT; calling_aets PACS``), for ``config show``."""
+    conditions = [f"{f.name} {', '.join(getattr(rule, f.name))}" for f in dataclasses.fields(AcceptRule)
+                  if isinstance(getattr(rule, f.name), list) and getattr(rule, f.name)]
+    return "; ".join(conditions) or "every instance"

@@ -326,6 +326,80 @@ class DestinationSettings:
             raise ConfigError(f"{where}: ca_certificates file {self.ca_certificates} does not exist")
 
 
+ACCEPT_ACTIONS = ("analyse", "ignore", "refuse")
+#: Rule fields matched against the data set's header (a refusal by them answers a content status, not 0x0122).
+ACCEPT_CONTENT_FIELDS = ("modalities", "body_parts", "series_descriptions", "study_descriptions")
+_PATTERN_FIELDS = ("body_parts", "series_descriptions", "study_descriptions")
+REGEX_PREFIX = "re:"
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceptRule:
+    """One ``[[accept.rules]]`` table: the instances it matches get its action; the first matching rule decides.
+
+    Conditions left empty match anything; a rule with several conditions needs all of them, a list any entry.
+    Patterns are globs (``*knee*``) or, prefixed ``re:``, regular expressions (searched); both ignore case.
+    """
+
+    name: str = _field("", "Named in logs, audit events and a study's state ('ignored by accept rule NAME').")
+    action: str = _field("ignore", "analyse; ignore (stored and recorded, never analysed); refuse (not stored: "
+                                   "its SOP classes rejected at association negotiation, or a failure status "
+                                   "that does not invite a retry).", choices=ACCEPT_ACTIONS)
+    modalities: list[str] = _field([], "Modality values (CT, MR, SR, ...), any case.")
+    sop_classes: list[str] = _field([], "SOP Class UIDs or their keywords (CTImageStorage).")
+    body_parts: list[str] = _field([], "Body Part Examined patterns.")
+    series_descriptions: list[str] = _field([], "Series Description patterns.")
+    study_descriptions: list[str] = _field([], "Study Description patterns.")
+    calling_aets: list[str] = _field([], "Calling AE titles of the sending association.")
+
+    def check(self, where: str) -> None:
+        if not _DESTINATION_NAME.match(self.name):
+            raise ConfigError(f"{where}: rule name must be 1-64 letters, digits, '.', '_' or '-', got {self.name!r}")
+        for value in self.sop_classes:
+            if sop_class_uid(value) is None:
+                raise ConfigError(f"{where}: sop_classes: {value!r} is neither a SOP Class UID nor the keyword "
+                                  "of one (CTImageStorage)")
+        for key in _PATTERN_FIELDS:
+            for pattern in getattr(self, key):
+                if pattern.startswith(REGEX_PREFIX):
+                    try:
+                        re.compile(pattern[len(REGEX_PREFIX):])
+                    except re.error as exc:
+                        raise ConfigError(f"{where}: {key}: {pattern!r} is not a valid regular expression "
+                                          f"({exc})") from None
+
+
+def sop_class_uid(value: str) -> str | None:
+    """A SOP Class UID given as the UID or its keyword (``CTImageStorage``); None when it names none."""
+    from pydicom import uid as uids  # imported on use: most configurations name no SOP class
+
+    text = value.strip()
+    if text.isidentifier():
+        known = getattr(uids, text, None)
+        return str(known) if isinstance(known, uids.UID) and known.type == "SOP Class" else None
+    return text if len(text) <= 64 and _UID.match(text) else None  # private SOP classes are unknown to pydicom
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceptSettings:
+    """``[accept]``: which received instances go to analysis. Without rules everything does (as before)."""
+
+    default: str = _field("analyse", "What happens to instances no rule matches: analyse, ignore or refuse.",
+                          choices=ACCEPT_ACTIONS)
+    rules: tuple[AcceptRule, ...] = dataclasses.field(default=(), metadata={
+        "doc": "[[accept.rules]] tables, first match decides (configuration file only)."})
+
+    def check(self) -> None:
+        names: set[str] = set()
+        for index, rule in enumerate(self.rules):
+            where = f"accept.rules[{index}]"
+            rule.check(where)
+            if rule.name in names:
+                raise ConfigError(f"{where}: rule name {rule.name!r} is used twice")
+            names.add(rule.name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     dicom: DicomSettings = dataclasses.field(default_factory=DicomSettings)
@@ -343,6 +417,7 @@ class Settings:
     console: ConsoleSettings = dataclasses.field(default_factory=ConsoleSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    accept: AcceptSettings = dataclasses.field(default_factory=AcceptSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -361,6 +436,7 @@ class Settings:
 
     def check(self) -> None:
         """The rules that relate several fields of a section, section by section."""
+        self.accept.check()
         for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database):
             section.check()
         self.retention.check()
@@ -380,6 +456,7 @@ SECTIONS: dict[str, type] = {
     "console": ConsoleSettings,
     "metrics": MetricsSettings,
     "model": ModelSettings,
+    "accept": AcceptSettings,
 }
 
 

@@ -106,6 +106,8 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     calling_ae: Mapped[str | None] = mapped_column(AE)
+    # The accept rule ([accept]) that keeps it out of analysis; NULL: analysed.
+    ignored_by: Mapped[str | None] = mapped_column(String(64))
 
     modality: Mapped[str | None] = mapped_column(String(16))
     instance_number: Mapped[int | None]

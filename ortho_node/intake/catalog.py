@@ -35,14 +35,16 @@ class Catalog:
             return connection.scalar(_STORED_PATH, {"uid": sop_instance_uid})
 
     def record(self, header: InstanceHeader, *, path: str, size: int, sha256: str, transfer_syntax_uid: str,
-               association_id: int | None, calling_ae: str | None) -> None:
-        """Insert the instance row (creating study and series rows as needed) in one transaction.
+               association_id: int | None, calling_ae: str | None, ignored_by: str | None = None) -> None:
+        """Insert the instance row (creating study and series rows as needed) in one transaction;
+        ``ignored_by``: the accept rule that keeps it out of analysis.
 
         Raises ``IntegrityError`` if the SOP Instance UID is already recorded.
         """
         values = dict(sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
                       transfer_syntax_uid=transfer_syntax_uid, file_path=path, file_size=size, sha256=sha256,
-                      association_id=association_id, calling_ae=calling_ae, **header.instance)
+                      association_id=association_id, calling_ae=calling_ae, ignored_by=ignored_by,
+                      **header.instance)
         try:
             self._record(header, values)
         except IntegrityError:

@@ -10,17 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Protocol
+
+from pydicom.uid import UID
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
+from ortho_node.intake.accept import ANALYSE_ALL, AcceptRules, Action, Decision, InstanceFacts
 from ortho_node.intake.catalog import Catalog
 from ortho_node.dicom_status import Status
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.storage import InstanceStore, StorageFull, is_valid_uid
 
 log = logging.getLogger(__name__)
+
+#: Series whose ignoring was audited by this process, at most this many remembered (then audited again).
+_NOTED_SERIES_LIMIT = 10000
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,18 @@ class IntakeResult:
 
 
 class Intake:
-    """Validates, stores and records received instances."""
+    """Validates, stores and records received instances; the accept rules decide which go to analysis."""
 
-    def __init__(self, store: InstanceStore, catalog: Catalog, audit: AuditTrail) -> None:
+    def __init__(self, store: InstanceStore, catalog: Catalog, audit: AuditTrail, *,
+                 accept: AcceptRules | None = None) -> None:
         self.store = store
         self.catalog = catalog
+        self.accept = accept or AcceptRules()
         self._audit = audit
         self._write_locks = _KeyedLocks()
         self._listeners: list[IntakeListener] = []
+        self._ignored_series: set[str] = set()
+        self._ignored_lock = threading.Lock()
 
     def add_listener(self, listener: IntakeListener) -> None:
         self._listeners.append(listener)
@@ -93,10 +104,42 @@ class Intake:
         problem = _check_identity(header, incoming)
         if problem is not None:
             return self._reject(incoming, header, *problem)
+        decision = self._decide(incoming)
+        if decision.action is Action.REFUSE:
+            return self._refuse_by_rule(incoming, decision)
         relative = self.store.relative_path(header.study_uid, header.series_uid, header.sop_uid)
         # Two associations carrying the same instance must not interleave its write and row.
         with self._write_locks.hold(header.sop_uid):
-            return self._store_and_record(incoming, header, relative)
+            return self._store_and_record(incoming, header, relative, decision)
+
+    def _decide(self, incoming: IncomingInstance) -> Decision:
+        if self.accept.analyse_all:
+            return ANALYSE_ALL
+        return self.accept.decide(InstanceFacts.of(incoming.header, incoming.association.calling_ae))
+
+    def _refuse_by_rule(self, incoming: IncomingInstance, decision: Decision) -> IntakeResult:
+        facts = InstanceFacts.of(incoming.header, incoming.association.calling_ae)
+        status = self.accept.refusal_status(facts)
+        return self._refuse(incoming.association, status, decision.reason, incoming.header.study_uid,
+                            incoming.header.series_uid, incoming.header.sop_uid, accept_rule=decision.rule)
+
+    def refuse_sop_classes(self, association: AssociationRef, proposed: Iterable[str]) -> set[str]:
+        """At association negotiation: which of the ``proposed`` SOP classes the accept rules refuse whatever
+        the content (their presentation contexts are to be rejected); audited and logged once, together."""
+        refused = self.accept.refused_sop_classes(association.calling_ae, proposed)
+        if not refused:
+            return set()
+        names = sorted(f"{_sop_class_name(uid)} ({decision.reason})" for uid, decision in refused.items())
+        # INFO: a PACS proposing every storage SOP class gets this on each association, as meant.
+        log.info("association %s from %s at %s: presentation contexts rejected for %s", association.id,
+                    association.calling_ae, association.peer_host, "; ".join(names))
+        self._audit.record(
+            AuditKind.CONTEXTS_REJECTED, f"presentation contexts rejected: {'; '.join(names)}",
+            severity=Severity.WARNING, association_id=association.id, calling_ae=association.calling_ae,
+            peer_host=association.peer_host,
+            details={"sop_classes": {uid: decision.rule for uid, decision in sorted(refused.items())}},
+        )
+        return set(refused)
 
     def refuse_undecodable(self, association: AssociationRef, affected_sop_instance_uid: str,
                            error: str) -> IntakeResult:
@@ -104,8 +147,8 @@ class Intake:
         return self._refuse(association, Status.CANNOT_UNDERSTAND_UNDECODABLE, f"undecodable data set ({error})",
                             sop_uid=affected_sop_instance_uid)
 
-    def _store_and_record(self, incoming: IncomingInstance, header: InstanceHeader,
-                          relative: str) -> IntakeResult:
+    def _store_and_record(self, incoming: IncomingInstance, header: InstanceHeader, relative: str,
+                          decision: Decision) -> IntakeResult:
         try:
             if self._already_stored(header.sop_uid):
                 log.info("duplicate SOP instance %s from %s acknowledged, not stored again",
@@ -119,27 +162,49 @@ class Intake:
             return self._storage_failed(incoming, header, "disk full")
         except OSError as exc:
             return self._storage_failed(incoming, header, f"write failed: {exc.strerror or exc}")
+        ignored_by = decision.rule if decision.action is Action.IGNORE else None
         try:
-            self._record(incoming, header, stored.relative_path, stored.size, stored.sha256)
+            self._record(incoming, header, stored.relative_path, stored.size, stored.sha256, ignored_by)
         except IntegrityError:
             log.info("SOP instance %s recorded concurrently; acknowledged once", header.sop_uid)
             return IntakeResult(Status.SUCCESS, "duplicate", duplicate=True)
         except SQLAlchemyError as exc:
             # The file stays: it is complete, and start-up recovery indexes it if never re-sent.
             return self._database_unavailable(incoming, header, exc)
+        if ignored_by is not None:  # kept and recorded; the scheduler never hears of it
+            self._note_ignored(incoming, header, decision)
+            return IntakeResult(Status.SUCCESS, "stored, " + decision.reason)
         self.notify_stored(StoredInstance(header.study_uid, header.series_uid, header.sop_uid,
                                           incoming.association.id))
         return IntakeResult(Status.SUCCESS, "stored")
+
+    def _note_ignored(self, incoming: IncomingInstance, header: InstanceHeader, decision: Decision) -> None:
+        """One log line and audit event per ignored series (not per instance: a CT series has hundreds)."""
+        with self._ignored_lock:
+            if header.series_uid in self._ignored_series:
+                return
+            if len(self._ignored_series) >= _NOTED_SERIES_LIMIT:
+                self._ignored_series.clear()
+            self._ignored_series.add(header.series_uid)
+        ref = incoming.association
+        log.info("series %s of study %s from %s at %s %s: stored, not analysed", header.series_uid,
+                 header.study_uid, ref.calling_ae, ref.peer_host, decision.reason)
+        self._audit.record(
+            AuditKind.SERIES_IGNORED, f"series {decision.reason}: stored, not analysed", association_id=ref.id,
+            calling_ae=ref.calling_ae, peer_host=ref.peer_host, study_instance_uid=header.study_uid,
+            series_instance_uid=header.series_uid, details={"accept_rule": decision.rule},
+        )
 
     def _already_stored(self, sop_uid: str) -> bool:
         path = self.catalog.stored_path(sop_uid)
         return path is not None and self.store.exists(path)
 
     def _record(self, incoming: IncomingInstance, header: InstanceHeader, path: str, size: int,
-                sha256: str) -> None:
+                sha256: str, ignored_by: str | None) -> None:
         self.catalog.record(header, path=path, size=size, sha256=sha256,
                             transfer_syntax_uid=incoming.transfer_syntax_uid,
-                            association_id=incoming.association.id, calling_ae=incoming.association.calling_ae)
+                            association_id=incoming.association.id, calling_ae=incoming.association.calling_ae,
+                            ignored_by=ignored_by)
 
     def _reject(self, incoming: IncomingInstance, header: InstanceHeader, status: Status,
                 reason: str) -> IntakeResult:
@@ -147,14 +212,17 @@ class Intake:
                             header.sop_uid)
 
     def _refuse(self, ref: AssociationRef, status: Status, reason: str, study_uid: str | None = None,
-                series_uid: str | None = None, sop_uid: str | None = None) -> IntakeResult:
+                series_uid: str | None = None, sop_uid: str | None = None,
+                accept_rule: str | None = None) -> IntakeResult:
         log.warning("instance refused with status 0x%04X (%s) from %s at %s", status, reason,
                     ref.calling_ae, ref.peer_host)
+        details: dict[str, Any] = {"status": int(status)}
+        if accept_rule is not None:
+            details["accept_rule"] = accept_rule
         self._audit.record(
             AuditKind.INSTANCE_REJECTED, reason, severity=Severity.WARNING, association_id=ref.id,
             calling_ae=ref.calling_ae, peer_host=ref.peer_host, study_instance_uid=_safe_uid(study_uid),
-            series_instance_uid=_safe_uid(series_uid), sop_instance_uid=_safe_uid(sop_uid),
-            details={"status": int(status)},
+            series_instance_uid=_safe_uid(series_uid), sop_instance_uid=_safe_uid(sop_uid), details=details,
         )
         return IntakeResult(status, reason)
 
@@ -188,6 +256,11 @@ def _check_identity(header: InstanceHeader, incoming: IncomingInstance) -> tuple
     if header.sop_class_uid != incoming.affected_sop_class_uid:
         return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request"
     return None
+
+
+def _sop_class_name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name and name != uid else uid
 
 
 def _safe_uid(value: str | None) -> str | None:

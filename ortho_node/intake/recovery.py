@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.db.models import Instance
+from ortho_node.intake.accept import AcceptRules, Action, InstanceFacts
 from ortho_node.intake.catalog import Catalog
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
@@ -29,8 +30,9 @@ class Recovery:
     """Brings the archive and its rows back in step after a crash, and vouches for them after a clean stop."""
 
     def __init__(self, database_url: str, session_factory: sessionmaker[Session], store: InstanceStore,
-                 catalog: Catalog, audit: AuditTrail) -> None:
+                 catalog: Catalog, audit: AuditTrail, *, accept: AcceptRules | None = None) -> None:
         self._database_url = database_url
+        self._accept = accept or AcceptRules()
         self._session_factory = session_factory
         self._store = store
         self._catalog = catalog
@@ -99,10 +101,13 @@ class Recovery:
             log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
             return False
         payload = path.read_bytes()
+        # The file was acknowledged, so a rule that refuses it now can only keep it out of analysis.
+        decision = self._accept.decide(InstanceFacts.of(header, None))
         self._catalog.record(header, path=relative, size=len(payload),
                              sha256=hashlib.sha256(payload).hexdigest(),
                              transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                             association_id=None, calling_ae=None)
+                             association_id=None, calling_ae=None,
+                             ignored_by=None if decision.action is Action.ANALYSE else decision.rule)
         self._audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
                            study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
         return True

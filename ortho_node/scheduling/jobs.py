@@ -69,7 +69,8 @@ class JobQueue:
             study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid).with_for_update())
             if study is None:
                 raise LookupError(f"study {study_uid} is not stored")
-            newest = session.scalar(select(func.max(Instance.id)).join(Series).where(Series.study_id == study.id))
+            newest = session.scalar(select(func.max(Instance.id)).join(Series).where(
+                Series.study_id == study.id, Instance.ignored_by.is_(None)))  # accept rules' ignored: never analysed
             jobs = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc())).all()
             pending = next((j for j in jobs if j.state == JobState.PENDING), None)
             if pending is not None:  # one pending job per study: it will see everything stored by then
@@ -222,7 +223,7 @@ class JobQueue:
         """Studies with instances no job covers yet (still receiving, or interrupted before a decision)."""
         with self._session_factory() as session:
             newest = (select(Series.study_id, func.max(Instance.id).label("newest")).join(Series)
-                      .group_by(Series.study_id).subquery())
+                      .where(Instance.ignored_by.is_(None)).group_by(Series.study_id).subquery())
             covered = (select(Job.study_id, func.max(Job.last_instance_id).label("covered"))
                        .group_by(Job.study_id).subquery())
             rows = session.execute(

@@ -49,6 +49,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
         assembly, job = study["assembly"], study["job"]
         if study["waiting"]:
             print(f"    {study['waiting']}")
+        if study["ignored"]:
+            print(f"    {study['ignored']}: stored, not analysed")
         if job is not None:
             cause = f"; skipped: {job['skip_cause']}" if job["skip_cause"] else ""
             print(f"    job {job['id']} {job['state']}: {job['reason']}{cause}")
@@ -60,7 +62,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
                   f"{'; ' + assembly['skip_reason'] if assembly['skip_reason'] else ''}")
         for series in study["series"]:
             print(f"    {series['series_instance_uid']}  {series['modality'] or '-':3} "
-                  f"{series['instance_count']:5d}  {series['series_description'] or ''}")
+                  f"{series['instance_count']:5d}  {series['series_description'] or ''}"
+                  f"{'  (' + series['ignored'] + ')' if series['ignored'] else ''}")
     return 0
 
 
