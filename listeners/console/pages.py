@@ -34,6 +34,8 @@ input,select,button{font:inherit;padding:3px 6px} .reason{color:#9b2c2c;font-siz
 .chart{background:#fff;border:1px solid #e2e8f0;margin:0 12px 12px 0} .chart-title{font-size:13px;font-weight:600}
 .axis{font-size:11px;fill:#4a5568} dl{display:grid;grid-template-columns:max-content auto;gap:4px 16px}
 dt{color:#4a5568} dd{margin:0} footer{padding:10px 20px;color:#718096;font-size:12px}
+.warnings{background:#fefcbf;border:1px solid #d69e2e;padding:6px 12px;margin-bottom:12px;font-size:13px}
+.warnings ul{margin:4px 0 0;padding-left:20px} .ignored{background:#e9d8fd}
 """
 
 NAV = (("/studies", "Studies"), ("/summary", "Daily summary"), ("/deliveries", "Deliveries"),
@@ -134,7 +136,16 @@ def _filter_form(action: str, query: Mapping[str, str], *, statuses: Sequence[st
     return f'<form class="filters" method="get" action="{action}">{"".join(parts)}</form>'
 
 
-def studies_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str) -> str:
+def warnings_banner(warnings: Sequence[str]) -> str:
+    """The node's configuration warnings as a banner list (empty when there are none)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    return f'<div class="warnings" role="status"><strong>Configuration warnings</strong><ul>{items}</ul></div>'
+
+
+def studies_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str,
+                 warnings: Sequence[str] = ()) -> str:
     head = ("<tr><th>Study</th><th>Description</th><th>Sender</th><th>Last received</th><th>Joint</th>"
             "<th>Status</th><th>Findings present</th><th>Model</th><th>Turnaround</th><th>Deliveries</th></tr>")
     lines = []
@@ -150,7 +161,8 @@ def studies_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, us
             f'<td class="num">{_seconds(r["turnaround_seconds"])}</td><td class="num">{_delivery_counts(r)}</td>'
             '</tr>')
     empty = '<tr><td colspan="10" class="muted">No studies match.</td></tr>'
-    body = (f'<h1>Studies</h1>{_filter_form("/studies", query, statuses=STATUSES, joints=True, ae=True)}'
+    body = (f'{warnings_banner(warnings)}<h1>Studies</h1>'
+            f'{_filter_form("/studies", query, statuses=STATUSES, joints=True, ae=True)}'
             f'<p class="muted">{len(rows)} studies</p><table>{head}{"".join(lines) or empty}</table>')
     return page("Studies", body, user=user)
 

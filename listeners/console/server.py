@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -91,8 +91,12 @@ def redirect(location: str, headers: Mapping[str, str] | None = None) -> Respons
 class Console:
     """What the console answers, independent of the HTTP plumbing."""
 
-    def __init__(self, settings: ConsoleSettings, session_factory: sessionmaker[Session], audit: AuditTrail) -> None:
+    def __init__(self, settings: ConsoleSettings, session_factory: sessionmaker[Session], audit: AuditTrail, *,
+                 warnings: Sequence[str] = ()) -> None:
+        """``warnings``: the node's configuration warnings (``audit.status.configuration_warnings``), shown
+        on the studies page, where an administrator looks first."""
         self._settings = settings
+        self._warnings = tuple(warnings)
         self._session_factory = session_factory
         self._audit = audit
         self._users = dict(parse_user(entry) for entry in settings.users)
@@ -133,7 +137,7 @@ class Console:
             rows = q.list_studies(self._session_factory, _filters(query))
             if csv:
                 return _csv(q.to_csv(rows, q.STUDY_COLUMNS), "studies.csv")
-            return Response(200, pages.studies_page(rows, _kept(query), user=user))
+            return Response(200, pages.studies_page(rows, _kept(query), user=user, warnings=self._warnings))
         if base == "/deliveries":
             rows = q.list_deliveries(self._session_factory, _filters(query))
             if csv:

@@ -118,8 +118,9 @@ class Node:
         """The admin console and the metrics / health endpoint, each on its own port when enabled."""
         console, metrics = self.settings.console, self.settings.metrics
         if console.enabled:
-            self.console = ConsoleServer(Console(console, self.session_factory, self.audit), console.host,
-                                         console.port)
+            self.console = ConsoleServer(Console(console, self.session_factory, self.audit,
+                                                 warnings=configuration_warnings(self.settings)),
+                                         console.host, console.port)
             self.console.start()
         if metrics.enabled:
             collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),

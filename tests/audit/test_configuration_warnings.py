@@ -6,6 +6,7 @@ import logging
 
 import requests
 
+from listeners.console.pages import warnings_banner
 from listeners.console.passwords import hash_password
 from ortho_node.audit.status import configuration_warnings, is_loopback
 
@@ -42,3 +43,17 @@ def test_warnings_at_start_up_and_on_healthz(start_node, caplog):
     assert report["healthy"]  # a warning does not make the node unhealthy
     assert [w.split(":")[0] for w in report["warnings"]] == ["no destination configured",
                                                               "any calling AE title is accepted on 0.0.0.0"]
+
+
+def test_warnings_on_the_console_main_page(start_node):
+    password = "long enough password"
+    node = start_node(**{"console.enabled": True, "console.port": 0,
+                         "console.users": [f"admin:{hash_password(password)}"]})
+    console = requests.Session()
+    login = console.post(f"http://127.0.0.1:{node.console.port}/login", data={"user": "admin", "password": password},
+                         timeout=10)
+    assert login.status_code == 200 and login.url.endswith("/studies")
+    banner = login.text.split('<div class="warnings" role="status">', 1)[1].split("</div>", 1)[0]
+    assert "<li>no destination configured: studies are analysed but their results are delivered nowhere" in banner
+    assert banner.count("<li>") == len(configuration_warnings(node.settings)) == 1
+    assert warnings_banner([]) == "" and "&lt;b&gt;" in warnings_banner(["<b>"])
