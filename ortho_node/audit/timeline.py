@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 class Step(str, enum.Enum):
     FIRST_RECEIVED = "first_received"  # synthesized from the study row by the queries, never stored
     LAST_RECEIVED = "last_received"  # idem
+    IGNORED = "ignored"  # idem, from instances.ignored_by: a series an accept rule kept out of analysis
     WAITING = "waiting"  # not ready yet: what the study waits for and until when (the completeness timer)
     READY = "ready"  # completeness decided, a job queued (reason in the detail)
     REQUESTED = "requested"  # queued on request (ortho-node reprocess)

@@ -344,17 +344,23 @@ def _job(job: Job) -> dict[str, Any]:
 
 def study_timeline(session_factory: sessionmaker[Session], study_instance_uid: str) -> list[dict[str, Any]] | None:
     """The study's timeline in the order it happened (None when the study is not stored): first and last
-    instance received, then every recorded step."""
+    instance received, each series an accept rule kept out of analysis, then every recorded step."""
     with session_factory() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
         if study is None:
             return None
         rows = session.scalars(select(TimelineEntry).where(TimelineEntry.study_instance_uid == study_instance_uid)
                                .order_by(TimelineEntry.id)).all()
+        ignored = ignored_by_series(session, [study.id]).get(study.id, {})
+        ignored_series = session.scalars(select(Series).where(Series.id.in_([i for i, r in ignored.items() if r]))
+                                         .order_by(Series.first_received_at)).all()
     entries = [{"at": as_utc(study.first_received_at), "step": Step.FIRST_RECEIVED.value, "job_id": None,
                 "detail": "first instance received", "data": None},
                {"at": as_utc(study.last_received_at), "step": Step.LAST_RECEIVED.value, "job_id": None,
                 "detail": "last instance received", "data": None}]
+    entries += [{"at": as_utc(s.first_received_at), "step": Step.IGNORED.value, "job_id": None,
+                 "detail": f"series {s.series_instance_uid} {ignored_reason(ignored[s.id])}: stored, not analysed",
+                 "data": {"accept_rule": ignored[s.id]}} for s in ignored_series]
     entries += [{"at": as_utc(r.at), "step": r.step, "job_id": r.job_id, "detail": r.detail, "data": r.data}
                 for r in rows]
     return entries

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ortho_node.app.cli.main import main as cli
 from ortho_node.app.node import Node
-from ortho_node.audit.views import Filters, list_studies, study_inventory
+from ortho_node.audit.views import Filters, list_studies, study_inventory, study_timeline
 from ortho_node.config import load_settings
 from ortho_node.db.models import AuditEvent, Instance, Job, Series, Study
 from ortho_node.intake.header import InstanceHeader
@@ -66,10 +66,10 @@ def accept_node(tmp_path):
     so that a study is queued within seconds."""
     nodes = []
 
-    def start(kind: str) -> Node:
+    def start(kind: str, *, workers: int = 1) -> Node:
         config = tmp_path / "node.toml"
         config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nmin_free_mb = 0\nfsync = false\n'
-                          '[dicom]\nhost = "127.0.0.1"\nport = 0\n'
+                          f'[dicom]\nhost = "127.0.0.1"\nport = 0\nworkers = {workers}\n'
                           '[scheduling]\nquiet_period = 0.3\nlong_timeout = 0.6\nsettle_time = 0.2\n'
                           f'poll_interval = 0.5\n{RULES[kind]}')
         node = Node(load_settings(config, environ={}))
@@ -136,6 +136,11 @@ def test_ignored_ct_is_stored_and_recorded_never_queued_while_the_mr_is(accept_n
     with redirect_stdout(io.StringIO()) as out:
         assert cli(["studies", "--config", str(node.config_file)]) == 0
     assert "ignored by accept rule 'no-ct': stored, not analysed" in out.getvalue()
+    ignored_steps = [e for e in study_timeline(node.session_factory, ct_uid) if e["step"] == "ignored"]
+    series_uid = inventory[ct_uid]["series"][0]["series_instance_uid"]
+    assert [e["detail"] for e in ignored_steps] == [
+        f"series {series_uid} ignored by accept rule 'no-ct': stored, not analysed"]
+    assert not [e for e in study_timeline(node.session_factory, mr_uid) if e["step"] == "ignored"]
     # A restart does not queue it either (start-up recovery watches only analysable instances).
     assert all(uid != ct_uid for uid, _ in node.scheduler.queue.unprocessed_studies())
 
@@ -190,3 +195,15 @@ def test_refused_by_content_gets_c230_audited_without_patient_identifiers(accept
     assert any("0xC230 (refused by accept rule 'no-ankles') from MODALITY1" in m for m in logged)
     assert not any(PATIENT_NAME in m or PATIENT_ID in m or "PHIPATIENT" in m for m in logged)
     wait_for(lambda: jobs_of(node, mr_uid))
+
+
+def test_storage_worker_processes_apply_the_rules(accept_node, tmp_path):
+    node = accept_node("refuse-content", workers=2)  # associations run in spawned processes
+    ct_uid, ct_files = ankle_ct(tmp_path, slices=1)
+    mr_uid, mr_files = knee_mr(tmp_path, slices=2)
+    refused, accepted = storescu(node, ct_files), storescu(node, mr_files)
+    assert refused.returncode != 0 and "CannotUnderstand" in refused.stdout + refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    assert stored(node, ct_uid) == [] and len(stored(node, mr_uid)) == 2
+    [event] = events(node, "instance_rejected")
+    assert event.details == {"status": 0xC230, "accept_rule": "no-ankles"}
