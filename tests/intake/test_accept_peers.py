@@ -12,7 +12,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 from sqlalchemy import select
 
 from ortho_node.app.cli.main import main as cli
@@ -57,6 +58,8 @@ RULES = {
     "ignore": '[[accept.rules]]\nname = "no-ct"\naction = "ignore"\nmodalities = ["CT"]\n',
     "refuse-class": '[[accept.rules]]\nname = "no-ct"\naction = "refuse"\nsop_classes = ["CTImageStorage"]\n',
     "refuse-content": '[[accept.rules]]\nname = "no-ankles"\naction = "refuse"\nbody_parts = ["*ankle*"]\n',
+    "mr-only": '[accept]\ndefault = "refuse"\n'
+               '[[accept.rules]]\nname = "mr"\naction = "analyse"\nsop_classes = ["MRImageStorage"]\n',
 }
 
 
@@ -207,3 +210,28 @@ def test_storage_worker_processes_apply_the_rules(accept_node, tmp_path):
     assert stored(node, ct_uid) == [] and len(stored(node, mr_uid)) == 2
     [event] = events(node, "instance_rejected")
     assert event.details == {"status": 0xC230, "accept_rule": "no-ankles"}
+
+
+def test_an_allow_list_rejects_every_other_class_and_still_answers_echo(accept_node, tmp_path):
+    node = accept_node("mr-only")
+    ct_uid, ct_files = ankle_ct(tmp_path, slices=1)
+    mr_uid, mr_files = knee_mr(tmp_path, slices=2)
+    echo = subprocess.run([dcmtk("echoscu"), "-aec", "ORTHODIFF", "127.0.0.1", str(node.scp.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr  # Verification is not a stored instance: rules leave it alone
+    refused, accepted = storescu(node, ct_files), storescu(node, mr_files)
+    assert refused.returncode != 0 and accepted.returncode == 0, accepted.stderr
+    assert stored(node, ct_uid) == [] and len(stored(node, mr_uid)) == 2
+    rejected = events(node, "presentation_contexts_rejected")[0].details["sop_classes"]
+    assert rejected[CTImageStorage] == "accept.default" and MRImageStorage not in rejected
+
+
+def test_files_indexed_at_start_up_follow_the_rules(accept_node, tmp_path):
+    node = accept_node("ignore")
+    ct_uid, [ct_file] = ankle_ct(tmp_path, slices=1)
+    ds = dcmread(ct_file)
+    # As after a crash between the file's rename and its row's commit.
+    node.store.write(node.store.relative_path(ct_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID), ct_file.read_bytes())
+    assert node.recovery.recover_unrecorded_files() == 1
+    assert [row.ignored_by for row in stored(node, ct_uid)] == ["no-ct"]
+    assert all(uid != ct_uid for uid, _ in node.scheduler.queue.unprocessed_studies())
