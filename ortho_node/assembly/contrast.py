@@ -23,12 +23,14 @@ class Weighting(str, enum.Enum):
 #: TE (ms) each weighting is best read at; picks one echo of a multi-echo series.
 _IDEAL_ECHO_TIME = {Weighting.PD: 30.0, Weighting.T2: 80.0, Weighting.T1: 12.0, Weighting.T2_STAR: 15.0}
 _FAT_SUPPRESSION_WORDS = {"FS", "FATSAT", "FAT_SAT", "SPAIR", "SPIR", "STIR", "TIRM", "FSAT", "SPECIAL",
-                          "WATER", "CHESS"}
-_FAT_SUPPRESSION_OPTIONS = {"FS", "SFS", "FAT_SAT", "FSS", "SP_GEMS_FS", "FSP_GEMS"}
+                          "WATER", "CHESS", "WE"}  # WE: water(-selective) excitation, e.g. "DESS WE"
+_FAT_SUPPRESSION_OPTIONS = {"FS", "SFS", "FAT_SAT", "FSS", "SP_GEMS_FS", "FSP_GEMS", "WE"}
 _WEIGHTING_WORDS = {"PD": Weighting.PD, "DP": Weighting.PD, "PDW": Weighting.PD, "INTERMEDIATE": Weighting.PD,
                     "T1": Weighting.T1, "T1W": Weighting.T1, "T2": Weighting.T2, "T2W": Weighting.T2,
                     "STIR": Weighting.T2, "TIRM": Weighting.T2, "MEDIC": Weighting.T2_STAR,
-                    "T2*": Weighting.T2_STAR, "T2STAR": Weighting.T2_STAR, "MERGE": Weighting.T2_STAR}
+                    "T2*": Weighting.T2_STAR, "T2STAR": Weighting.T2_STAR, "MERGE": Weighting.T2_STAR,
+                    # double echo steady state: a gradient echo with bright fluid and cartilage (T2/T1-like)
+                    "DESS": Weighting.T2_STAR}
 _TOKEN = re.compile(r"[A-Z0-9*]+")
 
 

@@ -14,6 +14,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 import ortho_node
 from ortho_node.synthetic.protocol import PROTOCOLS
 from ortho_node.synthetic.generator import SyntheticSeries, SyntheticStudy
+from ortho_node.synthetic.render import SequenceParams
 
 MANUFACTURER = "OrthoDiffusion Node"
 MODEL_NAME = "Synthetic MSK MRI"
@@ -65,6 +66,24 @@ def _study_header(study: SyntheticStudy) -> Dataset:
     return ds
 
 
+def _sequence_header(ds: Dataset, seq: SequenceParams) -> None:
+    """Scanning sequence, variant, options and name: fast spin echo, or the steady-state gradient echo."""
+    if seq.weighting.gradient_echo:
+        # DESS: a gradient echo in steady state, FID (SS) and time-reversed echo (TRSS), water-only excitation
+        # (Siemens writes WE among the scan options). Geometry stays the protocol's multi-slice one.
+        ds.ScanningSequence = "GR"
+        ds.SequenceVariant = ["SS", "TRSS"]
+        ds.ScanOptions = ["WE"] if seq.weighting.fat_suppressed else ""
+        ds.MRAcquisitionType = "2D"
+        ds.SequenceName = "de2d1"
+        return
+    ds.ScanningSequence = "SE"
+    ds.SequenceVariant = ["SK", "SP"]
+    ds.ScanOptions = ["FS"] if seq.weighting.fat_suppressed else ""
+    ds.MRAcquisitionType = "2D"
+    ds.SequenceName = f"tse2d1_{seq.echo_train_length}"
+
+
 def _series_header(ds: Dataset, study: SyntheticStudy, series: SyntheticSeries) -> None:
     geometry, seq = series.geometry, series.sequence
     ds.SeriesInstanceUID = series.uid
@@ -75,11 +94,7 @@ def _series_header(ds: Dataset, study: SyntheticStudy, series: SyntheticSeries) 
     ds.SeriesTime = f"0930{series.number:02d}"
     ds.AcquisitionNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-    ds.ScanningSequence = "SE"
-    ds.SequenceVariant = ["SK", "SP"]
-    ds.ScanOptions = ["FS"] if seq.weighting.fat_suppressed else ""
-    ds.MRAcquisitionType = "2D"
-    ds.SequenceName = f"tse2d1_{seq.echo_train_length}"
+    _sequence_header(ds, seq)
     ds.RepetitionTime = _ds(seq.repetition_time, 1)
     ds.EchoTime = _ds(seq.echo_time, 2)
     ds.EchoTrainLength = seq.echo_train_length
@@ -88,7 +103,7 @@ def _series_header(ds: Dataset, study: SyntheticStudy, series: SyntheticSeries) 
     ds.ImagingFrequency = _ds(seq.imaging_frequency, 6)
     ds.ImagedNucleus = "1H"
     ds.MagneticFieldStrength = _ds(seq.field_strength, 1)
-    ds.FlipAngle = "150"
+    ds.FlipAngle = _ds(seq.flip_angle, 1)
     ds.SliceThickness = _ds(geometry.slice_thickness, 3)
     ds.SpacingBetweenSlices = _ds(geometry.slice_spacing, 3)
     ds.PixelSpacing = _vector(np.array([geometry.pixel_spacing, geometry.pixel_spacing]), 6)

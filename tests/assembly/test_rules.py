@@ -31,6 +31,10 @@ def test_bad_orientation_rejected(values, message):
     (SequenceFacts(echo_time=90.0, repetition_time=4000.0, scan_options="FS"), "T2 FS"),
     (SequenceFacts(echo_time=12.0, repetition_time=550.0), "T1"),
     (SequenceFacts(scanning_sequence="IR", inversion_time=160.0, echo_time=40.0, repetition_time=5000.0), "T2 FS"),
+    (SequenceFacts("SAG DESS WE", scanning_sequence="GR", scan_options="WE", echo_time=5.0, repetition_time=17.0,
+                   flip_angle=25.0), "T2* FS"),
+    (SequenceFacts("sag_3d_dess_we"), "T2* FS"),
+    (SequenceFacts(echo_time=5.0, repetition_time=3000.0, scan_options="WE"), "PD FS"),
 ])
 def test_sequence_characterization(facts, label):
     assert characterize(facts).label == label
