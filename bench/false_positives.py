@@ -26,30 +26,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.model_args import add_model_arguments, cpu_predictor  # noqa: E402
 from ortho_node.assembly.study import AssembledStudy  # noqa: E402
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint  # noqa: E402
-from ortho_node.synthetic import SequencePreset, generate_randomized_study, generate_study  # noqa: E402
+from ortho_node.synthetic import StudyContrast, generate_contrast_study  # noqa: E402
 from ortho_node.training.taskdata import assembled_from_synthetic, rendering_pool  # noqa: E402
 
 FIRST_SEED = 970_000
 #: The contrasts the normal studies cycle through: the protocol's (PD/T2 with fat suppression), two presets
 #: no knee protocol uses, and the randomised render.
-CONTRASTS = ("protocol", "T1", "T2 no FS", "randomised")
+CONTRASTS = (StudyContrast.PROTOCOL, StudyContrast.T1, StudyContrast.T2, StudyContrast.RANDOMISED)
 LABELS = DIAGNOSIS_LABELS[Joint.KNEE]
 
 
-def normal_study(seed: int, contrast: str) -> AssembledStudy:
+def normal_study(seed: int, contrast: StudyContrast) -> AssembledStudy:
     """A knee without findings (``findings=None``), rendered with ``contrast``, as assembly delivers it."""
-    common = dict(findings=None, scene_spacing=1.0)
-    if contrast == "randomised":
-        study = generate_randomized_study(Joint.KNEE, seed, **common)
-    else:
-        weighting = {"protocol": None, "T1": SequencePreset.T1, "T2 no FS": SequencePreset.T2}[contrast]
-        study = generate_study(Joint.KNEE, seed, weighting=weighting, **common)
+    study = generate_contrast_study(Joint.KNEE, seed, contrast, findings=None, scene_spacing=1.0)
     if any(study.diagnosis.values()):
         raise RuntimeError(f"seed {seed}: a normal study holds findings {study.diagnosis}")
     return assembled_from_synthetic(study)
 
 
-def normal_studies(count: int, first_seed: int, workers: int) -> Iterator[tuple[str, AssembledStudy]]:
+def normal_studies(count: int, first_seed: int, workers: int) -> Iterator[tuple[StudyContrast, AssembledStudy]]:
     """(contrast, study) of ``count`` seeds, the contrasts in turn, rendered by ``workers`` processes."""
     seeds = range(first_seed, first_seed + count)
     contrasts = [CONTRASTS[i % len(CONTRASTS)] for i in range(count)]
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_promise(card))
     print("thresholds: " + ", ".join(f"{label} {card.threshold(Joint.KNEE, label):.3f}" for label in LABELS))
     started = time.perf_counter()
-    called: dict[str, list[np.ndarray]] = {c: [] for c in CONTRASTS}
+    called: dict[StudyContrast, list[np.ndarray]] = {c: [] for c in CONTRASTS}
     for contrast, study in normal_studies(args.studies, args.first_seed, args.workers):
         findings = predictor.predict(study).findings
         called[contrast].append(np.array([f.present for f in findings]))
@@ -96,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             stacked = np.array(rows)
             worst = ", ".join(f"{LABELS[k]} {stacked[:, k].mean():.2f}" for k in np.argsort(-stacked.sum(0))[:3]
                               if stacked[:, k].any())
-            print(f"  {contrast:<10} {len(rows):4d} studies: {stacked.sum(1).mean():.3f} per study"
+            print(f"  {contrast.label:<10} {len(rows):4d} studies: {stacked.sum(1).mean():.3f} per study"
                   + (f" (most: {worst})" if worst else ""))
     return 0
 

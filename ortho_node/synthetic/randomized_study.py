@@ -9,6 +9,7 @@ series keeps a valid geometry (its DICOM header describes where the pixels are).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from ortho_node.synthetic.acquisition import SeriesGeometry
 from ortho_node.synthetic.deformation import Deformation
 from ortho_node.synthetic.protocol import PROTOCOLS
 from ortho_node.synthetic.randomization import RandomizedAppearance, render_randomized
+from ortho_node.synthetic.render import SequencePreset
 from ortho_node.synthetic.scene import Scene
 from ortho_node.synthetic.structures import ground_truth_lut
 from ortho_node.synthetic.generator import PLANE_ABBREVIATION, SyntheticSeries, SyntheticStudy, generate_study, stream
@@ -178,3 +180,37 @@ def generate_randomized_study(joint: Joint | str, seed: int, *, variant: int = 0
     generate_kwargs.pop("keep_scene", None)
     study = generate_study(joint, seed, keep_scene=True, **generate_kwargs)
     return randomize_study(study, variant, appearance)
+
+
+class StudyContrast(str, enum.Enum):
+    """How a study of a seed is rendered for the benches' contrast sweeps: the joint protocol's own weightings,
+    one realistic preset on every plane (presets no protocol uses), or the SynthSeg-style randomised render."""
+
+    PROTOCOL = "protocol"
+    T1 = "T1"
+    T2 = "T2"  # without fat suppression
+    DESS = "DESS"  # double echo steady state, water excitation
+    RANDOMISED = "randomised"
+
+    @property
+    def preset(self) -> SequencePreset | None:
+        """The preset every plane gets; None for the protocol's weightings and the randomised render."""
+        return {StudyContrast.T1: SequencePreset.T1, StudyContrast.T2: SequencePreset.T2,
+                StudyContrast.DESS: SequencePreset.DESS_WE}.get(self)
+
+    @property
+    def label(self) -> str:
+        """For a printed table: 'protocol', 'T1', 'T2 no FS', 'DESS WE', 'randomised'."""
+        return {StudyContrast.T2: "T2 no FS", StudyContrast.DESS: "DESS WE"}.get(self, self.value)
+
+
+def generate_contrast_study(joint: Joint | str, seed: int, contrast: StudyContrast | str,
+                            **generate_kwargs: Any) -> SyntheticStudy:
+    """``generate_study(joint, seed, **generate_kwargs)`` rendered with ``contrast``: the same anatomy, findings
+    and series geometry for every contrast but the randomised one (which also deforms and re-plans the series)."""
+    contrast = StudyContrast(contrast)
+    if contrast is StudyContrast.RANDOMISED:
+        return generate_randomized_study(joint, seed, **generate_kwargs)
+    if contrast is not StudyContrast.PROTOCOL:
+        generate_kwargs["weighting"] = contrast.preset
+    return generate_study(joint, seed, **generate_kwargs)
