@@ -21,17 +21,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('studies', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('keep', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column('keep_reason', sa.String(length=128), nullable=True))
-        batch_op.add_column(sa.Column('instances_purged_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('purge_reason', sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column('results_purged_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('purge_claimed_at', sa.DateTime(timezone=True), nullable=True))
-    with op.batch_alter_table('study_results', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('superseded_by', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('files_removed_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('files_removed_reason', sa.String(length=32), nullable=True))
+    # Plain ADD COLUMN (in place on SQLite too): a batch operation would rebuild ``studies``, and dropping the old
+    # table fails on an existing archive (series rows reference it, foreign keys on), besides copying every row.
+    op.add_column('studies', sa.Column('keep', sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column('studies', sa.Column('keep_reason', sa.String(length=128), nullable=True))
+    op.add_column('studies', sa.Column('instances_purged_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('studies', sa.Column('purge_reason', sa.Text(), nullable=True))
+    op.add_column('studies', sa.Column('results_purged_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('studies', sa.Column('purge_claimed_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('study_results', sa.Column('superseded_by', sa.Integer(), nullable=True))
+    op.add_column('study_results', sa.Column('files_removed_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('study_results', sa.Column('files_removed_reason', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
