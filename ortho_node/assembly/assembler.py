@@ -47,9 +47,11 @@ class Assembler:
             study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
             if study is None:
                 raise StudyNotFound(study_uid)
-            # Instances an accept rule ignored are kept out of analysis, and series left without any with them.
+            # Instances an accept rule ignored are kept out of analysis, and series left without any with them;
+            # so are those whose files the purger deleted (a study received again after a purge: what is on disk).
             instances = session.scalars(select(Instance).join(Series).where(Series.study_id == study.id,
-                                                                            Instance.ignored_by.is_(None))
+                                                                            Instance.ignored_by.is_(None),
+                                                                            Instance.purged_at.is_(None))
                                         .order_by(Instance.id)).all()
             analysed = {row.series_id for row in instances}
             series_rows = [s for s in session.scalars(select(Series).where(Series.study_id == study.id)

@@ -57,6 +57,7 @@ class Step(str, enum.Enum):
     DELIVERY_RESEND = "delivery_resend"
     INSTANCES_PURGED = "instances_purged"  # received instances deleted; why, how many files and bytes
     RESULTS_PURGED = "results_purged"
+    RECEIVED_AFTER_PURGE = "received_after_purge"  # instances after a purge: the purge mark cleared
     RESULTS_SUPERSEDED = "results_superseded"  # an earlier job's result files deleted (a newer set replaces them)
     KEEP_SET = "keep_set"
     KEEP_CLEARED = "keep_cleared"

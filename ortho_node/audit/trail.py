@@ -47,6 +47,7 @@ class AuditKind(str, enum.Enum):
     RESULTS_PURGED = "results_purged"  # a study's result objects deleted (retention.results_days)
     RESULTS_SUPERSEDED = "results_superseded"  # an earlier job's result files deleted, a newer set replaces them
     PURGE_SHORT = "purge_short"  # free space below the watermark and nothing more may be deleted
+    RECEIVED_AFTER_PURGE = "received_after_purge"  # a purged study's new instance cleared its purge mark
     STUDY_KEEP_SET = "study_keep_set"  # marked to keep: never purged
     STUDY_KEEP_CLEARED = "study_keep_cleared"
 

@@ -108,6 +108,8 @@ class Instance(Base):
     calling_ae: Mapped[str | None] = mapped_column(AE)
     # The accept rule ([accept]) that keeps it out of analysis; NULL: analysed.
     ignored_by: Mapped[str | None] = mapped_column(String(64))
+    # When the purger (ortho_node.retention) deleted its file; NULL: on disk. A re-sent instance clears it.
+    purged_at: Mapped[dt.datetime | None]
 
     modality: Mapped[str | None] = mapped_column(String(16))
     instance_number: Mapped[int | None]

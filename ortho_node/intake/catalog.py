@@ -2,17 +2,26 @@
 
 Core statements (not the ORM unit of work) and a cache of known series keep a new instance to one short
 transaction: insert the instance, bump the series count, touch the study.
+
+A study whose received instances the purger deleted (``ortho_node.retention``) is analysable again from what
+arrives after the purge: the first new instance clears the study's purge mark (its history keeps the purge), and
+a re-sent instance whose file was purged brings its row back (``instances.purged_at`` cleared, the new file's
+facts recorded) instead of counting as a duplicate.
 """
 
 from __future__ import annotations
 
 import threading
 
+import datetime as dt
+
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ortho_node.audit.timeline import Step
+from ortho_node.audit.trail import AuditKind, Severity
 from ortho_node.clock import utcnow
-from ortho_node.db.models import Instance, Series, Study
+from ortho_node.db.models import AuditEvent, Instance, Series, Study, TimelineEntry
 from ortho_node.intake.header import InstanceHeader
 
 
@@ -20,8 +29,12 @@ from ortho_node.intake.header import InstanceHeader
 _INSERT_INSTANCE = insert(Instance)
 _BUMP_SERIES = update(Series).where(Series.id == bindparam("sid")).values(
     instance_count=Series.instance_count + 1, last_received_at=bindparam("now"))
-_TOUCH_STUDY = update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
-_STORED_PATH = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"))
+# Returns the study's purge mark in the same statement: the hot path pays nothing for the purge check.
+_TOUCH_STUDY = (update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
+                .returning(Study.instances_purged_at, Study.study_instance_uid))
+_STORED_PATH = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"),
+                                                Instance.purged_at.is_(None))
+_RECORDED = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
 
 
 class Catalog:
@@ -31,6 +44,7 @@ class Catalog:
         self._lock = threading.Lock()
 
     def stored_path(self, sop_instance_uid: str) -> str | None:
+        """The data-folder-relative file of a stored instance; None when unknown or purged."""
         with self.engine.connect() as connection:
             return connection.scalar(_STORED_PATH, {"uid": sop_instance_uid})
 
@@ -39,7 +53,7 @@ class Catalog:
         """Insert the instance row (creating study and series rows as needed) in one transaction;
         ``ignored_by``: the accept rule that keeps it out of analysis.
 
-        Raises ``IntegrityError`` if the SOP Instance UID is already recorded.
+        Raises ``IntegrityError`` if the SOP Instance UID is already recorded (and its file not purged).
         """
         values = dict(sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
                       transfer_syntax_uid=transfer_syntax_uid, file_path=path, file_size=size, sha256=sha256,
@@ -48,8 +62,11 @@ class Catalog:
         try:
             self._record(header, values)
         except IntegrityError:
-            if self.stored_path(header.sop_uid) is not None:
-                raise
+            if self._revive(values):
+                return
+            with self.engine.connect() as connection:
+                if connection.scalar(_RECORDED, {"uid": header.sop_uid}) is not None:
+                    raise
             # Another association created the same study or series between our look-up and insert.
             self._record(header, values)
 
@@ -59,9 +76,46 @@ class Catalog:
             study_id, series_id = self._ids(connection, header, now)
             connection.execute(_INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values})
             connection.execute(_BUMP_SERIES, {"sid": series_id, "now": now})
-            connection.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
+            self._touch_study(connection, study_id, now)
         with self._lock:  # only committed rows are cached
             self._series_ids[header.series_uid] = (study_id, series_id)
+
+    def _revive(self, values: dict) -> bool:
+        """A re-sent instance whose file the purger deleted: its row takes the new file and is on disk again
+        (the series count stays: the row was counted). False when its row is not purged."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            series_id = connection.execute(
+                update(Instance).where(Instance.sop_instance_uid == values["sop_instance_uid"],
+                                       Instance.purged_at.is_not(None))
+                .values(**values, received_at=now, purged_at=None).returning(Instance.series_id)).scalar()
+            if series_id is None:
+                return False
+            study_id = connection.scalar(select(Series.study_id).where(Series.id == series_id))
+            connection.execute(update(Series).where(Series.id == series_id).values(last_received_at=now))
+            self._touch_study(connection, study_id, now)
+        return True
+
+    @staticmethod
+    def _touch_study(connection: Connection, study_id: int, now: dt.datetime) -> None:
+        """The study's last arrival; the first instance after a purge also clears its purge mark, so that it
+        is analysable (and purgeable) again from what is on disk now; the purge stays in its history."""
+        purged_at, study_uid = connection.execute(_TOUCH_STUDY, {"sid": study_id, "now": now}).one()
+        if purged_at is None:
+            return
+        cleared = connection.execute(update(Study).where(Study.id == study_id, Study.instances_purged_at.is_not(None))
+                                     .values(instances_purged_at=None, purge_reason=None)).rowcount
+        if cleared != 1:  # another association cleared it first
+            return
+        message = ("instances received after the purge of its earlier ones: purge mark cleared, analysable from "
+                   "the instances stored now")
+        details = {"instances_purged_at": purged_at.isoformat() if isinstance(purged_at, dt.datetime) else None}
+        connection.execute(insert(AuditEvent).values(
+            at=now, kind=AuditKind.RECEIVED_AFTER_PURGE.value, severity=Severity.INFO.value, message=message,
+            study_instance_uid=study_uid, details=details))
+        connection.execute(insert(TimelineEntry).values(
+            study_instance_uid=study_uid, at=now, step=Step.RECEIVED_AFTER_PURGE.value, detail=message,
+            data=details))
 
     def _ids(self, connection: Connection, header: InstanceHeader, now) -> tuple[int, int]:
         with self._lock:

@@ -78,9 +78,10 @@ class Recovery:
         return marker == self._state()
 
     def recover_unrecorded_files(self) -> int:
-        """Index complete files that lack a row (a crash between rename and commit)."""
+        """Index complete files that lack a row (a crash between rename and commit), or whose row says the purger
+        deleted them (an instance re-sent after a purge, its row not brought back yet)."""
         with self._session_factory() as session:
-            known = set(session.scalars(select(Instance.file_path)))
+            known = set(session.scalars(select(Instance.file_path).where(Instance.purged_at.is_(None))))
         recovered = 0
         for path in self._store.iter_instance_files():
             relative = path.relative_to(self._store.data_dir).as_posix()

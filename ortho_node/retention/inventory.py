@@ -19,12 +19,15 @@ def study_facts(session: Session) -> list[StudyFacts]:
     """Every study with instances or results still on disk, oldest first."""
     studies = session.execute(
         select(Study.id, Study.study_instance_uid, Study.keep, Study.instances_purged_at, Study.results_purged_at,
-               Study.first_received_at)
+               Study.first_received_at, Study.last_received_at)
         .where(or_(Study.instances_purged_at.is_(None), Study.results_purged_at.is_(None)))
         .order_by(Study.first_received_at, Study.id)).all()
+    on_disk = Instance.purged_at.is_(None)  # files and bytes: of the instances not purged yet
     instances = {row.study_id: row for row in session.execute(
-        select(Series.study_id, func.max(Instance.id).label("newest"), func.count(Instance.id).label("files"),
-               func.coalesce(func.sum(Instance.file_size), 0).label("bytes"))
+        select(Series.study_id, func.max(Instance.id).label("newest"),
+               func.max(case((Instance.ignored_by.is_(None), Instance.id))).label("newest_analysed"),
+               func.coalesce(func.sum(case((on_disk, 1), else_=0)), 0).label("files"),
+               func.coalesce(func.sum(case((on_disk, Instance.file_size), else_=0)), 0).label("bytes"))
         .join(Instance, Instance.series_id == Series.id).group_by(Series.study_id))}
     jobs = _jobs(session)
     deliveries = _deliveries(session)
@@ -40,8 +43,10 @@ def study_facts(session: Session) -> list[StudyFacts]:
         facts.append(StudyFacts(
             id=study.id, uid=study.study_instance_uid, keep=bool(study.keep),
             instances_purged=study.instances_purged_at is not None, results_purged=study.results_purged_at is not None,
-            first_received_at=study.first_received_at, newest_instance_id=stored.newest if stored else None,
-            instance_files=stored.files if stored else 0, instance_bytes=int(stored.bytes) if stored else 0,
+            first_received_at=study.first_received_at, last_received_at=study.last_received_at,
+            newest_instance_id=stored.newest if stored else None,
+            newest_analysed_id=stored.newest_analysed if stored else None,
+            instance_files=int(stored.files) if stored else 0, instance_bytes=int(stored.bytes) if stored else 0,
             job_state=job.state, jobs_cover=job.covers, job_finished_at=job.finished_at, jobs_active=job.active,
             deliveries_pending=pending, deliveries_failed=failed, last_delivered_at=delivered_at,
             results_on_disk=tuple(sorted(results.get(study.study_instance_uid, ())))))
@@ -87,9 +92,10 @@ def _deliveries(session: Session) -> dict[str, tuple[int, int, dt.datetime | Non
 
 def instance_files(session: Session, study_id: int, newest_instance_id: int) -> list[str]:
     """The data-folder-relative files of a study's instances up to ``newest_instance_id`` (an instance stored
-    after the decision is not the purger's to delete)."""
+    after the decision is not the purger's to delete) not purged already."""
     return list(session.scalars(select(Instance.file_path).join(Series, Instance.series_id == Series.id)
-                                .where(Series.study_id == study_id, Instance.id <= newest_instance_id)))
+                                .where(Series.study_id == study_id, Instance.id <= newest_instance_id,
+                                       Instance.purged_at.is_(None))))
 
 
 def result_paths(session: Session, result_ids: tuple[int, ...] | list[int]) -> dict[int, list[Path]]:

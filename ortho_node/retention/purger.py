@@ -186,6 +186,10 @@ class Purger:
         with self._session_factory.begin() as session:
             session.execute(update(Study).where(Study.id == study.id).values(
                 instances_purged_at=now, purge_reason=f"{rule}: {reason}", purge_claimed_at=None))
+            session.execute(update(Instance).where(
+                Instance.series_id.in_(select(Series.id).where(Series.study_id == study.id)),
+                Instance.id <= study.newest_instance_id, Instance.purged_at.is_(None))
+                .values(purged_at=now).execution_options(synchronize_session=False))
             self._record(session, study.uid, AuditKind.INSTANCES_PURGED, Step.INSTANCES_PURGED, message, details, now)
         report.deletions.append(Deletion(study.uid, Action.INSTANCES.value, reason, len(files), study.instance_bytes))
         return True

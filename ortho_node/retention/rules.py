@@ -3,8 +3,9 @@
 Nothing is deleted of a study marked to keep, one with instances no finished job covers (still receiving,
 queued, running, or failed), or one with a delivery pending or failed. Beyond that, its received instances go
 ``retention.instances_days`` after its results were delivered (after they were built when no destination was
-owed them), or ``retention.unanalysable_days`` after its job was skipped; its result objects go
-``retention.results_days`` after the same moment. Under the watermark the oldest studies past
+owed them), or ``retention.unanalysable_days`` after its job was skipped (after its last arrival when an accept
+rule ignored every instance: no job ever comes); its result objects go ``retention.results_days`` after the same
+moment, never counted from before the study's last instance arrived (one received again after a purge). Under the watermark the oldest studies past
 ``min_keep_hours`` lose their instances first, before their time.
 """
 
@@ -38,7 +39,9 @@ class StudyFacts:
     instances_purged: bool
     results_purged: bool
     first_received_at: dt.datetime
+    last_received_at: dt.datetime | None
     newest_instance_id: int | None  # None: no instance rows
+    newest_analysed_id: int | None  # the newest instance no accept rule ignored; None: an accept rule ignored all
     instance_files: int
     instance_bytes: int
     job_state: str | None  # the newest job's
@@ -51,27 +54,37 @@ class StudyFacts:
     results_on_disk: tuple[int, ...]  # study_results ids whose files were not removed
 
     @property
+    def all_ignored(self) -> bool:
+        """An accept rule ignored every instance: stored, never analysed, no job will come."""
+        return self.newest_instance_id is not None and self.newest_analysed_id is None
+
+    @property
     def done_at(self) -> dt.datetime | None:
-        """When the study's work ended: its last delivery, else its newest job's end (nothing owed)."""
-        times = [as_utc(t) for t in (self.last_delivered_at, self.job_finished_at) if t is not None]
+        """When the study's work ended: its last delivery, else its newest job's end (nothing owed); never
+        before its last instance arrived (a study ignored by an accept rule, or received again after a purge)."""
+        times = [as_utc(t) for t in (self.last_delivered_at, self.job_finished_at, self.last_received_at)
+                 if t is not None]
+        if self.job_state is None and not self.all_ignored:
+            return None
         return max(times) if times else None
 
     @property
     def unanalysable(self) -> bool:
-        return self.job_state == "skipped"
+        return self.job_state == "skipped" or (self.job_state is None and self.all_ignored)
 
 
 def hold_reason(facts: StudyFacts) -> str | None:
     """Why nothing of this study may be deleted now; None when the age rules and the watermark may apply."""
     if facts.keep:
         return "marked to keep"
-    if facts.newest_instance_id is not None and facts.jobs_cover < facts.newest_instance_id:
+    # Instances an accept rule ignored are never processed: only the others wait for a job.
+    if facts.newest_analysed_id is not None and facts.jobs_cover < facts.newest_analysed_id:
         return "not processed yet"
     if facts.jobs_active:
         return "job queued or running"
     if facts.job_state == "failed":  # given up after its attempts: an operator may reprocess it
         return "job failed"
-    if facts.job_state not in DONE_STATES:
+    if facts.job_state not in DONE_STATES and not (facts.job_state is None and facts.all_ignored):
         return "not processed yet"
     if facts.deliveries_pending:
         return "delivery pending"
@@ -90,7 +103,8 @@ def instances_due(facts: StudyFacts, settings: RetentionSettings, now: dt.dateti
     if done is None:  # hold_reason excludes it; kept for the type checker
         return None
     if facts.unanalysable:
-        days, key, what = settings.unanalysable_days, "unanalysable_days", "found unanalysable"
+        days, key = settings.unanalysable_days, "unanalysable_days"
+        what = "ignored by an accept rule" if facts.all_ignored and facts.job_state is None else "found unanalysable"
     else:
         days, key, what = settings.instances_days, "instances_days", "delivered" if facts.last_delivered_at else \
             "processed (nothing to deliver)"

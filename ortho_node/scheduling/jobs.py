@@ -18,12 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.audit.timeline import Step, entry
+from ortho_node.audit.views import ignored_reason
 from ortho_node.clock import RetryPolicy, as_utc
 from ortho_node.config import SchedulingSettings
 from ortho_node.db.models import Instance, Job, Series, Study
 from ortho_node.scheduling.timers import TimeSource
 
 log = logging.getLogger(__name__)
+
+
+class NotAnalysable(Exception):
+    """A study a job could do nothing with: its instances were purged, or an accept rule ignored every one."""
 
 
 class JobState(str, enum.Enum):
@@ -62,13 +67,19 @@ class JobQueue:
 
     def enqueue(self, study_uid: str, reason: str, *, force: bool = False,
                 kind: AuditKind = AuditKind.STUDY_READY) -> int | None:
-        """Queue the study; returns the job id, or None when its instances are already covered."""
+        """Queue the study; returns the job id, or None when its instances are already covered (or none could be
+        analysed). Raises :class:`NotAnalysable` for a ``force``d one with nothing to analyse (why, one line)."""
         now = self._time.now()
         with self._session_factory.begin() as session:
             # Locking the study row serializes enqueues of one study across threads and processes.
             study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid).with_for_update())
             if study is None:
                 raise LookupError(f"study {study_uid} is not stored")
+            refusal = nothing_to_analyse(session, study)
+            if refusal is not None:
+                if force:
+                    raise NotAnalysable(f"study {study_uid} not queued: {refusal}")
+                return None
             newest = session.scalar(select(func.max(Instance.id)).join(Series).where(
                 Series.study_id == study.id, Instance.ignored_by.is_(None)))  # accept rules' ignored: never analysed
             jobs = session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc())).all()
@@ -232,3 +243,21 @@ class JobQueue:
                 .outerjoin(covered, covered.c.study_id == Study.id)
                 .where(newest.c.newest > func.coalesce(covered.c.covered, 0))).all()
         return [(uid, as_utc(at)) for uid, at in rows]
+
+
+def nothing_to_analyse(session: Session, study: Study) -> str | None:
+    """Why a job could do nothing with the study (every instance it would analyse was purged, or an accept
+    rule ignored every one), in one line; None when some instance is on disk and not ignored."""
+    of_study = select(Instance.id).join(Series).where(Series.study_id == study.id)
+    if session.scalar(of_study.where(Instance.ignored_by.is_(None), Instance.purged_at.is_(None)).limit(1)):
+        return None
+    if session.scalar(of_study.where(Instance.ignored_by.is_(None)).limit(1)):
+        when = (f" on {as_utc(study.instances_purged_at):%Y-%m-%d %H:%M} UTC"
+                if study.instances_purged_at is not None else "")
+        why = f" ({study.purge_reason})" if study.purge_reason else ""
+        return f"its received instances were deleted{when}{why}: send the study again to analyse it"
+    rules = sorted(set(session.scalars(select(Instance.ignored_by).join(Series).where(
+        Series.study_id == study.id, Instance.ignored_by.is_not(None)).distinct())))
+    if not rules:
+        return None  # no instance rows at all
+    return f"all instances {' / '.join(ignored_reason(rule) for rule in rules)}: change [accept] first"

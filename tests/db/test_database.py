@@ -54,3 +54,37 @@ def test_node_stores_on_each_database(start_node, database_url, tmp_path):
     [study] = study_inventory(node.session_factory)
     assert study["instance_count"] == 3
     assert study["series"][0]["body_part_examined"] == "KNEE"
+
+
+def test_upgrade_from_0004_keeps_the_rows_and_marks_instances_of_purged_studies(database_url):
+    """0005 (retention), 0006 (accept rules) and 0007 (instance purge marks) over a database holding studies: the
+    rows stay, nothing is kept or ignored, and the instances of a study purged before 0007 are marked purged."""
+    engine = make_engine(database_url)
+    migrations.upgrade(engine, "0004")
+    with engine.begin() as connection:
+        for number in (1, 2):
+            connection.execute(text(
+                "INSERT INTO studies (id, study_instance_uid, first_received_at, last_received_at) "
+                f"VALUES ({number}, '1.2.3.{number}', '2026-01-01 08:00:00+00', '2026-01-01 08:00:00+00')"))
+            connection.execute(text(
+                "INSERT INTO series (id, study_id, series_instance_uid, instance_count, first_received_at, "
+                f"last_received_at) VALUES ({number}, {number}, '1.2.3.{number}.1', 1, '2026-01-01 08:00:00+00', "
+                "'2026-01-01 08:00:00+00')"))
+            connection.execute(text(
+                "INSERT INTO instances (id, series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
+                f"file_path, file_size, sha256, received_at) VALUES ({number}, {number}, '1.2.3.{number}.1.1', "
+                f"'1.2.840.10008.5.1.4.1.1.4', '1.2.840.10008.1.2.1', 'instances/{number}.dcm', 10, 'x', "
+                "'2026-01-01 08:00:00+00')"))
+    migrations.upgrade(engine, "0006")
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT keep, instances_purged_at FROM studies ORDER BY id")).all() == [
+            (False, None), (False, None)]
+        assert connection.execute(text("SELECT ignored_by FROM instances")).all() == [(None,), (None,)]
+        connection.execute(text("UPDATE studies SET instances_purged_at = '2026-02-01 08:00:00+00', "
+                                "purge_reason = 'age' WHERE id = 2"))
+    migrations.upgrade(engine)
+    with engine.connect() as connection:
+        marks = connection.execute(text("SELECT id, purged_at IS NOT NULL FROM instances ORDER BY id")).all()
+    assert [(row[0], bool(row[1])) for row in marks] == [(1, False), (2, True)]
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    engine.dispose()

@@ -46,31 +46,43 @@ class Archive:
     sessions: object
     counter: itertools.count
 
-    def study(self, state: str, *, at: dt.datetime = T0, files: int = 3, file_bytes: int = INSTANCE_BYTES) -> str:
+    def study(self, state: str, *, at: dt.datetime = T0, files: int = 3, file_bytes: int = INSTANCE_BYTES,
+              ignored: int = 0) -> str:
+        """A study in ``state`` (``STATES``, or "ignored": an accept rule ignored every instance, no job) with
+        ``files`` instances, then ``ignored`` more in a CT series an accept rule ignored (after its job)."""
         number = next(self.counter)
         uid = f"1.2.826.0.1.3680043.10.{number}"
         with self.sessions.begin() as session:
             study = Study(study_instance_uid=uid, first_received_at=at, last_received_at=at, keep=state == "kept")
-            series = Series(study=study, series_instance_uid=f"{uid}.1", modality="MR", instance_count=files,
-                            first_received_at=at, last_received_at=at)
-            session.add(series)
-            for index in range(files):
-                sop = f"{uid}.1.{index + 1}"
-                relative = f"instances/{uid}/{uid}.1/{sop}.dcm"
-                path = self.data_dir / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"\0" * file_bytes)
-                session.add(Instance(series=series, sop_instance_uid=sop, sop_class_uid=MR,
-                                     transfer_syntax_uid="1.2.840.10008.1.2.1", file_path=relative,
-                                     file_size=file_bytes, sha256="0" * 64, received_at=at))
+            series = self._series(session, study, f"{uid}.1", files, at,
+                                  ignored_by="no-ct" if state == "ignored" else None, file_bytes=file_bytes)
             session.flush()
             newest = session.scalar(select(Instance.id).where(Instance.series_id == series.id)
                                     .order_by(Instance.id.desc()).limit(1))
             self._work(session, study, uid, newest, state, at)
+            if ignored:
+                self._series(session, study, f"{uid}.2", ignored, at, ignored_by="no-ct", file_bytes=file_bytes)
         return uid
 
+    def _series(self, session, study: Study, series_uid: str, files: int, at: dt.datetime, *,
+                ignored_by: str | None, file_bytes: int) -> Series:
+        series = Series(study=study, series_instance_uid=series_uid, modality="CT" if ignored_by else "MR",
+                        instance_count=files, first_received_at=at, last_received_at=at)
+        session.add(series)
+        for index in range(files):
+            sop = f"{series_uid}.{index + 1}"
+            relative = f"instances/{study.study_instance_uid}/{series_uid}/{sop}.dcm"
+            path = self.data_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\0" * file_bytes)
+            session.add(Instance(series=series, sop_instance_uid=sop, sop_class_uid=MR,
+                                 transfer_syntax_uid="1.2.840.10008.1.2.1", file_path=relative,
+                                 file_size=file_bytes, sha256="0" * 64, received_at=at, ignored_by=ignored_by))
+        session.flush()
+        return series
+
     def _work(self, session, study: Study, uid: str, newest: int, state: str, at: dt.datetime) -> None:
-        if state == "receiving":
+        if state in ("receiving", "ignored"):
             return
         job_state = {"pending": "pending", "running": "running", "failed": "failed", "skipped": "skipped"}.get(
             state, "succeeded")
