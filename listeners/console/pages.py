@@ -153,6 +153,8 @@ def studies_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, us
         findings = (escape(", ".join(r["findings_present"])) if r["findings_present"]
                     else ('none' if r["model_version"] else '<span class="muted">-</span>'))
         reasons = "".join(f'<div class="reason">{escape(x)}</div>' for x in r["failure_reasons"][:3])
+        if r.get("storage"):
+            reasons += f'<div class="reason storage">{escape(r["storage"])}</div>'
         lines.append(
             f'<tr><td>{_study_link(r["study_instance_uid"])}</td><td>{escape(r["study_description"] or "")}</td>'
             f'<td>{escape(", ".join(r["calling_aes"]))}</td><td>{_when(r["last_received_at"])}</td>'
@@ -190,6 +192,8 @@ def study_page(row: dict[str, Any], timeline: Sequence[dict[str, Any]], results:
              ("Status", _badge(row["status"]))]
     if row.get("waiting"):
         facts.append(("Waiting for", f'<span class="reason">{escape(row["waiting"])}</span>'))
+    if row.get("storage"):
+        facts.append(("Storage", f'<span class="reason">{escape(row["storage"])}</span>'))
     facts += [("Ready because", escape(row["completeness_reason"] or "-")),
               ("Missing planes", escape(", ".join(row["missing_planes"]) or "none")),
               ("Turnaround", _seconds(row["turnaround_seconds"]))]

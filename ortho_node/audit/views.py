@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ortho_node.audit.lifecycle import storage_facts, storage_state
 from ortho_node.audit.timeline import FAILURE_STEPS, Step
 from ortho_node.clock import as_utc, utcnow
 from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyAssembly, StudyResult, TimelineEntry
@@ -30,7 +31,7 @@ JOINTS = tuple(joint.value for joint in Joint)
 STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "first_received_at", "last_received_at",
                  "instance_count", "joint", "laterality", "status", "job_state", "waiting", "completeness_reason",
                  "missing_planes", "findings_present", "model_version", "results_at", "delivered", "pending",
-                 "failed", "failure_reasons", "turnaround_seconds")
+                 "failed", "failure_reasons", "turnaround_seconds", "storage")
 DELIVERY_COLUMNS = ("study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts",
                     "queued_at", "last_attempt_at", "delivered_at", "last_status", "last_error")
 TIMELINE_COLUMNS = ("at", "step", "job_id", "detail")
@@ -169,6 +170,7 @@ class _StudyContext:
             "turnaround_seconds": (round((last_ack - last_received).total_seconds(), 3)
                                    if last_ack and last_received and not pending else None),
             "summary_images": [o for o in (result.objects if result else []) if o.get("kind") == "summary"],
+            "storage": storage_state(study), **storage_facts(study),
         }
 
 
@@ -301,7 +303,7 @@ def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None
             "first_received_at": study.first_received_at, "last_received_at": study.last_received_at,
             "instance_count": sum(s["instance_count"] for s in series), "series": series,
             "job": _job(job) if job is not None else None, "assembly": _assembly(assembly), "waiting": waiting,
-            "ignored": _study_ignored(ignored)}
+            "ignored": _study_ignored(ignored), "storage": storage_state(study), **storage_facts(study)}
 
 
 def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:
@@ -364,6 +366,13 @@ def study_timeline(session_factory: sessionmaker[Session], study_instance_uid: s
     entries += [{"at": as_utc(r.at), "step": r.step, "job_id": r.job_id, "detail": r.detail, "data": r.data}
                 for r in rows]
     return entries
+
+
+def study_storage(session_factory: sessionmaker[Session], study_instance_uid: str) -> dict[str, Any] | None:
+    """The study's keep and purge marks now and, in words, its storage state (None: not stored)."""
+    with session_factory() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+        return None if study is None else {"state": storage_state(study), **storage_facts(study)}
 
 
 def study_results(session_factory: sessionmaker[Session], study_instance_uid: str) -> list[dict[str, Any]]:

@@ -51,6 +51,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
             print(f"    {study['waiting']}")
         if study["ignored"]:
             print(f"    {study['ignored']}: stored, not analysed")
+        if study["storage"]:
+            print(f"    {study['storage']}")
         if job is not None:
             cause = f"; skipped: {job['skip_cause']}" if job["skip_cause"] else ""
             print(f"    job {job['id']} {job['state']}: {job['reason']}{cause}")
@@ -85,13 +87,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     """Queue a job in the database; the serving node picks it up at its next poll."""
     from ortho_node.audit.trail import AuditKind
-    from ortho_node.scheduling.jobs import JobQueue, retry_policy
+    from ortho_node.scheduling.jobs import JobQueue, NotAnalysable, retry_policy
     from ortho_node.scheduling.timers import SystemTime
 
     settings = settings_of(args)
     queue = JobQueue(session_factory(settings), SystemTime(), retry_policy(settings.scheduling))
     try:
         job_id = queue.enqueue(args.study_uid, "reprocess requested", force=True, kind=AuditKind.JOB_QUEUED)
+    except NotAnalysable as exc:  # a job would fail at assembly: say why instead
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -94,12 +94,15 @@ def _timeline(args: argparse.Namespace, session_factory: sessionmaker[Session]) 
     if entries is None:
         print(f"error: study {args.study_uid} is not stored", file=sys.stderr)
         return 1
+    storage = q.study_storage(session_factory, args.study_uid)
     if args.json:
-        document = {"study_instance_uid": args.study_uid, "timeline": entries,
+        document = {"study_instance_uid": args.study_uid, "storage": storage, "timeline": entries,
                     "results": q.study_results(session_factory, args.study_uid),
                     "deliveries": q.list_deliveries(session_factory, study_instance_uid=args.study_uid)}
         return _write(args, json.dumps(document, indent=2, default=str) + "\n")
-    return _emit(args, entries, q.TIMELINE_COLUMNS, _timeline_line)
+    if args.csv or not storage["state"]:
+        return _emit(args, entries, q.TIMELINE_COLUMNS, _timeline_line)
+    return _write(args, "".join(_timeline_line(row) + "\n" for row in entries) + f"now: {storage['state']}\n")
 
 
 def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns, line) -> int:
