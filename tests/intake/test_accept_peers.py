@@ -8,7 +8,7 @@ import io
 import logging
 import subprocess
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -69,9 +69,10 @@ def accept_node(tmp_path):
     so that a study is queued within seconds."""
     nodes = []
 
-    def start(kind: str, *, workers: int = 1) -> Node:
+    def start(kind: str, *, workers: int = 1, database_url: str = "") -> Node:
         config = tmp_path / "node.toml"
         config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nmin_free_mb = 0\nfsync = false\n'
+                          f'[database]\nurl = "{database_url}"\n'
                           f'[dicom]\nhost = "127.0.0.1"\nport = 0\nworkers = {workers}\n'
                           '[scheduling]\nquiet_period = 0.3\nlong_timeout = 0.6\nsettle_time = 0.2\n'
                           f'poll_interval = 0.5\n{RULES[kind]}')
@@ -116,8 +117,9 @@ def wait_for(condition, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def test_ignored_ct_is_stored_and_recorded_never_queued_while_the_mr_is(accept_node, tmp_path, capsys):
-    node = accept_node("ignore")
+def test_ignored_ct_is_stored_and_recorded_never_queued_while_the_mr_is(accept_node, database_url, tmp_path,
+                                                                        capsys):
+    node = accept_node("ignore", database_url=database_url)
     ct_uid, ct_files = ankle_ct(tmp_path)
     mr_uid, mr_files = knee_mr(tmp_path)
     result = storescu(node, ct_files + mr_files)
@@ -146,6 +148,12 @@ def test_ignored_ct_is_stored_and_recorded_never_queued_while_the_mr_is(accept_n
     assert not [e for e in study_timeline(node.session_factory, mr_uid) if e["step"] == "ignored"]
     # A restart does not queue it either (start-up recovery watches only analysable instances).
     assert all(uid != ct_uid for uid, _ in node.scheduler.queue.unprocessed_studies())
+    # Nor does a request: a job would have nothing to analyse.
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+        assert cli(["reprocess", ct_uid, "--config", str(node.config_file)]) == 2
+    assert err.getvalue() == f"error: study {ct_uid} not queued: all instances ignored by accept rule 'no-ct': " \
+                             "change [accept] first\n"
+    assert jobs_of(node, ct_uid) == []
 
 
 def test_refused_sop_class_is_rejected_at_negotiation(accept_node, tmp_path, caplog):

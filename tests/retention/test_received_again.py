@@ -21,6 +21,7 @@ from ortho_node.db.models import Instance, Job, Series, Study, TimelineEntry
 from ortho_node.intake.catalog import Catalog
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.receive import AssociationRef, IncomingInstance, Intake
+from ortho_node.intake.recovery import Recovery
 from ortho_node.intake.storage import InstanceStore
 from ortho_node.retention.purger import Purger
 from ortho_node.scheduling.jobs import JobQueue, NotAnalysable, retry_policy
@@ -151,3 +152,21 @@ def test_new_instances_after_a_purge_are_assembled_without_the_purged_ones(archi
     assert volume.geometry.series_instance_uid == later[0].SeriesInstanceUID
     assert volume.pixels.shape[0] == 5
     assert sum(row.purged_at is not None for row in rows(archive, study_uid)) == 6
+
+
+def test_start_up_recovery_brings_back_a_re_sent_file_whose_row_was_not(archive, intake, clock, node_settings):
+    """A crash between writing a re-sent instance and bringing its row back: the file is on disk, its row still
+    says purged; the start-up scan indexes it as it does a file without a row."""
+    study_uid, datasets, _ = purged_study(archive, intake, clock, node_settings)
+    [first] = [row for row in rows(archive, study_uid) if row.sop_instance_uid == datasets[0].SOPInstanceUID]
+    path = archive.data_dir / first.file_path
+    path.parent.mkdir(parents=True)  # the purger removed the emptied folders
+    datasets[0].save_as(path, enforce_file_format=True)
+    engine = archive.sessions.kw["bind"]
+    recovery = Recovery(str(engine.url), archive.sessions, InstanceStore(archive.data_dir, fsync=False),
+                        Catalog(engine), AuditTrail(archive.sessions))
+    assert recovery.recover_unrecorded_files() == 1
+    revived = [row for row in rows(archive, study_uid) if row.purged_at is None]
+    assert [row.sop_instance_uid for row in revived] == [datasets[0].SOPInstanceUID]
+    assert archive.study_row(study_uid).instances_purged_at is None
+    assert recovery.recover_unrecorded_files() == 0
