@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.clock import utcnow
-from ortho_node.db.models import StudyResult, TimelineEntry
+from ortho_node.db.models import Study, StudyResult, TimelineEntry
 
 if TYPE_CHECKING:  # annotations only: the CLI's audit views must not pull numpy in with the prediction types
     from ortho_node.prediction import StudyPrediction
@@ -149,6 +150,10 @@ class Timeline:
                 detail += "; no SEG for " + "; ".join(f"series {uid}: {why}" for uid, why in seg_not_built.items())
                 data["seg_not_built"] = dict(seg_not_built)
             session.add(entry(Step.OBJECTS_BUILT, prediction.study_instance_uid, detail, job_id=job_id, data=data))
+            # Results on disk again after the purger deleted earlier ones: the study's mark follows (the purge
+            # stays on its timeline), and retention.results_days applies to these from their delivery.
+            session.execute(update(Study).where(Study.study_instance_uid == prediction.study_instance_uid,
+                                                Study.results_purged_at.is_not(None)).values(results_purged_at=None))
             return result.id
 
 

@@ -1,6 +1,7 @@
 """Keep and purge states where an operator looks (``ortho-node studies`` and ``--json``, ``audit studies`` CSV,
 ``audit timeline``, the console's studies list and study page), and ``ortho-node reprocess`` refusing, in one
-line with exit status 2, a study a job could do nothing with; in-process CLI on SQLite and PostgreSQL."""
+line with exit status 2, a study a job could do nothing with; new results clear the results-purged mark;
+in-process CLI on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from sqlalchemy import func, select
 
 from listeners.console import pages
 from ortho_node.app.cli.main import main
+from ortho_node.audit.timeline import Timeline
 from ortho_node.audit.views import STUDY_COLUMNS, list_studies, study_timeline, to_csv
 from ortho_node.clock import utcnow
-from ortho_node.db.models import Job
+from ortho_node.db.models import Job, Study
 from ortho_node.retention.keep import set_keep
 from ortho_node.retention.purger import Purger
+from tests.reports.study_factory import make_knee_study
 from tests.retention.conftest import FakeClock
 
 
@@ -92,3 +95,14 @@ def test_reprocess_refuses_a_purged_or_wholly_ignored_study_in_one_line(archive,
     assert capsys.readouterr().out.startswith("job ")
     with archive.sessions() as session:  # nothing queued for the two refused
         assert session.scalar(select(func.count(Job.id)).where(Job.state == "pending")) == 1
+
+
+def test_new_results_clear_the_results_purged_mark(archive, tmp_path):
+    knee = make_knee_study(tmp_path / "knee")
+    uid = knee.prediction.study_instance_uid
+    with archive.sessions.begin() as session:
+        session.add(Study(study_instance_uid=uid, results_purged_at=utcnow() - dt.timedelta(days=1)))
+    assert archive.study_row(uid).results_purged_at is not None
+    Timeline(archive.sessions).objects_built(knee.prediction, [], job_id=None)
+    assert archive.study_row(uid).results_purged_at is None
+    assert {r["study_instance_uid"]: r for r in list_studies(archive.sessions)}[uid]["storage"] is None
