@@ -11,7 +11,8 @@ structure scales of the masks on the knee validation studies and fit the knee an
 (:mod:`ortho_node.model.evidence`) on fresh studies; evaluate on held-out studies, and write
 ``model.safetensors`` + ``model_card.json``::
 
-    ortho-node train bundle --out ortho_node/bundled              # full profile, <= 2 h on 2 CPU cores
+    ortho-node train bundle --out ortho_node/bundled              # full profile, about 2 h on 2 CPU cores
+    ortho-node train bundle --out ortho_node/bundled --resume     # continue a stopped run where it stopped
     ortho-node train bundle --profile quick --out /tmp/bundled    # minutes: proves the pipeline
     ortho-node train bundle --calibrate-only --out DIR            # the calibration phases again, on DIR's model
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from ortho_node.model.system import (
 )
 from ortho_node.model.unet import UNetConfig
 from ortho_node.synthetic import RandomizedAppearance, generate_study
+from ortho_node.training import calibration
 from ortho_node.training import scores as metrics
 from ortho_node.training.finetune import (
     FinetuneSettings,
@@ -141,8 +145,9 @@ PROFILES = {
     # Issue 21: half the training studies are randomised renders (about 2.5x the realistic render's time each,
     # so generation takes about 1.75x as long); the shipped model predates this and its card has no ratio.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=70, patience=10, decoder_epochs=60, decoder_patience=10, evidence=80,
-                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16), randomized_ratio=0.5),
+                    epochs=50, patience=8, decoder_epochs=40, decoder_patience=8, evidence=80,
+                    segmentation_draws=4, decoder_widths=(32, 32, 16, 16), randomized_ratio=0.5,
+                    normalisation=Normalisation.PERCENTILE, crop_mm=160.0),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6, segmentation_draws=2),
 }
@@ -159,6 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate-only", action="store_true",
                         help="only (re)run the calibration phases (structure scales, evidence readouts) on the "
                              "model in --out, built by this command with the same profile and seeds")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="folder keeping a run's finished phases and epochs (default: OUT.state); removed "
+                             "when the bundle is written")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stopped run kept in --state, at the phase and epoch where it stopped")
 
 
 def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1,
@@ -195,7 +205,7 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
 
 
 def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint: FinetuneSettings,
-                        profile: Profile) -> TaskResult:
+                        profile: Profile, checkpoint: Path | None = None) -> TaskResult:
     """Train only the segmentation decoders, on the joint phase's frozen backbones, with the cross-entropy
     weighted by structure rarity. The joint phase's plain loss leaves thin structures to their large
     neighbours (the shipped model before this stage never marked the fibula on an axial slice); the
@@ -203,7 +213,7 @@ def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint
     """
     settings = dataclasses.replace(joint, epochs=profile.decoder_epochs, patience=profile.decoder_patience,
                                    backbone_lr_factor=0.0, balance_classes=True, lr=DECODER_LR)
-    return train_task(model, Task.KNEE_SEG, train, val, settings)
+    return train_task(model, Task.KNEE_SEG, train, val, settings, checkpoint)
 
 
 def _fresh_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]:
@@ -273,55 +283,86 @@ def _diagnosis_task(joint: Joint) -> Task:
 
 
 def fit_evidence(model: OrthoModel, profile: Profile, data_seed: int, seed: int, device: torch.device,
-                 workers: int) -> dict[str, float]:
-    """Fit each joint's evidence readout on ``profile.evidence`` fresh studies, choose the thresholds on the
-    joint phase's validation split, measure on the held-out studies.
+                 workers: int, fp_budget: float | None = None) -> dict[str, float]:
+    """Fit each joint's evidence readout on ``profile.evidence`` fresh studies, then choose every joint's
+    thresholds for the false-positive budget per normal study on the joint phase's validation split
+    (:mod:`~ortho_node.training.calibration`; default budget 0.3), and measure them on the held-out studies.
 
-    Runs on the finished model: the meniscal tears' statistics read the masks the node will produce. Returns
-    the validation and held-out figures under the card's metric names (the head's own AUC as ``head_auc``).
+    Runs on the finished model: the meniscal tears' statistics read the masks the node will produce; joints
+    without a readout (the ankle) are scored by the predictor's head. Returns the validation and held-out
+    figures under the card's metric names (the head's own AUC as ``head_auc``); the card gets each label's
+    threshold and operating point.
     """
+    budget = calibration.DEFAULT_FP_BUDGET if fp_budget is None else fp_budget
     for joint, structures in READOUT_STRUCTURES.items():
         model.add_evidence(joint, structures)
     predictor = Predictor(model, device)
     counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
     figures: dict[str, float] = {}
     diagnosis = dict(model.card.diagnosis)
-    for joint in READOUT_STRUCTURES:
-        module = model.evidence[joint.value]
+    for joint in diagnosis:
+        module = model.evidence[joint.value] if joint in READOUT_STRUCTURES else None
         first = data_seed + JOINT_OFFSET[joint]
-        fitting = range(first + EVIDENCE_OFFSET, first + EVIDENCE_OFFSET + profile.evidence)
-        module.fit(*_evidence_rows(predictor, joint, fitting, workers), EVIDENCE_L2)
+        if module is not None:
+            fitting = range(first + EVIDENCE_OFFSET, first + EVIDENCE_OFFSET + profile.evidence)
+            module.fit(*_evidence_rows(predictor, joint, fitting, workers), EVIDENCE_L2)
         _, val_index = split(counts[joint], 0.2, 1.0, seed)
-        thresholds = dict(diagnosis[joint].thresholds)
+        chosen: dict[str, calibration.Calibrated] = {}
         for name, split_seeds in (("val", [first + int(i) for i in val_index]),
                                   ("test", range(first + TEST_OFFSET, first + TEST_OFFSET + profile.test))):
-            inputs, targets = _evidence_rows(predictor, joint, split_seeds, workers)
-            with torch.no_grad():
-                scores = torch.sigmoid(module(inputs.to(device))).cpu()
-            figures.update(_readout_figures(joint, name, scores, inputs[..., 0], targets, thresholds))
-        diagnosis[joint] = dataclasses.replace(diagnosis[joint], thresholds=thresholds)
+            if module is not None:
+                inputs, targets = _evidence_rows(predictor, joint, split_seeds, workers)
+                with torch.no_grad():
+                    scores = torch.sigmoid(module(inputs.to(device))).cpu()
+                head: torch.Tensor | None = inputs[..., 0]
+            else:  # the head's probabilities, as the node reports them
+                rows = [([f.probability for f in predictor.predict(study).findings],
+                         [float(truth[label]) for label in DIAGNOSIS_LABELS[joint]])
+                        for study, truth, _ in _fresh_studies(joint, split_seeds, workers)]
+                scores, targets, head = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), None
+            figures.update(_readout_figures(joint, name, scores, head, targets, chosen, budget))
+        diagnosis[joint] = dataclasses.replace(
+            diagnosis[joint], thresholds={**diagnosis[joint].thresholds, **{k: c.threshold for k, c in chosen.items()}},
+            operating_points={**diagnosis[joint].operating_points, **{k: c.point for k, c in chosen.items()}})
     model.card = dataclasses.replace(model.card, diagnosis=diagnosis)
     return figures
 
 
-def _readout_figures(joint: Joint, split_name: str, scores: torch.Tensor, head_logits: torch.Tensor,
-                     targets: torch.Tensor, thresholds: dict[str, float]) -> dict[str, float]:
-    """AUC (the readout's and the head's), sensitivity and specificity per label; on the validation split the
-    thresholds are chosen first (``thresholds`` updated in place)."""
+def _readout_figures(joint: Joint, split_name: str, scores: torch.Tensor, head_logits: torch.Tensor | None,
+                     targets: torch.Tensor, chosen: dict, fp_budget: float) -> dict[str, float]:
+    """Sensitivity and specificity per label with the studies counted, and where a readout scored them AUC (the
+    readout's and the head's); on the validation split the thresholds are chosen first for ``fp_budget``
+    (``chosen``: label -> ``calibration.Calibrated``, updated in place), on the held-out split their held-out
+    figures are added to it."""
     prefix, labels = f"{_diagnosis_task(joint).value}/{split_name}", DIAGNOSIS_LABELS[joint]
-    figures: dict[str, float] = {}
+    if split_name == "val":
+        chosen.update(calibration.calibrate_labels(scores.numpy(), targets.numpy(), labels, fp_budget))
+        figures: dict[str, float] = {f"{prefix}/target_specificity": calibration.target_specificity(fp_budget,
+                                                                                                      len(labels))}
+    else:
+        figures = {}
     for k, label in enumerate(labels):
         score, truth = scores[:, k].numpy(), targets[:, k].numpy()
-        if split_name == "val":
-            thresholds[label] = figures[f"{prefix}/threshold/{label}"] = \
-                metrics.choose_threshold(score, truth).threshold
-        sensitivity, specificity = metrics.sensitivity_specificity(score, truth, thresholds[label])
-        figures.update({f"{prefix}/auc/{label}": metrics.roc_auc(score, truth),
-                        f"{prefix}/head_auc/{label}": metrics.roc_auc(head_logits[:, k].numpy(), truth),
-                        f"{prefix}/sensitivity/{label}": sensitivity, f"{prefix}/specificity/{label}": specificity})
-    logger.info("%s evidence readout, %s: macro AUC %.3f (head %.3f)", joint.value, split_name,
-                metrics.nanmean(figures[f"{prefix}/auc/{label}"] for label in labels),
-                metrics.nanmean(figures[f"{prefix}/head_auc/{label}"] for label in labels))
+        if split_name != "val":
+            chosen[label] = calibration.with_test(chosen[label], score, truth)
+        else:
+            figures[f"{prefix}/threshold/{label}"] = chosen[label].threshold
+        measured = chosen[label].point.validation if split_name == "val" else chosen[label].point.test
+        for name in ("sensitivity", "specificity", "positives", "negatives"):  # NaN: no study to measure it
+            value = getattr(measured, name)
+            figures[f"{prefix}/{name}/{label}"] = np.nan if value is None else value
+        if head_logits is not None:
+            figures.update({f"{prefix}/auc/{label}": metrics.roc_auc(score, truth),
+                            f"{prefix}/head_auc/{label}": metrics.roc_auc(head_logits[:, k].numpy(), truth)})
+    # Expected on a normal study: the sum of (1 - specificity) over the labels (NaN where one is unmeasured).
+    expected = figures[f"{prefix}/false_positives_per_normal_study"] = sum(
+        1.0 - figures[f"{prefix}/specificity/{label}"] for label in labels)
+    if head_logits is not None:
+        logger.info("%s evidence readout, %s: macro AUC %.3f (head %.3f)", joint.value, split_name,
+                    metrics.nanmean(figures[f"{prefix}/auc/{label}"] for label in labels),
+                    metrics.nanmean(figures[f"{prefix}/head_auc/{label}"] for label in labels))
+    logger.info("%s thresholds, %s: %.2f false positives per normal study (budget %.2f)", joint.value, split_name,
+                expected, fp_budget)
     return figures
 
 
@@ -342,7 +383,10 @@ def _with_evidence(figures: Mapping[str, float]) -> dict[str, float]:
 EVIDENCE_NOTE = (f"knee and shoulder labels: logistic regression (L2 {EVIDENCE_L2}) on the head's logit and its plane "
                  f"descriptors; {', '.join(READOUT_STRUCTURES[Joint.KNEE])}: on the head's logit and intensity "
                  "statistics inside the predicted structure per plane; fitted on fresh studies (seeds data_seed + "
-                 f"joint offset + {EVIDENCE_OFFSET} + [0, N)), thresholds on each joint's validation split")
+                 f"joint offset + {EVIDENCE_OFFSET} + [0, N)); thresholds of every joint (the ankle's on its head's "
+                 "probabilities) on its validation split: the lowest whose specificity reaches 1 - 0.3 / labels "
+                 "(0.3 false positives per normal study; ortho_node.training.calibration), a fixed 0.5 where the "
+                 "split lacks positives or negatives (diagnosis.<joint>.operating_points says which)")
 
 
 SCALES_NOTE = ("segmentation: class maps averaged over the card's noise draws; each structure's map times its "
@@ -380,42 +424,143 @@ def recalibrate(out: Path, profile_name: str, data_seed: int, seed: int, device:
     return model
 
 
-def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
-                 command: str, workers: int = 1) -> OrthoModel:
-    profile = PROFILES[profile_name]
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    model = new_bundle_model(profile)
-    spec = model.card.preprocessing
+class BundleError(RuntimeError):
+    """A bundle build that cannot start or continue as asked."""
+
+
+#: The phases of a build, in order; each finished one is kept in the run's state folder.
+PHASES = ("generate", "pretrain", "finetune", "refine_segmentation", "calibrate")
+
+
+class RunState:
+    """The resumable state of one ``train bundle`` run, in its own folder (``--state``, default OUT.state):
+    ``run.json`` (what the run is - profile, seeds, device - and each finished phase's figures and seconds),
+    the generated studies, the model after each finished phase, and the running phase's epoch checkpoint.
+    A stopped run continues with ``--resume`` at the phase (and epoch) where it stopped; the folder is
+    removed once the bundle is written."""
+
+    def __init__(self, folder: Path, identity: dict, resume: bool) -> None:
+        self.folder, self.identity = folder, identity
+        self.record = self.folder / "run.json"
+        if self.record.exists():
+            if not resume:
+                raise BundleError(f"{folder} holds a stopped run: pass --resume to continue it, or remove it")
+            saved = json.loads(self.record.read_text())
+            if saved["identity"] != identity:
+                raise BundleError(f"{folder} holds a run of {saved['identity']}, not {identity}")
+            self.phases: dict[str, dict[str, float]] = saved["phases"]
+            logger.info("resuming the run in %s after %s", folder, ", ".join(self.phases) or "no phase")
+        else:
+            self.phases = {}
+            folder.mkdir(parents=True, exist_ok=True)
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"identity": self.identity, "phases": self.phases}, indent=1))
+        tmp.replace(self.record)
+
+    def done(self, phase: str) -> bool:
+        return phase in self.phases
+
+    def epochs(self, phase: str) -> Path:
+        """The epoch checkpoint file of a fit-loop phase."""
+        return self.folder / f"{phase}.epochs.pt"
+
+    def finish(self, phase: str, figures: Mapping[str, float], model: OrthoModel | None = None) -> None:
+        if model is not None:
+            save_system(self.folder / phase, model)
+        self.phases[phase] = dict(figures)
+        self._write()
+        self.epochs(phase).unlink(missing_ok=True)
+        logger.info("phase %s finished (%.0f s)", phase, figures.get(f"seconds/{phase}", 0.0))
+
+    def model(self, device: torch.device) -> OrthoModel | None:
+        """The model of the last finished phase that saved one (None: no such phase yet)."""
+        saved = [p for p in PHASES if p in self.phases and (self.folder / p).is_dir()]
+        return place_model(load_system(self.folder / saved[-1]), device) if saved else None
+
+    def data_file(self, name: str) -> Path:
+        return self.folder / f"data-{name}.pt"
+
+    def figures(self) -> dict[str, float]:
+        return {k: v for figures in self.phases.values() for k, v in figures.items()}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _generate(state: RunState, profile: Profile, data_seed: int, spec, workers: int
+              ) -> tuple[dict[Joint, TaskData], dict[Joint, TaskData]]:
+    """The training and held-out studies of every joint: generated once, then read from the run's state."""
     counts = {Joint.KNEE: profile.knee, Joint.ANKLE: profile.ankle, Joint.SHOULDER: profile.shoulder}
-    data = {joint: _data(joint, n, data_seed, spec, workers=workers, profile=profile) for joint, n in counts.items()}
-    tests = {joint: _data(joint, profile.test, data_seed, spec, test=True, workers=workers) for joint in counts}
-    timings["seconds/generate"] = time.perf_counter() - started
+    names = {(joint, part): f"{joint.value}-{part}" for joint in counts for part in ("train", "test")}
+    if state.done("generate"):
+        data = {key: TaskData.load(state.data_file(name)) for key, name in names.items()}
+    else:
+        mark = time.perf_counter()
+        data = {(joint, part): _data(joint, profile.test if part == "test" else counts[joint], data_seed, spec,
+                                     test=part == "test", workers=workers, profile=profile)
+                for joint, part in names}
+        for key, name in names.items():
+            data[key].save(state.data_file(name))
+        state.finish("generate", {"seconds/generate": time.perf_counter() - mark})
+    return ({joint: data[joint, "train"] for joint in counts}, {joint: data[joint, "test"] for joint in counts})
 
-    mark = time.perf_counter()
-    pretrain_metrics = pretrain_backbones(place_model(model, device), data[Joint.KNEE], profile, seed, device)
-    timings["seconds/pretrain"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
+def _task_splits(data: Mapping[Joint, TaskData], seed: int
+                 ) -> tuple[dict[Task, tuple[TaskData, TaskData]], dict[Task, tuple[int, int]]]:
     splits, sizes = {}, {}
     for task in Task:
         joint_data = data[task.joint]
         train_index, val_index = split(len(joint_data), 0.2, 1.0, seed)
         splits[task] = (joint_data.subset(train_index), joint_data.subset(val_index))
         sizes[task] = (len(train_index), len(val_index))
+    return splits, sizes
+
+
+def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
+                 command: str, workers: int = 1, state_dir: Path | None = None, resume: bool = False) -> OrthoModel:
+    """Every phase of the bundle into ``out``; each finished phase (and every epoch of the fit loops) is kept
+    in ``state_dir`` (default ``out`` + ``.state``), from which ``resume`` continues a stopped run."""
+    profile = PROFILES[profile_name]
+    identity = {"profile": profile_name, "profile_sizes": profile.sizes(), "appearance": profile.appearance.to_dict(),
+                "data_seed": data_seed, "seed": seed, "device": device.type}
+    identity = json.loads(json.dumps(identity, default=str))  # as run.json reads it back (enums as values)
+    state = RunState(state_dir or out.with_name(out.name + ".state"), identity, resume)
+    model = state.model(device)
+    if model is None:
+        torch.manual_seed(seed)  # the initial weights: every phase seeds its own draws, so a resumed run matches
+        model = place_model(new_bundle_model(profile), device)
+    data, tests = _generate(state, profile, data_seed, model.card.preprocessing, workers)
+
+    if not state.done("pretrain"):
+        mark = time.perf_counter()
+        torch.manual_seed(seed)  # the throwaway diffusion models' initial weights
+        figures = pretrain_backbones(model, data[Joint.KNEE], profile, seed, device)
+        state.finish("pretrain", {**figures, "seconds/pretrain": time.perf_counter() - mark}, model)
+
+    splits, sizes = _task_splits(data, seed)
     settings = FinetuneSettings(epochs=profile.epochs, patience=profile.patience,
                                 lr=profile.lr, seed=seed, device=DeviceChoice(device.type))
-    for task, result in train_joint(model, splits, settings).items():
-        apply_result(model, task, result, *sizes[task])
-    timings["seconds/finetune"] = time.perf_counter() - mark
+    if not state.done("finetune"):
+        mark = time.perf_counter()
+        for task, result in train_joint(model, splits, settings, state.epochs("finetune")).items():
+            apply_result(model, task, result, *sizes[task])
+        state.finish("finetune", {"seconds/finetune": time.perf_counter() - mark}, model)
+
+    if not state.done("refine_segmentation"):
+        mark = time.perf_counter()
+        refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile,
+                                      state.epochs("refine_segmentation"))
+        apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
+        state.finish("refine_segmentation", {"seconds/refine_segmentation": time.perf_counter() - mark}, model)
+
+    if not state.done("calibrate"):
+        torch.manual_seed(seed)
+        state.finish("calibrate", calibrate(model, profile, data_seed, seed, device, workers), model)
 
     mark = time.perf_counter()
-    refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile)
-    apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
-    timings["seconds/refine_segmentation"] = time.perf_counter() - mark
-
-    calibration = calibrate(model, profile, data_seed, seed, device, workers)
-
     held_out: dict[str, float] = {}
     for task in Task:
         score, values, _ = evaluate(model, task, tests[task.joint], device)
@@ -423,7 +568,9 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
         held_out[f"{task.value}/test/score"] = score
         logger.info("%s: held-out score %.4f", task.value, score)
     # Test-set thresholds are never used: the card keeps the validation thresholds from apply_result.
-    timings["seconds/total"] = time.perf_counter() - started
+    phases = state.figures()  # the pretraining losses, calibration figures and every phase's seconds
+    # The phases' own seconds: a resumed run's pauses are not part of what the recipe costs.
+    phases["seconds/total"] = time.perf_counter() - mark + sum(v for k, v in phases.items() if k.startswith("seconds/"))
     training = {
         "command": command, "profile": profile_name, "profile_sizes": profile.sizes(),
         "data_seed": data_seed, "training_seed": seed, "device": device.type,
@@ -448,10 +595,11 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     version = f"synthetic-{profile_name}-seed{data_seed}"
     model.card = dataclasses.replace(
         model.card, version=version, intended_use=INTENDED_USE, training=training,
-        metrics=_with_evidence({**model.card.metrics, **pretrain_metrics, **held_out, **calibration, **timings}),
+        metrics=_with_evidence({**model.card.metrics, **held_out, **phases}),
     )
     save_system(out, model)
-    logger.info("bundle %s written to %s in %.0f s", version, out, timings["seconds/total"])
+    state.remove()
+    logger.info("bundle %s written to %s in %.0f s", version, out, phases["seconds/total"])
     return model
 
 
@@ -464,7 +612,12 @@ def run(args: argparse.Namespace) -> int:
         recalibrate(args.out, args.profile, args.data_seed, args.seed, device, command + " --calibrate-only",
                     args.workers)
     else:
-        build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers)
+        try:
+            build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers,
+                         args.state, args.resume)
+        except BundleError as error:
+            logger.error("%s", error)
+            return 2
     return 0
 
 

@@ -3,8 +3,9 @@
 Official recipe (DESIGN.md section 4): Adam, head lr 5e-4, encoder + middle block at 0.05x, 5 epochs;
 segmentation loss 0.2 x CE + soft Dice, diagnosis BCE (here with ``pos_weight`` = negatives / positives per
 label against class imbalance). Validation after every epoch: Dice per structure (segmentation) or AUC,
-sensitivity and specificity per label at the Youden threshold (diagnosis); the best epoch is kept, training
-stops after ``--patience`` epochs without improvement, and the chosen thresholds go into the model card.
+sensitivity and specificity per label at the operating point of :mod:`~ortho_node.training.calibration`
+(diagnosis); the best epoch is kept, training stops after ``--patience`` epochs without improvement, and the
+chosen thresholds and their operating points go into the model card.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ortho_node.model.heads import diagnosis_loss, segmentation_loss
 from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
 from ortho_node.model.unet import UNetConfig
+from ortho_node.prediction import OperatingPoint
+from ortho_node.training import calibration
 from ortho_node.training import scores as metrics
 from ortho_node.training.flags import add_flags, from_flags, param
 from ortho_node.training.pretrain import UNET_PRESETS
@@ -85,6 +88,14 @@ class TaskResult:
     score: float
     metrics: dict[str, float]
     thresholds: dict[str, float]
+    #: How each threshold was chosen and what it does on the validation studies (the card's record).
+    operating_points: dict[str, OperatingPoint] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, epoch: int, score: float, metrics: dict[str, float],
+           chosen: Mapping[str, calibration.Calibrated]) -> TaskResult:
+        return cls(epoch, score, metrics, {label: c.threshold for label, c in chosen.items()},
+                   {label: c.point for label, c in chosen.items()})
 
 
 class FinetuneError(RuntimeError):
@@ -206,17 +217,17 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
         dice = metrics.mean_dice(seg_pairs, len(names))
         values = {f"dice/{name}": float(d) for name, d in zip(names[1:], dice)}
         return metrics.nanmean(dice), values, {}
-    scores = torch.cat(probabilities).numpy()
-    values, thresholds = {}, {}
-    for k, label in enumerate(DIAGNOSIS_LABELS[task.joint]):
-        truth = data.diagnosis[:, k].numpy()
-        point = metrics.choose_threshold(scores[:, k], truth)
-        thresholds[label] = point.threshold
-        values.update({f"auc/{label}": metrics.roc_auc(scores[:, k], truth), f"sensitivity/{label}": point.sensitivity,
-                       f"specificity/{label}": point.specificity, f"threshold/{label}": point.threshold})
+    scores, labels = torch.cat(probabilities).numpy(), DIAGNOSIS_LABELS[task.joint]
+    chosen = calibration.calibrate_labels(scores, data.diagnosis.numpy(), labels)
+    values = {}
+    for k, label in enumerate(labels):
+        point = chosen[label]
+        values.update({f"auc/{label}": metrics.roc_auc(scores[:, k], data.diagnosis[:, k].numpy()),
+                       f"sensitivity/{label}": point.sensitivity, f"specificity/{label}": point.specificity,
+                       f"threshold/{label}": point.threshold})
     auc = metrics.nanmean(v for k, v in values.items() if k.startswith("auc/"))
     values["macro_auc"] = auc
-    return auc, values, thresholds
+    return auc, values, chosen
 
 
 def _loss_weights(model: OrthoModel, task: Task, train: TaskData, settings: FinetuneSettings,
@@ -242,14 +253,55 @@ def _optimizer(model: OrthoModel, task: Task, settings: FinetuneSettings) -> tor
     return torch.optim.Adam(groups)
 
 
-def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callable[[int], tuple[float, Result]]
-        ) -> Result:
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """Where :func:`fit` keeps its loop after every epoch, so that a stopped run continues at the next epoch
+    with the same weights, optimiser, schedule and random streams (the bundle's pieces of about two hours).
+
+    ``stateful``: the loop's other state besides the model (optimiser, schedule: ``state_dict`` objects); the
+    generator and torch's global stream are kept too. The file is written whole (temporary file, rename).
+    """
+
+    path: Path
+    stateful: tuple = ()
+    generator: torch.Generator | None = None
+
+    def save(self, model: torch.nn.Module, epoch: int, best: tuple | None, best_state: dict | None,
+             stale: int) -> None:
+        state = {"epoch": epoch, "model": model.state_dict(), "best": best, "best_state": best_state,
+                 "stale": stale, "stateful": [item.state_dict() for item in self.stateful],
+                 "torch_rng": torch.get_rng_state(),
+                 "generator": None if self.generator is None else self.generator.get_state()}
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def restore(self, model: torch.nn.Module) -> tuple[int, tuple | None, dict | None, int]:
+        """(last finished epoch, best, best weights, stale epochs); (0, None, None, 0) without a file."""
+        if not self.path.exists():
+            return 0, None, None, 0
+        # Our own file, written by save(): the best epoch's result objects need the full unpickler.
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        for item, saved in zip(self.stateful, state["stateful"], strict=True):
+            item.load_state_dict(saved)
+        torch.set_rng_state(state["torch_rng"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+        logger.info("resumed from %s after epoch %d", self.path, state["epoch"])
+        return state["epoch"], state["best"], state["best_state"], state["stale"]
+
+
+def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callable[[int], tuple[float, Result]],
+        checkpoint: EpochCheckpoint | None = None) -> Result:
     """The fit loop of every fine-tuning task: ``epoch(n)`` trains epoch n and returns (validation score, its
     result); the best-scoring epoch's weights are restored (a NaN score never beats a number) and training
-    stops after ``settings.patience`` epochs without improvement. Returns the kept epoch's result."""
-    best: tuple[float, int, Result] | None = None
-    best_state, stale = None, 0
-    for n in range(1, settings.epochs + 1):
+    stops after ``settings.patience`` epochs without improvement. Returns the kept epoch's result. With a
+    ``checkpoint`` the loop is saved after every epoch and continues from the saved one."""
+    done, best, best_state, stale = (0, None, None, 0) if checkpoint is None else checkpoint.restore(model)
+    for n in range(done + 1, settings.epochs + 1):
+        if best is not None and stale >= settings.patience:
+            break
         score, result = epoch(n)
         if best is None or (not math.isnan(score) and (math.isnan(best[0]) or score > best[0])):
             best, best_state, stale = (score, n, result), copy.deepcopy(model.state_dict()), 0
@@ -257,15 +309,18 @@ def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callabl
             stale += 1
             if stale >= settings.patience:
                 logger.info("%s: early stop after epoch %d (best epoch %d)", name, n, best[1])
-                break
+        if checkpoint is not None:
+            checkpoint.save(model, n, best, best_state, stale)
     if best is None or best_state is None:
         raise FinetuneError(f"{name}: no epoch trained (epochs {settings.epochs})")
     model.load_state_dict(best_state)
     return best[2]
 
 
-def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings) -> TaskResult:
-    """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures."""
+def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings,
+               checkpoint: Path | None = None) -> TaskResult:
+    """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures.
+    ``checkpoint``: the file the loop is kept in after every epoch and resumed from (:class:`EpochCheckpoint`)."""
     if task.segmentation and train.segmentation is None:
         raise FinetuneError("knee-seg needs segmentation labels")
     device = resolve_device(settings.device)
@@ -286,24 +341,26 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
+        score, values, chosen = evaluate(model, task, val, device, settings.batch_size)
         logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, n, np.mean(losses), score)
-        return score, TaskResult(n, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+        return score, TaskResult.of(n, score, {**values, "train_loss": float(np.mean(losses))}, chosen)
 
-    best = fit(model, settings, task.value, epoch)
+    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer,), generator)
+    best = fit(model, settings, task.value, epoch, kept)
     for p in model.parameters():
         p.requires_grad_(True)
     return best
 
 
 def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskData]],
-                settings: FinetuneSettings) -> dict[Task, TaskResult]:
+                settings: FinetuneSettings, checkpoint: Path | None = None) -> dict[Task, TaskResult]:
     """Every task at once on shared backbones: each step sums one batch of every task (smaller training sets
     cycle), heads at ``settings.lr`` and backbones at ``backbone_lr_factor`` of it. One model serves all
     joints, and a backbone tuned for one task alone serves the others poorly (frozen features do not separate
     the findings), so the backbones learn from every task together. Both rates decay on a cosine over the
     planned epochs. Segmentation trains on windows anywhere in each series (``TaskData.segmentation_batch``).
-    The epoch with the best mean validation score is kept; each task's figures and thresholds come from it."""
+    The epoch with the best mean validation score is kept; each task's figures and thresholds come from it.
+    ``checkpoint``: as :func:`train_task`'s."""
     device = resolve_device(settings.device)
     place_model(model, device)
     torch.manual_seed(settings.seed)
@@ -333,14 +390,15 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
             losses.append(float(loss.detach()))
         results = {}
         for task, (_, val) in splits.items():
-            score, values, thresholds = evaluate(model, task, val, device, settings.batch_size)
-            results[task] = TaskResult(n, score, {**values, "train_loss": float(np.mean(losses))}, thresholds)
+            score, values, chosen = evaluate(model, task, val, device, settings.batch_size)
+            results[task] = TaskResult.of(n, score, {**values, "train_loss": float(np.mean(losses))}, chosen)
         score = metrics.nanmean(r.score for r in results.values())
         logger.info("joint epoch %d: train loss %.4f, validation %s -> mean %.4f", n, np.mean(losses),
                     ", ".join(f"{t.value} {r.score:.3f}" for t, r in results.items()), score)
         return score, results
 
-    return fit(model, settings, "joint", epoch)
+    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer, schedule), generator)
+    return fit(model, settings, "joint", epoch, kept)
 
 
 def apply_result(model: OrthoModel, task: Task, result: TaskResult, n_train: int, n_val: int) -> None:
@@ -348,7 +406,8 @@ def apply_result(model: OrthoModel, task: Task, result: TaskResult, n_train: int
     card = model.card
     diagnosis = dict(card.diagnosis)
     if result.thresholds:
-        diagnosis[task.joint] = dataclasses.replace(diagnosis[task.joint], thresholds=dict(result.thresholds))
+        diagnosis[task.joint] = dataclasses.replace(diagnosis[task.joint], thresholds=dict(result.thresholds),
+                                                    operating_points=dict(result.operating_points))
     figures = {f"{task.value}/val/{k}": v for k, v in result.metrics.items()}
     figures.update({f"{task.value}/best_epoch": result.epoch, f"{task.value}/train_studies": n_train,
                     f"{task.value}/val_studies": n_val})

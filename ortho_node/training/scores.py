@@ -11,8 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-# Until finetune.evaluate and bundle.py (edited apart) call calibration themselves: their names, moved there.
-from ortho_node.training.calibration import choose_threshold, sensitivity_specificity  # noqa: F401
 
 
 def dice_per_structure(prediction: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:

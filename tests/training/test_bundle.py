@@ -5,14 +5,17 @@ shipped model follows the full recipe."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from ortho_node.config import BUNDLED_MODEL
 from ortho_node.inference.predictor import Predictor
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint
+from ortho_node.training import bundle
 from ortho_node.training.bundle import (
     PROFILES, READOUT_STRUCTURES, STRUCTURE_SCALES, main, new_bundle_model, pretrain_backbones, recalibrate,
 )
@@ -84,13 +87,16 @@ def test_calibrate_only_chooses_scales_fits_every_joints_readout_and_records_it(
     assert card.metrics["seconds/evidence_readout"] > 0 and card.metrics["seconds/structure_scales"] > 0
 
 
-def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads(tmp_path, monkeypatch):
+@pytest.mark.timeout(1200)  # two tiny builds
+def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads_and_resumes_a_stopped_run(
+        tmp_path, monkeypatch):
     # `ortho-node train bundle` end to end on a tiny profile: every phase's seconds and figures in the card, the
     # calibration's draws, scales and readouts, and a model folder that predicts.
     tiny = dataclasses.replace(PROFILES["quick"], knee=5, ankle=3, shoulder=3, test=2, pretrain_steps=2, epochs=1,
                                evidence=3)
     monkeypatch.setitem(PROFILES, "tiny", tiny)
-    assert main(["--profile", "tiny", "--out", str(tmp_path), "--workers", "1", "--threads", "2"]) == 0
+    flags = ["--profile", "tiny", "--workers", "1", "--threads", "2"]
+    assert main([*flags, "--out", str(tmp_path)]) == 0
     card = read_system_card(tmp_path)
     assert card.training["command"].startswith("ortho-node train bundle --out") and "--profile tiny" in \
         card.training["command"]
@@ -107,3 +113,26 @@ def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads(tmp_p
     prediction = predictor.predict(study)
     assert len(prediction.findings) == len(DIAGNOSIS_LABELS[Joint.KNEE])
     assert {s.plane for s in prediction.segmentations} == set(study.planes)
+    assert not (tmp_path.parent / f"{tmp_path.name}.state").exists()  # the run's state goes with success
+
+    # Stopped during calibration, the run continues there with --resume (no phase before it runs again) into
+    # the model the unbroken run wrote.
+    calibrate = bundle.calibrate
+    monkeypatch.setattr(bundle, "calibrate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "pieces"
+    with pytest.raises(KeyboardInterrupt):
+        main([*flags, "--out", str(out)])
+    state = tmp_path / "pieces.state"
+    assert json.loads((state / "run.json").read_text())["phases"].keys() == {
+        "generate", "pretrain", "finetune", "refine_segmentation"}
+    assert main([*flags, "--out", str(out)]) == 2  # a stopped run is never overwritten without --resume
+    assert main([*flags, "--out", str(out), "--resume", "--seed", "1"]) == 2  # nor continued as another run
+    monkeypatch.setattr(bundle, "calibrate", calibrate)
+    for phase in ("pretrain_backbones", "train_joint", "refine_segmentation", "_data"):
+        monkeypatch.setattr(bundle, phase, lambda *a, **k: pytest.fail("a finished phase ran again"))
+    assert main([*flags, "--out", str(out), "--resume"]) == 0
+    assert not state.exists()
+    whole, pieces = load_system(tmp_path), load_system(out)
+    assert all(torch.equal(v, pieces.state_dict()[k]) for k, v in whole.state_dict().items())
+    for name, value in whole.card.metrics.items():  # the same figures; only the seconds differ
+        assert name.startswith("seconds/") or pieces.card.metrics[name] == pytest.approx(value, nan_ok=True), name

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from ortho_node.training.finetune import FinetuneSettings, fit
+from ortho_node.training.finetune import EpochCheckpoint, FinetuneSettings, fit
 
 
 def _run(scores: list[float], patience: int = 3) -> tuple[int, list[int], float]:
@@ -30,3 +31,51 @@ def test_a_nan_score_never_beats_a_number():
 def test_training_stops_after_patience_epochs_without_improvement():
     kept, seen, _ = _run([0.5, 0.6, 0.1, 0.2, 0.9], patience=2)
     assert kept == 2 and seen == [1, 2, 3, 4]
+
+
+class _Stopped(Exception):
+    """The run is killed (a stopped piece of a long training run)."""
+
+
+def _trained(checkpoint: EpochCheckpoint | None, stop_before: int | None = None, patience: int = 10):
+    # A real optimiser, schedule and random stream, so that a resume which lost any of them would differ.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+    generator = torch.Generator().manual_seed(1)
+    seen: list[int] = []
+
+    def epoch(n: int) -> tuple[float, int]:
+        if n == stop_before:
+            raise _Stopped
+        seen.append(n)
+        x = torch.randn(8, 4, generator=generator) + torch.randn(8, 4)  # the generator and the global stream
+        loss = (model(x) - 1).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return [0.1, 0.5, 0.3, 0.6, 0.2][n - 1], n
+
+    if checkpoint is not None:
+        checkpoint = EpochCheckpoint(checkpoint.path, (optimizer, schedule), generator)
+    kept = fit(model, FinetuneSettings(epochs=5, patience=patience), "test", epoch, checkpoint)
+    return kept, seen, model.state_dict()
+
+
+def test_a_stopped_fit_resumes_at_the_next_epoch_as_if_never_stopped(tmp_path):
+    whole_kept, whole_seen, whole = _trained(None)
+    checkpoint = EpochCheckpoint(tmp_path / "fit.pt")
+    with pytest.raises(_Stopped):
+        _trained(checkpoint, stop_before=3)
+    kept, seen, resumed = _trained(checkpoint)
+    assert seen == [3, 4, 5] and kept == whole_kept == 4 and whole_seen == [1, 2, 3, 4, 5]
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)  # the kept epoch's weights, bit for bit
+
+
+def test_an_early_stopped_fit_resumed_trains_no_further_epoch(tmp_path):
+    checkpoint = EpochCheckpoint(tmp_path / "fit.pt")
+    kept, seen, _ = _trained(checkpoint, patience=1)  # 0.1, 0.5, then 0.3 is stale: stops after epoch 3
+    assert kept == 2 and seen == [1, 2, 3]
+    assert _trained(checkpoint, patience=1)[:2] == (2, [])
