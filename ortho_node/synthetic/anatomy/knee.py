@@ -16,13 +16,13 @@ from ortho_node.synthetic.anatomy import AnatomyModel
 from ortho_node.synthetic.anatomy import knee_bones as kb
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import (
-    Capsule, Ellipsoid, HalfSpace, Intersection, LimbTube, Offset, Shape, Shell, Union, rotation,
+    Capsule, Difference, Ellipsoid, HalfSpace, Intersection, LimbTube, Offset, Shape, Shell, Union, rotation,
 )
 from ortho_node.synthetic.structures import SOFT_TISSUES as SOFT, Signal, Structure as S
 
 #: Canonical point every field of view is centred near (``protocol.PROTOCOLS``); the scene is cut to a box
 #: about it large enough for the widest randomised field of view.
-_VIEW_CENTRE = np.array([0.0, 0.0, 8.0])
+_VIEW_CENTRE = np.array([0.0, -8.0, 8.0])
 _VIEW_HALF = np.array([100.0, 100.0, 104.0])
 
 
@@ -77,10 +77,10 @@ def sample_params(rng: np.random.Generator) -> KneeParams:
     scale = float(rng.uniform(0.75, 0.9)) if child else float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.15))
     n = lambda sd, lo, hi: float(np.clip(rng.normal(1.0, sd), lo, hi))  # noqa: E731
     return KneeParams(
-        scale=scale, width=n(0.04, 0.9, 1.1), depth=n(0.04, 0.9, 1.1), length=n(0.04, 0.9, 1.1),
+        scale=scale, width=n(0.03, 0.93, 1.07), depth=n(0.03, 0.93, 1.07), length=n(0.04, 0.9, 1.1),
         flexion=float(rng.uniform(0.0, 30.0)), tibial_slope=float(rng.uniform(3.0, 10.0)),
         plateau_width=n(0.03, 0.92, 1.08), spines=n(0.1, 0.75, 1.25), tuberosity=n(0.15, 0.7, 1.3),
-        fibula_drop=float(rng.uniform(-3.0, 4.0)),
+        fibula_drop=float(rng.uniform(-4.0, 2.0)),
         condyle_width=(n(0.05, 0.88, 1.12), n(0.05, 0.88, 1.12)),
         condyle_radius=(float(rng.uniform(19.0, 23.0)), float(rng.uniform(17.5, 21.5))),
         notch_width=float(rng.uniform(17.0, 23.0)), notch_roof=float(rng.uniform(38.0, 52.0)),
@@ -211,6 +211,8 @@ def build(p: KneeParams) -> AnatomyModel:
     f = _Frame(p)
     fem, tib = kb.femur(f, p), kb.tibia(f, p)
     fib = kb.fibula(f, p)
+    # The proximal tibiofibular joint: the tibia's posterolateral facet fits the fibular head.
+    tib = dataclasses.replace(tib, bone=Difference(tib.bone, Offset(fib, 0.8)))
     pat = kb.patella(f, p, fem, tib)
     # Soft tissues around the patella are shaped on its normal seat, so a dislocation moves only the patella
     # and its tendons.

@@ -122,7 +122,7 @@ def fibula(f: _Frame, p: KneeParams) -> Shape:
         return f.leg_pt(x * p.plateau_width, y, z) + f.flex @ _z(f, jt + p.fibula_drop)
 
     return Union(Ellipsoid(leg(32, 20, -20), f.r(9.5, 9.5, 11), f.flex),
-                 Ellipsoid(leg(34, 23, -11), f.r(4, 4, 5), f.flex),  # styloid (LCL and biceps insertion)
+                 Ellipsoid(leg(34, 23, -14), f.r(4, 4, 5), f.flex),  # styloid (LCL and biceps insertion)
                  Capsule(leg(32, 21, -30), leg(34, 23, -260), 7.5 * f.s, 6.5 * f.s), blend=4 * f.s)
 
 
