@@ -115,10 +115,12 @@ def _choose_findings(joint: Joint, seed: int, findings: Iterable[str] | str | No
     return [label for label in labels if label in chosen]
 
 
-def _patient(joint: Joint, seed: int, scale: float, study_date: datetime.date) -> Patient:
+def _patient(joint: Joint, seed: int, scale: float, study_date: datetime.date, child: bool = False) -> Patient:
     rng = stream(seed, "patient")
     sex = "M" if rng.random() < 0.5 else "F"
     age = int(rng.integers(16, 76))
+    if child:  # open growth plates: 10 to 15 years old
+        age = 10 + age % 6
     height = round(float(np.clip(1.72 * scale * (1.0 if sex == "M" else 0.95) + rng.normal(0, 0.03), 1.45, 2.05)), 2)
     weight = round(float(rng.uniform(19.0, 33.0) * height**2), 1)
     birth = study_date - datetime.timedelta(days=int(age * 365.25 + rng.integers(0, 365)))
@@ -218,7 +220,8 @@ def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | s
         series.append(SyntheticSeries(plane, number, description, _uid(joint, seed, "series", plane.value),
                                       geometry, sequence, pixels, gt[labels]))
     logger.info("synthetic %s study seed=%d side=%s findings=%s", joint.value, seed, side, ",".join(chosen) or "none")
-    return SyntheticStudy(joint, seed, side, _patient(joint, seed, params.scale, study_date),
+    child = bool(getattr(params, "physes_open", False))
+    return SyntheticStudy(joint, seed, side, _patient(joint, seed, params.scale, study_date, child),
                           _uid(joint, seed, "study"), _uid(joint, seed, "frame-of-reference"),
                           study_date.strftime("%Y%m%d"), tuple(records), series, to_world,
                           scene if keep_scene else None)

@@ -40,8 +40,9 @@ _PD_FS = {Plane.SAGITTAL: SequencePreset.PD_FS, Plane.CORONAL: SequencePreset.PD
 
 PROTOCOLS: dict[Joint, JointProtocol] = {
     Joint.KNEE: JointProtocol(
-        "KNEE", "Knee 16", "FFS", (0.0, 0.0, 8.0),
-        {Plane.SAGITTAL: 95.0, Plane.CORONAL: 85.0, Plane.AXIAL: 110.0}, (0.0, 8.0), (70.0, 110.0), _PD_FS),
+        # Centred between the patella's front and the posterior condyles; the coronal slab covers both.
+        "KNEE", "Knee 16", "FFS", (0.0, -8.0, 8.0),
+        {Plane.SAGITTAL: 95.0, Plane.CORONAL: 95.0, Plane.AXIAL: 110.0}, (0.0, 8.0), (70.0, 110.0), _PD_FS),
     Joint.ANKLE: JointProtocol(
         "ANKLE", "Foot Ankle 16", "FFS", (0.0, 5.0, -15.0),
         {Plane.SAGITTAL: 85.0, Plane.CORONAL: 100.0, Plane.AXIAL: 100.0}, (0.0, 8.0), (70.0, 110.0), _PD_FS),

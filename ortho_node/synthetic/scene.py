@@ -50,14 +50,15 @@ class Paint:
     ``within`` restricts the fill to voxels currently holding one of those labels (a lesion stays inside
     its tendon; a meniscus fills only the gap the bones leave), ``on_signal`` to voxels of those appearances
     (marrow oedema spares the cortex). ``rim`` paints the outer ``rim[0]`` mm of the
-    filled region with ``rim[1]`` (cortical bone).
+    filled region with ``rim[1]`` (cortical bone) and, when given, the label ``rim[2]`` (skin over fat: one
+    evaluation of the limb outline for both).
     """
 
     shape: Shape
     label: Structure | None
     signal: Signal | None = None
     within: frozenset[Structure] | None = None
-    rim: tuple[float, Signal] | None = None
+    rim: tuple[float, Signal] | tuple[float, Signal, Structure] | None = None
     on_signal: frozenset[Signal] | None = None
 
     def fill_signal(self) -> Signal | None:
@@ -103,7 +104,10 @@ class Scene:
         if fill is not None:
             signal[inside] = int(fill)
         if op.rim is not None:
-            signal[inside & np.broadcast_to(d > -op.rim[0], labels.shape)] = int(op.rim[1])
+            outer = inside & np.broadcast_to(d > -op.rim[0], labels.shape)
+            signal[outer] = int(op.rim[1])
+            if len(op.rim) > 2:
+                labels[outer] = int(op.rim[2])  # type: ignore[misc]
 
     def paint_all(self, ops: Iterable[Paint]) -> None:
         for op in ops:

@@ -76,6 +76,34 @@ class Ellipsoid(Shape):
         return (k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)).astype(np.float32)
 
 
+class SuperEllipsoid(Shape):
+    """|u/a|^p + |v/b|^p + |w/c|^p <= 1 in local axes: ``exponent`` 2 is an ellipsoid, larger ones a rounded box
+    (the tibial plateau, the patella, the metaphysis). The distance is the first-order estimate
+    (F - 1) / |grad F| of F = (sum |u_i / r_i|^p)^(1/p): exact on the surface, good within a few mm of it."""
+
+    def __init__(self, center: Sequence[float], radii: Sequence[float], exponent: float = 2.5,
+                 rotation: np.ndarray | None = None):
+        self.center, self.radii, self.exponent = _vec(center), _vec(radii), float(exponent)
+        self.rotation = None if rotation is None else np.asarray(rotation, dtype=np.float64)
+
+    def bounds(self) -> Bounds:
+        half = self.radii if self.rotation is None else np.abs(self.rotation) @ self.radii
+        return self.center - half, self.center + half
+
+    def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        c, radii, p = self.center.tolist(), self.radii.tolist(), self.exponent
+        d = (x - c[0], y - c[1], z - c[2])
+        if self.rotation is not None:
+            r = self.rotation.tolist()
+            d = tuple(r[0][i] * d[0] + r[1][i] * d[1] + r[2][i] * d[2] for i in range(3))
+        a = [np.abs(d[i]) * np.float32(1.0 / radii[i]) + np.float32(1e-6) for i in range(3)]
+        total = sum(v ** p for v in a)
+        f = total ** (1.0 / p)
+        # |grad F| = F^(1-p) * sqrt(sum (a_i^(p-1) / r_i)^2)
+        g = f ** (1.0 - p) * np.sqrt(sum((a[i] ** (p - 1.0) * np.float32(1.0 / radii[i])) ** 2 for i in range(3)))
+        return np.clip((f - 1.0) / np.maximum(g, 1e-3), -FAR, FAR).astype(np.float32)
+
+
 class Capsule(Shape):
     """A segment a-b swept by a radius varying linearly from ``ra`` to ``rb``.
 
@@ -197,32 +225,53 @@ class Intersection(Shape):
 
 
 class Difference(Shape):
-    """``base`` minus ``cut`` (the cut is only evaluated inside its own bounds)."""
+    """``base`` minus ``cut`` (the cut is only evaluated inside its own bounds); ``blend`` > 0 rounds the
+    cut's edges over about that many mm (smooth maximum)."""
 
-    def __init__(self, base: Shape, *cuts: Shape):
-        self.base, self.cuts = base, Union(*cuts)
+    def __init__(self, base: Shape, *cuts: Shape, blend: float = 0.0):
+        self.base, self.cuts, self.blend = base, Union(*cuts), float(blend)
 
     def bounds(self) -> Bounds:
         return self.base.bounds()
 
     def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return np.maximum(self.base.sdf(x, y, z), -self.cuts.sdf(x, y, z))
+        a, b = self.base.sdf(x, y, z), -self.cuts.sdf(x, y, z)
+        if self.blend <= 0.0:
+            return np.maximum(a, b)
+        h = np.maximum(self.blend - np.abs(a - b), 0.0) / self.blend
+        return (np.maximum(a, b) + h * h * (self.blend / 4.0)).astype(np.float32)
 
 
 class Shell(Shape):
-    """The layer 0 < d(base) < thickness outside ``base`` (cartilage on bone, a bursa on a tendon)."""
+    """The layer 0 < d(base) - offset < thickness outside ``base`` (cartilage on bone, a bursa on a tendon).
 
-    def __init__(self, base: Shape, thickness: float, offset: float = 0.0):
+    ``taper`` = (centre, radii, edge) makes the thickness vary: full at ``centre``, falling smoothly to
+    ``edge`` times it at the ellipsoid (centre, radii) and beyond (cartilage thickest where it bears load).
+    """
+
+    def __init__(self, base: Shape, thickness: float, offset: float = 0.0,
+                 taper: tuple[Sequence[float], Sequence[float], float] | None = None):
         self.base, self.thickness, self.offset = base, float(thickness), float(offset)
+        self.taper = None if taper is None else (_vec(taper[0]), _vec(taper[1]), float(taper[2]))
 
     def bounds(self) -> Bounds:
         lo, hi = self.base.bounds()
         pad = self.offset + self.thickness
         return lo - pad, hi + pad
 
+    def local_thickness(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray | float:
+        if self.taper is None:
+            return self.thickness
+        (c, r, edge) = self.taper
+        q2 = sum(((v - np.float32(ci)) * np.float32(1.0 / ri)) ** 2 for v, ci, ri in zip((x, y, z), c, r))
+        return np.float32(self.thickness) * (np.float32(edge) + np.float32(1.0 - edge) * np.clip(1.0 - q2, 0.0, 1.0))
+
     def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        half = self.thickness / 2.0
-        return (np.abs(self.base.sdf(x, y, z) - self.offset - half) - half).astype(np.float32)
+        if self.taper is None:
+            half = self.thickness / 2.0
+            return (np.abs(self.base.sdf(x, y, z) - self.offset - half) - half).astype(np.float32)
+        d = self.base.sdf(x, y, z) - np.float32(self.offset)
+        return np.maximum(-d, d - self.local_thickness(x, y, z)).astype(np.float32)
 
 
 class Offset(Shape):
@@ -240,20 +289,23 @@ class Offset(Shape):
 
 
 class Transformed(Shape):
-    """``child`` rotated by ``rotation`` about ``pivot`` (e.g. the leg segment in knee flexion)."""
+    """``child`` rotated by ``rotation`` about ``pivot``, then moved by ``translation`` (e.g. the leg segment in
+    knee flexion; a meniscus built on a plane and laid on the tilted tibial plateau)."""
 
-    def __init__(self, child: Shape, rotation: np.ndarray, pivot: Sequence[float]):
+    def __init__(self, child: Shape, rotation: np.ndarray, pivot: Sequence[float],
+                 translation: Sequence[float] = (0.0, 0.0, 0.0)):
         self.child, self.rotation, self.pivot = child, np.asarray(rotation, dtype=np.float64), _vec(pivot)
+        self.translation = _vec(translation)
 
     def bounds(self) -> Bounds:
         lo, hi = self.child.bounds()
         corners = np.array([[(lo, hi)[(i >> a) & 1][a] for a in range(3)] for i in range(8)])
-        moved = (corners - self.pivot) @ self.rotation.T + self.pivot
+        moved = (corners - self.pivot) @ self.rotation.T + self.pivot + self.translation
         return moved.min(axis=0), moved.max(axis=0)
 
     def sdf(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        r, p = self.rotation.tolist(), self.pivot.tolist()
-        d = (x - p[0], y - p[1], z - p[2])
+        r, p, t = self.rotation.tolist(), self.pivot.tolist(), self.translation.tolist()
+        d = (x - (p[0] + t[0]), y - (p[1] + t[1]), z - (p[2] + t[2]))
         # Inverse rotation (R^T) brings the query point into the child's unrotated frame.
         q = [r[0][i] * d[0] + r[1][i] * d[1] + r[2][i] * d[2] + p[i] for i in range(3)]
         q = np.broadcast_arrays(*q)

@@ -24,7 +24,7 @@ def _cruciate(structure: S, key: str, radius: float):
         s = m.points["scale"][0]
         bruises = [marrow_oedema(m.points["lateral_condyle"] + np.array([0, 10, -22]) * s, np.array([10, 12, 8]) * s,
                                  frozenset({S.FEMUR})),
-                   marrow_oedema(np.array([22, 16, -10]) * s, np.array([11, 10, 7]) * s, frozenset({S.TIBIA}))]
+                   marrow_oedema(m.points["lateral_plateau_posterior"], np.array([11, 10, 7]) * s, frozenset({S.TIBIA}))]
         return Lesion(injury.paints + bruises, injury.description)
     return lesion
 
@@ -36,8 +36,9 @@ def _meniscal_tear(structure: S, horn: str):
         tilt = {"horizontal": 0.0, "oblique": 35.0, "vertical longitudinal": 90.0, "radial": 90.0}[kind]
         spin = 90.0 if kind == "radial" else 0.0  # radial tears cut across the meniscus, the others along it
         place = rng.choice(["posterior", "anterior"], p=[0.8, 0.2])
-        centre = m.points[f"{horn}_{place}"] + np.array([0.0, 0.0, 2.0]) * s
-        turn = rotation((0, 0, 1), spin) @ rotation((1, 0, 0), tilt)
+        centre = m.points[f"{horn}_{place}"]  # mid-height in the body of the horn
+        # Orientation in the plateau's frame: a horizontal tear runs parallel to the (sloped, flexed) plateau.
+        turn = m.points["leg_axes"] @ rotation((0, 0, 1), spin) @ rotation((1, 0, 0), tilt)
         # A thin fluid disc confined to the meniscus: since it extends beyond it, it reaches the surface.
         slab = Ellipsoid(centre, np.array([9.0, 9.0, 0.55]) * s, turn)
         return Lesion([Paint(slab, None, Signal.FLUID, within=frozenset({structure}))], f"{kind} tear of the {place} horn")
@@ -65,9 +66,8 @@ def _dislocation_lesion(m: AnatomyModel, rng: np.random.Generator) -> Lesion:
         Paint(Ellipsoid(pc + np.array([-28, 6, 0]) * s, np.array([10, 9, 16]) * s), S.OEDEMA, Signal.SOFT_OEDEMA,
               within=frozenset({S.FAT})),
     ]
-    normal_site = Ellipsoid(pc - np.array([14.0 * s, 0, 0]), np.array([21, 10, 23]) * s)
-    # The tendons follow the patella; their old course lies inside the box of the new one and the normal site.
-    moved = (normal_site, m.parts["patella"], m.parts["patellar_tendon"], m.parts["quad_tendon"])
+    # The tendons follow the patella; the normal seat (patella and tendons) is part of the changed region.
+    moved = (m.parts["patella_seat"], m.parts["patella"], m.parts["patellar_tendon"], m.parts["quad_tendon"])
     return Lesion(paints, "lateral patellar displacement and tilt with kissing contusions", moved)
 
 
