@@ -39,7 +39,7 @@ from pydicom.uid import (
 
 from listeners.fastpath.pdu_guard import PduGuardSocket
 from listeners.fastpath.reactor import EventDrivenAssociation, create_acceptor
-from listeners.fastpath.wire import part10_header
+from listeners.fastpath.wire import CommandFault, part10_header
 from listeners.association_policy import AssociationPolicy, AssociationRequest
 from ortho_node.intake.associations import AssociationCounts, AssociationLog, Peer
 from ortho_node.config import Settings
@@ -122,6 +122,7 @@ class StorageSCP:
             (dicom.host, dicom.port), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
             server_class=_NodeAssociationServer, request_handler=_GuardedRequestHandler,
         )
+        self._server.faults = self
         self._thread = threading.Thread(target=self._server.serve_forever, name="storescp-accept",
                                         daemon=True)
         self._thread.start()
@@ -134,6 +135,7 @@ class StorageSCP:
             ("127.0.0.1", 0), evt_handlers=self._handlers(), ssl_context=self.ssl_context,
             server_class=_HandedOverConnectionServer, request_handler=_GuardedRequestHandler,
         )
+        self._server.faults = self
 
     def serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Run an association on an accepted connection (accepted by another process)."""
@@ -218,8 +220,7 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> int:
         state = self._states.get(event.assoc)
-        ref = AssociationRef(state.association_id if state else None,
-                             state.peer.calling_ae if state else "?", state.peer.host if state else "?")
+        ref = self._ref(state)
         request = event.request
         sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
         received = request.DataSet.getvalue()
@@ -244,6 +245,28 @@ class StorageSCP:
         if state is not None and result.duplicate:
             state.counts.duplicates += 1
         return self._count(state, result.status, len(encoded) if not result.duplicate else 0)
+
+    # Malformed requests (listeners.fastpath.reactor.RequestFaults) ---------------------------------------
+
+    def refused_request(self, assoc: Any, fault: CommandFault) -> int:
+        """A C-STORE request identified by its Message ID whose command set cannot be used: its status."""
+        state = self._states.get(assoc)
+        refused = self.intake.refuse_malformed_request(self._ref(state), Status(fault.status), fault.problem)
+        return self._count(state, refused.status, 0)
+
+    def unreadable_request(self, assoc: Any, problem: str) -> None:
+        """A message no request can be read from; the association is aborted next."""
+        state = self._states.get(assoc)
+        ref = self._ref(state)
+        log.warning("association %s from %s at %s: unreadable DIMSE message (%s); association aborted",
+                    ref.id, ref.calling_ae, ref.peer_host, problem)
+        if state is not None:
+            self.association_log.unreadable_message(state.association_id, state.peer, problem)
+
+    @staticmethod
+    def _ref(state: _AssociationState | None) -> AssociationRef:
+        return AssociationRef(state.association_id if state else None,
+                              state.peer.calling_ae if state else "?", state.peer.host if state else "?")
 
     def _count(self, state: _AssociationState | None, status: Status, size: int) -> int:
         if state is not None:
@@ -291,6 +314,7 @@ class _NodeAssociationServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acceptor_contexts = deepcopy(self.contexts)
+        self.faults: StorageSCP | None = None  # set by the SCP that made this server
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = self.socket.accept()
@@ -320,7 +344,7 @@ class _GuardedRequestHandler(RequestHandler):
     association runs on the event-driven reactors (:mod:`listeners.fastpath.reactor`)."""
 
     def _create_association(self) -> EventDrivenAssociation:
-        return create_acceptor(self, self.server.acceptor_contexts)
+        return create_acceptor(self, self.server.acceptor_contexts, faults=self.server.faults)
 
     def handle(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"

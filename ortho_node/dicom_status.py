@@ -16,6 +16,9 @@ class Status(enum.IntEnum):
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: Error: Cannot understand - the data set could not be decoded.
     CANNOT_UNDERSTAND_UNDECODABLE = 0xC210
+    #: Error: Cannot understand - the request's command set carries a value no C-STORE request may carry (an
+    #: element of the wrong length, no data set); its Message ID is readable, so it is answered.
+    CANNOT_UNDERSTAND_INVALID_COMMAND = 0xC212
     #: Error: Cannot understand - Study, Series or SOP Instance UID is missing.
     CANNOT_UNDERSTAND_MISSING_UID = 0xC220
     #: Error: Cannot understand - a UID is not a valid DICOM UID (and is never used as a file name).

@@ -22,17 +22,19 @@ import socket
 import ssl
 import struct
 import threading
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pynetdicom import _handlers, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
-from listeners.fastpath.wire import DirectStoreMessages, ReceivedPData
+from listeners.fastpath.wire import CommandFault, DirectStoreMessages, ReceivedPData, refused_store_response_command
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,16 @@ _STANDARD_LOG_HANDLERS = (
     (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
     (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
 )
+
+
+class RequestFaults(Protocol):
+    """Who decides, logs and audits what a malformed request gets (the Storage SCP)."""
+
+    def refused_request(self, assoc: Any, fault: CommandFault) -> int:
+        """The status for a request identified by its Message ID whose command set cannot be used."""
+
+    def unreadable_request(self, assoc: Any, problem: str) -> None:
+        """A message no request can be read from; the association is aborted after this returns."""
 
 
 class SignallingQueue(queue.Queue):
@@ -195,7 +207,11 @@ class WakeableDUL(DULServiceProvider):
         try:
             decoded, event = self._decode(pdu_type, pdu)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is an invalid PDU (Evt19)
-            log.error("unable to decode a received PDU (%s)", type(exc).__name__)
+            if self.assoc.is_established:
+                cast(EventDrivenAssociation, self.assoc).report_unreadable(
+                    f"undecodable PDU of type 0x{pdu_type:02X} ({type(exc).__name__})")
+            else:
+                log.error("unable to decode a received PDU (%s)", type(exc).__name__)
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
@@ -276,6 +292,33 @@ class EventDrivenAssociation(Association):
         self.network_timeout = self.network_timeout
         self.dul.to_user_queue = SignallingQueue(self._work.set)
         self.dimse.msg_queue = SignallingQueue(self._work.set)
+        self.faults: RequestFaults | None = None
+
+    def report_unreadable(self, problem: str) -> None:
+        """One log line and (through ``faults``) an audit event for a message that cannot be read."""
+        if self.faults is not None:
+            self.faults.unreadable_request(self, problem)
+        else:
+            log.warning("unreadable DIMSE message (%s); association aborted", problem)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, CommandFault):
+            self._answer_fault(msg)
+            return
+        super()._serve_request(msg, context_id)
+
+    def _answer_fault(self, fault: CommandFault) -> None:
+        """A C-STORE-RSP with a failure status for a request pynetdicom could not have decoded."""
+        if self.faults is not None:
+            status = self.faults.refused_request(self, fault)
+        else:
+            status = fault.status
+            log.warning("C-STORE request %d refused with status 0x%04X (%s)", fault.message_id, status,
+                        fault.problem)
+        pdata = P_DATA()
+        command = refused_store_response_command(replace(fault, status=status))
+        pdata.presentation_data_value_list.append((fault.context_id, b"\x03" + command))  # command, last fragment
+        self.dul.send_pdu(pdata)
 
     def _run_reactor(self) -> None:
         self._is_paused = False
@@ -328,7 +371,8 @@ class EventDrivenAssociation(Association):
         return False
 
 
-def create_acceptor(request_handler: Any, contexts: list[Any]) -> EventDrivenAssociation:
+def create_acceptor(request_handler: Any, contexts: list[Any], *,
+                    faults: RequestFaults | None = None) -> EventDrivenAssociation:
     """Build the acceptor association for a request handler's connection, as pynetdicom's
     ``RequestHandler._create_association`` does, but with the event-driven reactors.
 
@@ -338,6 +382,7 @@ def create_acceptor(request_handler: Any, contexts: list[Any]) -> EventDrivenAss
     server, ae = request_handler.server, request_handler.ae
     assoc = EventDrivenAssociation(ae, MODE_ACCEPTOR)
     assoc._server = server
+    assoc.faults = faults
     assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
     assoc.set_socket(AssociationSocket(assoc, client_socket=request_handler.request))
     acceptor = assoc.acceptor

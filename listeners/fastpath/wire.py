@@ -13,14 +13,19 @@ through pynetdicom unchanged. Tests compare the results with pynetdicom's.
 from __future__ import annotations
 
 import logging
+import re
 import struct
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import _MESSAGE_TYPES
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+
+from ortho_node.dicom_status import Status
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,128 @@ def store_request(command: bytes) -> C_STORE | None:
     return request
 
 
+#: Command elements whose value is a UID (PS3.7 section E.1), by the name the standard gives them.
+_UID_ELEMENTS = {0x0002: "Affected SOP Class UID", 0x0003: "Requested SOP Class UID",
+                 0x1000: "Affected SOP Instance UID", 0x1001: "Requested SOP Instance UID"}
+_UID_FORMAT = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_AE_TITLE_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class CommandFault:
+    """What is wrong with a received command set, without any of its values.
+
+    With a ``message_id`` it is a C-STORE-RQ the node answers with ``status``; without one the request cannot
+    be identified and the association is aborted."""
+
+    problem: str
+    message_id: int | None = None
+    sop_class_uid: str | None = None  # the request's, when it is a valid UID (echoed in the response)
+    status: int = Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    context_id: int = 0
+    data_set_follows: bool = False
+
+
+def command_elements(command: bytes) -> dict[int, bytes] | None:
+    """Every element of an Implicit VR Little Endian command set by element number (a repeated one: its last
+    value), or None when the bytes are not a sequence of group 0000 elements."""
+    values: dict[int, bytes] = {}
+    offset = 0
+    while offset < len(command):
+        if len(command) - offset < _IMPLICIT_ELEMENT.size:
+            return None
+        group, element, length = _IMPLICIT_ELEMENT.unpack_from(command, offset)
+        offset += _IMPLICIT_ELEMENT.size
+        if group != 0x0000 or offset + length > len(command):
+            return None
+        values[element] = command[offset : offset + length]
+        offset += length
+    return values
+
+
+def command_fault(command: bytes) -> CommandFault | None:
+    """None when the command set can be decoded (here or by pynetdicom), else what is wrong with it: values
+    pynetdicom's decoder raises on (a UID over 64 characters) or that no request may carry."""
+    elements = command_elements(command)
+    if elements is None:
+        return CommandFault("command set is not a sequence of command elements")
+    command_field, message_id = _number(elements, 0x0100), _number(elements, 0x0110)
+    if command_field is None or command_field not in _MESSAGE_TYPES:
+        return CommandFault("command set without a known Command Field")
+    if message_id is None and _number(elements, 0x0120) is None:
+        return CommandFault("command set without a readable Message ID")
+    if command_field == _C_STORE_RQ and message_id is not None:
+        problem, status = _store_problem(elements)
+        if problem is None:
+            return None
+        data_set_type = _number(elements, 0x0800)
+        return CommandFault(problem, message_id, _valid_uid(elements.get(0x0002)), status,
+                            data_set_follows=data_set_type != _NO_DATA_SET)
+    for element, name in _UID_ELEMENTS.items():
+        problem = _uid_problem(elements.get(element), name, len_only=True)
+        if problem is not None:
+            return CommandFault(f"command 0x{command_field:04X}: {problem}")
+    return None
+
+
+def _number(elements: dict[int, bytes], element: int) -> int | None:
+    value = elements.get(element)
+    return _US.unpack(value)[0] if value is not None and len(value) == 2 else None
+
+
+def _store_problem(elements: dict[int, bytes]) -> tuple[str | None, int]:
+    for element in (0x0002, 0x1000):
+        value = elements.get(element)
+        if not value or not value.strip(b"\0 "):
+            return f"{_UID_ELEMENTS[element]} missing", Status.CANNOT_UNDERSTAND_MISSING_UID
+        problem = _uid_problem(value, _UID_ELEMENTS[element])
+        if problem is not None:
+            return problem, Status.CANNOT_UNDERSTAND_INVALID_UID
+    if _number(elements, 0x0800) is None:
+        return "Command Data Set Type unreadable", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    if _number(elements, 0x0800) == _NO_DATA_SET:
+        return "C-STORE request without a data set", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    for element, name in ((0x0700, "Priority"), (0x1031, "Move Originator Message ID")):
+        if element in elements and _number(elements, element) is None:
+            return f"{name} of {len(elements[element])} bytes", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    originator = elements.get(0x1030)
+    if originator is not None and (len(originator.strip(b"\0 ")) > _AE_TITLE_LENGTH or not originator.isascii()):
+        return "Move Originator AE Title not a valid AE title", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    return None, Status.SUCCESS
+
+
+def _uid_problem(value: bytes | None, name: str, *, len_only: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not value.isascii():
+        return f"{name} is not ASCII"
+    text = _text(value)
+    if len(text) > 64:
+        return f"{name} longer than 64 characters ({len(text)})"
+    if not len_only and not _UID_FORMAT.fullmatch(text):
+        return f"{name} is not a valid UID"
+    return None
+
+
+def _valid_uid(value: bytes | None) -> str | None:
+    if value is None or _uid_problem(value, "") is not None:
+        return None
+    return _text(value) or None
+
+
+def refused_store_response_command(fault: CommandFault) -> bytes:
+    """The command set of the C-STORE-RSP answering a refused request: its status and message ID, and the
+    SOP class only when it is a valid UID (a value the peer's decoder might refuse is never echoed)."""
+    body = b"".join((
+        _implicit(0x0002, _padded(fault.sop_class_uid, b"\0")) if fault.sop_class_uid else b"",
+        _implicit(0x0100, struct.pack("<H", _C_STORE_RSP)),
+        _implicit(0x0120, struct.pack("<H", fault.message_id or 0)),
+        _implicit(0x0800, struct.pack("<H", _NO_DATA_SET)),
+        _implicit(0x0900, struct.pack("<H", fault.status)),
+    ))
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
 def _text(value: bytes) -> str:
     return value.decode("ascii").rstrip("\0 ")
 
@@ -162,6 +289,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
         self._command = bytearray()  # command fragments of the message being received
         self._request: C_STORE | None = None  # a C-STORE-RQ whose data set is being received
         self._fragments: list[Any] = []  # its data set fragments, views of the received PDUs
+        self._refusing: CommandFault | None = None  # a refused C-STORE-RQ whose data set is being dropped
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         for context_id, pdv in primitive.presentation_data_value_list:
@@ -169,16 +297,31 @@ class DirectStoreMessages(DIMSEServiceProvider):
                 super().receive_primitive(_p_data(context_id, pdv))
             elif self._request is not None:
                 self._receive_data(self._request, pdv)
+            elif self._refusing is not None and not pdv[0] & 1:
+                self._discard_data(self._refusing, pdv)
             elif pdv[0] & 1:
+                if self._refusing is not None:  # a new command: the refused request brought no data set
+                    self._answer_refused()
                 self._receive_command(context_id, pdv)
-            else:  # a data set fragment with no command before it: pynetdicom's way
-                super().receive_primitive(_p_data(context_id, pdv))
+            else:  # pynetdicom's decoder raises on a data set with no command before it
+                self._abort_unreadable(CommandFault("data set fragment with no command before it"))
+                return
 
     def _receive_command(self, context_id: int, pdv: Any) -> None:
         self._command += pdv[1:]
         if not pdv[0] & 2:
             return  # more command fragments follow
         command, self._command = bytes(self._command), bytearray()
+        fault = command_fault(command)
+        if fault is not None:
+            fault = replace(fault, context_id=context_id)
+            if fault.message_id is None:
+                self._abort_unreadable(fault)
+            elif fault.data_set_follows:
+                self._refusing = fault
+            else:
+                self.msg_queue.put((context_id, fault))
+            return
         request = None if self._dimse_recv_observed() else store_request(command)
         if request is None:
             super().receive_primitive(_p_data(context_id, b"\x03" + command))
@@ -188,9 +331,8 @@ class DirectStoreMessages(DIMSEServiceProvider):
 
     def _receive_data(self, request: C_STORE, pdv: Any) -> None:
         if pdv[0] & 1:
-            log.error("command fragment received inside a C-STORE data set; aborting the association")
             self._request, self._fragments = None, []
-            self.dul.event_queue.put("Evt19")
+            self._abort_unreadable(CommandFault("command fragment received inside a C-STORE data set"))
             return
         self._fragments.append(pdv[1:])
         if not pdv[0] & 2:
@@ -199,6 +341,27 @@ class DirectStoreMessages(DIMSEServiceProvider):
         request.DataSet = BytesIO(b"".join(self._fragments))
         self._fragments = []
         self.msg_queue.put((request._context_id, request))
+
+    def _discard_data(self, fault: CommandFault, pdv: Any) -> None:
+        """The data set of a refused request is read and dropped; the answer follows its last fragment."""
+        if pdv[0] & 2:
+            self._answer_refused()
+
+    def _answer_refused(self) -> None:
+        fault, self._refusing = self._refusing, None
+        if fault is not None:
+            self.msg_queue.put((fault.context_id, fault))
+
+    def _abort_unreadable(self, fault: CommandFault) -> None:
+        """A message no request can be read from: reported (one log line, an audit event), then aborted
+        (Evt19: an A-ABORT PDU, as pynetdicom answers an invalid DIMSE message)."""
+        self._command, self._refusing = bytearray(), None
+        report = getattr(self.assoc, "report_unreadable", None)
+        if report is not None:
+            report(fault.problem)
+        else:
+            log.warning("unreadable DIMSE message (%s); association aborted", fault.problem)
+        self.dul.event_queue.put("Evt19")
 
     def _dimse_recv_observed(self) -> bool:
         return bool(self.assoc.get_handlers(evt.EVT_DIMSE_RECV)) or _config.STORE_RECV_CHUNKED_DATASET

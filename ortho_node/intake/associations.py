@@ -85,6 +85,21 @@ class AssociationLog:
             log.error("malformed connection from %s not recorded: database unavailable (%s)", host,
                       type(exc).__name__)
 
+    def unreadable_message(self, association_id: int | None, peer: Peer, problem: str) -> None:
+        """A DIMSE message on an accepted association that no request could be read from (then aborted);
+        ``problem`` says what is wrong, never a value."""
+        try:
+            with self._session_factory.begin() as session:
+                session.add(make_event(
+                    AuditKind.MALFORMED_CONNECTION, f"association from {peer.calling_ae} aborted: unreadable "
+                    f"DIMSE message ({problem})", severity=Severity.WARNING, association_id=association_id,
+                    calling_ae=peer.calling_ae, peer_host=peer.host, details={"peer_port": peer.port,
+                                                                              "problem": problem},
+                ))
+        except SQLAlchemyError as exc:
+            log.error("unreadable message from %s not recorded: database unavailable (%s)", peer.host,
+                      type(exc).__name__)
+
     def ended(self, association_id: int | None, peer: Peer, state: str, counts: AssociationCounts) -> None:
         if association_id is None:
             return

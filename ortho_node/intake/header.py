@@ -115,6 +115,11 @@ def _after_wanted_tags(tag: int, vr: str | None, length: int) -> bool:
     return int(tag) > _wanted_tags()[-1]
 
 
+#: UIDs are read whole up to this length, so that intake refuses one over 64 characters (0xC221) instead of
+#: storing it cut to a valid-looking UID.
+_UID_READ_LIMIT = 1024
+
+
 def _text(ds: _Elements, keyword: str, limit: int = 64) -> str | None:
     try:
         value = ds.get(keyword)
@@ -167,10 +172,10 @@ class InstanceHeader:
     def from_dataset(cls, ds: Dataset | EncodedHeader) -> InstanceHeader:
         """From a pydicom data set, or from :class:`EncodedHeader` on the receiving path."""
         return cls(
-            sop_uid=_text(ds, "SOPInstanceUID"),
-            sop_class_uid=_text(ds, "SOPClassUID"),
-            study_uid=_text(ds, "StudyInstanceUID"),
-            series_uid=_text(ds, "SeriesInstanceUID"),
+            sop_uid=_text(ds, "SOPInstanceUID", _UID_READ_LIMIT),
+            sop_class_uid=_text(ds, "SOPClassUID", _UID_READ_LIMIT),
+            study_uid=_text(ds, "StudyInstanceUID", _UID_READ_LIMIT),
+            series_uid=_text(ds, "SeriesInstanceUID", _UID_READ_LIMIT),
             study={
                 "study_description": _text(ds, "StudyDescription"),
                 "accession_number": _text(ds, "AccessionNumber", 16),

@@ -147,6 +147,10 @@ class Intake:
         return self._refuse(association, Status.CANNOT_UNDERSTAND_UNDECODABLE, f"undecodable data set ({error})",
                             sop_uid=affected_sop_instance_uid)
 
+    def refuse_malformed_request(self, association: AssociationRef, status: Status, problem: str) -> IntakeResult:
+        """A C-STORE request whose command set cannot be used (``problem``: what is wrong, never a value)."""
+        return self._refuse(association, status, f"malformed request: {problem}")
+
     def _store_and_record(self, incoming: IncomingInstance, header: InstanceHeader, relative: str,
                           decision: Decision) -> IntakeResult:
         try:
