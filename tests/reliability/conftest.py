@@ -1,4 +1,4 @@
-"""A node served by ``ortho-node serve`` in a subprocess, shared by a module's tests, with one and with two
+"""Fixtures of the reliability matrix: a node served by ``ortho-node serve`` in a subprocess, shared by a module's tests, with one and with two
 storage worker processes (``dicom.workers``): its log, audit events and data folder are what the tests read."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from ortho_node.db.models import AuditEvent
+from tests.delivery.conftest import fake_pacs  # noqa: F401 - fixture of test_delivery_crash
 from tests.node_process import NodeProcess
 
 
