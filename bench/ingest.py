@@ -97,17 +97,21 @@ class Receiver:
 class OurNode(Receiver):
     ae_title = "ORTHODIFF"
 
-    def __init__(self, workers: int = 1, model: bool = False) -> None:
-        self.workers, self.model = workers, model
+    def __init__(self, workers: int = 1, model: bool = False, *, data_dir: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``data_dir``: the node's data folder (default: ``node`` in the run's folder); ``env``: more
+        ``ORTHO_NODE_*`` settings (another bench's database, retention, scheduling)."""
+        self.workers, self.model, self.data_dir, self.env = workers, model, data_dir, env or {}
         self.name = ("ortho-node" if workers == 1 else f"ortho-node x{workers}") + (" +model" if model else "")
 
     def start(self, workdir: Path) -> None:
         self.port = free_port()
         env = {**ENV, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0", "ORTHO_NODE_LOGGING_LEVEL": "WARNING",
-               "ORTHO_NODE_DICOM_WORKERS": str(self.workers), "ORTHO_NODE_MODEL_ENABLED": str(self.model).lower()}
+               "ORTHO_NODE_DICOM_WORKERS": str(self.workers), "ORTHO_NODE_MODEL_ENABLED": str(self.model).lower(),
+               **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ortho_node.app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", str(workdir / "node")], env=env)
+             "--data-dir", str(self.data_dir or workdir / "node")], env=env)
         self.wait_ready(self.port)
 
 
@@ -193,6 +197,20 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+def send(receiver: Receiver, groups: list[list[Path]]) -> float:
+    """Seconds to send every group of files, each over its own association (one dcmtk ``storescu`` per group),
+    all at once; raises when a sender fails."""
+    started = time.perf_counter()
+    senders = [subprocess.Popen(["/usr/bin/storescu", "-aec", receiver.ae_title, "127.0.0.1", str(receiver.port),
+                                 *map(str, group)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for group in groups]
+    failures = [s.communicate()[1] for s in senders if s.wait() != 0]
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{receiver.name}: storescu failed: {failures[0][-500:]!r}")
+    return elapsed
+
+
 def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="ingest-", dir=os.environ.get("BENCH_TMP")))
     try:
@@ -202,19 +220,13 @@ def run_once(receiver: Receiver, files: list[Path], parallel: int) -> dict[str, 
         stop, peak, per_process = threading.Event(), [], {}
         sampler = threading.Thread(target=peak_rss_sampler, args=(proc, stop, peak, per_process))
         sampler.start()
-        groups = [files[i::parallel] for i in range(parallel)]
-        started = time.perf_counter()
-        senders = [subprocess.Popen(["/usr/bin/storescu", "-aec", receiver.ae_title, "127.0.0.1",
-                                     str(receiver.port), *map(str, group)], env=ENV,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for group in groups]
-        failures = [s.communicate()[1] for s in senders if s.wait() != 0]
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(proc) - cpu_before
-        stop.set()
-        sampler.join()
-        receiver.stop()
-        if failures:
-            raise RuntimeError(f"{receiver.name}: storescu failed: {failures[0][-500:]!r}")
+        try:
+            elapsed = send(receiver, [files[i::parallel] for i in range(parallel)])
+            cpu = cpu_seconds(proc) - cpu_before
+        finally:
+            stop.set()
+            sampler.join()
+            receiver.stop()
         size = sum(p.stat().st_size for p in files)
         return {"inst_s": len(files) / elapsed, "mb_s": size / 1e6 / elapsed, "cpu_s": cpu,
                 "peak_rss_mb": peak[0] / 1e6, "seconds": elapsed,
