@@ -8,7 +8,7 @@ seconds it prints instances/s, the node's RSS (main process and workers) and its
 the end instances/s, acknowledged vs stored (the acknowledged SOP Instance UIDs missing from the database),
 RSS growth after the first interval, and the descriptor range.
 
-    python3 bench/soak.py --minutes 5 [--senders 4] [--per-association 20] [--rows 256] [--workers 1]
+    python3 bench/soak.py --minutes 5 [--senders 4] [--per-association 20] [--rows 256] [--workers 1] [--json]
 
 Issue 23's goals: >= 50 instances/s, 0 acknowledged instances missing, RSS growth < 50 MB, descriptors flat.
 """
@@ -16,6 +16,7 @@ Issue 23's goals: >= 50 instances/s, 0 acknowledged instances missing, RSS growt
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sqlite3
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="the node's dicom.workers")
     parser.add_argument("--with-model", action="store_true", help="load the model as serve does by default")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
+    parser.add_argument("--json", action="store_true", help="end with the figures as one JSON line")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -191,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{after_first[0][0]:.0f} s, {samples[-1][2] / 1e6:.1f} MB at the end: growth {growth:+.1f} MB")
         print(f"open file descriptors: {samples[0][3]} at start, {min(fds_seen)}-{max(fds_seen)} under load, "
               f"{samples[-1][3]} at the end")
+        if args.json:
+            print(json.dumps({
+                "instances_per_s": len(tally.acknowledged) / elapsed, "seconds": elapsed, "sent": tally.sent,
+                "acknowledged": len(tally.acknowledged), "stored": len(stored), "missing": len(missing),
+                "failed_associations": tally.failed_associations, "rss_growth_mb": growth,
+                "fds_start": samples[0][3], "fds_first_interval": after_first[0][3], "fds_min": min(fds_seen),
+                "fds_max": max(fds_seen), "fds_end": samples[-1][3],
+            }))
         return 0 if not missing and tally.failed_associations == 0 else 1
     finally:
         node.stop()
