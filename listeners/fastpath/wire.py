@@ -290,9 +290,12 @@ class DirectStoreMessages(DIMSEServiceProvider):
         self._request: C_STORE | None = None  # a C-STORE-RQ whose data set is being received
         self._fragments: list[Any] = []  # its data set fragments, views of the received PDUs
         self._refusing: CommandFault | None = None  # a refused C-STORE-RQ whose data set is being dropped
+        self._aborting = False  # an unreadable message was reported and the association is being aborted
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         for context_id, pdv in primitive.presentation_data_value_list:
+            if self._aborting:  # an unreadable message ends the association: nothing after it is read
+                return
             if self.message is not None:  # pynetdicom is decoding this message
                 super().receive_primitive(_p_data(context_id, pdv))
             elif self._request is not None:
@@ -305,7 +308,6 @@ class DirectStoreMessages(DIMSEServiceProvider):
                 self._receive_command(context_id, pdv)
             else:  # pynetdicom's decoder raises on a data set with no command before it
                 self._abort_unreadable(CommandFault("data set fragment with no command before it"))
-                return
 
     def _receive_command(self, context_id: int, pdv: Any) -> None:
         self._command += pdv[1:]
@@ -355,7 +357,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
     def _abort_unreadable(self, fault: CommandFault) -> None:
         """A message no request can be read from: reported (one log line, an audit event), then aborted
         (Evt19: an A-ABORT PDU, as pynetdicom answers an invalid DIMSE message)."""
-        self._command, self._refusing = bytearray(), None
+        self._command, self._refusing, self._aborting = bytearray(), None, True
         report = getattr(self.assoc, "report_unreadable", None)
         if report is not None:
             report(fault.problem)

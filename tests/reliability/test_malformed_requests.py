@@ -96,6 +96,7 @@ UNREADABLE = {
     "unknown-command-field": p_data((0x03, element(0x0100, struct.pack("<H", 0x0777))
                                      + element(0x0110, struct.pack("<H", 1)))),
     "data-without-command": p_data((0x02, b"\x08\x00\x16\x00UI\x04\x001.2\x00")),
+    "garbage-then-data-in-one-pdu": p_data((0x03, b"\x01\x02\x03"), (0x02, b"\x08\x00")),
     "echo-uid-over-64": p_data((0x03, element(0x0002, padded(LONG_UID)) + element(0x0100, struct.pack("<H", 0x30))
                                 + element(0x0110, struct.pack("<H", 1)) + element(0x0800, struct.pack("<H", 0x0101)))),
 }
