@@ -25,6 +25,7 @@ instance received is still there (rows not purged, files present).
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import shutil
 import statistics
@@ -253,7 +254,8 @@ def one_round(args: argparse.Namespace, sets: dict[str, list[list[Path]]]) -> di
         overlap = (min(end, times[-1]) - max(begin, times[0])).total_seconds() / (end - begin).total_seconds()
         with sessions() as session:
             kept = session.scalar(select(func.count(Instance.id)).where(Instance.purged_at.is_(None)))
-        files = sum(1 for _ in (settings.data_dir / "instances").rglob("*.dcm"))
+        # os.walk skips folders that vanish under it: the node's pass may still be removing emptied ones.
+        files = sum(name.endswith(".dcm") for _, _, names in os.walk(settings.data_dir / "instances") for name in names)
         engine.dispose()
         return {"without": sent["without"] / without, "during": sent["during"] / during,
                 "seconds_without": without, "seconds_during": during, "overlap": max(0.0, overlap),

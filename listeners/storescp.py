@@ -146,6 +146,11 @@ class StorageSCP:
         self._server.process_request(sock, address)
 
     @property
+    def active_associations(self) -> int:
+        """Associations open now (every process serving the port)."""
+        return self._active.value
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("start() first")

@@ -58,6 +58,11 @@ class WorkerPoolSCP:
         self._lock = threading.Lock()
 
     @property
+    def active_associations(self) -> int:
+        """Associations open now (every process serving the port)."""
+        return self._active.value
+
+    @property
     def port(self) -> int:
         if self._listener is None:
             raise RuntimeError("start() first")

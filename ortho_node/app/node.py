@@ -80,7 +80,7 @@ class Node:
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=time)
         self.intake.add_listener(self.scheduler.watcher)
-        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time)
+        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving)
         self.scp: StorageSCP | WorkerPoolSCP | None = None
         self.console: ConsoleServer | None = None
         self.metrics: MetricsServer | None = None
@@ -127,6 +127,9 @@ class Node:
                                       self.liveness())
             self.metrics = MetricsServer(metrics.host, metrics.port, make_registry(collector), self.health)
             self.metrics.start()
+
+    def _receiving(self) -> bool:
+        return self.scp is not None and self.scp.active_associations > 0
 
     def purge(self) -> None:
         """One purge pass (the scheduled job): a failing pass is logged and the next one tries again."""

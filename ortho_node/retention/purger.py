@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,30 @@ LEASE = dt.timedelta(minutes=15)
 UNDELIVERED = ("pending", "failed")
 
 FreeBytes = Callable[[Path], int]
+#: While the node is receiving, a pass works at most this share of the time (the rest it sleeps): housekeeping
+#: gives way to intake, whose senders wait on every acknowledgement (bench/retention.py --ingest).
+BUSY_DUTY = 0.25
+
+
+class Pacer:
+    """Called after each study a pass deletes: while ``busy()`` (associations open), sleeps long enough that the
+    pass works at most ``duty`` of the time; idle, it never sleeps, so a quiet node purges at full speed."""
+
+    def __init__(self, busy: Callable[[], bool], duty: float = BUSY_DUTY,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not 0.0 < duty <= 1.0:
+            raise ValueError(f"duty must be in (0, 1], got {duty}")
+        self._busy, self._duty, self._sleep = busy, duty, sleep
+        self._mark = time.monotonic()
+
+    def start(self) -> None:
+        self._mark = time.monotonic()
+
+    def __call__(self) -> None:
+        worked = time.monotonic() - self._mark
+        if self._busy():
+            self._sleep(worked * (1.0 / self._duty - 1.0))
+        self._mark = time.monotonic()
 
 
 def disk_free(path: Path) -> int:
@@ -74,7 +99,9 @@ class Purger:
     purge`` runs it once. ``clock`` and ``free_bytes`` are the only things tests replace."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *, clock: Clock | None = None,
-                 free_bytes: FreeBytes = disk_free) -> None:
+                 free_bytes: FreeBytes = disk_free, busy: Callable[[], bool] | None = None) -> None:
+        """``busy``: whether the node is receiving now (the serving node: associations open); a pass then
+        paces itself (:class:`Pacer`)."""
         self.retention = settings.retention
         self._session_factory = session_factory
         self._clock = clock or SystemClock()
@@ -82,6 +109,7 @@ class Purger:
         self._store = InstanceStore(settings.data_dir, fsync=False)
         self._short_reported = False
         self._emptied: defaultdict[Path, set[Path]] = defaultdict(set)  # root -> folders emptied in this pass
+        self._pace = Pacer(busy) if busy is not None else None
 
     @property
     def results_root(self) -> Path:
@@ -91,6 +119,8 @@ class Purger:
         report = PurgeReport(dry_run)
         now = self._clock.now()
         self._emptied = defaultdict(set)
+        if self._pace is not None:
+            self._pace.start()
         with self._session_factory() as session:
             facts = study_facts(session)
         if self.retention.supersede_results:
@@ -192,6 +222,8 @@ class Purger:
                 .values(purged_at=now).execution_options(synchronize_session=False))
             self._record(session, study.uid, AuditKind.INSTANCES_PURGED, Step.INSTANCES_PURGED, message, details, now)
         report.deletions.append(Deletion(study.uid, Action.INSTANCES.value, reason, len(files), study.instance_bytes))
+        if self._pace is not None:
+            self._pace()
         return True
 
     def _purge_results(self, study: StudyFacts, reason: str, now: dt.datetime, report: PurgeReport,
@@ -224,6 +256,8 @@ class Purger:
             self._record(session, study.uid, AuditKind.RESULTS_PURGED, Step.RESULTS_PURGED,
                          f"{len(files)} result objects deleted: {reason}", details, now)
         report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
+        if self._pace is not None:
+            self._pace()
 
     def _claim(self, study: StudyFacts, now: dt.datetime, *conditions) -> bool:
         """Take the study's lease if, in the database now, it is still not kept, has no active job, nothing

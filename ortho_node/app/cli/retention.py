@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ortho_node.app.cli.context import add_node_flags, session_factory, settings_of
 
 MB = 1024 * 1024
+#: The CPU priority a pass lowers itself by (nice), so that a node receiving on the same machine keeps its pace.
+PURGE_NICENESS = 10
 
 
 def register(sub) -> None:
@@ -32,6 +35,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from ortho_node.retention.purger import Purger
 
     settings = settings_of(args)
+    # Run beside a serving node, a pass gives way to its intake: the node's own pass paces itself instead.
+    os.nice(PURGE_NICENESS)
     report = Purger(settings, session_factory(settings)).run(dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
