@@ -18,7 +18,7 @@ def csrf_token(html: str) -> str:
 def login(session: requests.Session, base_url: str, user: str, password: str, *, next_path: str | None = None,
           **kwargs) -> requests.Response:
     """Open the login page (its CSRF token and nonce cookie), then submit the form as a browser does."""
-    page = session.get(f"{base_url}/login", timeout=10)
+    page = session.get(f"{base_url}/login", timeout=10, verify=kwargs.get("verify", session.verify))
     data = {"user": user, "password": password, "csrf_token": csrf_token(page.text)}
     if next_path is not None:
         data["next"] = next_path
