@@ -142,8 +142,7 @@ class Console:
 
     # -- data ----------------------------------------------------------------------------------------------
     def study_row(self, uid: str) -> dict[str, Any] | None:
-        rows = q.list_studies(self._session_factory, q.Filters(search=uid, limit=10**6))
-        return next((r for r in rows if r["study_instance_uid"] == uid), None)
+        return q.study_row(self._session_factory, uid)
 
     @property
     def db(self) -> sessionmaker[DbSession]:
