@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from ortho_node.audit import views as q
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
@@ -40,6 +41,7 @@ from listeners.web.headers import DefaultHeaders
 
 log = logging.getLogger(__name__)
 
+API_PREFIX = "/api/v1"
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
@@ -136,6 +138,11 @@ class Console:
         age = "" if max_age is None else f"; Max-Age={int(max_age)}"
         secure = "; Secure" if self.secure_cookie else ""
         response.headers.append("set-cookie", f"{name}={value}; Path={path}; HttpOnly; SameSite=Strict{age}{secure}")
+
+    def session_user(self, request: Request) -> str | None:
+        """The user of the request's console session (how the API under /api/v1 signs users in)."""
+        session = self.sessions.read(request.cookies.get(SESSION_COOKIE))
+        return session.user if session else None
 
     def csrf(self, session: Session) -> str:
         return self.sessions.csrf_token(f"session:{session.sid}")
@@ -279,8 +286,9 @@ def _same_origin(request: Request) -> bool:
     return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def console_app(console: Console) -> DefaultHeaders:
-    """The console's routes in one Starlette application, wrapped in its security headers."""
+def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeaders:
+    """The console's routes in one Starlette application, wrapped in its security headers; ``api`` (the REST
+    API, ``listeners.api``) mounted at /api/v1, before the console's catch-all page."""
 
     async def login_page(request: Request) -> Response:
         next_path = _local_path(request.query_params.get("next", "/studies"))
@@ -323,6 +331,7 @@ def console_app(console: Console) -> DefaultHeaders:
         Route("/studies/{uid}", page(_study), methods=["GET"]),
         Route("/studies/{uid}/timeline.csv", page(_timeline_csv), methods=["GET"]),
         Route("/studies/{uid}/images/{sop}.png", page(_key_image), methods=["GET"]),
+        *([Mount(API_PREFIX, app=api)] if api is not None else []),
         Route("/{rest:path}", page(_not_found), methods=["GET"]),
     ]
 

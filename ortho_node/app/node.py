@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from listeners.api.routes import Api, api_app
 from listeners.console.routes import Console, console_app
 from listeners.web.listener import TlsFiles, WebListener
 from listeners.web.operations import operations_app
@@ -120,8 +121,10 @@ class Node:
         own port and thread when enabled (``listeners.web``)."""
         console, metrics = self.settings.console, self.settings.metrics
         if console.enabled:
-            app = console_app(Console(console, self.session_factory, self.audit,
-                                      warnings=configuration_warnings(self.settings)))
+            admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings))
+            api = api_app(Api(self.session_factory, self.settings.destinations), admin.session_user,
+                          version=__version__)
+            app = console_app(admin, api=api)
             tls = TlsFiles(console.tls_cert, console.tls_key) if console.tls else None
             self.console = WebListener(app, console.host, console.port, name="admin console", tls=tls)
             self.console.start()
