@@ -8,6 +8,8 @@ thread.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -52,6 +54,7 @@ class WebListener:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def scheme(self) -> str:
@@ -72,7 +75,7 @@ class WebListener:
             ssl_certfile=self.tls.certificate if self.tls else None,
             ssl_keyfile=self.tls.private_key if self.tls else None)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(self._server, self._socket),),
                                         name=f"{self.name}-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -83,20 +86,40 @@ class WebListener:
             time.sleep(0.01)
         log.info("%s on %s://%s:%d", self.name, self.scheme, self.host, self.port)
 
+    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        await server.serve(sockets=[sock])
+
     def stop(self) -> None:
-        """Close the listener, let requests in flight finish, end the loop; idempotent."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(GRACE + 5)
-            if self._thread.is_alive():
+        """Close the listener, let requests in flight finish (``GRACE`` s at most), end the loop; idempotent.
+
+        Idle keep-alive connections do not hold the stop up: once no request is in flight they are aborted (a
+        TLS connection would otherwise wait for the client's close_notify)."""
+        server, thread, loop = self._server, self._thread, self._loop
+        if server is not None:
+            server.should_exit = True
+        if thread is not None and server is not None:
+            deadline = time.monotonic() + GRACE + 5
+            while thread.is_alive() and time.monotonic() < deadline:
+                thread.join(0.1)
+                if loop is not None and not server.server_state.tasks:  # nothing in flight: idle connections
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to abort
+                        loop.call_soon_threadsafe(_abort_idle, server)
+            if thread.is_alive():
                 log.warning("%s: the web server thread did not end within %.0f s", self.name, GRACE + 5)
-                if self._server is not None:
-                    self._server.force_exit = True
-                self._thread.join(2)
         if self._socket is not None:
             self._socket.close()
-        self._server = self._thread = self._socket = None
+        self._server = self._thread = self._socket = self._loop = None
+
+
+def _abort_idle(server: uvicorn.Server) -> None:
+    """On the server's loop: drop the connections left once no request is in flight."""
+    if server.server_state.tasks:
+        return
+    for connection in list(server.server_state.connections):
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
 
 
 def _bind(host: str, port: int) -> socket.socket:
