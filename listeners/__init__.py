@@ -1,2 +1,3 @@
 """The node's network edges: the DICOM Storage SCP (association policy, worker processes, the fast receiving
-path in ``fastpath``), the metrics/health endpoint and the admin console (``console``)."""
+path in ``fastpath``) and the HTTP edge on Starlette + uvicorn (``web``: listeners, /metrics and /healthz),
+with the admin console (``console``) and the REST API (``api``) on the console's port."""

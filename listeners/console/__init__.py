@@ -1,2 +1,3 @@
-"""The admin web console in one place: HTTP server, sessions and routes (server), password hashes, HTML pages,
+"""The admin web console in one place: Starlette routes (routes), signed sessions, CSRF and lock-out (sessions),
+password hashes, HTML pages from Jinja2 templates (pages, templates/),
 inline SVG charts and key images."""

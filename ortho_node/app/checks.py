@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -161,9 +162,24 @@ def check_ports(settings: Settings) -> None:
         check_port_free(host, port, key)
 
 
+def check_console_tls(settings: Settings) -> None:
+    """The console's certificate and key load and belong together (the files' existence is checked with the
+    settings)."""
+    console = settings.console
+    if not (console.enabled and console.tls):
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(console.tls_cert, console.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(f"console.tls_cert / console.tls_key: cannot be loaded ({console.tls_cert}, "
+                           f"{console.tls_key}): {getattr(exc, 'reason', None) or exc}") from None
+
+
 def preflight(settings: Settings) -> None:
     """Everything ``serve`` can check in a second, before it loads the model and migrates the database."""
     check_ports(settings)
+    check_console_tls(settings)
     check_writable_folder(settings.data_dir, "storage.data_dir")
     check_database_reachable(settings)
 

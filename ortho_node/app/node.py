@@ -9,8 +9,10 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from listeners.console.server import Console, ConsoleServer
-from listeners.metrics_server import MetricsServer
+from listeners.api.routes import Api, api_app
+from listeners.console.routes import Console, console_app
+from listeners.web.listener import TlsFiles, WebListener
+from listeners.web.operations import operations_app
 from listeners.storescp import StorageSCP
 from listeners.worker_pool import WorkerPoolSCP
 from ortho_node import __version__
@@ -82,8 +84,8 @@ class Node:
         self.intake.add_listener(self.scheduler.watcher)
         self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving)
         self.scp: StorageSCP | WorkerPoolSCP | None = None
-        self.console: ConsoleServer | None = None
-        self.metrics: MetricsServer | None = None
+        self.console: WebListener | None = None
+        self.metrics: WebListener | None = None
 
     def prepare(self) -> None:
         """Bring the schema up to date and recover from an earlier crash; run before serving."""
@@ -115,17 +117,22 @@ class Node:
         return self.scp
 
     def _start_operations(self) -> None:
-        """The admin console and the metrics / health endpoint, each on its own port when enabled."""
+        """The admin console and the metrics / health endpoint: ASGI applications served by uvicorn, each on its
+        own port and thread when enabled (``listeners.web``)."""
         console, metrics = self.settings.console, self.settings.metrics
         if console.enabled:
-            self.console = ConsoleServer(Console(console, self.session_factory, self.audit,
-                                                 warnings=configuration_warnings(self.settings)),
-                                         console.host, console.port)
+            admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings))
+            api = api_app(Api(self.session_factory, self.settings.destinations), admin.session_user,
+                          version=__version__)
+            app = console_app(admin, api=api)
+            tls = TlsFiles(console.tls_cert, console.tls_key) if console.tls else None
+            self.console = WebListener(app, console.host, console.port, name="admin console", tls=tls)
             self.console.start()
         if metrics.enabled:
             collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),
                                       self.liveness())
-            self.metrics = MetricsServer(metrics.host, metrics.port, make_registry(collector), self.health)
+            self.metrics = WebListener(operations_app(make_registry(collector), self.health), metrics.host,
+                                       metrics.port, name="metrics and health check")
             self.metrics.start()
 
     def _receiving(self) -> bool:

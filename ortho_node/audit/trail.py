@@ -52,7 +52,8 @@ class AuditKind(str, enum.Enum):
     STUDY_KEEP_CLEARED = "study_keep_cleared"
 
     CONSOLE_LOGIN = "console_login"
-    CONSOLE_LOGIN_FAILED = "console_login_failed"
+    CONSOLE_LOGIN_FAILED = "console_login_failed"  # wrong password, unknown user, or a locked-out user name
+    CONSOLE_LOCKED_OUT = "console_locked_out"  # console.max_failed_logins in a row: the user name is locked
 
 
 class Severity(str, enum.Enum):

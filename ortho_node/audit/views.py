@@ -78,6 +78,32 @@ def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filt
     return rows[:filters.limit]
 
 
+def study_row(session_factory: sessionmaker[Session], study_instance_uid: str) -> dict[str, Any] | None:
+    """One study's row as :func:`list_studies` gives it; None when it is not stored."""
+    with session_factory() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+        if study is None:
+            return None
+        context = _StudyContext.load(session, [study])
+    return context.row(study)
+
+
+def destination_queues(session_factory: sessionmaker[Session]) -> dict[str, dict[str, Any]]:
+    """Per destination name in the delivery queue: objects pending, delivered and failed, and the last
+    delivery (UTC)."""
+    with session_factory() as session:
+        rows = session.execute(select(DeliveryItem.destination, DeliveryItem.state, func.count(DeliveryItem.id),
+                                      func.max(DeliveryItem.delivered_at))
+                               .group_by(DeliveryItem.destination, DeliveryItem.state)).all()
+    queues: dict[str, dict[str, Any]] = {}
+    for name, state, count, delivered_at in rows:
+        queue = queues.setdefault(name, {"pending": 0, "delivered": 0, "failed": 0, "last_delivered_at": None})
+        queue[state] = queue.get(state, 0) + count
+        if state == "delivered" and delivered_at is not None:
+            queue["last_delivered_at"] = as_utc(delivered_at)
+    return queues
+
+
 def _matches(row: dict[str, Any], filters: Filters) -> bool:
     if filters.status and row["status"] != filters.status:
         return False

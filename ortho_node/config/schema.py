@@ -248,16 +248,34 @@ class DeliverySettings:
 @dataclasses.dataclass(frozen=True)
 class ConsoleSettings:
     enabled: bool = _field(False, "Serve the read-only admin web console (login required).")
-    host: str = _field("127.0.0.1", "Address the console listens on (put an HTTPS reverse proxy in front of it "
-                                    "for access from other machines).")
+    host: str = _field("127.0.0.1", "Address the console listens on (for access from other machines set "
+                                    "tls_cert and tls_key, or put an HTTPS reverse proxy in front of it).")
     port: int = _field(8080, "TCP port of the console (0 picks a free port).", min=0, max=65535)
     users: list[str] = _field([], "Console users as 'NAME:HASH' entries; make one with `ortho-node console "
                                   "hash-password NAME` (scrypt; plaintext passwords are refused).")
     session_hours: float = _field(8.0, "Hours a login stays valid.", min=0.01, max=24 * 30)
     secure_cookie: bool = _field(False, "Mark the session cookie Secure (set it when users reach the console "
-                                        "through HTTPS).")
+                                        "through HTTPS; always set when the console serves TLS itself).")
+    tls_cert: str = _field("", "PEM certificate chain: the console serves HTTPS (TLS 1.2 or newer) itself; "
+                               "empty: plain HTTP (a reverse proxy in front does TLS).")
+    tls_key: str = _field("", "PEM private key of tls_cert.")
+    max_failed_logins: int = _field(5, "Failed logins for one user name in a row before it is locked out.",
+                                    min=1, max=1000)
+    lockout_minutes: float = _field(15.0, "Minutes a user name stays locked out after max_failed_logins.",
+                                    min=0.01, max=24 * 60)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     def check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ConfigError(f"console.{missing}: required when console.tls_cert or console.tls_key is set")
+        for key in ("tls_cert", "tls_key"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"console.{key}: file {value} does not exist")
         names = set()
         for index, entry in enumerate(self.users):
             try:

@@ -9,6 +9,7 @@ import requests
 from listeners.console.pages import warnings_banner
 from listeners.console.passwords import hash_password
 from ortho_node.audit.status import configuration_warnings, is_loopback
+from tests.console.forms import login as sign_in
 
 
 def test_warnings_of_each_set_up(make_settings):
@@ -50,8 +51,7 @@ def test_warnings_on_the_console_main_page(start_node):
     node = start_node(**{"console.enabled": True, "console.port": 0,
                          "console.users": [f"admin:{hash_password(password)}"]})
     console = requests.Session()
-    login = console.post(f"http://127.0.0.1:{node.console.port}/login", data={"user": "admin", "password": password},
-                         timeout=10)
+    login = sign_in(console, f"http://127.0.0.1:{node.console.port}", "admin", password)
     assert login.status_code == 200 and login.url.endswith("/studies")
     banner = login.text.split('<div class="warnings" role="status">', 1)[1].split("</div>", 1)[0]
     assert "<li>no destination configured: studies are analysed but their results are delivered nowhere" in banner

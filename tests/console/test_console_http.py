@@ -14,19 +14,19 @@ from ortho_node.audit.views import STUDY_COLUMNS
 from ortho_node.config import ConfigError, load_settings
 from ortho_node.db.models import AuditEvent
 from listeners.console.passwords import hash_password, verify_password
+from tests.console.forms import csrf_token, login
 from tests.console.seeded import PASSWORD, USER
 
 
 def _login(seeded, password=PASSWORD, user=USER, **headers) -> requests.Response:
-    return requests.post(f"{seeded.console_url}/login", data={"user": user, "password": password, "next": "/summary"},
-                         allow_redirects=False, timeout=10, headers=headers)
+    return login(requests.Session(), seeded.console_url, user, password, next_path="/summary",
+                 allow_redirects=False, headers=headers)
 
 
 @pytest.fixture(scope="module")
 def browser(seeded) -> requests.Session:
     session = requests.Session()
-    response = session.post(f"{seeded.console_url}/login", data={"user": USER, "password": PASSWORD},
-                            allow_redirects=False, timeout=10)
+    response = login(session, seeded.console_url, USER, PASSWORD, allow_redirects=False)
     assert response.status_code == 303 and response.headers["Location"] == "/studies"
     return session
 
@@ -58,16 +58,18 @@ def test_login_sets_a_strict_http_only_cookie_and_logout_ends_it(seeded):
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     session = requests.Session()
     session.cookies.update(response.cookies)
-    assert session.get(f"{seeded.console_url}/summary", allow_redirects=False, timeout=10).status_code == 200
-    assert session.post(f"{seeded.console_url}/logout", allow_redirects=False, timeout=10).status_code == 303
+    page = session.get(f"{seeded.console_url}/summary", allow_redirects=False, timeout=10)
+    assert page.status_code == 200
+    assert session.post(f"{seeded.console_url}/logout", data={"csrf_token": csrf_token(page.text)},
+                        allow_redirects=False, timeout=10).status_code == 303
     session.cookies.update(response.cookies)  # the old token no longer opens anything
     assert session.get(f"{seeded.console_url}/summary", allow_redirects=False, timeout=10).status_code == 303
 
 
 def test_cross_site_posts_and_open_redirects_are_refused(seeded):
     assert _login(seeded, Origin="http://evil.example").status_code == 403
-    response = requests.post(f"{seeded.console_url}/login", allow_redirects=False, timeout=10,
-                             data={"user": USER, "password": PASSWORD, "next": "//evil.example/x"})
+    response = login(requests.Session(), seeded.console_url, USER, PASSWORD, next_path="//evil.example/x",
+                     allow_redirects=False)
     assert response.headers["Location"] == "/studies"
     assert requests.post(f"{seeded.console_url}/studies", timeout=10).status_code == 405
 
