@@ -26,14 +26,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from pynetdicom import _handlers, evt
+from pynetdicom import _config, _handlers, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket
 
+from ortho_node.dicom_status import Status
 from listeners.fastpath.wire import CommandFault, DirectStoreMessages, ReceivedPData, refused_store_response_command
 
 log = logging.getLogger(__name__)
@@ -302,10 +306,28 @@ class EventDrivenAssociation(Association):
             log.warning("unreadable DIMSE message (%s); association aborted", problem)
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE) and not self._sent_release:
+            msg = self._unservable_store(msg, context_id) or msg
         if isinstance(msg, CommandFault):
+            if context_id not in self._accepted_cx:  # PS3.8 7.1: a protocol error, as pynetdicom treats it
+                self.report_unreadable(f"request on presentation context {context_id}, which was not accepted")
+                self.abort()
+                return
             self._answer_fault(msg)
             return
         super()._serve_request(msg, context_id)
+
+    def _unservable_store(self, msg: C_STORE, context_id: int) -> CommandFault | None:
+        """A C-STORE-RQ whose SOP class no storage service serves: pynetdicom would abort the association;
+        it is answered 0x0122 (SOP Class Not Supported) instead."""
+        if msg.MessageID is None or msg.AffectedSOPClassUID is None or _config.UNRESTRICTED_STORAGE_SERVICE:
+            return None
+        class_uid = msg.AffectedSOPClassUID
+        class_uid = self.acceptor.accepted_common_extended.get(class_uid, (class_uid,))[0]
+        if issubclass(uid_to_service_class(class_uid), StorageServiceClass):
+            return None
+        return CommandFault("Affected SOP Class UID is not a storage SOP class", msg.MessageID,
+                            str(msg.AffectedSOPClassUID), Status.SOP_CLASS_NOT_SUPPORTED, context_id)
 
     def _answer_fault(self, fault: CommandFault) -> None:
         """A C-STORE-RSP with a failure status for a request pynetdicom could not have decoded."""

@@ -190,6 +190,8 @@ def _store_problem(elements: dict[int, bytes]) -> tuple[str | None, int]:
     for element, name in ((0x0700, "Priority"), (0x1031, "Move Originator Message ID")):
         if element in elements and _number(elements, element) is None:
             return f"{name} of {len(elements[element])} bytes", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
+    if _number(elements, 0x0700) not in (None, 0, 1, 2):  # medium, high, low (PS3.7 table 9.3-1)
+        return "Priority not 0, 1 or 2", Status.CANNOT_UNDERSTAND_INVALID_COMMAND
     originator = elements.get(0x1030)
     if originator is not None and (len(originator.strip(b"\0 ")) > _AE_TITLE_LENGTH or not originator.isascii()):
         return "Move Originator AE Title not a valid AE title", Status.CANNOT_UNDERSTAND_INVALID_COMMAND

@@ -53,11 +53,14 @@ def _cases() -> dict[str, tuple[tuple[bytes, bytes], set[int]]]:
         # The command set (PS3.7 9.3.1.1): values pynetdicom's decoder raises on, or no request may carry.
         "command-uid-over-64": (_request(_with(SOPInstanceUID=LONG_UID)), {C221}),
         "command-sop-class-over-64": (_request(ds, sop_class_uid=LONG_UID), {C221}),
+        "command-sop-class-unknown": (_request(ds, sop_class_uid="1.2.3.4"), {0x0122}),
         "command-uid-traversal": (_request(ds, command_uid="../../x"), {C221}),
         "command-uid-not-ascii": (_request(ds, command_uid="1.2.\xe9"), {C221}),
         "command-uid-missing": (_request(ds, command_uid=" "), {C220}),
         "command-priority-4-bytes": ((store_command(ds.SOPInstanceUID).replace(
             element(0x0700, struct.pack("<H", 0)), bad_priority), data), {C212}),
+        "command-priority-256": ((store_command(ds.SOPInstanceUID).replace(
+            element(0x0700, struct.pack("<H", 0)), element(0x0700, struct.pack("<H", 256))), data), {C212}),
         # The data set.
         "corrupted-bytes": ((store_command(ds.SOPInstanceUID), data[:8] + b"\xff\xfe" * 40 + data[88:]),
                             {C210, C220, C221}),
