@@ -58,9 +58,9 @@ def test_profiles_carry_the_mix_and_the_preprocessing_the_card_will_record():
     recorded = PROFILES["full"].appearance.to_dict()
     assert RandomizedAppearance.from_dict(json.loads(json.dumps(recorded))) == PROFILES["full"].appearance
     assert "deformation" in recorded and "scale" in recorded["deformation"]
-    for name in ("full", "quick"):  # today's preprocessing until a retrain chooses otherwise
-        spec = new_bundle_model(PROFILES[name]).card.preprocessing
-        assert spec.normalisation is Normalisation.MINMAX and spec.crop_mm is None
+    full, quick = (new_bundle_model(PROFILES[name]).card.preprocessing for name in ("full", "quick"))
+    assert (full.normalisation, full.crop_mm) == (Normalisation.PERCENTILE, 160.0)  # the retrain's recipe
+    assert quick.normalisation is Normalisation.MINMAX and quick.crop_mm is None  # the pipeline proof as before
     cropped = dataclasses.replace(PROFILES["quick"], normalisation=Normalisation.PERCENTILE, crop_mm=150.0)
     spec = new_bundle_model(cropped).card.preprocessing
     assert (spec.normalisation, spec.crop_mm, spec.size) == (Normalisation.PERCENTILE, 150.0, 64)
