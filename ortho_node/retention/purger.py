@@ -148,12 +148,14 @@ class Purger:
         if held:
             report.held[held] += 1
             return
-        reason = instances_due(study, self.retention, now)
-        if reason and self._purge_instances(study, reason, "age", now, report, dry_run):
+        reason, results_reason = instances_due(study, self.retention, now), results_due(study, self.retention, now)
+        # Both due: the results go under the lease the instances took (one claim, not two, per study).
+        leased = bool(reason) and self._purge_instances(study, reason, "age", now, report, dry_run,
+                                                        keep_lease=bool(results_reason))
+        if leased:
             purged.add(study.id)
-        reason = results_due(study, self.retention, now)
-        if reason:
-            self._purge_results(study, reason, now, report, dry_run)
+        if results_reason:
+            self._purge_results(study, results_reason, now, report, dry_run, leased=leased)
 
     def _watermark(self, facts: list[StudyFacts], now: dt.datetime, report: PurgeReport, purged: set[int],
                    dry_run: bool) -> None:
@@ -194,7 +196,8 @@ class Purger:
             self._short_reported = True
 
     def _purge_instances(self, study: StudyFacts, reason: str, rule: str, now: dt.datetime, report: PurgeReport,
-                         dry_run: bool) -> bool:
+                         dry_run: bool, keep_lease: bool = False) -> bool:
+        """Delete the study's received instances under its lease; ``keep_lease``: hold it on for the results."""
         if dry_run:
             report.deletions.append(Deletion(study.uid, Action.INSTANCES.value, reason, study.instance_files,
                                              study.instance_bytes))
@@ -215,7 +218,8 @@ class Purger:
         message = f"{len(files)} received instances deleted ({study.instance_bytes / MB:.1f} MB): {reason}"
         with self._session_factory.begin() as session:
             session.execute(update(Study).where(Study.id == study.id).values(
-                instances_purged_at=now, purge_reason=f"{rule}: {reason}", purge_claimed_at=None))
+                instances_purged_at=now, purge_reason=f"{rule}: {reason}",
+                purge_claimed_at=now if keep_lease else None))
             session.execute(update(Instance).where(
                 Instance.series_id.in_(select(Series.id).where(Series.study_id == study.id)),
                 Instance.id <= study.newest_instance_id, Instance.purged_at.is_(None))
@@ -227,7 +231,8 @@ class Purger:
         return True
 
     def _purge_results(self, study: StudyFacts, reason: str, now: dt.datetime, report: PurgeReport,
-                       dry_run: bool) -> None:
+                       dry_run: bool, leased: bool = False) -> None:
+        """Delete the study's result objects under its lease (``leased``: taken already, by its instances)."""
         with self._session_factory() as session:
             paths = result_paths(session, study.results_on_disk)
         files = [path for group in paths.values() for path in group]
@@ -235,7 +240,7 @@ class Purger:
         if dry_run:
             report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
             return
-        if not self._claim(study, now):
+        if not leased and not self._claim(study, now):
             report.held["claimed by another purger or changed"] += 1
             return
         try:
