@@ -1,7 +1,8 @@
 """Inference benchmark: seconds and peak memory per three-plane knee study (3 series of ~24 slices at
 320-512 pixels), bundled (reduced) model and the official configuration (random weights, same code path).
 
-    python3 bench/inference.py [--config bundled|official|both] [--device cpu|cuda] [--threads 2] [--repeats 3]
+    python3 bench/inference.py [--config bundled|official|both] [--model DIR] [--device cpu|cuda] [--threads 2]
+                               [--repeats 3]
 
 Goals (issue 6): bundled <= 20 s per study on 2 CPU cores; official <= 1 s per study on an H100.
 """
@@ -28,9 +29,9 @@ from ortho_node.model.unet import UNetConfig  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 
 
-def model_dir(config: str, scratch: Path) -> Path:
-    if config == "bundled" and (BUNDLED_MODEL / "model_card.json").exists():
-        return BUNDLED_MODEL
+def model_dir(config: str, scratch: Path, bundled: Path = BUNDLED_MODEL) -> Path:
+    if config == "bundled" and (bundled / "model_card.json").exists():
+        return bundled
     directory = scratch / config
     save_system(directory, OrthoModel(new_card(UNetConfig.named("official" if config == "official" else "reduced"))))
     return directory
@@ -39,6 +40,7 @@ def model_dir(config: str, scratch: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", choices=("bundled", "official", "both"), default="bundled")
+    parser.add_argument("--model", type=Path, default=BUNDLED_MODEL, help="the folder --config bundled measures")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = ("bundled", "official") if args.config == "both" else (args.config,)
     with tempfile.TemporaryDirectory() as scratch:
         for config in configs:
-            predictor = Predictor.from_checkpoint(model_dir(config, Path(scratch)), args.device,
+            predictor = Predictor.from_checkpoint(model_dir(config, Path(scratch), args.model), args.device,
                                                   locate=lambda uid: Path(uid))
             predictor.predict(study)  # warm-up
             if args.device.startswith("cuda"):
