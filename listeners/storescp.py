@@ -11,6 +11,7 @@ import multiprocessing
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 from copy import deepcopy
@@ -99,8 +100,12 @@ class StorageSCP:
         ae.dimse_timeout = dicom.dimse_timeout
         ae.network_timeout = dicom.network_timeout
         ae.maximum_pdu_size = dicom.max_pdu_size
-        # Our policy decides (and audits) first; pynetdicom's own limit is only a backstop.
-        ae.maximum_associations = dicom.max_associations + 1
+        # dicom.max_associations is our policy's alone (it decides, logs and audits). pynetdicom's own limit
+        # counts every connection's thread, those that have not sent an A-ASSOCIATE-RQ yet included, and
+        # rejects after our policy has accepted and recorded the association: 50 idle connections made it
+        # reject an echo with no association open, audited as accepted. Idle connections are bounded by
+        # acse_timeout (ARTIM) instead.
+        ae.maximum_associations = sys.maxsize
         ae.require_called_aet = False
         return ae
 
@@ -315,6 +320,11 @@ def _tls_subject(assoc: Any) -> str | None:
 class _NodeAssociationServer(ThreadedAssociationServer):
     """Defers the TLS handshake to the connection's own thread so a slow peer cannot stall accepts;
     copies the presentation contexts once for all its associations."""
+
+    # socketserver's default listen backlog is 5: in a burst (30 senders at once, or idle connections ahead
+    # of them) the kernel drops further SYNs and each such sender waits 1 s, 3 s, ... to retry its connect.
+    # The worker pool's listener has the same backlog.
+    request_queue_size = 128
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
