@@ -273,6 +273,11 @@ class StorageSCP:
         if state is not None:
             self.association_log.unreadable_message(state.association_id, state.peer, problem)
 
+    def tls_refused(self, host: str, port: int, problem: str) -> None:
+        """A TLS handshake that failed: one log line and an audit event; the connection is closed."""
+        log.warning("TLS handshake with %s:%d failed (%s); connection closed", host, port, problem)
+        self.association_log.tls_refused(host, port, problem)
+
     @staticmethod
     def _ref(state: _AssociationState | None) -> AssociationRef:
         return AssociationRef(state.association_id if state else None,
@@ -362,14 +367,31 @@ class _GuardedRequestHandler(RequestHandler):
         return create_acceptor(self, self.server.acceptor_contexts, faults=self.server.faults)
 
     def handle(self) -> None:
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        host, port = self.client_address[0], self.client_address[1]
+        peer = f"{host}:{port}"
         try:
             if isinstance(self.request, ssl.SSLSocket):
                 self.request.settimeout(self.ae.acse_timeout)
                 self.request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            log.warning("TLS handshake with %s failed: %s", peer, exc)
             self.request.close()
+            faults = self.server.faults
+            if faults is not None:
+                faults.tls_refused(host, port, tls_problem(exc))
+            else:
+                log.warning("TLS handshake with %s failed (%s); connection closed", peer, tls_problem(exc))
             return
         self.request = PduGuardSocket(self.request, max_pdata_length=self.ae.maximum_pdu_size, peer=peer)
         super().handle()
+
+
+def tls_problem(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words (``UNSUPPORTED_PROTOCOL``, ``certificate verify failed:
+    unable to get local issuer certificate``, ``WRONG_VERSION_NUMBER`` for plain TCP)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "no TLS handshake within dicom.acse_timeout"
+    return exc.strerror or type(exc).__name__
