@@ -101,6 +101,8 @@ def test_storm_of_storescu_completes_or_is_rejected_transient(node, tmp_path):
     log = node.log()
     assert "Traceback" not in log
     assert log.count("rejected: local limit exceeded") == len(rejected)
+    print(f"\nstorm: {len(completed)} completed, {len(rejected)} rejected (2,3,2), at most "
+          f"{_peak_concurrency(accepted)} open at once")
 
 
 def _echoscu(port: int) -> subprocess.CompletedProcess:
@@ -130,5 +132,7 @@ def test_connections_without_association_request_do_not_count_and_are_closed(nod
             sock.close()
     assert ACSE_TIMEOUT - 0.5 < min(closed_after) and max(closed_after) < ACSE_TIMEOUT + 5, closed_after
     assert _echoscu(node.port).returncode == 0
+    print(f"\nidle connections: echo answered after {answered:.2f} s; closed {min(closed_after):.2f}-"
+          f"{max(closed_after):.2f} s after opening")
     log = node.log()
     assert log.count("closed without a valid association request") >= IDLE_CONNECTIONS

@@ -80,6 +80,9 @@ def test_pacs_down_for_24_hours_then_every_result_delivered_once(make_settings, 
     with sessions() as session:
         assert not session.scalars(select(AuditEvent).where(AuditEvent.kind == "delivery_failed")).all()
     engine.dispose()
+    last = max(as_utc(item.delivered_at) for item in items) - (down_at + OUTAGE)
+    print(f"\nPACS down 24 h: {attempts_during_outage} refused attempts, {first.attempts} for the first result; "
+          f"12 of 12 delivered once, the last {last.total_seconds() / 60:.1f} min after the PACS's return")
 
 
 # PostgreSQL stopped under load ---------------------------------------------------------------------------------
