@@ -189,8 +189,15 @@ class Senders:
             thread.join(timeout=60)
 
 
-def test_postgresql_stopped_under_load_no_success_without_a_committed_row(own_postgres, tmp_path):
+@pytest.fixture
+def node_on_own_postgres(own_postgres, tmp_path):
     node = NodeProcess(tmp_path / "data", extra_env={"ORTHO_NODE_DATABASE_URL": own_postgres.url})
+    yield node
+    node.stop()  # before the cluster goes (fixture order)
+
+
+def test_postgresql_stopped_under_load_no_success_without_a_committed_row(own_postgres, node_on_own_postgres):
+    node = node_on_own_postgres
     senders = Senders(node.port)
     try:
         assert senders.wait_for_successes(30, 0.0, timeout=60), "no load before the outage"
@@ -230,7 +237,6 @@ def test_postgresql_stopped_under_load_no_success_without_a_committed_row(own_po
     assoc = ae.associate("127.0.0.1", node.port, ae_title="ORTHODIFF")
     statuses = Counter(int(assoc.send_c_store(senders.datasets[uid]).Status) for uid in refused)
     assoc.release()
-    node.stop()
     assert set(statuses) <= {0x0000}, statuses
     first_after = min(at for at, _, status in senders.answers if status == 0 and at >= restarted_at)
     print(f"\nPostgreSQL outage under load: {len(acknowledged)} acknowledged, all committed; during the outage "
