@@ -247,12 +247,14 @@ class DeliverySettings:
 
 @dataclasses.dataclass(frozen=True)
 class ConsoleSettings:
-    enabled: bool = _field(False, "Serve the read-only admin web console (login required).")
+    enabled: bool = _field(False, "Serve the admin web console and the REST API (login required).")
     host: str = _field("127.0.0.1", "Address the console listens on (for access from other machines set "
                                     "tls_cert and tls_key, or put an HTTPS reverse proxy in front of it).")
     port: int = _field(8080, "TCP port of the console (0 picks a free port).", min=0, max=65535)
-    users: list[str] = _field([], "Console users as 'NAME:HASH' entries; make one with `ortho-node console "
-                                  "hash-password NAME` (scrypt; plaintext passwords are refused).")
+    users: list[str] = _field([], "Console users as 'NAME:HASH' (a viewer: reads) or 'NAME:operator:HASH' (also "
+                                  "acts: reprocess, resend, retry, pause destinations, mark studies) entries; make "
+                                  "one with `ortho-node console hash-password NAME [--role operator]` (scrypt; "
+                                  "plaintext passwords are refused).")
     session_hours: float = _field(8.0, "Hours a login stays valid.", min=0.01, max=24 * 30)
     secure_cookie: bool = _field(False, "Mark the session cookie Secure (set it when users reach the console "
                                         "through HTTPS; always set when the console serves TLS itself).")
@@ -279,7 +281,7 @@ class ConsoleSettings:
         names = set()
         for index, entry in enumerate(self.users):
             try:
-                name, _ = parse_user(entry)
+                name = parse_user(entry).name
             except ValueError as exc:
                 raise ConfigError(f"console.users[{index}]: {exc}") from None
             if name in names:
