@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,8 @@ class ConsoleSettings:
                                     min=1, max=1000)
     lockout_minutes: float = _field(15.0, "Minutes a user name stays locked out after max_failed_logins.",
                                     min=0.01, max=24 * 60)
+    time_zone: str = _field("UTC", "IANA time zone the console shows times in, named on each (e.g. "
+                                   "'Europe/Berlin'); the API and the CSV exports answer UTC.")
 
     @property
     def tls(self) -> bool:
@@ -278,6 +281,12 @@ class ConsoleSettings:
             value = getattr(self, key)
             if value and not Path(value).is_file():
                 raise ConfigError(f"console.{key}: file {value} does not exist")
+        if self.time_zone != "UTC":
+            try:
+                zoneinfo.ZoneInfo(self.time_zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"console.time_zone: {self.time_zone!r} is not an IANA time zone "
+                                  "(e.g. 'Europe/Berlin')") from None
         names = set()
         for index, entry in enumerate(self.users):
             try:
