@@ -73,11 +73,17 @@ def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filt
     """Studies, newest first, with joint, status, findings present, model version, delivery counts,
     failure reasons and turnaround (last instance received -> last result acknowledged, seconds).
 
-    Only the rows a page needs are built: the column filters and the order are SQL (indexed), and the studies
-    are read in batches until ``offset + limit`` rows match the computed filters (status, joint, sender)."""
-    wanted = filters.offset + filters.limit
-    batch = max(wanted, 500) if filters.computed else wanted
+    Only the rows a page needs are built: the column filters, the order and the page are SQL (indexed); with
+    filters on what a row computes (status, joint, sender) the studies are read in growing batches until
+    ``offset + limit`` rows match."""
     query = _study_query(filters)
+    if not filters.computed:
+        with session_factory() as session:
+            studies = session.scalars(query.offset(filters.offset).limit(filters.limit)).all()
+            context = _StudyContext.load(session, studies)
+        return [context.row(study) for study in studies]
+    wanted = filters.offset + filters.limit
+    batch = wanted
     rows: list[dict[str, Any]] = []
     with session_factory() as session:
         read = 0
@@ -88,6 +94,7 @@ def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filt
             read += len(studies)
             if len(studies) < batch:
                 break
+            batch = min(batch * 4, 5000)  # few rows match: read more at a time
     return rows[filters.offset:wanted]
 
 
@@ -146,14 +153,20 @@ def _matches(row: dict[str, Any], filters: Filters) -> bool:
     return True
 
 
+_RESULT_FIELDS = (StudyResult.study_instance_uid, StudyResult.joint, StudyResult.laterality, StudyResult.findings,
+                  StudyResult.objects, StudyResult.model_name, StudyResult.model_version, StudyResult.created_at)
+_DELIVERY_FIELDS = (DeliveryItem.study_instance_uid, DeliveryItem.destination, DeliveryItem.state,
+                    DeliveryItem.delivered_at, DeliveryItem.last_error)
+
+
 @dataclass
 class _StudyContext:
     counts: dict[int, int]
     aes: dict[int, list[str]]
     jobs: dict[int, Job]
     assemblies: dict[int, StudyAssembly]
-    results: dict[str, StudyResult]
-    deliveries: dict[str, list[DeliveryItem]]
+    results: dict[str, Any]  # rows of _RESULT_FIELDS
+    deliveries: dict[str, list[Any]]  # rows of _DELIVERY_FIELDS
     waiting: dict[int, str]
     ignored: dict[int, str]
 
@@ -163,8 +176,8 @@ class _StudyContext:
         uids = [s.study_instance_uid for s in studies]
         counts: dict[int, int] = {}
         aes: dict[int, list[str]] = defaultdict(list)
-        results: dict[str, StudyResult] = {}
-        deliveries: dict[str, list[DeliveryItem]] = defaultdict(list)
+        results: dict[str, Any] = {}
+        deliveries: dict[str, list[Any]] = defaultdict(list)
         for chunk in _chunks(ids):
             counts.update(session.execute(select(Series.study_id, func.sum(Series.instance_count))
                                           .where(Series.study_id.in_(chunk)).group_by(Series.study_id)).all())
@@ -172,11 +185,11 @@ class _StudyContext:
                     select(Series.study_id, Instance.calling_ae).join(Instance, Instance.series_id == Series.id)
                     .where(Series.study_id.in_(chunk), Instance.calling_ae.is_not(None)).distinct()):
                 aes[study_id].append(ae)
-        for chunk in _chunks(uids):
-            for result in session.scalars(select(StudyResult).where(StudyResult.study_instance_uid.in_(chunk))
+        for chunk in _chunks(uids):  # the columns a row shows (a result's model card is large, and not shown)
+            for result in session.execute(select(*_RESULT_FIELDS).where(StudyResult.study_instance_uid.in_(chunk))
                                           .order_by(StudyResult.id)):
                 results[result.study_instance_uid] = result
-            for item in session.scalars(select(DeliveryItem).where(DeliveryItem.study_instance_uid.in_(chunk))
+            for item in session.execute(select(*_DELIVERY_FIELDS).where(DeliveryItem.study_instance_uid.in_(chunk))
                                         .order_by(DeliveryItem.id)):
                 deliveries[item.study_instance_uid].append(item)
         jobs = _latest(session, Job, ids)
@@ -234,7 +247,7 @@ class _StudyContext:
         }
 
 
-def _status(job: Job | None, assembly: StudyAssembly | None, result: StudyResult | None,
+def _status(job: Job | None, assembly: StudyAssembly | None, result: Any,
             delivered: list, pending: list, failed: list, *, ignored: bool = False) -> str:
     if job is None:
         return "ignored" if ignored else "receiving"
