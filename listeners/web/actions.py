@@ -15,7 +15,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -146,7 +146,3 @@ def _delivery_id(target: str) -> int:
     except ValueError:
         raise ActionFailed(404, f"no delivery {target!r}") from None
 
-
-def describe(actions: Any = Action) -> list[str]:
-    """The actions' names, for the API's document and the console's forms."""
-    return [action.value for action in actions]
