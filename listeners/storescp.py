@@ -11,6 +11,7 @@ import multiprocessing
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 from copy import deepcopy
@@ -99,8 +100,12 @@ class StorageSCP:
         ae.dimse_timeout = dicom.dimse_timeout
         ae.network_timeout = dicom.network_timeout
         ae.maximum_pdu_size = dicom.max_pdu_size
-        # Our policy decides (and audits) first; pynetdicom's own limit is only a backstop.
-        ae.maximum_associations = dicom.max_associations + 1
+        # dicom.max_associations is our policy's alone (it decides, logs and audits). pynetdicom's own limit
+        # counts every connection's thread, those that have not sent an A-ASSOCIATE-RQ yet included, and
+        # rejects after our policy has accepted and recorded the association: 50 idle connections made it
+        # reject an echo with no association open, audited as accepted. Idle connections are bounded by
+        # acse_timeout (ARTIM) instead.
+        ae.maximum_associations = sys.maxsize
         ae.require_called_aet = False
         return ae
 
@@ -268,6 +273,11 @@ class StorageSCP:
         if state is not None:
             self.association_log.unreadable_message(state.association_id, state.peer, problem)
 
+    def tls_refused(self, host: str, port: int, problem: str) -> None:
+        """A TLS handshake that failed: one log line and an audit event; the connection is closed."""
+        log.warning("TLS handshake with %s:%d failed (%s); connection closed", host, port, problem)
+        self.association_log.tls_refused(host, port, problem)
+
     @staticmethod
     def _ref(state: _AssociationState | None) -> AssociationRef:
         return AssociationRef(state.association_id if state else None,
@@ -316,6 +326,11 @@ class _NodeAssociationServer(ThreadedAssociationServer):
     """Defers the TLS handshake to the connection's own thread so a slow peer cannot stall accepts;
     copies the presentation contexts once for all its associations."""
 
+    # socketserver's default listen backlog is 5: in a burst (30 senders at once, or idle connections ahead
+    # of them) the kernel drops further SYNs and each such sender waits 1 s, 3 s, ... to retry its connect.
+    # The worker pool's listener has the same backlog.
+    request_queue_size = 128
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acceptor_contexts = deepcopy(self.contexts)
@@ -352,14 +367,31 @@ class _GuardedRequestHandler(RequestHandler):
         return create_acceptor(self, self.server.acceptor_contexts, faults=self.server.faults)
 
     def handle(self) -> None:
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        host, port = self.client_address[0], self.client_address[1]
+        peer = f"{host}:{port}"
         try:
             if isinstance(self.request, ssl.SSLSocket):
                 self.request.settimeout(self.ae.acse_timeout)
                 self.request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            log.warning("TLS handshake with %s failed: %s", peer, exc)
             self.request.close()
+            faults = self.server.faults
+            if faults is not None:
+                faults.tls_refused(host, port, tls_problem(exc))
+            else:
+                log.warning("TLS handshake with %s failed (%s); connection closed", peer, tls_problem(exc))
             return
         self.request = PduGuardSocket(self.request, max_pdata_length=self.ae.maximum_pdu_size, peer=peer)
         super().handle()
+
+
+def tls_problem(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words (``UNSUPPORTED_PROTOCOL``, ``certificate verify failed:
+    unable to get local issuer certificate``, ``WRONG_VERSION_NUMBER`` for plain TCP)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "no TLS handshake within dicom.acse_timeout"
+    return exc.strerror or type(exc).__name__

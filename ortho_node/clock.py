@@ -45,8 +45,10 @@ _MAX_DOUBLINGS = 32
 @dataclass(frozen=True)
 class RetryPolicy:
     """Capped exponential backoff: ``initial * 2**(attempts - 1)``, at most ``maximum``; given up after
-    ``max_attempts`` attempts (jobs) or once a retry would fall more than ``retry_for`` after the work was
-    queued (deliveries), whichever limits are set."""
+    ``max_attempts`` attempts (jobs) or after an attempt at ``retry_for`` past the time the work was queued
+    (deliveries), whichever limits are set. The last retry falls at the end of ``retry_for`` rather than up to
+    one backoff before it: a destination down exactly ``retry_for`` still gets the work queued as it went
+    down."""
 
     initial: dt.timedelta = dt.timedelta(seconds=30)
     maximum: dt.timedelta = dt.timedelta(minutes=30)
@@ -69,11 +71,14 @@ class RetryPolicy:
         return min(self.initial * (2 ** exponent), self.maximum)
 
     def next_attempt(self, attempts: int, queued_at: dt.datetime, now: dt.datetime) -> dt.datetime | None:
-        """When to try again after ``attempts`` failed attempts; None when the attempts or the retry time are
-        used up."""
+        """When to try again after ``attempts`` failed attempts (at the latest at the end of the retry time);
+        None when the attempts or the retry time are used up."""
         if self.max_attempts is not None and attempts >= self.max_attempts:
             return None
         when = now + self.delay(attempts)
-        if self.retry_for is not None and when > queued_at + self.retry_for:
-            return None
+        if self.retry_for is not None:
+            deadline = queued_at + self.retry_for
+            if now >= deadline:
+                return None
+            when = min(when, deadline)
         return when

@@ -12,9 +12,11 @@ class Status(enum.IntEnum):
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     #: Refused: Out of Resources (disk full, database unavailable): the sender should retry later.
     OUT_OF_RESOURCES = 0xA700
-    #: Error: Data Set does not match SOP Class (or the request's Affected SOP Instance UID).
+    #: Error: Data Set does not match SOP Class (or the request's Affected SOP Instance UID; or native Pixel Data
+    #: shorter than Rows x Columns x Samples per Pixel x Bits Allocated x Number of Frames).
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    #: Error: Cannot understand - the data set could not be decoded.
+    #: Error: Cannot understand - the data set could not be decoded (an element, the Pixel Data too, runs past its
+    #: end).
     CANNOT_UNDERSTAND_UNDECODABLE = 0xC210
     #: Error: Cannot understand - the request's command set carries a value no C-STORE request may carry (an
     #: element of the wrong length, no data set); its Message ID is readable, so it is answered.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ortho_node.delivery.scu import RemoteNode, echo
+from ortho_node.delivery.scu import RemoteNode, echo_peer
 
 
 def free_port() -> int:
@@ -21,8 +22,10 @@ def free_port() -> int:
 
 class NodeProcess:
     def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "INFO",
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, ready_tls: ssl.SSLContext | None = None) -> None:
+        """``ready_tls``: the client context to probe a node serving DICOM TLS with."""
         self.data_dir = data_dir
+        self._ready_tls = ready_tls
         self.port = port or free_port()
         self.log_path = data_dir.parent / f"node-{self.port}-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")}
@@ -48,7 +51,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"node exited with {self.process.returncode}: {self.log()[-2000:]}")
-            if echo(self.remote, calling_ae="PROBE", timeout=2) == 0:
+            if echo_peer(self.remote, calling_ae="PROBE", timeout=2, ssl_context=self._ready_tls).status == 0:
                 return
             time.sleep(0.2)
         raise RuntimeError("node did not become ready")

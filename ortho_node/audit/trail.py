@@ -26,6 +26,7 @@ class AuditKind(str, enum.Enum):
     STORAGE_FAILED = "storage_failed"
     FILE_RECOVERED = "file_recovered"
     MALFORMED_CONNECTION = "malformed_connection"
+    TLS_REFUSED = "tls_refused"  # TLS handshake failed: untrusted or missing certificate, old protocol, plain TCP
     STUDY_READY = "study_ready"  # completeness decided; a job was queued (reason in the message)
     STUDY_ASSEMBLED = "study_assembled"
     STUDY_SKIPPED = "study_skipped"  # assembled but not processable (unknown joint, no usable plane)

@@ -12,6 +12,13 @@ descriptors, or the statistics of the label's structure in the first draw's clas
 :mod:`ortho_node.model.evidence`). Planes that are absent or carry no image (a single intensity, e.g.
 all zero) are left out of the fusion and reported in :class:`PredictionOutcome`.
 
+A prediction runs in three parts, so a serving loop can overlap them and batch across studies:
+:meth:`Predictor.prepare` (CPU: checks, model-grid slices and windows), :meth:`Predictor.run` (the device: the
+windows of every prepared study of a plane go through its backbone ``window_batch`` at a time) and
+:meth:`Predictor.finish` (masks restored onto the source grids, findings). Every window's noise draw is fixed,
+so a study's result does not depend on the studies it was batched with, beyond the float rounding of kernels
+that differ between batch sizes (about 1e-6 in the class maps on the CPU).
+
 Where the card's preprocessing names a ``crop_mm``, each series is first cropped in-plane to that physical extent
 around its foreground centroid (:func:`~ortho_node.model.preprocessing.plan_crop`; one box for every window of
 the series), and its masks come back onto every source pixel, background outside the crop.
@@ -22,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +80,7 @@ Locate = Callable[[str], Path]
 NOISE_SEED = 0
 #: Source slices restored to full resolution at a time (bounds memory on 512 x 512 series).
 RESTORE_CHUNK = 4
+#: Windows per backbone pass by default (CPU: larger batches are no faster; a GPU takes many more).
 WINDOW_BATCH = 4
 
 
@@ -89,6 +97,34 @@ class PredictionOutcome:
     skipped_planes: Mapping[Plane, str]  # plane -> reason (absent, no image)
     windows: Mapping[Plane, tuple[int, ...]]  # first source slice of each window
     seconds: float
+
+
+@dataclass(frozen=True)
+class _PlanePlan:
+    """One plane of one study ready for the device: its windows as (first slice, noise draw, input [1, D, S, S]),
+    the centre window's first slice, the number of source slices and the in-plane crop (None: the whole field of
+    view); for a segmented plane its slices on the model grid [max(n, D), S, S] (None: diagnosis reads the
+    centre window alone)."""
+
+    plane: Plane
+    windows: tuple[tuple[int, int, torch.Tensor], ...]
+    window_starts: tuple[int, ...]
+    centre_start: int
+    slices_count: int
+    draws: int
+    crop: CropBox | None
+    slices: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A study checked and preprocessed for one predictor (:meth:`Predictor.prepare`), waiting for the device."""
+
+    study: AssembledStudy
+    joint: Joint
+    plans: tuple[_PlanePlan, ...]
+    skipped: Mapping[Plane, str]
+    started: float  # time.perf_counter() when preparation began
 
 
 @dataclass(frozen=True)
@@ -110,8 +146,12 @@ class Predictor:
     """Ready to predict once built. ``from_checkpoint`` is the usual way to make one."""
 
     def __init__(self, model: OrthoModel, device: torch.device, *, locate: Locate | None = None,
-                 use_autocast: bool = True, window_stride: int | None = None) -> None:
+                 use_autocast: bool = True, window_stride: int | None = None,
+                 window_batch: int = WINDOW_BATCH) -> None:
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be at least 1, not {window_batch}")
         self.model = prepare_for_inference(model, device)
+        self.window_batch = window_batch
         self.device = device
         self.card: SystemCard = model.card
         self.locate = locate
@@ -128,7 +168,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: DeviceChoice | str = "auto", *, locate: Locate | None = None,
-                        deterministic: bool = False, window_stride: int | None = None) -> Predictor:
+                        deterministic: bool = False, window_stride: int | None = None,
+                        window_batch: int = WINDOW_BATCH) -> Predictor:
         """Load a task model folder (``model.safetensors`` + ``model_card.json``) onto ``device``.
 
         Args:
@@ -138,32 +179,100 @@ class Predictor:
             deterministic: ask torch for deterministic kernels and run in float32 without bf16 autocast
                 (matters on CUDA; CPU results are deterministic anyway: the diffusion noise is seeded).
             window_stride: slices between overlapping segmentation windows (default: depth / 2).
+            window_batch: windows per backbone pass (of one study or of several prepared together).
         """
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         resolved = resolve_device(device)
         return cls(load_system(Path(path)), resolved, locate=locate, use_autocast=not deterministic,
-                   window_stride=window_stride)
+                   window_stride=window_stride, window_batch=window_batch)
 
     def predict(self, study: AssembledStudy, *, locate: Locate | None = None) -> StudyPrediction:
         return self.analyse(study, locate=locate).prediction
 
     def analyse(self, study: AssembledStudy, *, locate: Locate | None = None) -> PredictionOutcome:
         """Predict, and say which planes were analysed, which skipped (and why), and the windows used."""
+        self.check_locate(study, locate)
+        prepared = self.prepare(study)
+        return self.finish(prepared, self.run([prepared])[0], locate=locate)
+
+    def analyse_batch(self, studies: Sequence[AssembledStudy], *, locate: Locate | None = None
+                      ) -> list[PredictionOutcome | PredictionError]:
+        """:meth:`analyse` for several studies with one device pass: each study's outcome, or why it could not
+        be analysed, in the order given."""
+        prepared: list[PreparedStudy | PredictionError] = []
+        for study in studies:
+            try:
+                self.check_locate(study, locate)
+                prepared.append(self.prepare(study))
+            except PredictionError as error:
+                prepared.append(error)
+        ready = [p for p in prepared if isinstance(p, PreparedStudy)]
+        runs = iter(self.run(ready))
+        return [p if isinstance(p, PredictionError) else self.finish(p, next(runs), locate=locate) for p in prepared]
+
+    def prepare(self, study: AssembledStudy, *, draws: int | None = None) -> PreparedStudy:
+        """The CPU part before the device: check the study, put each analysable plane on the model grid and cut
+        its windows (segmented over the first ``draws`` noise draws, default all). Raises
+        :class:`PredictionError` when the study cannot be analysed."""
         started = time.perf_counter()
         joint = self._check(study)
         segment = self._segments(joint)
-        locate = locate or self.locate
-        if segment and locate is None:
-            raise PredictionError("knee masks need a locate(sop_instance_uid) -> Path callable for their references")
+        skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
+        plans = []
+        for plane in MODEL_PLANES:
+            volume = study.planes.get(plane)
+            if volume is None:
+                continue
+            if float(volume.pixels.min()) == float(volume.pixels.max()):
+                skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
+                continue
+            plans.append(self._plan(plane, volume, segment, draws or len(self._noise)))
+        if not plans:
+            raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
+        return PreparedStudy(study, joint, tuple(plans), skipped, started)
+
+    def run(self, prepared: Sequence[PreparedStudy]) -> list[dict[Plane, _PlaneRun]]:
+        """The device part: every window of the prepared studies, plane by plane, ``window_batch`` at a time
+        whichever study it belongs to; each study's plane runs, in the order given."""
+        plans = [plan for study in prepared for plan in study.plans]
+        averages = {k: WindowAverage(plan.draws, len(self.card.structures), plan.slices_count,
+                                     self.card.preprocessing.depth, self.card.preprocessing.size, self.device)
+                    for k, plan in enumerate(plans) if plan.slices is not None}
+        centres: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
-            runs, skipped = self._run_planes(study, segment)
+            for plane in MODEL_PLANES:
+                for segmented in (True, False):
+                    work = [(k, start, draw, x) for k, plan in enumerate(plans)
+                            if plan.plane is plane and (plan.slices is not None) is segmented
+                            for start, draw, x in plan.windows]
+                    for i in range(0, len(work), self.window_batch):
+                        self._pass(plane, segmented, work[i : i + self.window_batch], plans, averages, centres)
+            runs: list[dict[Plane, _PlaneRun]] = [{} for _ in prepared]
+            owners = [i for i, study in enumerate(prepared) for _ in study.plans]
+            for k, plan in enumerate(plans):
+                if k not in centres:  # the centre window always holds an image (min < max was checked)
+                    raise RuntimeError(f"{plan.plane.value}: the centre window was not among the windows run")
+                if plan.slices is None:
+                    runs[owners[k]][plan.plane] = _PlaneRun(centres[k], plan.window_starts, crop=plan.crop)
+                    continue
+                maps = averages[k].average()
+                runs[owners[k]][plan.plane] = _PlaneRun(centres[k], plan.window_starts, maps.mean(dim=0), maps[0],
+                                                        plan.slices[: plan.slices_count], plan.crop)
+        return runs
+
+    def finish(self, prepared: PreparedStudy, runs: Mapping[Plane, _PlaneRun], *, locate: Locate | None = None
+               ) -> PredictionOutcome:
+        """The part after the device: masks restored onto each source series' grid, findings, the outcome."""
+        study, joint = prepared.study, prepared.joint
+        locate = locate or self.locate
+        with torch.inference_mode():
             segmentations = []
             for plane, run in runs.items():
                 volume = study.planes[plane]
                 if run.class_maps is not None:
-                    if locate is None:  # refused above for every segmenting joint
+                    if locate is None:  # refused before preparing, for every segmenting joint
                         raise RuntimeError("segmented plane without a locate callable")
                     segmentations.append(self._segmentation(plane, volume, run, locate))
                 elif locate is not None:
@@ -175,10 +284,11 @@ class Predictor:
             segmentations=tuple(segmentations), findings=findings,
             model=ModelIdentity(self.card.name, self.card.version, json.loads(self.card.to_json())),
         )
-        for plane, reason in skipped.items():
+        for plane, reason in prepared.skipped.items():
             logger.warning("study %s: %s plane not analysed: %s", study.study_instance_uid, plane.value, reason)
         windows = {plane: run.window_starts for plane, run in runs.items()}
-        return PredictionOutcome(prediction, tuple(runs), skipped, windows, time.perf_counter() - started)
+        return PredictionOutcome(prediction, tuple(runs), prepared.skipped, windows,
+                                 time.perf_counter() - prepared.started)
 
     def evidence_inputs(self, study: AssembledStudy) -> torch.Tensor:
         """[labels, inputs] of the study's evidence readout (:mod:`ortho_node.model.evidence`): what the card's
@@ -187,26 +297,20 @@ class Predictor:
         if joint not in self.card.evidence:
             raise PredictionError(f"this model has no evidence readout for {joint.value}")
         with torch.inference_mode():
-            runs, _ = self._run_planes(study, self._segments(joint), draws=1)  # the rows read the first draw
+            runs, _ = self._run_planes(study, draws=1)  # the rows read the first draw
             return self._evidence_rows(joint, self._head(joint, runs, study), runs)
 
-    def _run_planes(self, study: AssembledStudy, segment: bool, draws: int | None = None
-                    ) -> tuple[dict[Plane, _PlaneRun], dict[Plane, str]]:
-        """Each analysable plane's run (segmented over the first ``draws`` noise draws, default all), and why the
-        others were skipped; raises when none is analysable."""
-        skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
-        runs = {}
-        for plane in MODEL_PLANES:
-            volume = study.planes.get(plane)
-            if volume is None:
-                continue
-            if float(volume.pixels.min()) == float(volume.pixels.max()):
-                skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
-                continue
-            runs[plane] = self._plane(plane, volume, segment, draws or len(self._noise))
-        if not runs:
-            raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
-        return runs, skipped
+    def _run_planes(self, study: AssembledStudy, draws: int | None = None
+                    ) -> tuple[dict[Plane, _PlaneRun], Mapping[Plane, str]]:
+        """Each analysable plane's run (over the first ``draws`` noise draws, default all), and why the others
+        were skipped; raises when none is analysable."""
+        prepared = self.prepare(study, draws=draws)
+        return self.run([prepared])[0], prepared.skipped
+
+    def check_locate(self, study: AssembledStudy, locate: Locate | None) -> None:
+        """Refuse, before any work, a study whose masks could not name their source files."""
+        if self._segments(self._check(study)) and (locate or self.locate) is None:
+            raise PredictionError("knee masks need a locate(sop_instance_uid) -> Path callable for their references")
 
     def _segments(self, joint: Joint) -> bool:
         return joint is SEGMENTATION_JOINT and len(self.card.structures) > 1
@@ -219,54 +323,52 @@ class Predictor:
             raise PredictionError(f"no model for joint {study.joint.value!r} (this model knows: {known})")
         return study.joint
 
-    def _features(self, plane: Plane, x_0: torch.Tensor) -> torch.Tensor:
-        x_0 = x_0.to(self.device)
-        with autocast(self.device, self.use_autocast):
-            return self.model.features(plane, x_0, self._noise[:1].expand_as(x_0)).float()
-
-    def _plane(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int) -> _PlaneRun:
+    def _plan(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int) -> _PlanePlan:
         spec = self.card.preprocessing
         pixels = volume.pixels
+        n = pixels.shape[0]
         crop = plan_crop(pixels, spec, volume.geometry.pixel_spacing)
         if not segment:  # diagnosis reads the centre window alone
             centre_input, mapping = preprocess_volume(pixels, spec, crop=crop)
-            return _PlaneRun(self._features(plane, centre_input[None]), (mapping.start,), crop=crop)
-        n = pixels.shape[0]
+            return _PlanePlan(plane, ((mapping.start, 0, centre_input),), (mapping.start,), mapping.start, n, 1, crop)
         # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
         # window on its own, without resizing the overlaps again.
         slices = slices_to_model_grid(pixels, spec, crop=crop)
         if n < spec.depth:
             slices = torch.cat([slices, slices.new_zeros((spec.depth - n, *slices.shape[1:]))])
         centre_start = GridMapping(pixels.shape, spec).start
-        centre_input = scale_intensity(slices[centre_start : centre_start + spec.depth], spec)
-        # The centre window is one of the segmentation windows: its pass also gives the diagnosis features.
-        centre: torch.Tensor | None = None
         starts = window_starts(n, spec.depth, self.window_stride)
-        average = WindowAverage(draws, len(self.card.structures), n, spec.depth, spec.size, self.device)
-        inputs = []  # (first slice, noise draw, window)
+        windows = []
         for start in starts:
             try:
-                window = (centre_input if start == centre_start
-                          else scale_intensity(slices[start : start + spec.depth], spec))
+                window = scale_intensity(slices[start : start + spec.depth], spec)
             except ConstantVolumeError:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
                 continue
-            inputs += [(start, draw, window) for draw in range(draws)]
-        for i in range(0, len(inputs), WINDOW_BATCH):
-            batch = inputs[i : i + WINDOW_BATCH]
-            x_0 = torch.stack([x for _, _, x in batch]).to(self.device)
-            noise = self._noise[[draw for _, draw, _ in batch]]
-            with autocast(self.device, self.use_autocast):
+            windows += [(start, draw, window) for draw in range(draws)]
+        return _PlanePlan(plane, tuple(windows), starts, centre_start, n, draws, crop, slices)
+
+    def _pass(self, plane: Plane, segmented: bool, batch: Sequence[tuple[int, int, int, torch.Tensor]],
+              plans: Sequence[_PlanePlan], averages: Mapping[int, WindowAverage], centres: dict[int, torch.Tensor]
+              ) -> None:
+        """One backbone pass over (plan index, first slice, noise draw, input) windows of ``plane``: class maps
+        into each plan's average, the centre window's first-draw features kept (diagnosis reads them)."""
+        x_0 = torch.stack([x for *_, x in batch])
+        if self.device.type == "cuda":
+            x_0 = x_0.pin_memory()
+        x_0 = x_0.to(self.device, non_blocking=True)
+        noise = self._noise[[draw for _, _, draw, _ in batch]]
+        with autocast(self.device, self.use_autocast):
+            if segmented:
                 logits, features = self.model.segment_with_features(plane, x_0, noise)
-            probabilities = torch.softmax(logits.float(), dim=1)
-            for k, ((start, draw, _), p) in enumerate(zip(batch, probabilities)):
-                if start == centre_start and draw == 0:
-                    centre = features[k : k + 1].float()
-                average.add(start, draw, p)
-        if centre is None:  # window_starts always holds the centre window, which has an image
-            raise RuntimeError(f"{plane.value}: the centre window was not among the segmented windows")
-        maps = average.average()
-        return _PlaneRun(centre, starts, maps.mean(dim=0), maps[0], slices[:n], crop)
+            else:
+                logits, features = None, self.model.features(plane, x_0, noise)
+        probabilities = None if logits is None else torch.softmax(logits.float(), dim=1)
+        for j, (k, start, draw, _) in enumerate(batch):
+            if start == plans[k].centre_start and draw == 0:
+                centres[k] = features[j : j + 1].float()
+            if probabilities is not None:
+                averages[k].add(start, draw, probabilities[j])
 
     @staticmethod
     def _slice_refs(volume: PlaneVolume, locate: Locate) -> tuple[SliceRef, ...]:
@@ -286,7 +388,7 @@ class Predictor:
         if not self._segments(self._check(study)):
             raise PredictionError(f"this model does not segment {study.joint.value} studies")
         with torch.inference_mode():  # not held across the yields: the caller's code runs in its own mode
-            runs, _ = self._run_planes(study, True)
+            runs, _ = self._run_planes(study)
         for plane, run in runs.items():
             if run.class_maps is None:  # every run of a segmenting joint has its maps
                 raise RuntimeError(f"{plane.value}: a segmenting run without class maps")

@@ -85,6 +85,19 @@ class AssociationLog:
             log.error("malformed connection from %s not recorded: database unavailable (%s)", host,
                       type(exc).__name__)
 
+    def tls_refused(self, host: str, port: int, problem: str) -> None:
+        """A connection to the TLS port whose handshake failed, so no association request could follow
+        (an untrusted or missing client certificate, a protocol version below TLS 1.2, plain TCP)."""
+        try:
+            with self._session_factory.begin() as session:
+                session.add(make_event(
+                    AuditKind.TLS_REFUSED, f"TLS connection from {host}:{port} refused: {problem}",
+                    severity=Severity.WARNING, peer_host=host, details={"peer_port": port, "problem": problem},
+                ))
+        except SQLAlchemyError as exc:
+            log.error("refused TLS connection from %s not recorded: database unavailable (%s)", host,
+                      type(exc).__name__)
+
     def unreadable_message(self, association_id: int | None, peer: Peer, problem: str) -> None:
         """A DIMSE message on an accepted association that no request could be read from (then aborted);
         ``problem`` says what is wrong, never a value."""

@@ -29,8 +29,12 @@ HEADER_KEYWORDS = (
     "NumberOfFrames", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness",
     "SpacingBetweenSlices", "SliceLocation", "EchoNumbers", "EchoTime", "RepetitionTime", "InversionTime",
     "FlipAngle", "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType",
-    "MagneticFieldStrength", "ImagesInAcquisition", "ImageLaterality",
+    "MagneticFieldStrength", "ImagesInAcquisition", "ImageLaterality", "SamplesPerPixel", "BitsAllocated",
 )
+_PIXEL_DATA = 0x7FE00010
+#: Explicit VRs with a 32-bit value length (and two reserved bytes before it), PS3.5 section 7.1.2.
+_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _SPECIFIC_CHARACTER_SET = 0x00080005
 #: Text VRs whose values may use the data set's character set (PS3.5 section 6.1.2.3); the others are ASCII.
 _CHARACTER_SET_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}
@@ -56,11 +60,28 @@ class EncodedHeader:
         implicit_vr, self._little_endian, deflated = _encoding(transfer_syntax_uid)
         if deflated:
             encoded = zlib.decompress(encoded, -zlib.MAX_WBITS)
-        elements = data_element_generator(BytesIO(encoded), implicit_vr, self._little_endian,
-                                          stop_when=_after_wanted_tags, specific_tags=_wanted_tags())
+        stream = BytesIO(encoded)
+        stopped_at: list[tuple[int, str | None, int]] = []
+
+        def at_pixel_data_or_after(tag: int, vr: str | None, length: int) -> bool:
+            if int(tag) >= _PIXEL_DATA:
+                stopped_at.append((int(tag), vr, length))
+                return True
+            return False
+
+        # Elements between the last header fact and the Pixel Data are skipped, not read.
+        elements = data_element_generator(stream, implicit_vr, self._little_endian,
+                                          stop_when=at_pixel_data_or_after, specific_tags=_wanted_tags())
         self._raw = {int(element.tag): element for element in elements}
         charset = self._raw.pop(_SPECIFIC_CHARACTER_SET, None)
         self._encodings = convert_encodings(self._strings(charset.value, "CS") if charset else None)
+        #: (declared length, bytes present) of a native Pixel Data element; None when there is none or it is
+        #: encapsulated (compressed: its size says nothing about the image's). Its value is never read.
+        self.pixel_data: tuple[int, int] | None = None
+        if stopped_at and stopped_at[0][0] == _PIXEL_DATA and stopped_at[0][2] != _UNDEFINED_LENGTH:
+            _, vr, length = stopped_at[0]
+            value_at = stream.tell() + (12 if not implicit_vr and vr in _LONG_LENGTH_VRS else 8)
+            self.pixel_data = (length, max(0, min(length, len(encoded) - value_at)))
 
     def get(self, keyword: str) -> Any:
         tag = _tag(keyword)
@@ -110,10 +131,6 @@ def _tag(keyword: str) -> int:
 def _wanted_tags() -> list[int]:
     """In ascending order, so the last is where reading stops."""
     return sorted({_SPECIFIC_CHARACTER_SET, *(_tag(keyword) for keyword in HEADER_KEYWORDS)})
-
-
-def _after_wanted_tags(tag: int, vr: str | None, length: int) -> bool:
-    return int(tag) > _wanted_tags()[-1]
 
 
 #: UIDs are read whole up to this length, so that intake refuses one over 64 characters (0xC221) instead of
@@ -180,6 +197,9 @@ class InstanceHeader:
     study: dict[str, Any]
     series: dict[str, Any]
     instance: dict[str, Any]
+    #: Native Pixel Data: (bytes its element declares, bytes present, bytes Rows x Columns x Samples per Pixel x
+    #: Bits Allocated x Number of Frames need); None when encapsulated, absent or the image size is unknown.
+    pixel_data_bytes: tuple[int, int, int] | None = None
 
     @classmethod
     def from_dataset(cls, ds: Dataset | EncodedHeader) -> InstanceHeader:
@@ -238,5 +258,37 @@ class InstanceHeader:
                 "images_in_acquisition": _number(ds, "ImagesInAcquisition", int),
                 "image_laterality": _text(ds, "ImageLaterality", 4),
             },
+            pixel_data_bytes=_pixel_data_bytes(ds),
         )
+
+
+def _pixel_data_bytes(ds: Dataset | EncodedHeader) -> tuple[int, int, int] | None:
+    """(declared, present, needed) bytes of native Pixel Data (PS3.5 section 8.1.1), for intake's check."""
+    if isinstance(ds, EncodedHeader):
+        element = ds.pixel_data
+    else:
+        element = _dataset_pixel_data(ds)
+    if element is None:
+        return None
+    sizes = [_number(ds, keyword, int) for keyword in ("Rows", "Columns", "BitsAllocated")]
+    samples = _number(ds, "SamplesPerPixel", int) or 1
+    frames = _number(ds, "NumberOfFrames", int) or 1
+    if any(size is None or size <= 0 for size in sizes) or samples <= 0 or frames <= 0:
+        return None
+    rows, columns, bits = sizes
+    needed = (rows * columns * samples * frames * bits + 7) // 8  # Bits Allocated 1: packed bits
+    return element[0], element[1], needed
+
+
+def _dataset_pixel_data(ds: Dataset) -> tuple[int, int] | None:
+    if _PIXEL_DATA not in ds:
+        return None
+    element = ds.get_item(_PIXEL_DATA)
+    length = getattr(element, "length", None)  # a raw element (dcmread) keeps its declared length
+    if length == _UNDEFINED_LENGTH or getattr(element, "is_undefined_length", False):
+        return None
+    value = element.value
+    if not isinstance(value, (bytes, bytearray)):
+        return None
+    return (len(value) if length is None else length), len(value)
 

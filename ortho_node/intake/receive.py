@@ -101,7 +101,7 @@ class Intake:
 
     def receive(self, incoming: IncomingInstance) -> IntakeResult:
         header = incoming.header
-        problem = _check_identity(header, incoming)
+        problem = _check_identity(header, incoming) or _check_pixel_data(header)
         if problem is not None:
             return self._reject(incoming, header, *problem)
         decision = self._decide(incoming)
@@ -259,6 +259,23 @@ def _check_identity(header: InstanceHeader, incoming: IncomingInstance) -> tuple
         return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the C-STORE request"
     if header.sop_class_uid != incoming.affected_sop_class_uid:
         return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request"
+    return None
+
+
+def _check_pixel_data(header: InstanceHeader) -> tuple[Status, str] | None:
+    """Native Pixel Data shorter than the image its header describes is refused, not stored: stored, every
+    later reader (assembly) would meet garbage or fail, and a success status would tell the sender that all is
+    well, so nobody would look at or re-send it. An error status shows in the sender's queue instead."""
+    if header.pixel_data_bytes is None:
+        return None
+    declared, present, needed = header.pixel_data_bytes
+    if present < declared:  # the element runs past the end of the data set: not decodable
+        return (Status.CANNOT_UNDERSTAND_UNDECODABLE,
+                f"Pixel Data cut short: {present} of the {declared} bytes its element declares")
+    if declared < needed:  # well formed, but not the image Rows, Columns, ... describe (PS3.3 C.7.6.3)
+        return (Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"Pixel Data holds {declared} bytes; Rows x Columns x Samples per Pixel x Bits Allocated x "
+                f"Number of Frames need {needed}")
     return None
 
 

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ortho_node.prediction import StudyNotAnalysable
 from ortho_node.scheduling.jobs import ClaimedJob, JobQueue
 from ortho_node.scheduling.timers import TimeSource
@@ -38,6 +40,14 @@ class WorkerPool:
 
     def dispatch(self) -> None:
         """Start as many due jobs as there are free workers; arm a timer for the next retry."""
+        try:
+            self._dispatch()
+        except SQLAlchemyError as exc:
+            # The database is unreachable (restarting, the network cut): the periodic dispatch tries again;
+            # one line instead of the scheduler's traceback every few seconds.
+            log.error("job dispatch skipped: database unavailable (%s)", type(exc).__name__)
+
+    def _dispatch(self) -> None:
         with self._lock:
             if self._closed:
                 return

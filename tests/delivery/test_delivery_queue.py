@@ -69,7 +69,9 @@ def test_backoff_doubles_up_to_its_cap_and_ends():
                          retry_for=dt.timedelta(hours=24))
     assert [policy.delay(n).total_seconds() for n in (1, 2, 3, 7, 8, 100)] == [30, 60, 120, 1800, 1800, 1800]
     start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    assert policy.next_attempt(5, start, start + dt.timedelta(hours=23, minutes=59)) is None
+    # The last retry falls at the end of the retry time, not up to one backoff before it (issue 23's 24 h outage).
+    assert policy.next_attempt(5, start, start + dt.timedelta(hours=23, minutes=59)) == start + dt.timedelta(hours=24)
+    assert policy.next_attempt(6, start, start + dt.timedelta(hours=24)) is None
 
 
 def test_destination_down_then_up_is_delivered_exactly_once(deliveries, fake_pacs):

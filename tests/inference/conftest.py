@@ -56,3 +56,29 @@ def with_planes(study: AssembledStudy, pixels: dict[Plane, np.ndarray]) -> Assem
     missing = tuple(p for p in MODEL_PLANES if p not in volumes)
     return dataclasses.replace(study, planes=volumes, missing_planes=missing)
 
+
+
+def assert_same_outcome(outcome, alone, predictor, study: AssembledStudy) -> None:
+    """``outcome`` (from a batch) is ``alone`` (the study by itself) up to the float rounding of kernels that
+    differ between batch sizes: probabilities within 1e-4, masks equal except where the study's two most
+    likely structures are within 1e-4 of each other (a tie at that rounding)."""
+    assert outcome.analysed_planes == alone.analysed_planes and outcome.windows == alone.windows
+    assert outcome.skipped_planes == alone.skipped_planes
+    maps = None
+    for batched, single in zip(outcome.prediction.segmentations, alone.prediction.segmentations, strict=True):
+        assert batched.series_instance_uid == single.series_instance_uid
+        differ = batched.mask != single.mask
+        if differ.any():
+            maps = maps or _source_maps(predictor, study)
+            top = maps[batched.plane].topk(2, dim=0).values
+            assert ((top[0] - top[1])[torch.from_numpy(differ)] < 1e-4).all()
+            assert differ.mean() < 1e-3
+    for batched, single in zip(outcome.prediction.findings, alone.prediction.findings, strict=True):
+        assert batched.label == single.label and batched.probability == pytest.approx(single.probability, abs=1e-4)
+
+
+def _source_maps(predictor, study: AssembledStudy) -> dict[Plane, torch.Tensor]:
+    chunks: dict[Plane, list[torch.Tensor]] = {}
+    for plane, _, maps in predictor.source_class_maps(study):
+        chunks.setdefault(plane, []).append(maps)
+    return {plane: torch.cat(parts, dim=1) for plane, parts in chunks.items()}

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ortho_node.config import BUNDLED_MODEL
 from ortho_node.labels import Plane
-from ortho_node.model.card import CARD_FILE, CheckpointError
+from ortho_node.model.card import CheckpointError
 from ortho_node.model.checkpoint import ModelCard, preprocess_spec_for
 from ortho_node.model.preprocessing import (
     CropBox,
@@ -31,9 +31,11 @@ from ortho_node.model.preprocessing import (
     restore_labels,
     slices_to_model_grid,
 )
-from ortho_node.model.system import SystemCard, read_system_card
+from ortho_node.model.system import SystemCard
 
-SHIPPED = json.loads((BUNDLED_MODEL / CARD_FILE).read_text())
+# A system card written before the robust preprocessing fields existed (the model shipped until issue 21's
+# retrain): old cards must keep reading as the official min-max preprocessing.
+OLD_CARD = json.loads((Path(__file__).parents[1] / "data" / "model_card_minmax_2026.json").read_text())
 
 
 def _official_reference(volume: np.ndarray, depth: int, size: int) -> torch.Tensor:
@@ -71,7 +73,7 @@ def _disk_phantom(fov_mm: float, matrix: int, centre_mm: tuple[float, float] = (
 
 
 def test_old_cards_and_the_official_spec_keep_the_official_preprocessing_bit_for_bit(smooth_volume):
-    old = PreprocessSpec.from_dict(SHIPPED["preprocessing"])  # written before the new fields existed
+    old = PreprocessSpec.from_dict(OLD_CARD["preprocessing"])  # written before the new fields existed
     assert old == PreprocessSpec(depth=16, size=64, rot90_k=3)
     assert old.normalisation is Normalisation.MINMAX and old.crop_mm is None
     assert PreprocessSpec() == dataclasses.replace(PreprocessSpec(), normalisation="minmax", crop_mm=None)
@@ -79,7 +81,7 @@ def test_old_cards_and_the_official_spec_keep_the_official_preprocessing_bit_for
         volume = smooth_volume(shape, seed=3) * 1000
         x, mapping = preprocess_volume(volume, old)
         assert torch.equal(x, _official_reference(volume, 16, 64)) and mapping.crop is None
-    assert read_system_card(BUNDLED_MODEL).preprocessing == old
+    assert SystemCard.from_json(json.dumps(OLD_CARD)).preprocessing == old
 
 
 def test_a_bright_artefact_voxel_crushes_min_max_but_not_percentile_scaling():
@@ -181,7 +183,7 @@ def test_a_cropping_spec_refuses_to_run_without_its_crop(smooth_volume):
 
 
 def _system_json(**preprocessing) -> str:
-    values = json.loads(json.dumps(SHIPPED))
+    values = json.loads(json.dumps(OLD_CARD))
     values["preprocessing"].update(preprocessing)
     return json.dumps(values)
 
@@ -198,8 +200,8 @@ def test_new_preprocessing_fields_round_trip_through_both_kinds_of_card(tiny_mod
     backbone = ModelCard(plane=Plane.SAGITTAL, unet=unet, diffusion=tiny_model.config, preprocessing=spec,
                          version="t", source="test", training_data="-", step=1)
     assert ModelCard.from_json(backbone.to_json()).preprocessing == spec
-    official = json.loads(SystemCard.from_json(json.dumps(SHIPPED)).to_json())["preprocessing"]
-    assert official["intensity"] == SHIPPED["preprocessing"]["intensity"]  # the official note, word for word
+    official = json.loads(SystemCard.from_json(json.dumps(OLD_CARD)).to_json())["preprocessing"]
+    assert official["intensity"] == OLD_CARD["preprocessing"]["intensity"]  # the official note, word for word
     assert (official["normalisation"], official["crop_mm"]) == ("minmax", None)
 
 

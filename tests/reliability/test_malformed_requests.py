@@ -5,15 +5,17 @@ nothing written outside the data folder, the node stays up (issue 23's malformed
 from __future__ import annotations
 
 import struct
+import subprocess
 
 import pytest
 from pydicom import Dataset
 
-from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, mr_dataset
+from tests.conftest import dcmtk
+from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, mr_dataset, write
 from tests.reliability.raw_client import RawStoreClient, element, encode_dataset, p_data, padded, store_command
 
 LONG_UID = "1.2.826.0.1.3680043.8.498." + "1" * 60  # 86 characters
-C210, C212, C220, C221 = 0xC210, 0xC212, 0xC220, 0xC221
+A900, C210, C212, C220, C221 = 0xA900, 0xC210, 0xC212, 0xC220, 0xC221
 
 
 def _request(ds: Dataset, *, command_uid: str | None = None, **command) -> tuple[bytes, bytes]:
@@ -68,10 +70,13 @@ def _cases() -> dict[str, tuple[tuple[bytes, bytes], set[int]]]:
                      {C210, C220, C221}),
         "bad-length": ((store_command(ds.SOPInstanceUID), _patched(data, (0x0020, 0x000D), b"UI\xf0\xff")),
                        {C210, C220, C221}),
-        "truncated-pixels": ((store_command(ds.SOPInstanceUID), data[:pixel_at + 12 + 100]), {0x0000, C210}),
+        # Pixel Data cut inside its value: the element runs past the end of the data set.
+        "truncated-pixels": ((store_command(ds.SOPInstanceUID), data[:pixel_at + 12 + 100]), {C210}),
+        # Well formed, but half the bytes 64 x 64 x 1 sample x 16 bits need.
+        "pixels-shorter-than-the-image": (_request(_with(PixelData=ds.PixelData[:4096])), {A900}),
         "dataset-uid-traversal": (_request(_with(StudyInstanceUID="../../x")), {C221}),
         "dataset-series-uid-over-64": (_request(_with(SeriesInstanceUID=LONG_UID)), {C221}),
-        "dataset-sop-uid-over-64": (_request(_with(SOPInstanceUID=LONG_UID), command_uid="1.2.3.4"), {C221, 0xA900}),
+        "dataset-sop-uid-over-64": (_request(_with(SOPInstanceUID=LONG_UID), command_uid="1.2.3.4"), {C221, A900}),
         "sequence-300-deep": ((store_command(ds.SOPInstanceUID), _deep_sequence(300)), {0x0000, C210}),
         "empty-body": ((store_command(ds.SOPInstanceUID), b""), {C210, C220}),
     }
@@ -133,3 +138,27 @@ def test_node_survives_with_one_line_each_and_nothing_outside_its_folder(served_
     assert not strays
     escaped = [p for p in folder.parent.rglob("x") if p.is_file()]
     assert not escaped
+
+
+def test_truncated_pixel_data_from_storescu_is_refused_audited_and_never_stored(served_node, tmp_path):
+    """A file whose Pixel Data is shorter than Rows x Columns x Samples per Pixel x Bits Allocated / 8 x Number of
+    Frames, sent by dcmtk storescu with a good one: 0xA900, one log line, an instance_rejected event, no file;
+    the good one is stored."""
+    short = mr_dataset(rows=128, columns=128, seed=5)
+    short.PixelData = short.PixelData[: 128 * 64 * 2]  # half the rows
+    good = mr_dataset(rows=128, columns=128, seed=6)
+    folder = tmp_path / "send"
+    write(short, folder / "1-short.dcm")
+    write(good, folder / "2-good.dcm")
+    before = len(served_node.audit("instance_rejected"))
+    result = subprocess.run([dcmtk("storescu"), "-v", "-aet", "SHORTPIX", "-aec", "ORTHODIFF", "127.0.0.1",
+                             str(served_node.port), "+sd", str(folder)], capture_output=True, text=True, timeout=60)
+    assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass)" in result.stderr, result.stderr
+    assert "Received Store Response (Success)" in result.stderr
+    events = served_node.audit("instance_rejected")[before:]
+    assert [e.sop_instance_uid for e in events] == [short.SOPInstanceUID]
+    assert events[0].details["status"] == A900 and "need 32768" in events[0].message
+    log = [line for line in served_node.process.log().splitlines() if "SHORTPIX" in line and "refused" in line]
+    assert len(log) == 1 and "0xA900 (Pixel Data holds 16384 bytes" in log[0]
+    stored = {path.stem for path in served_node.data_dir.rglob("*.dcm")}
+    assert short.SOPInstanceUID not in stored and good.SOPInstanceUID in stored
