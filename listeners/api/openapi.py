@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ortho_node.audit.views import DELIVERY_COLUMNS, JOINTS, STATUSES, STUDY_COLUMNS
+from ortho_node.audit.views import DELIVERY_COLUMNS, IDENTIFIER_COLUMNS, JOINTS, STATUSES, STUDY_COLUMNS
 
 _STRING, _INTEGER, _NUMBER, _BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
 _TIME = {"type": ["string", "null"], "format": "date-time", "description": "UTC, ISO 8601"}
@@ -30,13 +30,20 @@ class Parameter:
 
 
 UID = Parameter("uid", "Study Instance UID", where="path")
+DELIVERY_ID = Parameter("id", "The delivery queue row's id (``id`` in /deliveries)", {"type": "integer"},
+                        where="path")
+DESTINATION = Parameter("name", "Destination name ([[destinations]] name)", where="path")
 LIMIT = Parameter("limit", "Most rows returned (default 500)", {"type": "integer", "minimum": 1, "maximum": 10000})
+OFFSET = Parameter("offset", "Matching rows skipped (the next page: offset + limit)", {"type": "integer", "minimum": 0})
 DAY_FILTERS = (Parameter("since", "From this day (UTC)", {"type": "string", "format": "date"}),
                Parameter("until", "To this day (UTC), inclusive", {"type": "string", "format": "date"}))
-STUDY_FILTERS = (Parameter("search", "Part of the Study Instance UID or the study description"), *DAY_FILTERS,
+STUDY_FILTERS = (Parameter("search", "Part of the Study Instance UID, study description, accession number, patient "
+                                     "ID or patient name"),
+                 Parameter("study_date", "Study Date in the header", {"type": "string", "format": "date"}),
+                 *DAY_FILTERS,
                  Parameter("status", "Study status", {"type": "string", "enum": list(STATUSES)}),
                  Parameter("joint", "Joint", {"type": "string", "enum": [*JOINTS, "unknown"]}),
-                 Parameter("ae", "Calling AE title of a sender"), LIMIT)
+                 Parameter("ae", "Calling AE title of a sender"), LIMIT, OFFSET)
 DELIVERY_FILTERS = (Parameter("search", "Part of the Study Instance UID"), *DAY_FILTERS,
                     Parameter("status", "Queue state", {"type": "string", "enum": ["pending", "delivered", "failed"]}),
                     LIMIT)
@@ -49,7 +56,9 @@ class Operation:
     summary: str
     schema: str  # the response's component schema
     parameters: Sequence[Parameter] = ()
-    not_found: bool = False  # answers 404 for an unknown study
+    not_found: bool = False  # answers 404 for an unknown study (or delivery, destination)
+    method: str = "get"  # "post": an operator action (a bearer token of an operator)
+    body: str | None = None  # the request body's component schema (optional JSON)
 
     def document(self) -> dict[str, Any]:
         responses: dict[str, Any] = {
@@ -58,8 +67,16 @@ class Operation:
             "401": {"$ref": "#/components/responses/Unauthorized"}}
         if self.not_found:
             responses["404"] = {"$ref": "#/components/responses/NotFound"}
-        return {"operationId": self.operation_id, "summary": self.summary,
-                "parameters": [p.document() for p in self.parameters], "responses": responses}
+        operation: dict[str, Any] = {"operationId": self.operation_id, "summary": self.summary,
+                                     "parameters": [p.document() for p in self.parameters], "responses": responses}
+        if self.method == "post":
+            responses["403"] = {"$ref": "#/components/responses/Forbidden"}
+            responses["409"] = {"$ref": "#/components/responses/Conflict"}
+            operation["security"] = [{"token": []}]  # actions: a bearer token, never the console's cookie
+            if self.body:
+                operation["requestBody"] = {"required": False, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{self.body}"}}}}
+        return operation
 
 
 def _list(item: str) -> dict[str, Any]:
@@ -85,7 +102,10 @@ _FINDING = _object({"label": _STRING, "present": _BOOLEAN, "probability": _NUMBE
                    required=("label", "present", "probability", "threshold"))
 
 SCHEMAS: dict[str, Any] = {
-    "Study": _object({c: _STUDY_TYPES.get(c, _nullable(_STRING)) for c in STUDY_COLUMNS},
+    "Study": _object({**{c: _STUDY_TYPES.get(c, _nullable(_STRING)) for c in STUDY_COLUMNS},
+                      **{c: _nullable(_STRING) for c in IDENTIFIER_COLUMNS},
+                      "study_date": {"type": ["string", "null"], "format": "date"},
+                      "keep": _BOOLEAN, "not_for_analysis": _BOOLEAN},
                      required=("study_instance_uid", "status")),
     "StudyList": _list("Study"),
     "TimelineEntry": _object({"at": _TIME, "step": _STRING, "job_id": _nullable(_INTEGER), "detail": _STRING,
@@ -111,14 +131,22 @@ SCHEMAS: dict[str, Any] = {
                     "last_error": _nullable(_STRING), "supersedes_job_id": _nullable(_INTEGER),
                     "created_at": _TIME, "started_at": _TIME, "finished_at": _TIME}),
     "JobList": _list("Job"),
-    "Delivery": _object({c: _DELIVERY_TYPES.get(c, _nullable(_STRING)) for c in DELIVERY_COLUMNS}),
+    "Delivery": _object({"id": _INTEGER, **{c: _DELIVERY_TYPES.get(c, _nullable(_STRING)) for c in DELIVERY_COLUMNS}}),
     "DeliveryList": _list("Delivery"),
     "Destination": _object({"name": _STRING, "protocol": _STRING, "ae_title": _STRING, "host": _STRING,
                             "port": _INTEGER, "tls": _BOOLEAN, "kinds": _STRINGS, "configured": _BOOLEAN,
                             "queue": _object({"pending": _INTEGER, "delivered": _INTEGER, "failed": _INTEGER,
-                                              "last_delivered_at": _TIME})}),
+                                              "last_delivered_at": _TIME}),
+                            "paused": {"type": ["object", "null"], "description": "null: delivering",
+                                       "properties": {"reason": _nullable(_STRING), "by": _nullable(_STRING),
+                                                      "since": _TIME}}}),
     "DestinationList": _list("Destination"),
     "Error": _object({"error": _STRING}, required=("error",)),
+    "ActionRequest": _object({"reason": {"type": "string", "maxLength": 128,
+                                         "description": "Why (keep, not-for-analysis, pause): recorded with it"},
+                              "to": {"type": "string", "description": "resend: only this destination"}}),
+    "ActionResult": _object({"action": _STRING, "target": _STRING, "result": _STRING},
+                            required=("action", "target", "result")),
 }
 
 
@@ -126,19 +154,25 @@ def document(operations: Sequence[Operation], *, version: str, tokens: bool = Fa
     """The document; ``tokens``: bearer tokens are accepted (named as a security scheme only then)."""
     paths: dict[str, Any] = {}
     for operation in operations:
-        paths.setdefault(operation.path, {})["get"] = operation.document()
+        paths.setdefault(operation.path, {})[operation.method] = operation.document()
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "OrthoDiffusion Node API", "version": version,
-                 "description": "Read-only views of the node's studies, results, jobs and deliveries. Results "
+                 "description": "The node's studies, results, jobs, deliveries and destinations (GET, a console "
+                                "session or a bearer token), and the operator actions (POST, a bearer token with "
+                                "the operator role: `ortho-node api-token create NAME --role operator`). Results "
                                 "are AI-generated and not for diagnostic use."},
         "servers": [{"url": "/api/v1"}],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
             "responses": {"Unauthorized": {"description": "No valid console session or token", **error},
-                          "NotFound": {"description": "No such study", **error}},
+                          "Forbidden": {"description": "The token's role (viewer) may not act", **error},
+                          "NotFound": {"description": "No such study, delivery or destination", **error},
+                          "Conflict": {"description": "The target's state forbids the action (e.g. a delivery "
+                                                      "that is not failed, a study with nothing to analyse)",
+                                       **error}},
             "securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "ortho_console",
                                             "description": "The admin console's session (sign in at /login)"},
                                 **({"token": {"type": "http", "scheme": "bearer", "description": "An API token"}}

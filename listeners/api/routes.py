@@ -1,8 +1,11 @@
-"""The REST API's routes (read-only, JSON): studies with the console's filters, one study, its timeline,
-results and findings, jobs, deliveries and destinations; the OpenAPI document at ``/openapi.json``.
+"""The REST API's routes (JSON): studies with the console's filters, one study, its timeline, results and
+findings, jobs, deliveries and destinations (GET); the operator actions (POST, ``listeners.web.actions``); the
+OpenAPI document at ``/openapi.json``.
 
-Every route needs a signed-in user: the console's session cookie, or a bearer token where the node gives a
-token check (``tokens``). Routes are plain functions, run on Starlette's thread pool, as they read the database.
+A GET needs a signed-in user: the console's session cookie, or a bearer token (``ortho-node api-token``). A POST
+needs a bearer token, never the cookie (a script acts with a token; a browser acts through the console's forms,
+which carry a CSRF token): no token 401, a viewer's token 403 (audited), a revoked one 401. Routes are plain
+functions, run on Starlette's thread pool, as they read or write the database.
 """
 
 from __future__ import annotations
@@ -12,24 +15,30 @@ import functools
 import json
 import logging
 from http import HTTPStatus
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ortho_node.access.tokens import check_token
 from ortho_node.audit import views as q
 from ortho_node.config import DestinationSettings
-from listeners.api.openapi import DELIVERY_FILTERS, LIMIT, STUDY_FILTERS, UID, Operation, document
+from ortho_node.delivery.pause import destination_overview
+from listeners.api.openapi import (DELIVERY_FILTERS, DELIVERY_ID, DESTINATION, LIMIT, STUDY_FILTERS, UID, Operation,
+                                   document)
+from listeners.web.actions import Action, ActionFailed, Actor, OperatorActions
 
 log = logging.getLogger(__name__)
 
-Authenticate = Callable[[Request], "str | None"]  # the signed-in user of a request, or None
-TokenCheck = Callable[[str], "str | None"]  # a bearer token -> the name it was issued to, or None
+Authenticate = Callable[[Request], "Actor | None"]  # the console user of a request's session, or None
+TokenCheck = Callable[[str], "Actor | None"]  # a bearer token -> whom it stands for, or None
+MAX_BODY_BYTES = 4096
 
 OPERATIONS = (
     Operation("/studies", "listStudies", "Studies, newest first, with the console's filters", "StudyList",
@@ -45,9 +54,32 @@ OPERATIONS = (
     Operation("/jobs", "listJobs", "The most recent processing jobs, newest first", "JobList", (LIMIT,)),
     Operation("/deliveries", "listDeliveries", "The result delivery queue, newest first", "DeliveryList",
               DELIVERY_FILTERS),
-    Operation("/destinations", "listDestinations", "Configured destinations and their delivery queues",
+    Operation("/destinations", "listDestinations", "Configured destinations, their delivery queues and pauses",
               "DestinationList"),
 )
+
+#: The operator actions: path, operationId, summary, the action, its target parameter, whether a body is read.
+_ACTIONS = (
+    ("/studies/{uid}/reprocess", "reprocessStudy", "Queue the study for processing again", Action.REPROCESS, UID),
+    ("/studies/{uid}/resend", "resendStudy", "Queue the study's results again (body: optional `to`)",
+     Action.RESEND, UID),
+    ("/studies/{uid}/keep", "keepStudy", "Mark the study to keep: never purged (body: optional `reason`)",
+     Action.KEEP, UID),
+    ("/studies/{uid}/unkeep", "unkeepStudy", "Clear the keep mark: the retention rules apply again",
+     Action.UNKEEP, UID),
+    ("/studies/{uid}/not-for-analysis", "markNotForAnalysis", "Mark the study not for analysis: its jobs end "
+     "skipped (body: optional `reason`)", Action.NOT_FOR_ANALYSIS, UID),
+    ("/studies/{uid}/analyse", "allowAnalysis", "Clear the not-for-analysis mark (reprocess it to analyse it)",
+     Action.ANALYSE, UID),
+    ("/deliveries/{id}/retry", "retryDelivery", "Queue one failed delivery again", Action.RETRY, DELIVERY_ID),
+    ("/destinations/{name}/pause", "pauseDestination", "Pause deliveries to the destination (body: optional "
+     "`reason`)", Action.PAUSE, DESTINATION),
+    ("/destinations/{name}/resume", "resumeDestination", "Resume deliveries to the destination", Action.RESUME,
+     DESTINATION),
+)
+ACTION_OPERATIONS = tuple(Operation(path, op_id, summary, "ActionResult", (target,), not_found=True, method="post",
+                                    body="ActionRequest") for path, op_id, summary, _action, target in _ACTIONS)
+
 
 
 class ApiResponse(JSONResponse):
@@ -85,9 +117,10 @@ def _day(text: str | None, name: str) -> dt.date | None:
 
 def filters(query: Mapping[str, str]) -> q.Filters:
     return q.Filters(since=_day(query.get("since"), "since"), until=_day(query.get("until"), "until"),
+                     study_date=_day(query.get("study_date"), "study_date"),
                      status=query.get("status") or None, joint=query.get("joint") or None,
                      calling_ae=query.get("ae") or None, search=query.get("search") or None,
-                     limit=_int(query.get("limit"), 500, 1, 10000))
+                     limit=_int(query.get("limit"), 500, 1, 10000), offset=_int(query.get("offset"), 0, 0, 10**7))
 
 
 def _listing(items: Sequence[Any]) -> ApiResponse:
@@ -103,9 +136,11 @@ def _public_result(result: Mapping[str, Any]) -> dict[str, Any]:
 class Api:
     """The API's answers over the node's database and destinations."""
 
-    def __init__(self, session_factory: sessionmaker[Session], destinations: Sequence[DestinationSettings]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], destinations: Sequence[DestinationSettings], *,
+                 actions: OperatorActions | None = None) -> None:
         self.db = session_factory
         self.destinations = tuple(destinations)
+        self.actions = actions
 
     def _study(self, request: Request) -> str:
         uid = request.path_params["uid"]
@@ -148,37 +183,59 @@ class Api:
         return _listing(q.list_deliveries(self.db, filters(request.query_params)))
 
     def destination_list(self, request: Request) -> Response:
-        queues = q.destination_queues(self.db)
-        empty = {"pending": 0, "delivered": 0, "failed": 0, "last_delivered_at": None}
-        items = [{"name": d.name, "protocol": "dimse", "ae_title": d.ae_title, "host": d.host, "port": d.port,
-                  "tls": d.tls, "kinds": list(d.kinds), "configured": True, "queue": queues.get(d.name, empty)}
-                 for d in self.destinations]
-        configured = {d.name for d in self.destinations}
-        items += [{"name": name, "protocol": "dimse", "configured": False, "queue": queue}  # removed since
-                  for name, queue in sorted(queues.items()) if name not in configured]
-        return _listing(items)
+        return _listing(destination_overview(self.db, self.destinations))
+
+    def act(self, action: Action, target: str, actor: Actor, body: Mapping[str, Any]) -> Response:
+        if self.actions is None:
+            raise HTTPException(404, "this node offers no actions")
+        reason, to = body.get("reason", ""), body.get("to")
+        if not isinstance(reason, str) or not (to is None or isinstance(to, str)):
+            raise HTTPException(400, "reason and to are strings")
+        try:
+            done = self.actions.run(actor, action, target, reason=reason.strip(), to=to or None)
+        except ActionFailed as failed:
+            return _error(failed.status, failed.message)
+        return ApiResponse({"action": action.value, "target": target, "result": done})
 
 
 def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: TokenCheck | None = None) -> Starlette:
-    """The API as an application to mount at ``/api/v1``; JSON errors throughout."""
+    """The API as an application to mount at ``/api/v1``; JSON errors throughout. The actions are offered where
+    the node gives both actions (``api.actions``) and a token check."""
     handlers = {"listStudies": api.studies, "getStudy": api.study, "getStudyTimeline": api.timeline,
                 "getStudyResults": api.results, "getStudyFindings": api.findings, "listJobs": api.jobs,
                 "listDeliveries": api.deliveries, "listDestinations": api.destination_list}
-    spec = document(OPERATIONS, version=version, tokens=tokens is not None)
+    acting = api.actions is not None and tokens is not None
+    spec = document(OPERATIONS + (ACTION_OPERATIONS if acting else ()), version=version, tokens=tokens is not None)
 
-    def user_of(request: Request) -> str | None:
+    def bearer(request: Request) -> tuple[bool, Actor | None]:
+        """(a bearer token was sent, whom it stands for: None when unknown or revoked)."""
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and credentials and tokens is not None:
-            return tokens(credentials.strip())
-        return authenticate(request)
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return False, None
+        return True, tokens(credentials.strip()) if tokens is not None else None
+
+    def user_of(request: Request) -> Actor | None:
+        sent, actor = bearer(request)
+        return actor if sent else authenticate(request)
 
     def signed_in(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         @functools.wraps(handler)
         def endpoint(request: Request) -> Response:
             if user_of(request) is None:
-                return _error(401, "sign in to the console, or send an API token",
-                              {"WWW-Authenticate": 'Bearer realm="ortho-node"'})
+                return _unauthorized("sign in to the console, or send an API token")
             return handler(request)
+
+        return endpoint
+
+    def action_endpoint(action: Action, target: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            sent, actor = await run_in_threadpool(bearer, request)
+            if actor is None:
+                return _unauthorized("actions need an API token (Authorization: Bearer ...)" if not sent else
+                                     "unknown or revoked API token")
+            body = await _json_body(request)
+            actor = Actor(actor.name, actor.role, "api", request.client.host if request.client else "-")
+            return await run_in_threadpool(api.act, action, request.path_params[target], actor, body)
 
         return endpoint
 
@@ -188,6 +245,9 @@ def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: Token
     routes = [Route("/openapi.json", openapi, methods=["GET"])]  # public: it describes, it holds no data
     routes += [Route(op.path, signed_in(handlers[op.operation_id]), methods=["GET"], name=op.operation_id)
                for op in OPERATIONS]
+    if acting:
+        routes += [Route(path, action_endpoint(action, target.name), methods=["POST"], name=op_id)
+                   for path, op_id, _summary, action, target in _ACTIONS]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
@@ -202,3 +262,35 @@ def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: Token
         return _error(500, "internal error")
 
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+
+
+def token_check(session_factory: sessionmaker[Session]) -> TokenCheck:
+    """Bearer tokens of ``ortho-node api-token``: whom a valid one stands for (``token:NAME``, its role)."""
+
+    def check(token: str) -> Actor | None:
+        holder = check_token(session_factory, token)
+        return None if holder is None else Actor(f"token:{holder.name}", holder.role, "api")
+
+    return check
+
+
+def _unauthorized(message: str) -> ApiResponse:
+    return _error(401, message, {"WWW-Authenticate": 'Bearer realm="ortho-node"'})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The optional JSON object of an action (``reason``, ``to``); empty when there is none."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the body is a JSON object")
+    return body

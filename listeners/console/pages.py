@@ -1,6 +1,10 @@
 """Server-rendered HTML of the admin console from the Jinja2 templates in ``templates/`` (package data): one
-self-contained page each, inline CSS and SVG, no scripts, no external assets. Autoescape is on: every value is
-escaped; only the charts (``listeners.console.charts``, escaped where built) go in as markup.
+self-contained page each, inline CSS and SVG, no external assets; one small script of our own (``console.js``,
+served from the console's origin) reloads the lists. Autoescape is on: every value is escaped; only the charts
+(``listeners.console.charts``, escaped where built) go in as markup.
+
+Every page gets the signed-in user, the CSRF token of their session, whether they may act (an operator: the
+action forms are shown) and the time zone times are shown in (``console.time_zone``, named on every time).
 
 ``listeners.console.routes`` serves them; each function returns the page as text, so it is tested without a
 server."""
@@ -9,24 +13,44 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
 from markupsafe import Markup
 
 from ortho_node.audit.views import JOINTS, STATUSES
+from ortho_node.labels import DIAGNOSIS_NAMES
 from listeners.console.charts import bar_chart, line_chart
 
 NAV = (("/studies", "Studies"), ("/summary", "Daily summary"), ("/deliveries", "Deliveries"),
-       ("/failures", "Failures"))
+       ("/destinations", "Destinations"), ("/failures", "Failures"))
+REFRESH_SECONDS = 30  # lists reload this often (console.js), unless the user is typing in a form
+PAGE_SIZE = 100  # studies per page of the list
 DELIVERY_STATES = ("pending", "delivered", "failed")
 FAILURE_STEPS = ("job_retry", "job_failed", "job_skipped", "delivery_failed")
 
 
-def _when(value: dt.datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+@functools.cache
+def _zone(name: str) -> dt.tzinfo:
+    return dt.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
+
+
+@pass_context
+def _when(context: Any, value: dt.datetime | None) -> str:
+    """A time in the console's zone, named ("2026-03-01 09:00:00 CET"); stored times are UTC (naive: UTC)."""
+    if value is None:
+        return ""
+    utc = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return utc.astimezone(_zone(context.get("tz") or "UTC")).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _finding_name(label: str) -> str:
+    """"medial meniscus tear (MM)": the full name with the model's abbreviation; the label alone if unknown."""
+    name = DIAGNOSIS_NAMES.get(label)
+    return f"{name} ({label})" if name else label
 
 
 def _seconds(value: float | None) -> str:
@@ -79,14 +103,17 @@ def environment() -> Environment:
                       autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=_when, seconds=_seconds, status_code=_status_code, delivery_counts=_delivery_counts,
-                       card_figure=_card_figure, operating_point=_operating_point,
-                       urlquote=lambda value: quote(str(value)))
-    env.globals.update(nav=NAV, all_joints=JOINTS)
+                       card_figure=_card_figure, operating_point=_operating_point, finding_name=_finding_name,
+                       urlquote=lambda value: quote(str(value), safe=""))
+    env.globals.update(nav=NAV, all_joints=JOINTS, refresh_seconds=REFRESH_SECONDS)
     return env
 
 
-def render(template: str, *, title: str, user: str | None, csrf: str = "", **context: Any) -> str:
-    return environment().get_template(template).render(title=title, user=user, csrf=csrf, **context)
+def render(template: str, *, title: str, user: str | None, csrf: str = "", operator: bool = False,
+           tz: str = "UTC", notice: str | None = None, refresh: bool = False, **context: Any) -> str:
+    """A page; ``refresh``: a list that reloads itself (``console.js``)."""
+    return environment().get_template(template).render(title=title, user=user, csrf=csrf, operator=operator, tz=tz,
+                                                       notice=notice, refresh=refresh, **context)
 
 
 def login_page(*, error: str | None = None, next_path: str = "/studies", csrf: str = "") -> str:
@@ -99,41 +126,53 @@ def warnings_banner(warnings: Sequence[str]) -> str:
 
 
 def studies_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str,
-                 warnings: Sequence[str] = (), csrf: str = "") -> str:
-    return render("studies.html", title="Studies", user=user, csrf=csrf, rows=rows, query=dict(query),
-                  statuses=STATUSES, warnings=list(warnings))
+                 warnings: Sequence[str] = (), offset: int = 0, more: bool = False, **frame: Any) -> str:
+    """A page of the list; ``offset``: rows before it, ``more``: a next page exists."""
+    return render("studies.html", title="Studies", user=user, rows=rows, query=dict(query), statuses=STATUSES,
+                  warnings=list(warnings), offset=offset, more=more, page_size=PAGE_SIZE, refresh=True, **frame)
 
 
 def study_page(row: dict[str, Any], timeline: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
                deliveries: Sequence[dict[str, Any]], image_urls: Sequence[tuple[str, str]], *, user: str,
-               csrf: str = "") -> str:
-    return render("study.html", title=f"Study {row['study_instance_uid']}", user=user, csrf=csrf, row=row,
-                  timeline=timeline, results=results, deliveries=deliveries, image_urls=image_urls)
+               series: Mapping[str, Any] | None = None, destinations: Sequence[str] = (), **frame: Any) -> str:
+    """``series``: ``audit.views.study_series`` (the series list, the chosen series per plane and why);
+    ``destinations``: the names an operator may resend to."""
+    return render("study.html", title=f"Study {row['study_instance_uid']}", user=user, row=row, timeline=timeline,
+                  results=results, deliveries=deliveries, image_urls=image_urls,
+                  series=(series or {}).get("series", []), assembly=(series or {}).get("assembly"),
+                  destinations=list(destinations), **frame)
 
 
-def deliveries_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, csrf: str = "") -> str:
-    return render("deliveries.html", title="Deliveries", user=user, csrf=csrf, rows=rows, query=dict(query),
-                  statuses=DELIVERY_STATES)
+def deliveries_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, **frame: Any) -> str:
+    return render("deliveries.html", title="Deliveries", user=user, rows=rows, query=dict(query),
+                  statuses=DELIVERY_STATES, refresh=True, **frame)
 
 
-def failures_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, csrf: str = "") -> str:
-    return render("failures.html", title="Failures", user=user, csrf=csrf, rows=rows, query=dict(query),
-                  statuses=FAILURE_STEPS)
+def destinations_page(rows: Sequence[dict[str, Any]], *, user: str, **frame: Any) -> str:
+    """Configured destinations (and ones only the queue still names) with their queues and pause state."""
+    return render("destinations.html", title="Destinations", user=user, rows=rows, refresh=True, **frame)
 
 
-def summary_page(days: Sequence[dict[str, Any]], *, user: str, csrf: str = "") -> str:
+def failures_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, **frame: Any) -> str:
+    return render("failures.html", title="Failures", user=user, rows=rows, query=dict(query),
+                  statuses=FAILURE_STEPS, refresh=True, **frame)
+
+
+def summary_page(days: Sequence[dict[str, Any]], *, user: str, **frame: Any) -> str:
     labels = [d["day"][5:] for d in days]
     charts = [
         bar_chart("Volumes per day", labels, {"studies": [d["studies"] for d in days],
-                                              "result sets": [d["results"] for d in days]}),
+                                              "result sets": [d["results"] for d in days]},
+                  integers=True),
         line_chart("Turnaround percentiles (last instance to last result acknowledged)", labels,
                    {f"p{q}": [d[f"turnaround_p{q}"] for d in days] for q in (50, 90, 95)}, unit=" s"),
-        bar_chart("Failures per day", labels, {"failures": [d["failures"] for d in days]}),
-        bar_chart("Instances received per day", labels, {"instances": [d["instances"] for d in days]}),
+        bar_chart("Failures per day", labels, {"failures": [d["failures"] for d in days]}, integers=True),
+        bar_chart("Instances received per day", labels, {"instances": [d["instances"] for d in days]},
+                  integers=True),
     ]
-    return render("summary.html", title="Daily summary", user=user, csrf=csrf, days=days,
-                  charts=[Markup(chart) for chart in charts])  # built and escaped by listeners.console.charts
+    return render("summary.html", title="Daily summary", user=user, days=days, refresh=True,
+                  charts=[Markup(chart) for chart in charts], **frame)  # built and escaped by listeners.console.charts
 
 
-def error_page(status: int, message: str, *, user: str | None, csrf: str = "") -> str:
-    return render("error.html", title=str(status), user=user, csrf=csrf, status=status, message=message)
+def error_page(status: int, message: str, *, user: str | None, **frame: Any) -> str:
+    return render("error.html", title=str(status), user=user, status=status, message=message, **frame)

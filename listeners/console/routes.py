@@ -1,11 +1,12 @@
-"""The read-only admin console as a Starlette application (``[console]``): login, signed session cookies, CSRF
-tokens on every form, the failed-login lock-out, HTML pages, CSV export and key images. Pages come from
-``listeners.console.pages``, data from ``ortho_node.audit.views``.
+"""The admin console as a Starlette application (``[console]``): login, signed session cookies, CSRF tokens on
+every form, the failed-login lock-out, HTML pages, CSV export, key images, and the operator actions. Pages come
+from ``listeners.console.pages``, data from ``ortho_node.audit.views``, actions from ``listeners.web.actions``.
 
-Only ``GET`` reads data; the two ``POST`` routes (login, logout) change nothing but the session, and both
-check the form's CSRF token (``listeners.console.sessions``) and the Origin header. The cookies are HttpOnly
-and SameSite=Strict. Every login, refused login and lock-out is audited. Page routes are plain functions:
-Starlette runs them on its thread pool, off the event loop, as they read the database.
+``GET`` only reads. Every ``POST`` (login, logout, ``/actions``) checks the form's CSRF token
+(``listeners.console.sessions``) and the Origin header; ``/actions`` also the user's role (``console.users``:
+a viewer is refused with 403, audited). The cookies are HttpOnly and SameSite=Strict. Every login, refused
+login, lock-out and action is audited. Page routes are plain functions: Starlette runs them on its thread pool,
+off the event loop, as they read the database.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from starlette.types import ASGIApp
 
 from ortho_node.audit import views as q
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
-from ortho_node.config import ConsoleSettings
-from ortho_node.config.users import parse_user
+from ortho_node.config import ConsoleSettings, DestinationSettings
+from ortho_node.config.users import Role, parse_user
+from ortho_node.delivery.pause import destination_overview
 from listeners.console import pages
 from listeners.console.images import dicom_to_png
 from listeners.console.passwords import hash_password, verify_password
 from listeners.console.sessions import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, LoginThrottle, Session, \
     SessionCookies
+from listeners.web.actions import Action, ActionFailed, Actor, OperatorActions
 from listeners.web.headers import DefaultHeaders
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send "Origin: null" with the login
@@ -56,15 +59,19 @@ class Console:
     """What the console answers, independent of the HTTP plumbing: login and the pages' data."""
 
     def __init__(self, settings: ConsoleSettings, session_factory: sessionmaker[DbSession], audit: AuditTrail, *,
-                 warnings: Sequence[str] = (), secret: bytes | None = None) -> None:
+                 warnings: Sequence[str] = (), secret: bytes | None = None,
+                 destinations: Sequence[DestinationSettings] = (), actions: OperatorActions | None = None) -> None:
         """``warnings``: the node's configuration warnings (``audit.status.configuration_warnings``), shown
         on the studies page, where an administrator looks first. ``secret`` signs the cookies; a new random
-        one by default, so a restart logs everyone out."""
+        one by default, so a restart logs everyone out. ``actions``: what an operator may do (None: nothing,
+        a console on a node without a scheduler)."""
         self.settings = settings
         self.warnings = tuple(warnings)
+        self.destinations = tuple(destinations)
+        self.actions = actions
         self._session_factory = session_factory
         self._audit = audit
-        self._users = dict(parse_user(entry) for entry in settings.users)
+        self._users = {user.name: user for user in map(parse_user, settings.users)}
         self._dummy_hash = hash_password(secrets.token_hex(8))  # same work for unknown user names
         self.sessions = SessionCookies(secret or secrets.token_bytes(32), settings.session_hours * 3600)
         self.throttle = LoginThrottle(settings.max_failed_logins, settings.lockout_minutes * 60)
@@ -89,7 +96,8 @@ class Console:
             return self._login_form(429, next_path, login_nonce, "Too many failed logins: this user name is "
                                     f"locked for {max(1, round(left / 60))} more minutes.",
                                     headers={"Retry-After": str(int(left) + 1)})
-        stored = self._users.get(user)
+        account = self._users.get(user)
+        stored = account.password_hash if account else None
         ok = verify_password(password, stored or self._dummy_hash) and stored is not None
         if not ok:
             self._audit.record(AuditKind.CONSOLE_LOGIN_FAILED, "console login refused", severity=Severity.WARNING,
@@ -139,13 +147,28 @@ class Console:
         secure = "; Secure" if self.secure_cookie else ""
         response.headers.append("set-cookie", f"{name}={value}; Path={path}; HttpOnly; SameSite=Strict{age}{secure}")
 
-    def session_user(self, request: Request) -> str | None:
-        """The user of the request's console session (how the API under /api/v1 signs users in)."""
+    def session_actor(self, request: Request) -> Actor | None:
+        """The user of the request's console session with their role (how the API under /api/v1 signs console
+        users in)."""
         session = self.sessions.read(request.cookies.get(SESSION_COOKIE))
-        return session.user if session else None
+        if session is None:
+            return None
+        return Actor(session.user, self.role_of(session.user), "api", _peer(request))
+
+    def role_of(self, user: str) -> Role:
+        """The user's role in ``console.users``; a session outliving its entry only reads."""
+        account = self._users.get(user)
+        return account.role if account is not None else Role.VIEWER
 
     def csrf(self, session: Session) -> str:
         return self.sessions.csrf_token(f"session:{session.sid}")
+
+    def frame(self, session: Session, request: Request | None = None) -> dict[str, Any]:
+        """What every page shows around its content: the user, their role, the form token, the time zone and
+        the outcome of the action that led here (a signed notice in the query, so no other site can word it)."""
+        notice = self.sessions.read_notice(request.query_params.get("notice")) if request is not None else None
+        return {"user": session.user, "csrf": self.csrf(session), "operator": self.role_of(session.user).may_act,
+                "tz": self.settings.time_zone, "notice": notice}
 
     # -- data ----------------------------------------------------------------------------------------------
     def study_row(self, uid: str) -> dict[str, Any] | None:
@@ -180,9 +203,8 @@ def _page(handler: Page, console: Console) -> Callable[[Request], Response]:
 
 
 def _html(status: int, message: str, console: Console | None, session: Session | None) -> HTMLResponse:
-    user = session.user if session else None
-    csrf = console.csrf(session) if console and session else ""
-    return HTMLResponse(pages.error_page(status, message, user=user, csrf=csrf), status_code=status)
+    frame = console.frame(session) if console and session else {"user": None}
+    return HTMLResponse(pages.error_page(status, message, **frame), status_code=status)
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -191,11 +213,14 @@ def _query(request: Request) -> dict[str, str]:
 
 def _studies(request: Request, console: Console, session: Session) -> Response:
     query = _query(request)
-    rows = q.list_studies(console.db, _filters(query))
     if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(rows, q.STUDY_COLUMNS), "studies.csv")
-    return HTMLResponse(pages.studies_page(rows, _kept(query), user=session.user, warnings=console.warnings,
-                                           csrf=console.csrf(session)))
+        return _csv(q.to_csv(q.list_studies(console.db, _filters(query)), q.STUDY_COLUMNS), "studies.csv")
+    offset = _int(query.get("offset"), 0, 0, 10**7)
+    # One row more than a page says whether an older page exists.
+    rows = q.list_studies(console.db, _filters(query, limit=pages.PAGE_SIZE + 1, offset=offset))
+    rows, more = rows[:pages.PAGE_SIZE], len(rows) > pages.PAGE_SIZE
+    return HTMLResponse(pages.studies_page(rows, _kept(query), warnings=console.warnings, offset=offset, more=more,
+                                           **console.frame(session, request)))
 
 
 def _deliveries(request: Request, console: Console, session: Session) -> Response:
@@ -203,7 +228,12 @@ def _deliveries(request: Request, console: Console, session: Session) -> Respons
     rows = q.list_deliveries(console.db, _filters(query))
     if request.url.path.endswith(".csv"):
         return _csv(q.to_csv(rows, q.DELIVERY_COLUMNS), "deliveries.csv")
-    return HTMLResponse(pages.deliveries_page(rows, _kept(query), user=session.user, csrf=console.csrf(session)))
+    return HTMLResponse(pages.deliveries_page(rows, _kept(query), **console.frame(session, request)))
+
+
+def _destinations(request: Request, console: Console, session: Session) -> Response:
+    rows = destination_overview(console.db, console.destinations)
+    return HTMLResponse(pages.destinations_page(rows, **console.frame(session, request)))
 
 
 def _failures(request: Request, console: Console, session: Session) -> Response:
@@ -211,14 +241,14 @@ def _failures(request: Request, console: Console, session: Session) -> Response:
     rows = q.list_failures(console.db, _filters(query))
     if request.url.path.endswith(".csv"):
         return _csv(q.to_csv(rows, q.FAILURE_COLUMNS), "failures.csv")
-    return HTMLResponse(pages.failures_page(rows, _kept(query), user=session.user, csrf=console.csrf(session)))
+    return HTMLResponse(pages.failures_page(rows, _kept(query), **console.frame(session, request)))
 
 
 def _summary(request: Request, console: Console, session: Session) -> Response:
     days = q.daily_summary(console.db, days=_int(request.query_params.get("days"), 14, 1, 366))
     if request.url.path.endswith(".csv"):
         return _csv(q.to_csv(days, tuple(days[0])), "summary.csv")
-    return HTMLResponse(pages.summary_page(days, user=session.user, csrf=console.csrf(session)))
+    return HTMLResponse(pages.summary_page(days, **console.frame(session, request)))
 
 
 def _summary_images(console: Console, uid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -234,9 +264,11 @@ def _study(request: Request, console: Console, session: Session) -> Response:
     results, images = _summary_images(console, uid)
     urls = [(f"/studies/{uid}/images/{o['sop_instance_uid']}.png", f"key image {n}")
             for n, o in enumerate(images, start=1) if Path(o["path"]).is_file()]
-    body = pages.study_page(row, q.study_timeline(console.db, uid) or [], results,
-                            q.list_deliveries(console.db, study_instance_uid=uid), urls, user=session.user,
-                            csrf=console.csrf(session))
+    deliveries = q.list_deliveries(console.db, study_instance_uid=uid)
+    names = sorted({d.name for d in console.destinations} | {d["destination"] for d in deliveries})
+    body = pages.study_page(row, q.study_timeline(console.db, uid) or [], results, deliveries, urls,
+                            series=q.study_series(console.db, uid), destinations=names,
+                            **console.frame(session, request))
     return HTMLResponse(body)
 
 
@@ -315,12 +347,32 @@ def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeade
                          session)
         return console.logout(session)
 
+    async def act(request: Request) -> Response:
+        """An operator action from a form: Origin, session, CSRF token, role (in ``OperatorActions``), then
+        back to the page the form was on, with the outcome as a notice."""
+        if not _same_origin(request):
+            return _html(403, "Cross-site request refused.", None, None)
+        form = await _read_form(request)
+        session = console.sessions.read(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return RedirectResponse("/login", status_code=303)
+        if form is None:
+            return _html(413, "Form too large.", console, session)
+        if not console.sessions.csrf_ok(f"session:{session.sid}", form.get(CSRF_FIELD)):
+            log.warning("console action from %s refused: CSRF token missing or wrong", _peer(request))
+            return _html(403, "The form expired or did not come from this console: reload the page.", console,
+                         session)
+        return await run_in_threadpool(_act, console, session, form, _peer(request))
+
     def page(handler: Page) -> Callable[[Request], Response]:
         return _page(handler, console)
 
     routes = [
         Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/actions", act, methods=["POST"]),
+        Route("/console.js", _script, methods=["GET"]),  # public: the same for everyone, no data in it
+        Route("/destinations", page(_destinations), methods=["GET"]),
         Route("/", page(_home), methods=["GET"]),
         Route("/studies", page(_studies), methods=["GET"]), Route("/studies.csv", page(_studies), methods=["GET"]),
         Route("/deliveries", page(_deliveries), methods=["GET"]),
@@ -337,11 +389,40 @@ def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeade
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = "Read-only console." if status == 405 else "No such page." if status == 404 else "Bad request."
+        message = ("Method not allowed." if status == 405 else "No such page." if status == 404 else
+                   "Bad request.")
         return _html(status, message, None, None)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return DefaultHeaders(app, SECURITY_HEADERS, name="console")
+
+
+def _act(console: Console, session: Session, form: Mapping[str, str], peer: str) -> Response:
+    """Run the form's action as the session's user; the outcome goes back as a notice (errors as their page)."""
+    next_path = _local_path(form.get("next", "/studies"))
+    if console.actions is None:
+        return _html(404, "This console offers no actions.", console, session)
+    try:
+        action = Action(form.get("action", ""))
+    except ValueError:
+        return _html(404, "No such action.", console, session)
+    actor = Actor(session.user, console.role_of(session.user), "console", peer)
+    try:
+        done = console.actions.run(actor, action, form.get("target", "").strip(), reason=form.get("reason", "").strip(),
+                                   to=form.get("to") or None)
+    except ActionFailed as failed:
+        return _html(failed.status, failed.message, console, session)
+    separator = "&" if "?" in next_path else "?"
+    return RedirectResponse(f"{next_path}{separator}notice={console.sessions.sign_notice(done)}", status_code=303)
+
+
+@functools.cache
+def _script_bytes() -> bytes:
+    return (Path(__file__).parent / "templates" / "console.js").read_bytes()
+
+
+async def _script(request: Request) -> Response:
+    return Response(_script_bytes(), media_type="text/javascript; charset=utf-8")
 
 
 def _local_path(value: str) -> str:
@@ -366,15 +447,22 @@ def _day(text: str | None) -> dt.date | None:
         return None
 
 
-def _filters(query: Mapping[str, str]) -> q.Filters:
+def _filters(query: Mapping[str, str], *, limit: int | None = None, offset: int = 0) -> q.Filters:
+    """The query's filters; ``limit``: a page's rows (default: the query's ``limit``, else 500)."""
     return q.Filters(since=_day(query.get("since")), until=_day(query.get("until")),
+                     study_date=_day(query.get("study_date")),
                      status=query.get("status") or None, joint=query.get("joint") or None,
                      calling_ae=query.get("ae") or None, search=query.get("search") or None,
-                     limit=_int(query.get("limit"), 500, 1, 10000))
+                     limit=limit or _int(query.get("limit"), 500, 1, 10000), offset=offset)
 
 
 def _kept(query: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in query.items() if v and k in ("search", "since", "until", "status", "joint", "ae")}
+    return {k: v for k, v in query.items()
+            if v and k in ("search", "study_date", "since", "until", "status", "joint", "ae")}
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "-"
 
 
 def _csv(text: str, name: str) -> Response:

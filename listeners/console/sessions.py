@@ -79,6 +79,23 @@ class SessionCookies:
             with self._lock:
                 self._open.pop(session.sid, None)
 
+    # -- notices -------------------------------------------------------------------------------------------
+    NOTICE_SECONDS = 120  # a notice is the outcome of the action just done: a stale link shows nothing
+
+    def sign_notice(self, text: str) -> str:
+        """An action's outcome for the page the browser is sent back to, signed so no other site can word it."""
+        return URLSafeTimedSerializer(self._secret, salt="ortho-console-notice").dumps(text[:500])
+
+    def read_notice(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            text = URLSafeTimedSerializer(self._secret, salt="ortho-console-notice").loads(
+                value, max_age=self.NOTICE_SECONDS)
+        except BadSignature:
+            return None
+        return text if isinstance(text, str) else None
+
     # -- CSRF ----------------------------------------------------------------------------------------------
     def csrf_token(self, binding: str) -> str:
         """The form token for a session id (``session:<sid>``) or a login nonce (``login:<nonce>``)."""

@@ -9,8 +9,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from listeners.api.routes import Api, api_app
+from listeners.api.routes import Api, api_app, token_check
 from listeners.console.routes import Console, console_app
+from listeners.web.actions import OperatorActions
 from listeners.web.listener import TlsFiles, WebListener
 from listeners.web.operations import operations_app
 from listeners.storescp import StorageSCP
@@ -121,9 +122,12 @@ class Node:
         own port and thread when enabled (``listeners.web``)."""
         console, metrics = self.settings.console, self.settings.metrics
         if console.enabled:
-            admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings))
-            api = api_app(Api(self.session_factory, self.settings.destinations), admin.session_user,
-                          version=__version__)
+            actions = OperatorActions(self.session_factory, self.audit, reprocess=self.scheduler.reprocess,
+                                      deliveries=self.delivery)
+            admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings),
+                            destinations=self.settings.destinations, actions=actions)
+            api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions), admin.session_actor,
+                          version=__version__, tokens=token_check(self.session_factory))
             app = console_app(admin, api=api)
             tls = TlsFiles(console.tls_cert, console.tls_key) if console.tls else None
             self.console = WebListener(app, console.host, console.port, name="admin console", tls=tls)

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ortho_node.assembly.analysis_mark import skip_cause
 from ortho_node.assembly.completeness import SeriesSignal
 from ortho_node.assembly.pixels import read_volume
 from ortho_node.assembly.plan import AssemblyRules, PlaneChoice, StudyPlan, plan_study
@@ -69,17 +70,18 @@ class Assembler:
     def assemble(self, study_uid: str, completeness_reason: str) -> AssembledStudy:
         plan, _signals, study = self.plan(study_uid)
         clinical = ClinicalFacts(study.patient_age, study.patient_sex, study.patient_size, study.patient_weight)
-        planes = {} if plan.skip_reason else {p: self._volume(p, c) for p, c in plan.choices.items()}
+        skip_reason = skip_cause(study) or plan.skip_reason  # an operator's mark before what the plan found
+        planes = {} if skip_reason else {p: self._volume(p, c) for p, c in plan.choices.items()}
         assembled = AssembledStudy(
             study_instance_uid=study_uid, joint=plan.joint, joint_reason=plan.joint_reason,
             laterality=plan.laterality, laterality_reason=plan.laterality_reason, clinical=clinical,
             planes=planes, missing_planes=plan.missing_planes, completeness_reason=completeness_reason,
-            conflicts=plan.conflicts, excluded=plan.excluded, skip_reason=plan.skip_reason,
+            conflicts=plan.conflicts, excluded=plan.excluded, skip_reason=skip_reason,
             candidates=plan.candidates)
         log.info("study %s assembled: joint %s, laterality %s, planes %s, missing %s%s", study_uid,
                  plan.joint.value, plan.laterality.value, ",".join(p.value for p in planes) or "none",
                  ",".join(p.value for p in plan.missing_planes) or "none",
-                 f"; skipped: {plan.skip_reason}" if plan.skip_reason else "")
+                 f"; skipped: {skip_reason}" if skip_reason else "")
         return assembled
 
     def _slices(self, rows: list[Instance]) -> list[SliceRef]:

@@ -62,6 +62,9 @@ class Step(str, enum.Enum):
     RESULTS_SUPERSEDED = "results_superseded"  # an earlier job's result files deleted (a newer set replaces them)
     KEEP_SET = "keep_set"
     KEEP_CLEARED = "keep_cleared"
+    DELIVERY_RETRY = "delivery_retry"  # a flagged object queued again by an operator (console, API)
+    NOT_FOR_ANALYSIS_SET = "not_for_analysis_set"  # an operator's mark: its jobs end skipped
+    NOT_FOR_ANALYSIS_CLEARED = "not_for_analysis_cleared"
 
 
 #: Steps that mark a failure, for the failures view and the metrics. A skipped study counts once, by its job's

@@ -55,6 +55,16 @@ class AuditKind(str, enum.Enum):
     CONSOLE_LOGIN = "console_login"
     CONSOLE_LOGIN_FAILED = "console_login_failed"  # wrong password, unknown user, or a locked-out user name
     CONSOLE_LOCKED_OUT = "console_locked_out"  # console.max_failed_logins in a row: the user name is locked
+    # Issue 24: operator actions from the console or the API (details: user, via, action, target, outcome)
+    OPERATOR_ACTION = "operator_action"
+    OPERATOR_ACTION_REFUSED = "operator_action_refused"  # a viewer (user or token) asked to act: 403
+    API_TOKEN_CREATED = "api_token_created"
+    API_TOKEN_REVOKED = "api_token_revoked"
+    DELIVERY_RETRY = "delivery_retry"  # one flagged object queued again
+    DESTINATION_PAUSED = "destination_paused"
+    DESTINATION_RESUMED = "destination_resumed"
+    STUDY_NOT_FOR_ANALYSIS_SET = "study_not_for_analysis_set"
+    STUDY_NOT_FOR_ANALYSIS_CLEARED = "study_not_for_analysis_cleared"
 
 
 class Severity(str, enum.Enum):

@@ -2,7 +2,9 @@
 studies with their status, findings and turnaround, a study's timeline, jobs, deliveries, failures, a daily
 summary, CSV export.
 
-No patient identifiers leave here: studies are named by UID and description, senders by AE title.
+Patient identifiers (patient ID and name, accession number, study date: ``IDENTIFIER_COLUMNS``) are in the
+study rows for the console's pages and the API's JSON, which are behind a login; never in ``STUDY_COLUMNS``,
+so the CSV exports and the CLI's tables carry none. Nothing here logs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ortho_node.audit.lifecycle import storage_facts, storage_state
@@ -32,6 +34,8 @@ STUDY_COLUMNS = ("study_instance_uid", "study_description", "calling_aes", "firs
                  "instance_count", "joint", "laterality", "status", "job_state", "waiting", "completeness_reason",
                  "missing_planes", "findings_present", "model_version", "results_at", "delivered", "pending",
                  "failed", "failure_reasons", "turnaround_seconds", "storage")
+#: In a study row, for the console and the API only (behind their logins): never logged, never in CSV.
+IDENTIFIER_COLUMNS = ("accession_number", "patient_id", "patient_name", "study_date")
 DELIVERY_COLUMNS = ("study_instance_uid", "destination", "kind", "sop_instance_uid", "state", "attempts",
                     "queued_at", "last_attempt_at", "delivered_at", "last_status", "last_error")
 TIMELINE_COLUMNS = ("at", "step", "job_id", "detail")
@@ -47,8 +51,15 @@ class Filters:
     status: str | None = None
     joint: str | None = None
     calling_ae: str | None = None
-    search: str | None = None  # part of a Study Instance UID or study description
+    search: str | None = None  # part of a Study Instance UID, description, accession number, patient ID or name
+    study_date: dt.date | None = None  # the Study Date in the header
     limit: int = 500
+    offset: int = 0  # matching rows skipped (the console's and the API's pages)
+
+    @property
+    def computed(self) -> bool:
+        """Filters on what a row computes (status, joint, sender), not on a column: SQL cannot page them."""
+        return bool(self.status or self.joint or self.calling_ae)
 
 
 def _day_bounds(filters: Filters) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -60,22 +71,50 @@ def _day_bounds(filters: Filters) -> tuple[dt.datetime | None, dt.datetime | Non
 
 def list_studies(session_factory: sessionmaker[Session], filters: Filters = Filters()) -> list[dict[str, Any]]:
     """Studies, newest first, with joint, status, findings present, model version, delivery counts,
-    failure reasons and turnaround (last instance received -> last result acknowledged, seconds)."""
-    start, end = _day_bounds(filters)
+    failure reasons and turnaround (last instance received -> last result acknowledged, seconds).
+
+    Only the rows a page needs are built: the column filters, the order and the page are SQL (indexed); with
+    filters on what a row computes (status, joint, sender) the studies are read in growing batches until
+    ``offset + limit`` rows match."""
+    query = _study_query(filters)
+    if not filters.computed:
+        with session_factory() as session:
+            studies = session.scalars(query.offset(filters.offset).limit(filters.limit)).all()
+            context = _StudyContext.load(session, studies)
+        return [context.row(study) for study in studies]
+    wanted = filters.offset + filters.limit
+    batch = wanted
+    rows: list[dict[str, Any]] = []
     with session_factory() as session:
-        query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
-        if start is not None:
-            query = query.where(Study.last_received_at >= start)
-        if end is not None:
-            query = query.where(Study.last_received_at < end)
-        if filters.search:
-            pattern = f"%{filters.search.strip()}%"
-            query = query.where(or_(Study.study_instance_uid.like(pattern), Study.study_description.like(pattern)))
-        studies = session.scalars(query).all()
-        context = _StudyContext.load(session, studies)
-    rows = [context.row(study) for study in studies]
-    rows = [r for r in rows if _matches(r, filters)]
-    return rows[:filters.limit]
+        read = 0
+        while len(rows) < wanted:
+            studies = session.scalars(query.offset(read).limit(batch)).all()
+            context = _StudyContext.load(session, studies)
+            rows += [row for row in map(context.row, studies) if _matches(row, filters)]
+            read += len(studies)
+            if len(studies) < batch:
+                break
+            batch = min(batch * 4, 5000)  # few rows match: read more at a time
+    return rows[filters.offset:wanted]
+
+
+def _study_query(filters: Filters) -> Select[tuple[Study]]:
+    """The studies the column filters keep, newest first (``ix_studies_last_received_at``)."""
+    start, end = _day_bounds(filters)
+    query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
+    if start is not None:
+        query = query.where(Study.last_received_at >= start)
+    if end is not None:
+        query = query.where(Study.last_received_at < end)
+    if filters.study_date is not None:
+        query = query.where(Study.study_date == filters.study_date)
+    if filters.search and filters.search.strip():
+        text = filters.search.strip()
+        pattern = f"%{text}%"
+        query = query.where(or_(Study.study_instance_uid.like(pattern), Study.study_description.ilike(pattern),
+                                Study.accession_number.ilike(pattern), Study.patient_id.ilike(pattern),
+                                Study.patient_name.ilike(pattern)))
+    return query
 
 
 def study_row(session_factory: sessionmaker[Session], study_instance_uid: str) -> dict[str, Any] | None:
@@ -114,14 +153,20 @@ def _matches(row: dict[str, Any], filters: Filters) -> bool:
     return True
 
 
+_RESULT_FIELDS = (StudyResult.study_instance_uid, StudyResult.joint, StudyResult.laterality, StudyResult.findings,
+                  StudyResult.objects, StudyResult.model_name, StudyResult.model_version, StudyResult.created_at)
+_DELIVERY_FIELDS = (DeliveryItem.study_instance_uid, DeliveryItem.destination, DeliveryItem.state,
+                    DeliveryItem.delivered_at, DeliveryItem.last_error)
+
+
 @dataclass
 class _StudyContext:
     counts: dict[int, int]
     aes: dict[int, list[str]]
     jobs: dict[int, Job]
     assemblies: dict[int, StudyAssembly]
-    results: dict[str, StudyResult]
-    deliveries: dict[str, list[DeliveryItem]]
+    results: dict[str, Any]  # rows of _RESULT_FIELDS
+    deliveries: dict[str, list[Any]]  # rows of _DELIVERY_FIELDS
     waiting: dict[int, str]
     ignored: dict[int, str]
 
@@ -131,8 +176,8 @@ class _StudyContext:
         uids = [s.study_instance_uid for s in studies]
         counts: dict[int, int] = {}
         aes: dict[int, list[str]] = defaultdict(list)
-        results: dict[str, StudyResult] = {}
-        deliveries: dict[str, list[DeliveryItem]] = defaultdict(list)
+        results: dict[str, Any] = {}
+        deliveries: dict[str, list[Any]] = defaultdict(list)
         for chunk in _chunks(ids):
             counts.update(session.execute(select(Series.study_id, func.sum(Series.instance_count))
                                           .where(Series.study_id.in_(chunk)).group_by(Series.study_id)).all())
@@ -140,11 +185,11 @@ class _StudyContext:
                     select(Series.study_id, Instance.calling_ae).join(Instance, Instance.series_id == Series.id)
                     .where(Series.study_id.in_(chunk), Instance.calling_ae.is_not(None)).distinct()):
                 aes[study_id].append(ae)
-        for chunk in _chunks(uids):
-            for result in session.scalars(select(StudyResult).where(StudyResult.study_instance_uid.in_(chunk))
+        for chunk in _chunks(uids):  # the columns a row shows (a result's model card is large, and not shown)
+            for result in session.execute(select(*_RESULT_FIELDS).where(StudyResult.study_instance_uid.in_(chunk))
                                           .order_by(StudyResult.id)):
                 results[result.study_instance_uid] = result
-            for item in session.scalars(select(DeliveryItem).where(DeliveryItem.study_instance_uid.in_(chunk))
+            for item in session.execute(select(*_DELIVERY_FIELDS).where(DeliveryItem.study_instance_uid.in_(chunk))
                                         .order_by(DeliveryItem.id)):
                 deliveries[item.study_instance_uid].append(item)
         jobs = _latest(session, Job, ids)
@@ -197,10 +242,12 @@ class _StudyContext:
                                    if last_ack and last_received and not pending else None),
             "summary_images": [o for o in (result.objects if result else []) if o.get("kind") == "summary"],
             "storage": storage_state(study), **storage_facts(study),
+            "not_for_analysis": bool(study.not_for_analysis), "not_for_analysis_reason": study.not_for_analysis_reason,
+            **{column: getattr(study, column) for column in IDENTIFIER_COLUMNS},
         }
 
 
-def _status(job: Job | None, assembly: StudyAssembly | None, result: StudyResult | None,
+def _status(job: Job | None, assembly: StudyAssembly | None, result: Any,
             delivered: list, pending: list, failed: list, *, ignored: bool = False) -> str:
     if job is None:
         return "ignored" if ignored else "receiving"
@@ -332,6 +379,34 @@ def _inventory_row(study: Study, job: Job | None, assembly: StudyAssembly | None
             "ignored": _study_ignored(ignored), "storage": storage_state(study), **storage_facts(study)}
 
 
+def study_series(session_factory: sessionmaker[Session], study_instance_uid: str) -> dict[str, Any] | None:
+    """The study's series (number, modality, description, instances, an accept rule's ignore) with the planes the
+    latest assembly chose each for and why, or why it was left out; with that assembly's decision (None: the
+    study is not stored)."""
+    with session_factory() as session:
+        study = session.scalar(select(Study).options(selectinload(Study.series))
+                               .where(Study.study_instance_uid == study_instance_uid))
+        if study is None:
+            return None
+        assembly = _assembly(_latest(session, StudyAssembly, [study.id]).get(study.id))
+        ignored = ignored_by_series(session, [study.id]).get(study.id, {})
+        series = _inventory_row(study, None, None, None, ignored)["series"]
+    chosen: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    excluded: dict[str, list[str]] = defaultdict(list)
+    if assembly is not None:
+        for plane, volume in assembly["planes"].items():
+            chosen[volume.get("series_instance_uid", "")].append({"plane": plane, "reason": volume.get("reason"),
+                                                                 "contrast": volume.get("contrast")})
+        for line in assembly["excluded"]:
+            uid, _, why = line.partition(": ")
+            excluded[uid].append(why)
+    for row in series:
+        row["chosen_for"] = chosen.get(row["series_instance_uid"], [])
+        row["left_out"] = excluded.get(row["series_instance_uid"], [])
+    series.sort(key=lambda r: (r["series_number"] is None, r["series_number"] or 0, r["series_instance_uid"]))
+    return {"series": series, "assembly": assembly}
+
+
 def _assembly(record: StudyAssembly | None) -> dict[str, Any] | None:
     if record is None:
         return None
@@ -430,8 +505,8 @@ def list_deliveries(session_factory: sessionmaker[Session], filters: Filters = F
         if filters.search:
             query = query.where(DeliveryItem.study_instance_uid.like(f"%{filters.search.strip()}%"))
         items = session.scalars(query.limit(filters.limit)).all()
-    return [{column: (as_utc(value) if isinstance(value := getattr(item, column), dt.datetime) else value)
-             for column in DELIVERY_COLUMNS} for item in items]
+    return [{"id": item.id, **{column: (as_utc(value) if isinstance(value := getattr(item, column), dt.datetime)
+                                        else value) for column in DELIVERY_COLUMNS}} for item in items]
 
 
 def list_failures(session_factory: sessionmaker[Session], filters: Filters = Filters()) -> list[dict[str, Any]]:

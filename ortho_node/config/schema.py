@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,14 @@ class DeliverySettings:
 
 @dataclasses.dataclass(frozen=True)
 class ConsoleSettings:
-    enabled: bool = _field(False, "Serve the read-only admin web console (login required).")
+    enabled: bool = _field(False, "Serve the admin web console and the REST API (login required).")
     host: str = _field("127.0.0.1", "Address the console listens on (for access from other machines set "
                                     "tls_cert and tls_key, or put an HTTPS reverse proxy in front of it).")
     port: int = _field(8080, "TCP port of the console (0 picks a free port).", min=0, max=65535)
-    users: list[str] = _field([], "Console users as 'NAME:HASH' entries; make one with `ortho-node console "
-                                  "hash-password NAME` (scrypt; plaintext passwords are refused).")
+    users: list[str] = _field([], "Console users as 'NAME:HASH' (a viewer: reads) or 'NAME:operator:HASH' (also "
+                                  "acts: reprocess, resend, retry, pause destinations, mark studies) entries; make "
+                                  "one with `ortho-node console hash-password NAME [--role operator]` (scrypt; "
+                                  "plaintext passwords are refused).")
     session_hours: float = _field(8.0, "Hours a login stays valid.", min=0.01, max=24 * 30)
     secure_cookie: bool = _field(False, "Mark the session cookie Secure (set it when users reach the console "
                                         "through HTTPS; always set when the console serves TLS itself).")
@@ -263,6 +266,8 @@ class ConsoleSettings:
                                     min=1, max=1000)
     lockout_minutes: float = _field(15.0, "Minutes a user name stays locked out after max_failed_logins.",
                                     min=0.01, max=24 * 60)
+    time_zone: str = _field("UTC", "IANA time zone the console shows times in, named on each (e.g. "
+                                   "'Europe/Berlin'); the API and the CSV exports answer UTC.")
 
     @property
     def tls(self) -> bool:
@@ -276,10 +281,16 @@ class ConsoleSettings:
             value = getattr(self, key)
             if value and not Path(value).is_file():
                 raise ConfigError(f"console.{key}: file {value} does not exist")
+        if self.time_zone != "UTC":
+            try:
+                zoneinfo.ZoneInfo(self.time_zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"console.time_zone: {self.time_zone!r} is not an IANA time zone "
+                                  "(e.g. 'Europe/Berlin')") from None
         names = set()
         for index, entry in enumerate(self.users):
             try:
-                name, _ = parse_user(entry)
+                name = parse_user(entry).name
             except ValueError as exc:
                 raise ConfigError(f"console.users[{index}]: {exc}") from None
             if name in names:

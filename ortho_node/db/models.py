@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
-                        false)
+from sqlalchemy import (JSON, BigInteger, Date, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ortho_node.clock import utcnow
@@ -46,6 +46,9 @@ class Association(Base):
 
 class Study(Base):
     __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_last_received_at", "last_received_at"),  # the console's first page
+                      Index("ix_studies_accession_number", "accession_number"),
+                      Index("ix_studies_patient_id", "patient_id"), Index("ix_studies_study_date", "study_date"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -64,6 +67,14 @@ class Study(Base):
     purge_reason: Mapped[str | None] = mapped_column(Text)
     results_purged_at: Mapped[dt.datetime | None]
     purge_claimed_at: Mapped[dt.datetime | None]  # a purger's lease while it deletes this study's files
+    # Issue 24 (console and API search): patient identifiers shown only behind a login, never logged; the
+    # purger clears them with the study's instances.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    # An operator's mark (console, API): jobs of the study end skipped instead of analysing it.
+    not_for_analysis: Mapped[bool] = mapped_column(default=False, server_default=false())
+    not_for_analysis_reason: Mapped[str | None] = mapped_column(String(128))
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -271,3 +282,33 @@ class StudyResult(Base):
     superseded_by: Mapped[int | None]  # the newer study_results row of the same study
     files_removed_at: Mapped[dt.datetime | None]  # the objects' files deleted (the row and its list stay)
     files_removed_reason: Mapped[str | None] = mapped_column(String(32))  # superseded, retention
+
+
+# -- Issue 24: operator state of the console and the REST API -----------------------------------------------------
+class DestinationState(Base):
+    """A destination an operator paused (``ortho_node.delivery.pause``): the delivery worker leaves its queue
+    alone until it is resumed. No row: not paused."""
+
+    __tablename__ = "destination_states"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(default=False, server_default=false())
+    reason: Mapped[str | None] = mapped_column(String(128))
+    changed_by: Mapped[str | None] = mapped_column(String(64))
+    changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A REST API bearer token (``ortho_node.access.tokens``): only its SHA-256 digest is stored; ``prefix``
+    (the token's first characters) lets an administrator tell tokens apart."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # viewer, operator
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]

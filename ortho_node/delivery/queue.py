@@ -157,6 +157,15 @@ class DeliveryQueue:
                 DeliveryItem.state == State.PENDING.value).order_by(DeliveryItem.next_attempt_at).limit(1)).first()
         return as_utc(when) if when else None
 
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        return self._session_factory
+
+    def destination_names(self) -> set[str]:
+        """Every destination the queue holds items for (configured now or not)."""
+        with self._session_factory() as session:
+            return set(session.scalars(select(DeliveryItem.destination).distinct()))
+
     def destinations_of(self, study_instance_uid: str) -> set[str]:
         with self._session_factory() as session:
             return set(session.scalars(select(DeliveryItem.destination).where(
@@ -195,3 +204,29 @@ class DeliveryQueue:
                                   at=now, data={"destination": name}))
         return queued
 
+
+    def retry(self, item_id: int, *, by: str | None = None) -> tuple[str, str]:
+        """Queue one flagged (failed) object again, its attempts and retry window started afresh; returns its
+        study's UID and what was done. Raises :class:`LookupError` for an unknown id and :class:`ValueError` for an object that is not
+        flagged or whose file is gone (sending it could only fail again)."""
+        now = self._clock.now()
+        with self._session_factory.begin() as session:
+            item = session.get(DeliveryItem, item_id, with_for_update=True)
+            if item is None:
+                raise LookupError(f"no delivery {item_id}")
+            if item.state != State.FAILED.value:
+                raise ValueError(f"delivery {item_id} is {item.state}, not failed: nothing to retry")
+            if not Path(item.file_path).is_file():
+                raise ValueError(f"delivery {item_id}: its result file is gone (results purged or superseded); "
+                                 "reprocess the study to build new results")
+            previous = item.last_error
+            item.state, item.attempts, item.queued_at, item.next_attempt_at = State.PENDING.value, 0, now, now
+            item.delivered_at = item.last_error = item.last_status = None
+            message = f"{item.kind} to {item.destination} queued again after: {previous}"
+            details = {"delivery_id": item.id, "destination": item.destination, "kind": item.kind,
+                       "previous_error": previous, "by": by}
+            session.add(make_event(AuditKind.DELIVERY_RETRY, message, study_instance_uid=item.study_instance_uid,
+                                   series_instance_uid=item.series_instance_uid,
+                                   sop_instance_uid=item.sop_instance_uid, details=details))
+            session.add(entry(Step.DELIVERY_RETRY, item.study_instance_uid, message, at=now, data=details))
+            return item.study_instance_uid, message

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ortho_node.clock import Clock, SystemClock
 from ortho_node.config import DestinationSettings, Settings, TlsSettings
 from ortho_node.delivery.outcomes import Outcome, retry_policy
+from ortho_node.delivery.pause import paused_destinations, set_paused
 from ortho_node.delivery.queue import DeliveryQueue, ResultFile
 from ortho_node.delivery.scu import Failure, RemoteNode, SendResult, send_files
 
@@ -53,7 +54,10 @@ class DeliveryWorker:
     def run_once(self) -> int:
         """Send every item that is due now; returns the number of attempts made."""
         attempts = 0
+        paused = paused_destinations(self.queue.session_factory)  # an operator's pause: the queue waits
         for dest in self.destinations:
+            if dest.name in paused:
+                continue
             while items := self.queue.due(dest.name, self._batch_size):
                 attempts += self._deliver(dest, items)
                 if len(items) < self._batch_size or self._stop.is_set():
@@ -161,6 +165,22 @@ class DeliveryService:
                               "its built results")
         self.worker.wake()
         return count, sorted(targets)
+
+    def retry(self, item_id: int, *, by: str | None = None) -> tuple[str, str]:
+        """Queue one flagged object again (``DeliveryQueue.retry``) and wake the worker."""
+        done = self.queue.retry(item_id, by=by)
+        self.worker.wake()
+        return done
+
+    def pause(self, name: str, paused: bool, *, by: str | None = None, reason: str = "") -> str:
+        """Pause or resume deliveries to a configured destination, or one the queue still names (removed from
+        the configuration since). Raises :class:`UnknownDestination` for any other name."""
+        if name not in {dest.name for dest in self.destinations} | self.queue.destination_names():
+            raise UnknownDestination(f"destination {name!r} is neither configured nor in the delivery queue")
+        done = set_paused(self._session_factory, name, paused, by=by, reason=reason)
+        if not paused:
+            self.worker.wake()
+        return done
 
     def start(self) -> None:
         self.worker.start()

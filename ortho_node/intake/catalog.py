@@ -62,7 +62,7 @@ class Catalog:
         try:
             self._record(header, values)
         except IntegrityError:
-            if self._revive(values):
+            if self._revive(values, _identifiers(header)):
                 return
             with self.engine.connect() as connection:
                 if connection.scalar(_RECORDED, {"uid": header.sop_uid}) is not None:
@@ -76,11 +76,11 @@ class Catalog:
             study_id, series_id = self._ids(connection, header, now)
             connection.execute(_INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values})
             connection.execute(_BUMP_SERIES, {"sid": series_id, "now": now})
-            self._touch_study(connection, study_id, now)
+            self._touch_study(connection, study_id, now, _identifiers(header))
         with self._lock:  # only committed rows are cached
             self._series_ids[header.series_uid] = (study_id, series_id)
 
-    def _revive(self, values: dict) -> bool:
+    def _revive(self, values: dict, identifiers: dict) -> bool:
         """A re-sent instance whose file the purger deleted: its row takes the new file and is on disk again
         (the series count stays: the row was counted). False when its row is not purged."""
         now = utcnow()
@@ -93,18 +93,19 @@ class Catalog:
                 return False
             study_id = connection.scalar(select(Series.study_id).where(Series.id == series_id))
             connection.execute(update(Series).where(Series.id == series_id).values(last_received_at=now))
-            self._touch_study(connection, study_id, now)
+            self._touch_study(connection, study_id, now, identifiers)
         return True
 
     @staticmethod
-    def _touch_study(connection: Connection, study_id: int, now: dt.datetime) -> None:
+    def _touch_study(connection: Connection, study_id: int, now: dt.datetime, identifiers: dict) -> None:
         """The study's last arrival; the first instance after a purge also clears its purge mark, so that it
-        is analysable (and purgeable) again from what is on disk now; the purge stays in its history."""
+        is analysable (and purgeable) again from what is on disk now; the purge stays in its history, and the
+        patient identifiers the purge cleared come back from the new instance (``identifiers``)."""
         purged_at, study_uid = connection.execute(_TOUCH_STUDY, {"sid": study_id, "now": now}).one()
         if purged_at is None:
             return
         cleared = connection.execute(update(Study).where(Study.id == study_id, Study.instances_purged_at.is_not(None))
-                                     .values(instances_purged_at=None, purge_reason=None)).rowcount
+                                     .values(instances_purged_at=None, purge_reason=None, **identifiers)).rowcount
         if cleared != 1:  # another association cleared it first
             return
         message = ("instances received after the purge of its earlier ones: purge mark cleared, analysable from "
@@ -134,3 +135,8 @@ class Catalog:
                 last_received_at=now, instance_count=0, **header.series,
             ).returning(Series.id)).scalar_one()
         return study_id, series_id
+
+
+def _identifiers(header: InstanceHeader) -> dict:
+    """The patient identifiers of the study row (cleared by a purge, written again by the next arrival)."""
+    return {key: header.study.get(key) for key in ("patient_id", "patient_name")}

@@ -6,6 +6,7 @@ fact instead of failing the whole instance: the image itself is still stored as 
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import struct
 import zlib
@@ -22,7 +23,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 #: Every element :meth:`InstanceHeader.from_dataset` reads (tests hold it to that).
 HEADER_KEYWORDS = (
     "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDescription",
-    "AccessionNumber", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "Modality", "SeriesNumber",
+    "AccessionNumber", "StudyDate", "PatientName", "PatientID", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "Modality", "SeriesNumber",
     "SeriesDescription", "ProtocolName", "BodyPartExamined", "Laterality", "ReceiveCoilName",
     "FrameOfReferenceUID", "InstanceNumber", "AcquisitionNumber", "ImageType", "Rows", "Columns",
     "NumberOfFrames", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness",
@@ -161,6 +162,18 @@ def _number(ds: _Elements, keyword: str, kind: type) -> Any:
         return None
 
 
+def _date(ds: _Elements, keyword: str) -> dt.date | None:
+    """A DA value (``YYYYMMDD``; the ACR-NEMA ``YYYY.MM.DD`` too) as a date; None when absent or not a date."""
+    text = _text(ds, keyword, 10)
+    if text is None:
+        return None
+    digits = text.replace(".", "")
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8])) if len(digits) == 8 else None
+    except ValueError:
+        return None
+
+
 def _numbers(ds: _Elements, keyword: str, count: int) -> str | None:
     """A multi-valued DS as a backslash string, only if it has exactly ``count`` finite numbers."""
     try:
@@ -199,6 +212,10 @@ class InstanceHeader:
             study={
                 "study_description": _text(ds, "StudyDescription"),
                 "accession_number": _text(ds, "AccessionNumber", 16),
+                "study_date": _date(ds, "StudyDate"),
+                # Identifiers for the console's and the API's search only: never in a log line or an audit event.
+                "patient_id": _text(ds, "PatientID", 64),
+                "patient_name": _text(ds, "PatientName", 200),
                 "patient_age": _text(ds, "PatientAge", 4),
                 "patient_sex": _text(ds, "PatientSex", 16),
                 "patient_size": _number(ds, "PatientSize", float),

@@ -219,7 +219,8 @@ class Purger:
         with self._session_factory.begin() as session:
             session.execute(update(Study).where(Study.id == study.id).values(
                 instances_purged_at=now, purge_reason=f"{rule}: {reason}",
-                purge_claimed_at=now if keep_lease else None))
+                purge_claimed_at=now if keep_lease else None,
+                patient_id=None, patient_name=None))  # identifiers go with the received instances
             session.execute(update(Instance).where(
                 Instance.series_id.in_(select(Series.id).where(Series.study_id == study.id)),
                 Instance.id <= study.newest_instance_id, Instance.purged_at.is_(None))

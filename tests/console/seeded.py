@@ -19,7 +19,8 @@ from ortho_node.scheduling.timers import ManualTime
 from tests.assembly.factory import EndedAssociations, advance, store
 from tests.reports.study_factory import make_knee_study
 
-USER, PASSWORD = "admin", "correct horse battery"
+USER, PASSWORD = "admin", "correct horse battery"  # a viewer (no role in the entry)
+OPERATOR, OPERATOR_PASSWORD = "oper", "operator horse battery"
 
 
 class KnownPrediction:
@@ -63,7 +64,9 @@ def _settings(folder: Path, **overrides):
     return load_settings(environ={}, overrides=values)
 
 
-def seed(tmp: Path) -> Seeded:
+def seed(tmp: Path, *, operator: bool = False) -> Seeded:
+    """``operator``: also a console user with the operator role (``OPERATOR``); the tests that act use a seeded
+    node of their own, so the shared one keeps the state the read-only tests assert."""
     from ortho_node.app.node import Node
 
     knee = make_knee_study(tmp / "knee")
@@ -73,7 +76,8 @@ def seed(tmp: Path) -> Seeded:
     predictor = KnownPrediction(knee.prediction)
     settings = _settings(
         tmp / "node", **{"console.enabled": True, "console.port": 0,
-                         "console.users": [f"{USER}:{hash_password(PASSWORD)}"],
+                         "console.users": [f"{USER}:{hash_password(PASSWORD)}"] + (
+                             [f"{OPERATOR}:operator:{hash_password(OPERATOR_PASSWORD)}"] if operator else []),
                          "metrics.enabled": True, "metrics.port": 0,
                          "destinations": [f"PACS=PACS@127.0.0.1:{pacs.scp.port}",
                                           f"ARCHIVE=NOTTHEPACS@127.0.0.1:{pacs.scp.port}"]})

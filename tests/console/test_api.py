@@ -42,9 +42,11 @@ def _check(spec: dict, schema: str, instance) -> None:
 def test_openapi_document_validates_and_names_every_route(seeded, api, spec):
     validate(spec)
     assert spec["openapi"] == "3.1.0" and spec["servers"] == [{"url": "/api/v1"}]
-    assert set(spec["paths"]) == {"/studies", "/studies/{uid}", "/studies/{uid}/timeline", "/studies/{uid}/results",
-                                  "/studies/{uid}/findings", "/jobs", "/deliveries", "/destinations"}
-    for path, item in spec["paths"].items():
+    reads = {path for path, item in spec["paths"].items() if "get" in item}
+    assert reads == {"/studies", "/studies/{uid}", "/studies/{uid}/timeline", "/studies/{uid}/results",
+                     "/studies/{uid}/findings", "/jobs", "/deliveries", "/destinations"}
+    for path in reads:
+        item = spec["paths"][path]
         answer = _get(seeded, api, path.replace("{uid}", seeded.study_uid))
         schema = item["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
         _check(spec, schema, answer)
@@ -114,11 +116,14 @@ def test_read_only_and_json_errors(seeded, api):
 
 def test_bearer_tokens_where_the_node_gives_a_token_check(seeded):
     from listeners.api.routes import Api, api_app
+    from listeners.web.actions import Actor
     from listeners.web.listener import WebListener
+    from ortho_node.config.users import Role
 
     node = seeded.node
+    robot = Actor("robot", Role.VIEWER, "api")
     app = api_app(Api(node.session_factory, node.settings.destinations), lambda request: None, version="test",
-                  tokens={"s3cret-token": "robot"}.get)
+                  tokens={"s3cret-token": robot}.get)
     listener = WebListener(app, "127.0.0.1", 0, name="api test")
     listener.start()
     try:

@@ -20,7 +20,8 @@ def _page(findings: list[dict]) -> str:
 
 
 def _cells(page: str, label: str) -> list[str]:
-    row = page.split(f"<tr><td>{label}</td>")[1].split("</tr>")[0]
+    """The cells after the finding's name ("medial meniscus tear (MM)": issue 24 names it in full)."""
+    row = page.split(f" ({label})</td>")[1].split("</tr>")[0]
     return [cell.split(">", 1)[1] for cell in row.split("</td>")[:-1]]
 
 

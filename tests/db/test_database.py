@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from sqlalchemy import inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
@@ -86,5 +87,38 @@ def test_upgrade_from_0004_keeps_the_rows_and_marks_instances_of_purged_studies(
     with engine.connect() as connection:
         marks = connection.execute(text("SELECT id, purged_at IS NOT NULL FROM instances ORDER BY id")).all()
     assert [(row[0], bool(row[1])) for row in marks] == [(1, False), (2, True)]
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    engine.dispose()
+
+
+def test_0008_up_and_down_keeps_the_studies(database_url):
+    """0008 (issue 24) adds the patient facts, the not-for-analysis mark, destination pauses, API tokens and the
+    console's indexes over rows of 0007, and takes them away again on downgrade, rows intact."""
+    engine = make_engine(database_url)
+    migrations.upgrade(engine, "0007")
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO studies (id, study_instance_uid, accession_number, first_received_at, last_received_at) "
+            "VALUES (1, '1.2.3.1', 'ACC1', '2026-01-01 08:00:00+00', '2026-01-01 08:00:00+00')"))
+    migrations.upgrade(engine, "0008")
+    inspector = inspect(engine)
+    columns = {c["name"] for c in inspector.get_columns("studies")}
+    assert {"patient_id", "patient_name", "study_date", "not_for_analysis", "not_for_analysis_reason"} <= columns
+    assert {"ix_studies_last_received_at", "ix_studies_patient_id", "ix_studies_accession_number",
+            "ix_studies_study_date"} <= {i["name"] for i in inspector.get_indexes("studies")}
+    assert {"destination_states", "api_tokens"} <= set(inspector.get_table_names())
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT accession_number, patient_id, not_for_analysis FROM studies")).all() \
+            == [("ACC1", None, False)]
+        connection.execute(text("UPDATE studies SET patient_id = 'P1', not_for_analysis = true"))
+    command.downgrade(migrations.alembic_config(engine), "0007")
+    inspector = inspect(engine)
+    assert "patient_id" not in {c["name"] for c in inspector.get_columns("studies")}
+    assert not {"destination_states", "api_tokens"} & set(inspector.get_table_names())
+    assert "ix_studies_patient_id" not in {i["name"] for i in inspector.get_indexes("studies")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT study_instance_uid, accession_number FROM studies")).all() == [
+            ("1.2.3.1", "ACC1")]
+    migrations.upgrade(engine)
     assert migrations.current_revision(engine) == migrations.head_revision()
     engine.dispose()

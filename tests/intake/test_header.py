@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 
 import pytest
@@ -100,3 +101,17 @@ def test_header_keywords_are_exactly_what_the_facts_read():
 def test_unparseable_data_set_raises():
     with pytest.raises(OSError):
         EncodedHeader(UNTERMINATED_SEQUENCE, "1.2.840.10008.1.2.1")
+
+
+def test_patient_facts_and_study_date_for_the_consoles_search():
+    ds = mr_dataset()
+    ds.AccessionNumber, ds.PatientID, ds.PatientName, ds.StudyDate = "A-1", "PID-1", "DOE^JANE", "20250301"
+    study = InstanceHeader.from_dataset(ds).study
+    assert (study["accession_number"], study["patient_id"], study["patient_name"]) == ("A-1", "PID-1", "DOE^JANE")
+    assert study["study_date"] == dt.date(2025, 3, 1)
+    for value in ("2025.03.01", "20250301 "):  # ACR-NEMA's form, a padded value
+        ds.StudyDate = value
+        assert InstanceHeader.from_dataset(ds).study["study_date"] == dt.date(2025, 3, 1)
+    for value in ("20251301", "2025", "yesterday", ""):
+        ds.StudyDate = value
+        assert InstanceHeader.from_dataset(ds).study["study_date"] is None, value

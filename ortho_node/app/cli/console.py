@@ -1,4 +1,5 @@
-"""``ortho-node console hash-password``: a ``console.users`` entry for a password typed at a prompt."""
+"""``ortho-node console hash-password``: a ``console.users`` entry (with its role) for a password typed at a
+prompt."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ def register(sub) -> None:
     hash_password = console_sub.add_parser(
         "hash-password", help="print a console.users entry NAME:HASH for a password read from stdin or a prompt")
     hash_password.add_argument("user", metavar="NAME")
+    hash_password.add_argument("--role", choices=("viewer", "operator"), default="viewer",
+                               help="viewer (default): reads; operator: also reprocesses, resends, retries, pauses "
+                                    "destinations and marks studies")
     hash_password.set_defaults(handler=cmd_console_hash_password)
 
 
@@ -28,5 +32,6 @@ def cmd_console_hash_password(args: argparse.Namespace) -> int:
     if len(password) < 8:
         print("error: the password must have at least 8 characters", file=sys.stderr)
         return 2
-    print(f"{args.user}:{hash_password(password)}")
+    role = "" if args.role == "viewer" else f"{args.role}:"  # an entry without a role is a viewer
+    print(f"{args.user}:{role}{hash_password(password)}")
     return 0
