@@ -64,6 +64,9 @@ class Study(Base):
     purge_reason: Mapped[str | None] = mapped_column(Text)
     results_purged_at: Mapped[dt.datetime | None]
     purge_claimed_at: Mapped[dt.datetime | None]  # a purger's lease while it deletes this study's files
+    # When its completeness must next be decided (the last arrival, or the time a waiting study looks again);
+    # NULL: every instance is covered by a job. A receiver takes over a decision overdue by more than a lease.
+    decision_due_at: Mapped[dt.datetime | None] = mapped_column(index=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -182,6 +185,9 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # The process running it (nodes.id) and until when, renewed by its heartbeat (ortho_node.cluster.lease).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[dt.datetime | None]
 
     study: Mapped[Study] = relationship()
 
@@ -231,6 +237,9 @@ class DeliveryItem(Base):
     delivered_at: Mapped[dt.datetime | None]
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The process sending it (nodes.id) and until when; cleared when the attempt is recorded.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[dt.datetime | None]
 
 
 class TimelineEntry(Base):
@@ -271,3 +280,22 @@ class StudyResult(Base):
     superseded_by: Mapped[int | None]  # the newer study_results row of the same study
     files_removed_at: Mapped[dt.datetime | None]  # the objects' files deleted (the row and its list stay)
     files_removed_reason: Mapped[str | None] = mapped_column(String(32))  # superseded, retention
+
+
+class Node(Base):
+    """One ``ortho-node serve`` process sharing the database (``ortho_node.cluster``): what it does, where, with
+    which code and model, and its last heartbeat. A process that stopped cleanly has ``stopped_at``."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # all, receive, process
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str | None] = mapped_column(String(64))  # the model card's; NULL: no model loaded
+    gpu: Mapped[str | None] = mapped_column(String(128))  # the CUDA device's name; NULL: none used
+    heartbeat_interval: Mapped[float] = mapped_column(Float)  # s, as this process was configured
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[dt.datetime | None]
