@@ -145,7 +145,8 @@ class Node:
         return self.scp
 
     def _register(self) -> None:
-        self.registry.register(self.identity, heartbeat_interval=self.settings.cluster.heartbeat_interval)
+        self.registry.register(self.identity, heartbeat_interval=self.settings.cluster.heartbeat_interval,
+                               sole=not self.lease.shared)
         self._registered = True
 
     def _start_scp(self) -> None:

@@ -89,11 +89,15 @@ class NodeRegistry:
         self._clock = clock
         self.missed_heartbeats = missed_heartbeats
 
-    def register(self, identity: NodeIdentity, *, heartbeat_interval: float) -> None:
+    def register(self, identity: NodeIdentity, *, heartbeat_interval: float, sole: bool = False) -> None:
         """Insert or take back this node's row; :class:`NodeIdInUse` when a live process holds the id (its
-        leases would be mistaken for ours)."""
+        leases would be mistaken for ours). ``sole``: the database is this process's alone (SQLite), so every
+        other row is of a process that is gone and is marked stopped at its last heartbeat, not flagged."""
         now = self._clock.now()
         with self._session_factory.begin() as session:
+            if sole:
+                session.execute(update(Node).where(Node.id != identity.node_id, Node.stopped_at.is_(None))
+                                .values(stopped_at=Node.last_heartbeat_at))
             row = session.get(Node, identity.node_id, with_for_update=True)
             if row is not None and row.stopped_at is None and \
                     missed(as_utc(row.last_heartbeat_at), row.heartbeat_interval, now) < self.missed_heartbeats:

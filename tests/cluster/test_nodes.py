@@ -126,3 +126,21 @@ def test_an_overdue_completeness_decision_is_taken_over_by_one_receiver(sessions
     assert len(taken) == 2 and receivers[1].take_overdue_decisions(overdue) == []  # taken once
     with sessions() as session:
         assert set(session.scalars(select(Study.decision_due_at))) == {time.now()}
+
+
+def test_on_sqlite_a_new_process_marks_the_gone_ones_stopped_not_missed(tmp_path):
+    from ortho_node.db import migrations
+    from ortho_node.db.engine import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    migrations.upgrade(engine)
+    sessions = make_session_factory(engine)
+    time = ManualTime()
+    registry = NodeRegistry(sessions, time, missed_heartbeats=3)
+    registry.register(NodeIdentity("host-100", Role.ALL, "host", 100, "0.1.0"), heartbeat_interval=10.0, sole=True)
+    crashed_at = time.now()
+    time.advance(600)  # SIGKILLed; restarted ten minutes later with another process id
+    registry.register(NodeIdentity("host-200", Role.ALL, "host", 200, "0.1.0"), heartbeat_interval=10.0, sole=True)
+    states = {node.node_id: (node.state, node.stopped_at) for node in registry.nodes()}
+    assert states == {"host-200": (NodeState.LIVE, None), "host-100": (NodeState.STOPPED, crashed_at)}
+    engine.dispose()
