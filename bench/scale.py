@@ -90,7 +90,7 @@ def throughput(admin_url: str, processors: int, studies: int, folder: Path) -> f
         folders.append(folder / f"study-{n}")
     with fresh_database(admin_url) as url:
         pacs = Orthanc(folder / "orthanc")
-        env = {"ORTHO_NODE_DATABASE_URL": url, "ORTHO_NODE_LOGGING_LEVEL": "WARNING",
+        env = {"ORTHO_NODE_DATABASE_URL": url,
                "ORTHO_NODE_DESTINATIONS": f"PACS={Orthanc.AE_TITLE}@127.0.0.1:{pacs.dicom_port}",
                "ORTHO_NODE_CLUSTER_HEARTBEAT_INTERVAL": "5"}
         (folder / "logs").mkdir()

@@ -144,3 +144,30 @@ def test_on_sqlite_a_new_process_marks_the_gone_ones_stopped_not_missed(tmp_path
     states = {node.node_id: (node.state, node.stopped_at) for node in registry.nodes()}
     assert states == {"host-200": (NodeState.LIVE, None), "host-100": (NodeState.STOPPED, crashed_at)}
     engine.dispose()
+
+
+def test_metrics_count_the_processes_by_role_and_state(tmp_path):
+    from prometheus_client import generate_latest
+
+    from ortho_node.audit.prometheus import NodeCollector, make_registry
+    from ortho_node.db import migrations
+    from ortho_node.db.engine import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    migrations.upgrade(engine)
+    sessions = make_session_factory(engine)
+    time = ManualTime()
+    registry = NodeRegistry(sessions, time, missed_heartbeats=3)
+    for node_id, role in (("recv-1", Role.RECEIVE), ("gpu-1", Role.PROCESS), ("gpu-2", Role.PROCESS)):
+        registry.register(NodeIdentity(node_id, role, "host", 1, "0.1.0"), heartbeat_interval=10.0)
+    time.advance(20)
+    registry.beat("recv-1")
+    registry.beat("gpu-1")
+    time.advance(15)  # gpu-2 last beat 35 s ago: three missed
+    collector = NodeCollector(sessions, tmp_path, 0, nodes=lambda: [(n.role, n.state.value) for n in registry.nodes()])
+    text = generate_latest(make_registry(collector)).decode()
+    assert 'ortho_node_cluster_nodes{role="process",state="missed"} 1.0' in text
+    assert 'ortho_node_cluster_nodes{role="process",state="live"} 1.0' in text
+    assert 'ortho_node_cluster_nodes{role="receive",state="live"} 1.0' in text
+    assert 'ortho_node_cluster_nodes{role="all",state="live"} 0.0' in text
+    engine.dispose()
