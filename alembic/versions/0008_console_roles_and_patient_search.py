@@ -2,7 +2,7 @@
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-07
+Create Date: 2026-12-06
 
 Issue 24: the studies row gains the patient's ID and name and the study date (from the header at intake; shown
 only behind the console's and the API's login, never logged; cleared when the purger deletes the study's

@@ -142,8 +142,8 @@ def check_port_free(host: str, port: int, key: str) -> None:
 
 
 def listening_ports(settings: Settings) -> list[tuple[str, str, int]]:
-    """(key, host, port) of every listener ``serve`` will open."""
-    ports = [("dicom.port", settings.dicom.host, settings.dicom.port)]
+    """(key, host, port) of every listener ``serve`` will open (a processor opens no DICOM port)."""
+    ports = [("dicom.port", settings.dicom.host, settings.dicom.port)] if settings.cluster.role != "process" else []
     if settings.console.enabled:
         ports.append(("console.port", settings.console.host, settings.console.port))
     if settings.metrics.enabled:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +40,15 @@ from ortho_node.scheduling.pipeline import Locate, Pipeline, ResultStages, Study
 from ortho_node.prediction import StudyPrediction
 from ortho_node.audit.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
-from ortho_node.scheduling.timers import TimeSource
+from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.intake.recovery import Recovery
 from ortho_node.intake.storage import InstanceStore, is_valid_uid
 from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
+from ortho_node.cluster.heartbeat import Heartbeat
+from ortho_node.cluster.lease import Lease
+from ortho_node.cluster.registry import NodeIdentity, NodeRegistry
+from ortho_node.cluster.roles import Role
+from ortho_node.cluster.wakeup import Channel, Listener
 from ortho_node.retention.purger import Purger
 from ortho_node.retention.superseded import remove_superseded
 
@@ -57,6 +64,10 @@ class Node:
     retry tests, a pipeline whose stage stands in for a slow or failing GPU). With a ``predictor`` (loaded
     once, :func:`load_predictor`; ``serve`` passes the configured model) the pipeline runs inference, writes
     the result objects and queues them for delivery; without one the node receives, assembles and records.
+
+    ``cluster.role`` picks the parts (``ortho_node.cluster``): a receiver runs the Storage SCP, the catalog and
+    the completeness decisions; a processor claims jobs, runs the pipeline and delivers; ``all`` does both.
+    Every process registers in the nodes table and beats; its heartbeat renews the leases of what it claimed.
     """
 
     def __init__(self, settings: Settings, *,
@@ -64,41 +75,82 @@ class Node:
                  time: TimeSource | None = None, predictor: StudyPredictor | None = None) -> None:
         silence_identifier_sources()
         self.settings = settings
+        self.role = Role(settings.cluster.role)
+        self.lease = Lease.from_settings(settings.cluster, shared=settings.shared_database)
         self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditTrail(self.session_factory)
         self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
-        self.catalog = Catalog(self.engine)
+        self.time = time or SystemTime()
+        self.catalog = Catalog(self.engine, clock=self.time)
         accept = AcceptRules.from_settings(settings.accept)
         self.intake = Intake(self.store, self.catalog, self.audit, accept=accept)
         self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit,
-                                 accept=accept)
+                                 accept=accept, shared_by=self.lease.node_id if self.lease.shared else None)
         self.assembler = Assembler(self.session_factory, self.store.absolute,
                                    AssemblyRules.from_settings(settings.assembly))
-        self.delivery = DeliveryService(settings, self.session_factory)
+        self.delivery = DeliveryService(settings, self.session_factory, lease=self.lease)
         stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store),
                                 self.session_factory)
                   if predictor is not None else None)
         self.pipeline = pipeline_factory(self.session_factory, **({"stages": stages} if stages else {}))
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
-                                   time=time)
+                                   time=self.time, lease=self.lease, role=self.role)
         self.intake.add_listener(self.scheduler.watcher)
         self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving)
+        self.registry = NodeRegistry(self.session_factory, self.scheduler.time,
+                                     missed_heartbeats=settings.cluster.missed_heartbeats)
+        self.identity = NodeIdentity(self.lease.node_id, self.role, socket.gethostname(), os.getpid(), __version__,
+                                     *model_facts(predictor))
+        renewals = [self.scheduler.queue.renew, self.delivery.queue.renew] if self.role.processes else []
+        self.heartbeat = Heartbeat(self.registry, self.lease.node_id, settings.cluster.heartbeat_interval, renewals,
+                                   on_lost=self._register)
+        self.wakeups = (Listener(self.engine, {Channel.JOBS: self.scheduler.wake,
+                                               Channel.DELIVERIES: self.delivery.worker.wake})
+                        if self.lease.shared and self.role.processes else None)
         self.scp: StorageSCP | WorkerPoolSCP | None = None
         self.console: WebListener | None = None
         self.metrics: WebListener | None = None
+        self._registered = False  # the nodes row is ours (never mark another live process's row stopped)
 
     def prepare(self) -> None:
-        """Bring the schema up to date and recover from an earlier crash; run before serving."""
+        """Bring the schema up to date and recover from an earlier crash; run before serving. Only receivers
+        recover the archive (a processor never writes received instances)."""
         migrations.upgrade(self.engine)
-        self.recovery.prepare()
+        if self.role.receives:
+            self.recovery.prepare()
 
-    def start(self) -> StorageSCP | WorkerPoolSCP:
-        """Start the scheduler (recovering interrupted jobs and timers), then the Storage SCP."""
+    def start(self) -> StorageSCP | WorkerPoolSCP | None:
+        """Register this process, start the scheduler (recovering interrupted jobs and timers), then the Storage
+        SCP (receivers) and the delivery worker (processors); returns the Storage SCP, None for a processor."""
+        self._register()
         self.scheduler.start()
-        retention = self.settings.retention
-        if retention.enabled or retention.supersede_results:  # off by default: nothing is deleted by age
-            self.scheduler.time.every(PURGE_TIMER, retention.purge_interval, self.purge)
+        self.heartbeat.start()
+        if self.role.receives:  # the purger gives way to intake: it runs where instances arrive
+            retention = self.settings.retention
+            if retention.enabled or retention.supersede_results:  # off by default: nothing is deleted by age
+                self.scheduler.time.every(PURGE_TIMER, retention.purge_interval, self.purge)
+            self._start_scp()
+        if self.role.processes:
+            self.delivery.start()  # resumes whatever the queue held when the node last stopped
+            if self.wakeups is not None:
+                self.wakeups.start()
+        self._start_operations()
+        for warning in configuration_warnings(self.settings):
+            log.warning("%s", warning)
+        where = f" as {self.settings.dicom.ae_title} on port {self.scp.port}" if self.scp is not None else ""
+        self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started{where} (role {self.role.value}, node "
+                                                  f"{self.lease.node_id})",
+                          details={"node": self.lease.node_id, "role": self.role.value})
+        log.info("node %s started: role %s", self.lease.node_id, self.role.value)
+        return self.scp
+
+    def _register(self) -> None:
+        self.registry.register(self.identity, heartbeat_interval=self.settings.cluster.heartbeat_interval,
+                               sole=not self.lease.shared)
+        self._registered = True
+
+    def _start_scp(self) -> None:
         dicom = self.settings.dicom
         if dicom.workers > 1:
             self.scp = WorkerPoolSCP(self.settings, workers=dicom.workers, intake=self.intake,
@@ -109,13 +161,6 @@ class Node:
                                   policy=storage_policy(self.settings, self.store),
                                   ssl_context=server_ssl_context(self.settings.tls))
         self.scp.start()
-        self.delivery.start()  # resumes whatever the queue held when the node last stopped
-        self._start_operations()
-        for warning in configuration_warnings(self.settings):
-            log.warning("%s", warning)
-        self.audit.record(AuditKind.NODE_STARTED, f"node {__version__} started as {dicom.ae_title} on port "
-                                                  f"{self.scp.port}")
-        return self.scp
 
     def _start_operations(self) -> None:
         """The admin console and the metrics / health endpoint: ASGI applications served by uvicorn, each on its
@@ -134,7 +179,8 @@ class Node:
             self.console.start()
         if metrics.enabled:
             collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),
-                                      self.liveness())
+                                      self.liveness(),
+                                      nodes=lambda: [(n.role, n.state.value) for n in self.registry.nodes()])
             self.metrics = WebListener(operations_app(make_registry(collector), self.health), metrics.host,
                                        metrics.port, name="metrics and health check")
             self.metrics.start()
@@ -150,8 +196,11 @@ class Node:
             log.error("purge pass failed: %s: %s", type(exc).__name__, exc)
 
     def liveness(self) -> Liveness:
-        return Liveness(scheduler=lambda: self.scheduler.running, delivery=lambda: self.delivery.running,
-                        extra={"storage_scp": lambda: self.scp is not None})
+        extra = {"heartbeat": lambda: self.heartbeat.running}
+        if self.role.receives:
+            extra["storage_scp"] = lambda: self.scp is not None
+        delivery = (lambda: self.delivery.running) if self.role.processes else (lambda: None)
+        return Liveness(scheduler=lambda: self.scheduler.running, delivery=delivery, extra=extra)
 
     def _min_free_bytes(self) -> int:
         return self.settings.storage.min_free_mb * 1024 * 1024
@@ -172,11 +221,23 @@ class Node:
             self.scp.stop()
             self.scp = None
             self.audit.record(AuditKind.NODE_STOPPED, "node stopped")
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self.scheduler.stop()
         self.delivery.stop()
+        self.heartbeat.stop()
         if served:  # every association has ended: each stored file has its row
             self.recovery.leave_marker()
+        self._deregister()
         self.engine.dispose()
+
+    def _deregister(self) -> None:
+        if not self._registered:
+            return
+        try:
+            self.registry.stopped(self.lease.node_id)
+        except SQLAlchemyError as exc:  # database away: the row goes stale and is flagged, as after a crash
+            log.error("node %s not marked stopped (%s)", self.lease.node_id, type(exc).__name__)
 
 
 def load_predictor(settings: Settings) -> StudyPredictor | None:
@@ -186,6 +247,9 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     unusable, so ``serve`` stops before it accepts a study it could not analyse.
     """
     model = settings.model
+    if not Role(settings.cluster.role).processes:
+        log.info("cluster.role is receive: studies are received and decided complete; processors analyse them")
+        return None
     if not model.enabled:
         log.info("model.enabled is false: studies are received and assembled, not analysed")
         return None
@@ -213,6 +277,23 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     log.info("model %s %s loaded from %s on %s (%d CPU threads)", card.name, card.version, folder,
              predictor.device, torch.get_num_threads())
     return predictor
+
+
+def model_facts(predictor: StudyPredictor | None) -> tuple[str | None, str | None]:
+    """(model card version, CUDA device name) of a loaded model, for the nodes table; (None, None) without
+    one (a receiver, ``model.enabled = false``, a test's stand-in)."""
+    if predictor is None:
+        return None, None
+    from ortho_node.inference.predictor import Predictor
+
+    if not isinstance(predictor, Predictor):
+        return None, None
+    gpu = None
+    if predictor.device.type == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(predictor.device)[:128]
+    return predictor.card.version, gpu
 
 
 def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:

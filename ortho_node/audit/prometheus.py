@@ -79,11 +79,15 @@ class NodeCollector:
     """A prometheus_client collector over the node's database and data folder."""
 
     def __init__(self, session_factory: sessionmaker[Session], data_dir: Path, min_free_bytes: int,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None,
+                 nodes: Callable[[], Iterable[tuple[str, str]]] | None = None) -> None:
+        """``nodes``: (role, state) of every process in the nodes table (``ortho_node.cluster.registry``), for the
+        cluster gauge; states live, missed (heartbeats missed, leases expired) and stopped."""
         self._session_factory = session_factory
         self._data_dir = data_dir
         self._min_free_bytes = min_free_bytes
         self._liveness = liveness or Liveness()
+        self._nodes = nodes
 
     def collect(self) -> Iterable[Any]:
         report = health(self._session_factory, self._data_dir, self._min_free_bytes, self._liveness)
@@ -101,6 +105,8 @@ class NodeCollector:
         try:
             with self._session_factory() as session:
                 yield from self._from_database(session)
+            if self._nodes is not None:
+                yield _nodes_gauge(self._nodes())
         except SQLAlchemyError as exc:
             log.error("metrics: database query failed (%s)", type(exc).__name__)
 
@@ -142,6 +148,26 @@ class NodeCollector:
                          [(as_utc(end) - as_utc(start)).total_seconds() for start, end in inference], DURATION_BUCKETS)
         yield _histogram("ortho_node_turnaround_seconds", "Last instance received to last result acknowledged, "
                          "per study whose results are all delivered", _turnarounds(session), TURNAROUND_BUCKETS)
+
+
+NODE_STATES = ("live", "missed", "stopped")
+NODE_ROLES = ("all", "receive", "process")
+
+
+def _nodes_gauge(nodes: Iterable[tuple[str, str]]) -> GaugeMetricFamily:
+    """Processes sharing the database by role and state; ``state="missed"`` above 0 is the alert: a process
+    stopped beating without stopping (its leases expired, its work is being taken over)."""
+    family = GaugeMetricFamily("ortho_node_cluster_nodes", "Node processes in the nodes table by role and state "
+                               "(missed: heartbeats missed, leases expired)", labels=["role", "state"])
+    counts: dict[tuple[str, str], int] = {}
+    for role, state in nodes:
+        counts[(role, state)] = counts.get((role, state), 0) + 1
+    for role in NODE_ROLES:
+        for state in NODE_STATES:
+            family.add_metric([role, state], counts.pop((role, state), 0))
+    for (role, state), count in sorted(counts.items()):
+        family.add_metric([role, state], count)
+    return family
 
 
 def _turnarounds(session: Session) -> list[float]:

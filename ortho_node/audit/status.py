@@ -23,11 +23,12 @@ def is_loopback(host: str) -> bool:
 def configuration_warnings(settings: Settings) -> list[str]:
     """Set-ups that work but are probably not what a department wants; each a one-line warning."""
     warnings: list[str] = []
-    if settings.model.enabled and not settings.destinations:
+    role = settings.cluster.role  # a receiver delivers nothing, a processor listens on no DICOM port
+    if settings.model.enabled and not settings.destinations and role != "receive":
         warnings.append("no destination configured: studies are analysed but their results are delivered "
                         "nowhere (add [[destinations]] or --destination)")
     dicom = settings.dicom
-    if not dicom.allowed_calling_aets and not is_loopback(dicom.host):
+    if not dicom.allowed_calling_aets and not is_loopback(dicom.host) and role != "process":
         warnings.append(f"any calling AE title is accepted on {dicom.host}:{dicom.port} (dicom.allowed_calling_aets "
                         "is empty and dicom.host is not a loopback address)")
     console = settings.console

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.clock import utcnow
@@ -138,6 +138,10 @@ class Timeline:
         for obj in objects:
             kinds[obj.kind] = kinds.get(obj.kind, 0) + 1
         with self._session_factory.begin() as session:
+            # A job run again (its process died after this step) replaces its one result set, as the pipeline
+            # replaces its assembly record: a study is recorded analysed once per job.
+            replaced = list(session.scalars(delete(StudyResult).where(StudyResult.job_id == job_id)
+                                            .returning(StudyResult.id))) if job_id is not None else []
             result = StudyResult(
                 study_instance_uid=prediction.study_instance_uid, job_id=job_id, created_at=utcnow(),
                 joint=prediction.joint.value, laterality=prediction.laterality, model_name=model.name,
@@ -146,6 +150,9 @@ class Timeline:
                 inference_finished_at=inference_finished_at)
             session.add(result)
             session.flush()
+            if replaced:  # sets the replaced one had already superseded point at its replacement
+                session.execute(update(StudyResult).where(StudyResult.superseded_by.in_(replaced))
+                                .values(superseded_by=result.id))
             summary = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "no objects"
             detail = f"{summary} built by {model.name} {model.version}"
             data: dict[str, Any] = {"result_id": result.id, "model_version": model.version, "objects": kinds}

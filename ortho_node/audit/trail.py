@@ -38,8 +38,10 @@ class AuditKind(str, enum.Enum):
     JOB_FAILED = "job_failed"
     JOB_SUPERSEDED = "job_superseded"
     JOB_REQUEUED = "job_requeued"  # left running by a crash, queued again at start-up
+    JOB_TAKEN_OVER = "job_taken_over"  # its holder's lease expired (a process died): another process runs it
 
     DELIVERY_QUEUED = "delivery_queued"
+    DELIVERY_CLAIMED = "delivery_claimed"  # a batch of items claimed by one process under its lease
     DELIVERY_ATTEMPT = "delivery_attempt"  # one per object and attempt, with its status and outcome
     DELIVERY_FAILED = "delivery_failed"  # flagged: permanent rejection, or retry time exhausted
     DELIVERY_RESEND = "delivery_resend"

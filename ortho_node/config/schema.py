@@ -324,6 +324,31 @@ class ModelSettings:
                           max=256)
 
 
+ROLES = ("all", "receive", "process")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]``: what this process does among several sharing one PostgreSQL database and one store."""
+
+    role: str = _field("all", "all: one process does everything (the only role on SQLite); receive: Storage SCP, "
+                              "catalog and completeness, never loads the model; process: claims ready studies, "
+                              "analyses them and delivers the results (no DICOM port).", choices=ROLES)
+    node_id: str = _field("", "This process's name in the nodes table and on the work it claims; empty: "
+                              "<host>-<process id>. Two live processes never share one.")
+    heartbeat_interval: float = _field(10.0, "Seconds between heartbeats; each renews the leases on the work "
+                                             "this process holds.", min=0.1, max=3600.0)
+    missed_heartbeats: int = _field(3, "Heartbeats a process may miss before it is flagged in `ortho-node "
+                                       "nodes` and its leases expire (other processes take its work over).",
+                                    min=1, max=100)
+
+    def check(self) -> None:
+        if self.node_id and not _NODE_ID.match(self.node_id):
+            raise ConfigError(f"cluster.node_id: must be 1-64 letters, digits, '.', '_', ':' or '-', got "
+                              f"{self.node_id!r}")
+
+
 OBJECT_KINDS = ("seg", "sr", "summary")
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -447,6 +472,7 @@ class Settings:
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     accept: AcceptSettings = dataclasses.field(default_factory=AcceptSettings)
+    cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -466,9 +492,19 @@ class Settings:
     def check(self) -> None:
         """The rules that relate several fields of a section, section by section."""
         self.accept.check()
-        for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database):
+        for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database,
+                        self.cluster):
             section.check()
         self.retention.check()
+        if self.cluster.role != "all" and not self.shared_database:
+            raise ConfigError(f"cluster.role: '{self.cluster.role}' needs a PostgreSQL database (database.url) "
+                              "shared by every process; SQLite serves one process: role 'all'")
+
+    @property
+    def shared_database(self) -> bool:
+        """Several processes may share the database (PostgreSQL): work is claimed under leases, and leases
+        that expire are taken over; SQLite is one process's."""
+        return self.database_url.startswith("postgresql")
 
 
 SECTIONS: dict[str, type] = {
@@ -486,6 +522,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSettings,
     "model": ModelSettings,
     "accept": AcceptSettings,
+    "cluster": ClusterSettings,
 }
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
 
 SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+#: PostgreSQL advisory lock key held while migrating: processes of a cluster starting together upgrade one at a
+#: time (the others then find the schema at head), instead of racing to create the same tables.
+MIGRATION_LOCK = 0x0_7274_686F  # "ortho"
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -28,7 +31,15 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     log.info("upgrading database schema to %s", revision)
-    command.upgrade(alembic_config(engine), revision)
+    if engine.dialect.name != "postgresql":  # SQLite: one process, and its writes are serialized anyway
+        command.upgrade(alembic_config(engine), revision)
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        try:
+            command.upgrade(alembic_config(engine), revision)
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
 
 
 def head_revision() -> str:

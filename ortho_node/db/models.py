@@ -75,6 +75,9 @@ class Study(Base):
     # An operator's mark (console, API): jobs of the study end skipped instead of analysing it.
     not_for_analysis: Mapped[bool] = mapped_column(default=False, server_default=false())
     not_for_analysis_reason: Mapped[str | None] = mapped_column(String(128))
+    # When its completeness must next be decided (the last arrival, or the time a waiting study looks again);
+    # NULL: every instance is covered by a job. A receiver takes over a decision overdue by more than a lease.
+    decision_due_at: Mapped[dt.datetime | None] = mapped_column(index=True)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
 
@@ -193,6 +196,9 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # The process running it (nodes.id) and until when, renewed by its heartbeat (ortho_node.cluster.lease).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[dt.datetime | None]
 
     study: Mapped[Study] = relationship()
 
@@ -242,6 +248,9 @@ class DeliveryItem(Base):
     delivered_at: Mapped[dt.datetime | None]
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The process sending it (nodes.id) and until when; cleared when the attempt is recorded.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    lease_expires_at: Mapped[dt.datetime | None]
 
 
 class TimelineEntry(Base):
@@ -312,3 +321,23 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
+
+
+# -- Issue 25: the processes sharing one database ---------------------------------------------------------------
+class Node(Base):
+    """One ``ortho-node serve`` process sharing the database (``ortho_node.cluster``): what it does, where, with
+    which code and model, and its last heartbeat. A process that stopped cleanly has ``stopped_at``."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # all, receive, process
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str | None] = mapped_column(String(64))  # the model card's; NULL: no model loaded
+    gpu: Mapped[str | None] = mapped_column(String(128))  # the CUDA device's name; NULL: none used
+    heartbeat_interval: Mapped[float] = mapped_column(Float)  # s, as this process was configured
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[dt.datetime | None]

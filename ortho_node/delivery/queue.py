@@ -2,6 +2,11 @@
 
 Every state change and its audit event commit in one transaction, right after the peer's response, so a
 restart neither loses an object nor sends an acknowledged one again.
+
+Items are claimed in batches (``claim``) under this process's lease (``ortho_node.cluster.lease``): on PostgreSQL
+``FOR UPDATE SKIP LOCKED``, so processes delivering at once never send the same object, and an item whose
+holder's lease expired (the process died during its association) is claimed again by another. Recording the
+attempt ends the claim.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import UID
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.config import DestinationSettings
 from ortho_node.db.models import DeliveryItem
 from ortho_node.clock import Clock, RetryPolicy, as_utc
+from ortho_node.cluster.lease import Lease
+from ortho_node.cluster.wakeup import Channel, notify
 from ortho_node.delivery.outcomes import Outcome, classify
 from ortho_node.delivery.scu import SendResult
 from ortho_node.audit.timeline import Step, entry
@@ -69,10 +76,12 @@ class ResultFile:
 
 
 class DeliveryQueue:
-    def __init__(self, session_factory: sessionmaker[Session], clock: Clock, policy: RetryPolicy) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], clock: Clock, policy: RetryPolicy, *,
+                 lease: Lease | None = None) -> None:
         self._session_factory = session_factory
         self._clock = clock
         self.policy = policy
+        self.lease = lease or Lease.local()
 
     def enqueue(self, files: Sequence[ResultFile], destinations: Sequence[DestinationSettings]) -> int:
         """Queue each file for every destination that accepts its kind; already queued pairs are left as
@@ -99,15 +108,63 @@ class DeliveryQueue:
                     session.add(entry(Step.DELIVERY_QUEUED, study, f"{count} result objects queued for {dest.name}",
                                       at=now, data={"destination": dest.name, "count": count}))
                 added += len(new)
+            if added:
+                notify(session, Channel.DELIVERIES)  # idle processors wake when this commits
         return added
 
-    def due(self, destination: str, limit: int) -> list[DeliveryItem]:
-        with self._session_factory() as session:
-            return list(session.scalars(
-                select(DeliveryItem)
-                .where(DeliveryItem.destination == destination, DeliveryItem.state == State.PENDING.value,
-                       DeliveryItem.next_attempt_at <= self._clock.now())
-                .order_by(DeliveryItem.id).limit(limit)))
+    def claim(self, destination: str, limit: int) -> list[DeliveryItem]:
+        """Claim up to ``limit`` due items for ``destination`` under this process's lease, oldest first, with one
+        ``delivery_claimed`` audit event for the batch."""
+        now = self._clock.now()
+        node, expires = self.lease.node_id, self.lease.expires(now)
+        claimable = and_(DeliveryItem.destination == destination, self._claimable(now))
+        with self._session_factory.begin() as session:
+            query = select(DeliveryItem).where(claimable).order_by(DeliveryItem.id).limit(limit)
+            if self.lease.shared:  # rows another process is claiming are skipped, not waited for
+                query = query.with_for_update(skip_locked=True)
+            items = list(session.scalars(query))
+            if not items:
+                return []
+            taken_over = {item.id: item.claimed_by for item in items if item.claimed_by is not None}
+            # Conditional update: on SQLite (no row locks) only rows still claimable are ours.
+            ids = list(session.scalars(update(DeliveryItem).where(DeliveryItem.id.in_([i.id for i in items]), claimable)
+                                       .values(claimed_by=node, lease_expires_at=expires)
+                                       .returning(DeliveryItem.id).execution_options(synchronize_session=False)))
+            claimed = [item for item in items if item.id in set(ids)]
+            for item in claimed:
+                item.claimed_by, item.lease_expires_at = node, expires
+            if claimed:
+                session.add(make_event(AuditKind.DELIVERY_CLAIMED, f"{len(claimed)} result objects for {destination} "
+                                       f"claimed by node {node}", details={
+                                           "destination": destination, "node": node, "items": sorted(ids),
+                                           "lease_expires_at": expires.isoformat(),
+                                           "taken_over": {str(k): v for k, v in taken_over.items() if k in set(ids)}}))
+        return claimed
+
+    def _claimable(self, now: dt.datetime) -> ColumnElement[bool]:
+        """Pending, due, and held by no one; on a shared database also held under an expired lease by another
+        process (never by this one: its association may still be sending them)."""
+        unheld = DeliveryItem.claimed_by.is_(None)
+        if self.lease.shared:
+            unheld = or_(unheld, and_(DeliveryItem.claimed_by != self.lease.node_id,
+                                      or_(DeliveryItem.lease_expires_at.is_(None),
+                                          DeliveryItem.lease_expires_at < now)))
+        return and_(DeliveryItem.state == State.PENDING.value, DeliveryItem.next_attempt_at <= now, unheld)
+
+    def renew(self) -> int:
+        """Extend the lease on every item this process holds (the heartbeat); returns how many."""
+        with self._session_factory.begin() as session:
+            return session.execute(update(DeliveryItem).where(DeliveryItem.claimed_by == self.lease.node_id)
+                                   .values(lease_expires_at=self.lease.expires(self._clock.now()))
+                                   .execution_options(synchronize_session=False)).rowcount
+
+    def release_claims(self, *, everyone: bool = False) -> int:
+        """Give back the items this process holds unsent (a stop between claim and send); ``everyone``: every
+        claim, for the one process of a SQLite node at start-up (whoever held them is gone)."""
+        held = DeliveryItem.claimed_by.is_not(None) if everyone else DeliveryItem.claimed_by == self.lease.node_id
+        with self._session_factory.begin() as session:
+            return session.execute(update(DeliveryItem).where(held).values(claimed_by=None, lease_expires_at=None)
+                                   .execution_options(synchronize_session=False)).rowcount
 
     def record(self, item_id: int, result: SendResult, *, destination_label: str) -> Outcome:
         """Store one attempt's result and its audit event in one transaction."""
@@ -115,6 +172,9 @@ class DeliveryQueue:
         outcome = classify(result)
         with self._session_factory.begin() as session:
             item = session.get_one(DeliveryItem, item_id)
+            holder = item.claimed_by
+            # The peer's answer is the truth whoever holds the item now; the claim ends with the attempt.
+            item.claimed_by = item.lease_expires_at = None
             item.attempts += 1
             item.last_attempt_at = now
             item.last_status = result.status
@@ -123,7 +183,10 @@ class DeliveryQueue:
                                            series_instance_uid=item.series_instance_uid,
                                            sop_instance_uid=item.sop_instance_uid)
             details = {"destination": item.destination, "attempt": item.attempts, "status": result.status,
-                       "failure": result.failure.value if result.failure else None, "outcome": outcome.value}
+                       "failure": result.failure.value if result.failure else None, "outcome": outcome.value,
+                       "item": item.id, "node": self.lease.node_id}
+            if holder != self.lease.node_id:  # our lease expired while the peer answered: say so, never hide it
+                details["held_by"] = holder
             message = f"{item.kind} to {destination_label}, attempt {item.attempts}: {status} {result.reason}"
             severity = Severity.INFO if outcome is Outcome.DELIVERED else Severity.WARNING
             session.add(make_event(AuditKind.DELIVERY_ATTEMPT, message, severity=severity, details=details,

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.clock import Clock, SystemClock
+from ortho_node.cluster.lease import Lease
 from ortho_node.config import DestinationSettings, Settings, TlsSettings
 from ortho_node.delivery.outcomes import Outcome, retry_policy
 from ortho_node.delivery.pause import paused_destinations, set_paused
@@ -58,7 +59,7 @@ class DeliveryWorker:
         for dest in self.destinations:
             if dest.name in paused:
                 continue
-            while items := self.queue.due(dest.name, self._batch_size):
+            while items := self.queue.claim(dest.name, self._batch_size):
                 attempts += self._deliver(dest, items)
                 if len(items) < self._batch_size or self._stop.is_set():
                     break
@@ -121,12 +122,12 @@ class DeliveryService:
     """Queue, policy and worker built from settings: what the node's composition root holds."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, lease: Lease | None = None) -> None:
         delivery = settings.delivery
         self.destinations = settings.destinations
         self._session_factory = session_factory
         self._data_dir = settings.data_dir
-        self.queue = DeliveryQueue(session_factory, clock or SystemClock(), retry_policy(delivery))
+        self.queue = DeliveryQueue(session_factory, clock or SystemClock(), retry_policy(delivery), lease=lease)
         self.worker = DeliveryWorker(
             self.queue, settings.destinations, calling_ae=delivery.calling_ae or settings.dicom.ae_title,
             timeout=delivery.timeout, batch_size=delivery.batch_size, poll_interval=delivery.poll_interval,
@@ -183,6 +184,8 @@ class DeliveryService:
         return done
 
     def start(self) -> None:
+        if not self.queue.lease.shared:  # the one process of a SQLite node: claims left by a crash are void
+            self.queue.release_claims(everyone=True)
         self.worker.start()
 
     @property
@@ -192,3 +195,7 @@ class DeliveryService:
 
     def stop(self) -> None:
         self.worker.stop()
+        try:
+            self.queue.release_claims()  # claimed and not sent: free for another process at once
+        except SQLAlchemyError as exc:  # database away: the claims expire with this process's lease instead
+            log.error("delivery claims not released (%s); they expire with the lease", type(exc).__name__)

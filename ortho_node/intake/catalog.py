@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ortho_node.audit.timeline import Step
 from ortho_node.audit.trail import AuditKind, Severity
-from ortho_node.clock import utcnow
+from ortho_node.clock import Clock, SystemClock
 from ortho_node.db.models import AuditEvent, Instance, Series, Study, TimelineEntry
 from ortho_node.intake.header import InstanceHeader
 
@@ -30,7 +30,10 @@ _INSERT_INSTANCE = insert(Instance)
 _BUMP_SERIES = update(Series).where(Series.id == bindparam("sid")).values(
     instance_count=Series.instance_count + 1, last_received_at=bindparam("now"))
 # Returns the study's purge mark in the same statement: the hot path pays nothing for the purge check.
-_TOUCH_STUDY = (update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
+# A new arrival also makes the study's completeness decision due (studies.decision_due_at): the truth a receiver
+# reads to take over the decision when the one that received this instance dies before deciding.
+_TOUCH_STUDY = (update(Study).where(Study.id == bindparam("sid"))
+                .values(last_received_at=bindparam("now"), decision_due_at=bindparam("now"))
                 .returning(Study.instances_purged_at, Study.study_instance_uid))
 _STORED_PATH = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"),
                                                 Instance.purged_at.is_(None))
@@ -38,8 +41,11 @@ _RECORDED = select(Instance.id).where(Instance.sop_instance_uid == bindparam("ui
 
 
 class Catalog:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
+        """``clock``: the node's one clock, which also times the completeness decisions that read these
+        arrival times (``studies.last_received_at``)."""
         self.engine = engine
+        self._clock = clock or SystemClock()
         self._series_ids: dict[str, tuple[int, int]] = {}  # SeriesInstanceUID -> (study id, series id)
         self._lock = threading.Lock()
 
@@ -71,7 +77,7 @@ class Catalog:
             self._record(header, values)
 
     def _record(self, header: InstanceHeader, values: dict) -> None:
-        now = utcnow()
+        now = self._clock.now()
         with self.engine.begin() as connection:
             study_id, series_id = self._ids(connection, header, now)
             connection.execute(_INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values})
@@ -83,7 +89,7 @@ class Catalog:
     def _revive(self, values: dict, identifiers: dict) -> bool:
         """A re-sent instance whose file the purger deleted: its row takes the new file and is on disk again
         (the series count stays: the row was counted). False when its row is not purged."""
-        now = utcnow()
+        now = self._clock.now()
         with self.engine.begin() as connection:
             series_id = connection.execute(
                 update(Instance).where(Instance.sop_instance_uid == values["sop_instance_uid"],

@@ -24,24 +24,32 @@ log = logging.getLogger(__name__)
 
 #: Left in the data folder by a clean stop; its absence at start-up means a crash, and a recovery scan.
 CLEAN_SHUTDOWN = "clean-shutdown.json"
+#: Seconds a partial write must be untouched before a receiver sharing the folder with others removes it: longer
+#: than any association stays silent (an interrupted write is never that fresh, a write in progress always is).
+SHARED_PARTIAL_AGE = 3600.0
 
 
 class Recovery:
     """Brings the archive and its rows back in step after a crash, and vouches for them after a clean stop."""
 
     def __init__(self, database_url: str, session_factory: sessionmaker[Session], store: InstanceStore,
-                 catalog: Catalog, audit: AuditTrail, *, accept: AcceptRules | None = None) -> None:
+                 catalog: Catalog, audit: AuditTrail, *, accept: AcceptRules | None = None,
+                 shared_by: str | None = None) -> None:
+        """``shared_by``: this receiver's node id when other receivers share the data folder (a cluster): its
+        clean-stop marker is its own and vouches only for itself, and partial writes are removed only when
+        too old to be another receiver's write in progress."""
         self._database_url = database_url
+        self._shared_by = shared_by
         self._accept = accept or AcceptRules()
         self._session_factory = session_factory
         self._store = store
         self._catalog = catalog
         self._audit = audit
-        self.marker = store.data_dir / CLEAN_SHUTDOWN
+        self.marker = store.data_dir / (CLEAN_SHUTDOWN if shared_by is None else f"clean-shutdown-{shared_by}.json")
 
     def prepare(self) -> None:
         """Clear partial writes; index stored files without a row unless a clean stop vouches there are none."""
-        removed = self._store.clear_partial_files()
+        removed = self._store.clear_partial_files(older_than=None if self._shared_by is None else SHARED_PARTIAL_AGE)
         if removed:
             log.info("removed %d partial files left by an interrupted write (never acknowledged)", removed)
         if self._take_marker():
@@ -58,7 +66,10 @@ class Recovery:
             log.warning("clean stop not recorded (%s): the next start scans the archive", type(exc).__name__)
 
     def _state(self) -> dict[str, object]:
-        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows."""
+        """What a clean stop vouches for: this database (by URL digest) holding this many instance rows; in a
+        cluster (other receivers change the count) this receiver left no file without its row."""
+        if self._shared_by is not None:
+            return {"database": hashlib.sha256(self._database_url.encode()).hexdigest(), "node": self._shared_by}
         with self._session_factory() as session:
             instances = session.scalar(select(func.count(Instance.id)))
         return {"database": hashlib.sha256(self._database_url.encode()).hexdigest(), "instances": instances}

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +107,17 @@ class InstanceStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.data_dir).free
 
-    def clear_partial_files(self) -> int:
-        """Remove leftovers of writes interrupted by a crash; they were never acknowledged."""
+    def clear_partial_files(self, *, older_than: float | None = None) -> int:
+        """Remove leftovers of writes interrupted by a crash; they were never acknowledged. ``older_than``
+        (seconds): only files untouched that long, when other receivers share the folder and write into it now."""
         removed = 0
+        cutoff = None if older_than is None else time.time() - older_than
         for leftover in self.tmp_dir.glob("*.part"):
+            try:
+                if cutoff is not None and leftover.stat().st_mtime > cutoff:
+                    continue  # another receiver's write in progress
+            except FileNotFoundError:  # that write finished (renamed) while we looked
+                continue
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -5,6 +5,12 @@ note the time and arm the study's timer (a per-study debounce); the completeness
 timer thread, reads the header-only plan from the database and either queues a job or re-arms the timer
 for the next deadline, recording in the study's timeline what it waits for and until when (the timers live
 in memory; the database holds what an operator reads, and start-up recovery re-arms them from it).
+
+Several receivers may share a study (its series sent to two of them): the check counts from the study's last
+arrival at any receiver (``studies.last_received_at``) as well as this process's own activity, reads every
+receiver's instances and association ends, and queues through the study's row lock, so the study is decided
+once. The next decision's time is in the database (``studies.decision_due_at``); ``take_over`` watches the
+studies whose decision is overdue because the receiver that watched them died.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ortho_node.assembly.assembler import Assembler, StudyNotFound
 from ortho_node.assembly.completeness import CompletenessRules, evaluate
+from ortho_node.clock import as_utc
 from ortho_node.intake.receive import StoredInstance
 from ortho_node.scheduling.jobs import JobQueue
 from ortho_node.scheduling.timers import TimeSource
@@ -99,9 +106,30 @@ class StudyWatcher:
             with self._lock:
                 self._arm(study_uid, now + RETRY_CHECK)
 
+    def take_over(self, overdue: dt.timedelta) -> int:
+        """Watch the studies whose completeness decision is overdue by more than ``overdue`` (their receiver
+        died or lost the database); returns how many this process took."""
+        taken = 0
+        for study_uid, last_received in self._queue.take_overdue_decisions(overdue):
+            with self._lock:
+                watched = study_uid in self._activity
+            if not watched:
+                log.warning("study %s: completeness decision overdue; taken over by this receiver", study_uid)
+                self.watch(study_uid, last_received)
+                taken += 1
+        return taken
+
     def _decide(self, study_uid: str, last: dt.datetime, now: dt.datetime) -> None:
-        plan, signals, _ = self._assembler.plan(study_uid)
-        readiness = evaluate(plan, signals, last, now, self._rules)
+        plan, signals, study = self._assembler.plan(study_uid)
+        # Instances of this study may arrive at another receiver: its last arrival anywhere counts.
+        last_anywhere = max(last, as_utc(study.last_received_at))
+        if last_anywhere > last and now < last_anywhere + self._rules.settle_time:
+            with self._lock:
+                self._activity[study_uid] = max(self._activity.get(study_uid, last_anywhere), last_anywhere)
+                if study_uid not in self._armed:
+                    self._arm(study_uid, last_anywhere + self._rules.settle_time)
+            return
+        readiness = evaluate(plan, signals, last_anywhere, now, self._rules)
         if not readiness.ready:
             if self._noted.get(study_uid) == readiness.reason:
                 log.debug("study %s %s", study_uid, readiness.reason)

@@ -34,7 +34,8 @@ class WorkerPool:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ortho-job")
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._in_flight: set[int] = set()  # claimed and running: bounds the next claim
+        self._in_flight: dict[int, ClaimedJob] = {}  # claimed and not finished: bounds the next claim
+        self._started: set[int] = set()  # begun on a worker thread (the rest can be given back at shutdown)
         self._active = 0  # submitted and not yet through their follow-up dispatch: what "idle" waits for
         self._closed = False
 
@@ -53,7 +54,7 @@ class WorkerPool:
                 return
             jobs = self._queue.claim(self._concurrency - len(self._in_flight))
             for job in jobs:
-                self._in_flight.add(job.id)
+                self._in_flight[job.id] = job
                 self._active += 1
                 self._executor.submit(self._run, job)
         when = self._queue.next_due()
@@ -61,6 +62,8 @@ class WorkerPool:
             self._time.call_at(RETRY_TIMER, when, self.dispatch)
 
     def _run(self, job: ClaimedJob) -> None:
+        with self._lock:
+            self._started.add(job.id)
         log.info("job %s for study %s: attempt %d (%s)", job.id, job.study_instance_uid, job.attempt, job.reason)
         try:
             skipped = self._run_job(job)
@@ -76,7 +79,8 @@ class WorkerPool:
                 self._queue.skip(job, skipped)
         finally:
             with self._lock:
-                self._in_flight.discard(job.id)
+                self._in_flight.pop(job.id, None)
+                self._started.discard(job.id)
             try:
                 self.dispatch()  # the next due job, or the timer for the next retry
             finally:
@@ -93,3 +97,9 @@ class WorkerPool:
         with self._lock:
             self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:  # claimed but cancelled before a thread took them: pending again for any processor
+            unstarted = [job for job_id, job in self._in_flight.items() if job_id not in self._started]
+            for job in unstarted:
+                self._in_flight.pop(job.id, None)
+        for job in unstarted:
+            self._queue.release(job)

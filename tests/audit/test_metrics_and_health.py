@@ -44,7 +44,7 @@ def test_health_endpoint_and_its_failures(seeded):
     response = requests.get(f"{seeded.metrics_url}/healthz", timeout=10)
     report = response.json()
     assert response.status_code == 200 and report["healthy"]
-    assert set(report["checks"]) == {"database", "disk", "scheduler", "delivery", "storage_scp"}
+    assert set(report["checks"]) == {"database", "disk", "scheduler", "delivery", "storage_scp", "heartbeat"}
     assert requests.get(f"{seeded.metrics_url}/nothing", timeout=10).status_code == 404
     node = seeded.node
     stopped = health(node.session_factory, node.settings.data_dir, 0, Liveness(scheduler=lambda: False))

@@ -12,7 +12,6 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-import ortho_node.intake.catalog as catalog_module
 from ortho_node.assembly.assembler import Assembler
 from ortho_node.assembly.plan import AssemblyRules
 from ortho_node.audit.trail import AuditTrail
@@ -30,16 +29,15 @@ from tests.retention.conftest import T0, FakeClock
 
 
 @pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    clock = FakeClock()
-    monkeypatch.setattr(catalog_module, "utcnow", clock.now)  # received_at, last_received_at: the same clock
-    return clock
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def intake(archive) -> Intake:
-    engine = archive.sessions.kw["bind"]
-    return Intake(InstanceStore(archive.data_dir, fsync=False), Catalog(engine), AuditTrail(archive.sessions))
+def intake(archive, clock) -> Intake:
+    engine = archive.sessions.kw["bind"]  # received_at, last_received_at: the same clock
+    return Intake(InstanceStore(archive.data_dir, fsync=False), Catalog(engine, clock=clock),
+                  AuditTrail(archive.sessions))
 
 
 def knee_series(study_uid: str, slices: int = 6) -> list:
@@ -164,7 +162,7 @@ def test_start_up_recovery_brings_back_a_re_sent_file_whose_row_was_not(archive,
     datasets[0].save_as(path, enforce_file_format=True)
     engine = archive.sessions.kw["bind"]
     recovery = Recovery(str(engine.url), archive.sessions, InstanceStore(archive.data_dir, fsync=False),
-                        Catalog(engine), AuditTrail(archive.sessions))
+                        Catalog(engine, clock=clock), AuditTrail(archive.sessions))
     assert recovery.recover_unrecorded_files() == 1
     revived = [row for row in rows(archive, study_uid) if row.purged_at is None]
     assert [row.sop_instance_uid for row in revived] == [datasets[0].SOPInstanceUID]

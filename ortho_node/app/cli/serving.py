@@ -11,7 +11,7 @@ import threading
 from ortho_node.app.checks import StartupError, check_database_reachable, preflight, redacted
 from ortho_node.app.cli.context import add_node_flags, settings_of
 from ortho_node.app.logs import configure_logging
-from ortho_node.config import describe
+from ortho_node.config import ROLES, describe
 
 log = logging.getLogger("ortho_node")
 
@@ -24,6 +24,9 @@ def register(sub) -> None:
     serve.add_argument("--port", type=int, help="listen port (dicom.port)")
     serve.add_argument("--destination", action="append", metavar="NAME=AE@HOST:PORT",
                        help="deliver results to this node (repeatable; adds to or replaces [[destinations]])")
+    serve.add_argument("--role", choices=ROLES, help="cluster.role: receive (Storage SCP and completeness), process "
+                                                     "(analysis and delivery) or all (default); receive and "
+                                                     "process need PostgreSQL")
     serve.set_defaults(handler=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")
@@ -42,9 +45,10 @@ def register(sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ortho_node.app.node import Node, load_predictor
+    from ortho_node.cluster.registry import NodeIdInUse
 
     settings = settings_of(args, **{"dicom.ae_title": args.aet, "dicom.host": args.host, "dicom.port": args.port,
-                                  "destinations": args.destination})
+                                  "destinations": args.destination, "cluster.role": args.role})
     configure_logging(settings.logging.level, settings.logging.format)
     preflight(settings)  # ports, data folder, database: seconds, before the model and the migrations
     # Loaded once, before the Storage SCP accepts anything; every study reuses it.
@@ -52,6 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node.prepare()
     try:
         node.start()
+    except NodeIdInUse as exc:
+        node.stop()
+        raise StartupError(str(exc)) from None
     except OSError as exc:  # a port taken between the check and the bind: stop what did start, say which
         node.stop()
         raise StartupError(f"cannot listen: {exc.strerror or exc} (dicom.port / console.port / "
