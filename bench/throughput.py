@@ -1,13 +1,13 @@
-"""Serving throughput: studies per hour through the prediction stream (assembly from the stored files ->
-device -> masks, findings and the DICOM result objects written), all studies queued at once, per number of
-studies batched per device pass, against the same studies one at a time in the same run.
+"""Serving throughput: studies per hour the node's way (job threads: assembly from the stored files -> the
+device batcher -> masks, findings and the DICOM result objects written), all studies queued at once, per number
+of studies sharing a device pass, against the same studies one at a time in the same run.
 
     python3 bench/throughput.py [--studies 200] [--batch 1 2 4 8 16] [--device cpu|cuda] [--config bundled|official]
                                 [--window-batch 4] [--unique 8] [--threads 2] [--model DIR] [--result-workers N]
 
 Each line: studies/hour and its ratio to one study at a time (above 1: the stages overlapped, the device
-batched), turnaround from the moment all were queued to the study's results written (p50/p95) and the seconds
-each stream stage worked. On a GPU the device's utilisation is sampled every 100 ms (needs
+batched), turnaround from the moment all were queued to the study's results written (p50/p95), each stage's
+seconds per study and how many device passes carried the studies. On a GPU the device's utilisation is sampled every 100 ms (needs
 pynvml; otherwise n/a) and the card, driver, torch and CUDA versions are printed.
 
 Building a study's SEG, SR and summary is pure Python (about 1.4 s of CPU a study): one thread caps a node near
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -40,7 +40,7 @@ from bench.inference import model_dir  # noqa: E402
 from ortho_node.config import BUNDLED_MODEL, Settings  # noqa: E402
 from ortho_node.inference.offline import assemble, catalogue  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
-from ortho_node.inference.stream import PredictionStream  # noqa: E402
+from ortho_node.inference.batching import DeviceBatcher  # noqa: E402
 from ortho_node.labels import Joint  # noqa: E402
 from ortho_node.prediction import StudyPrediction  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unique", type=int, default=8, help="distinct studies written as files")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--result-workers", type=int, default=1,
-                        help="processes building the result objects (1: on the stream's finish thread)")
+                        help="processes building the result objects (1: on each job's thread, as the node does)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = ProcessPoolExecutor(args.result_workers) if args.result_workers > 1 else None
         try:
             for batch in args.batch:
-                streamed(predictor, sessions, queue, out, batch, device, pool, serial["per_hour"])
+                batched(predictor, sessions, queue, out, batch, device, pool, serial["per_hour"])
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -174,48 +174,51 @@ def one_at_a_time(predictor, sessions, queue, out: Path, device) -> dict:
     return {"studies": n, "per_hour": 3600 * n / wall, **{k: v / n for k, v in seconds.items()}}
 
 
-def streamed(predictor, sessions, queue, out: Path, batch: int, device: torch.device,
-             pool: ProcessPoolExecutor | None, serial_per_hour: float) -> None:
-    done: dict[int, float] = {}
+def batched(predictor, sessions, queue, out: Path, batch: int, device: torch.device,
+            pool: ProcessPoolExecutor | None, serial_per_hour: float) -> None:
+    """The node's way: ``2 * batch`` job threads each assemble a study, share the device through one
+    :class:`DeviceBatcher` (up to ``batch`` studies a pass) and build its results (in ``pool`` when given)."""
+    batcher = DeviceBatcher(predictor, batch)
+    done: list[float] = []
     failures: list[str] = []
-    pending: list[Future] = []
+    stage = {"assembly": 0.0, "model": 0.0, "results": 0.0}
 
-    def finished(key: int, error: BaseException | None) -> None:
-        if error is not None:
-            failures.append(f"{key}: {error}")
-        done[key] = time.perf_counter()
-
-    def on_result(key, outcome):
-        if isinstance(outcome, Exception):
-            finished(key, outcome)
-        elif pool is None:
-            try:
-                build(outcome.prediction, out / f"b{batch}-{key}")
-                finished(key, None)
-            except Exception as error:  # noqa: BLE001 - counted and printed, the run goes on
-                finished(key, error)
-        else:
-            future = pool.submit(build, outcome.prediction, out / f"b{batch}-{key}")
-            future.add_done_callback(lambda f, key=key: finished(key, f.exception()))
-            pending.append(future)
+    def job(key: int, uid: str) -> None:
+        try:
+            t0 = time.perf_counter()
+            study = assemble(sessions, uid)
+            t1 = time.perf_counter()
+            outcome = batcher.analyse(study)
+            t2 = time.perf_counter()
+            folder = out / f"b{batch}-{key}"
+            if pool is None:
+                build(outcome.prediction, folder)
+            else:
+                pool.submit(build, outcome.prediction, folder).result()
+            t3 = time.perf_counter()
+            stage["assembly"] += t1 - t0
+            stage["model"] += t2 - t1
+            stage["results"] += t3 - t2
+        except Exception as error:  # noqa: BLE001 - counted and printed, the run goes on
+            failures.append(f"{key}: {type(error).__name__}: {error}")
+        done.append(time.perf_counter())
 
     sampler = GpuSampler(device)
     start = time.perf_counter()
-    with PredictionStream(predictor, on_result, batch_studies=batch, queue_studies=max(2 * batch, 4)) as stream:
+    with ThreadPoolExecutor(2 * batch) as threads:
         for key, uid in enumerate(queue):
-            stream.submit(key, lambda uid=uid: assemble(sessions, uid))
-    wait(pending)
+            threads.submit(job, key, uid)
     wall = time.perf_counter() - start
     utilisation = sampler.stop()
-    turnaround = sorted(t - start for t in done.values())
-    s = stream.seconds
+    turnaround = sorted(t - start for t in done)
     p95 = turnaround[min(len(turnaround) - 1, round(0.95 * (len(turnaround) - 1)))]
     per_hour = 3600 * len(queue) / wall
+    n = len(queue)
     print(f"batch {batch:2d}: {per_hour:7.0f} studies/h ({per_hour / serial_per_hour:.2f}x one at a time), "
-          f"turnaround p50 {statistics.median(turnaround):.1f} s p95 {p95:.1f} s; stage busy seconds: assembly "
-          f"{s.prepare:.1f}, device {s.device:.1f} ({s.device_passes} passes), finish {s.finish:.1f}; "
-          f"GPU utilisation {utilisation}; "
-          f"{len(failures)} failed" + (f" ({failures[0]})" if failures else ""))
+          f"turnaround p50 {statistics.median(turnaround):.1f} s p95 {p95:.1f} s; per study (threads overlap): "
+          f"assembly {stage['assembly'] / n:.2f} s, model incl. waiting {stage['model'] / n:.2f} s, results "
+          f"{stage['results'] / n:.2f} s; {batcher.passes} device passes for {batcher.studies} studies; "
+          f"GPU utilisation {utilisation}; {len(failures)} failed" + (f" ({failures[0]})" if failures else ""))
 
 
 if __name__ == "__main__":

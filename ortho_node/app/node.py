@@ -259,6 +259,7 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
         raise ConfigError(f"{where}: folder does not exist")
     import torch  # only a node that runs the model pays for importing torch
 
+    from ortho_node.inference.batching import DeviceBatcher
     from ortho_node.inference.predictor import Predictor
     from ortho_node.model.system import read_system_card
 
@@ -271,12 +272,12 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     if model.threads:
         torch.set_num_threads(model.threads)
     try:
-        predictor = Predictor.from_checkpoint(folder, model.device)
+        predictor = Predictor.from_checkpoint(folder, model.device, window_batch=model.window_batch)
     except (OSError, ValueError, RuntimeError) as exc:  # missing or altered weights, tensors not matching the card
         raise ConfigError(f"{where}: model {card.name} {card.version} cannot be loaded: {exc}") from None
-    log.info("model %s %s loaded from %s on %s (%d CPU threads)", card.name, card.version, folder,
-             predictor.device, torch.get_num_threads())
-    return predictor
+    log.info("model %s %s loaded from %s on %s (%d CPU threads, up to %d studies per device pass)", card.name,
+             card.version, folder, predictor.device, torch.get_num_threads(), model.batch_studies)
+    return DeviceBatcher(predictor, model.batch_studies)
 
 
 def model_facts(predictor: StudyPredictor | None) -> tuple[str | None, str | None]:
@@ -284,9 +285,10 @@ def model_facts(predictor: StudyPredictor | None) -> tuple[str | None, str | Non
     one (a receiver, ``model.enabled = false``, a test's stand-in)."""
     if predictor is None:
         return None, None
+    from ortho_node.inference.batching import DeviceBatcher
     from ortho_node.inference.predictor import Predictor
 
-    if not isinstance(predictor, Predictor):
+    if not isinstance(predictor, (Predictor, DeviceBatcher)):
         return None, None
     gpu = None
     if predictor.device.type == "cuda":

@@ -190,7 +190,8 @@ class SchedulingSettings:
                                         "usable plane is ready even if planes are missing.", min=0.0)
     settle_time: float = _field(2.0, "Seconds to wait once every series is complete by the sender's signals "
                                      "(ImagesInAcquisition reached, association released).", min=0.0)
-    concurrency: int = _field(2, "Jobs processed at the same time (GPU stages are serialized anyway).",
+    concurrency: int = _field(2, "Jobs processed at the same time: each reads its study and builds its results on "
+                                 "its own thread; device passes are one at a time (model.batch_studies).",
                               min=1, max=64)
     max_attempts: int = _field(5, "Attempts per job before it is marked failed.", min=1)
     retry_base: float = _field(30.0, "Seconds before the first retry; doubled per attempt.", min=0.0)
@@ -322,6 +323,11 @@ class ModelSettings:
                                  "(start-up fails when no CUDA device is available).", choices=_DEVICES)
     threads: int = _field(0, "torch CPU threads for inference (0: torch's default, one per core).", min=0,
                           max=256)
+    batch_studies: int = _field(1, "Studies that may share one device pass (their windows batched through each "
+                                   "backbone; each still gets its own result): more than 1 pays on a GPU. At most "
+                                   "scheduling.concurrency, the studies in work at once.", min=1, max=64)
+    window_batch: int = _field(4, "Windows per backbone pass (on a GPU e.g. 16-32; on a CPU larger batches are "
+                                  "no faster).", min=1, max=256)
 
 
 ROLES = ("all", "receive", "process")
@@ -496,6 +502,9 @@ class Settings:
                         self.cluster):
             section.check()
         self.retention.check()
+        if self.model.batch_studies > self.scheduling.concurrency:
+            raise ConfigError(f"model.batch_studies ({self.model.batch_studies}) is above scheduling.concurrency "
+                              f"({self.scheduling.concurrency}): no more studies than that are ever in work at once")
         if self.cluster.role != "all" and not self.shared_database:
             raise ConfigError(f"cluster.role: '{self.cluster.role}' needs a PostgreSQL database (database.url) "
                               "shared by every process; SQLite serves one process: role 'all'")

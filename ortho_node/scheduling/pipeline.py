@@ -7,14 +7,14 @@ job re-run after a crash replaces its own record instead of adding a second one.
 With :class:`ResultStages` (plugged in by the composition root when a model is configured, the usual case
 for ``ortho-node serve``) a study that was not skipped then goes predictor -> result objects written ->
 delivery queue, each step on the study's timeline (``ortho_node.audit.timeline``) with the model card version
-recorded with the results. The predictor holds ``model_lock``, so model work is serialized whatever the
-worker concurrency; building and writing the objects runs outside it.
+recorded with the results. Several job threads may be in the predictor at once: the node's predictor
+(``ortho_node.inference.batching.DeviceBatcher``) runs one device pass at a time, shared by the studies waiting,
+and reads and finishes each study on its own job thread, as building and writing the objects is.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,8 @@ Locate = Callable[[str], Path]
 
 
 class StudyPredictor(Protocol):
-    """What ``ortho_node.inference.Predictor`` offers the pipeline (loaded once, reused for every study)."""
+    """What the node's predictor offers the pipeline (loaded once, reused for every study, safe to call from
+    several job threads at once)."""
 
     def predict(self, assembled: AssembledStudy, *, locate: Locate | None = None) -> StudyPrediction: ...
 
@@ -76,7 +77,6 @@ class ResultStages:
 class Pipeline:
     def __init__(self, session_factory: sessionmaker[Session], *, stages: ResultStages | None = None) -> None:
         self._session_factory = session_factory
-        self.model_lock = threading.Lock()
         self.stages = stages
         self.timeline = Timeline(session_factory)
 
@@ -89,11 +89,9 @@ class Pipeline:
 
     def _infer_and_deliver(self, stages: ResultStages, assembled: AssembledStudy, job_id: int | None) -> int:
         uid = assembled.study_instance_uid
-        with self.model_lock:
-            started = self.timeline.inference_started(uid, job_id=job_id,
-                                                      planes=[p.value for p in assembled.planes])
-            prediction = stages.predictor.predict(assembled, locate=stages.locate)
-            finished = self.timeline.inference_finished(prediction, job_id=job_id, started_at=started)
+        started = self.timeline.inference_started(uid, job_id=job_id, planes=[p.value for p in assembled.planes])
+        prediction = stages.predictor.predict(assembled, locate=stages.locate)
+        finished = self.timeline.inference_finished(prediction, job_id=job_id, started_at=started)
         written = stages.write_results(prediction, job_id)
         result_id = self.timeline.objects_built(prediction, [stages.describe_object(p) for p in written.paths],
                                                 job_id=job_id, inference_started_at=started,

@@ -36,6 +36,8 @@ def test_precedence_file_env_flags(tmp_path):
     ("[tls]\nenabled = true\n", "tls.certificate"),
     ('[database]\nurl = "mysql://x"\n', "database.url"),
     ("[dicom\n", "not valid TOML"),
+    ("[model]\nbatch_studies = 4\n[scheduling]\nconcurrency = 2\n", "batch_studies .4. is above scheduling.concurrency"),
+    ("[model]\nwindow_batch = 0\n", "model.window_batch"),
 ])
 def test_bad_file_values_name_the_key(tmp_path, content, message):
     config = tmp_path / "node.toml"
