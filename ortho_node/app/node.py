@@ -176,7 +176,9 @@ class Node:
 
 
 def load_predictor(settings: Settings) -> StudyPredictor | None:
-    """The configured model (``[model]``), loaded once at start-up; None for a receive-only node.
+    """The model to serve, loaded once at start-up; None for a receive-only node. A set ``model.path`` pins that
+    folder; otherwise the registry's active model (``ortho-node model activate``; the bundled model until one
+    is), which the node checks at every study and reloads when it changed.
 
     Raises :class:`ConfigError` naming the key when the folder, its card or weights, or the device are
     unusable, so ``serve`` stops before it accepts a study it could not analyse.
@@ -185,25 +187,42 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     if not model.enabled:
         log.info("model.enabled is false: studies are received and assembled, not analysed")
         return None
-    folder = settings.model_path
-    where = f"model.path ({folder})" if model.path else f"model.path (empty: the bundled model at {folder})"
-    if not folder.is_dir():
-        raise ConfigError(f"{where}: folder does not exist")
     import torch  # only a node that runs the model pays for importing torch
 
-    from ortho_node.inference.predictor import Predictor
-    from ortho_node.model.system import read_system_card
-
-    try:
-        card = read_system_card(folder)
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # CheckpointError and bad JSON are ValueErrors
-        raise ConfigError(f"{where}: model card cannot be read: {exc}") from None
     if model.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device: cuda was asked for, but no CUDA device is available")
     if model.threads:
         torch.set_num_threads(model.threads)
+    if model.path:
+        return _load_folder(settings.model_path, f"model.path ({settings.model_path})", model.device)
+    from ortho_node.inference.served import ModelLoadError, ServedModel
+    from ortho_node.model.registry import ModelRegistry
+
+    session_factory = make_session_factory(make_engine(settings.database_url,
+                                                       busy_timeout=settings.database.busy_timeout))
+    registry = ModelRegistry.for_settings(settings, session_factory)
     try:
-        predictor = Predictor.from_checkpoint(folder, model.device)
+        return ServedModel(registry, lambda folder: _load_folder(folder, f"the active model ({folder})",
+                                                                 model.device), AuditTrail(session_factory))
+    except ModelLoadError as exc:
+        raise ConfigError(f"model.path (empty: {exc})") from None
+
+
+def _load_folder(folder: Path, where: str, device: str):
+    """A predictor on ``folder`` (:class:`ConfigError` saying which part is unusable)."""
+    import torch
+
+    from ortho_node.inference.predictor import Predictor
+    from ortho_node.model.system import read_system_card
+
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder does not exist")
+    try:
+        card = read_system_card(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # CheckpointError and bad JSON are ValueErrors
+        raise ConfigError(f"{where}: model card cannot be read: {exc}") from None
+    try:
+        predictor = Predictor.from_checkpoint(folder, device)
     except (OSError, ValueError, RuntimeError) as exc:  # missing or altered weights, tensors not matching the card
         raise ConfigError(f"{where}: model {card.name} {card.version} cannot be loaded: {exc}") from None
     log.info("model %s %s loaded from %s on %s (%d CPU threads)", card.name, card.version, folder,
