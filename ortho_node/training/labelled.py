@@ -304,14 +304,15 @@ def patient_split(studies: Sequence[LabelledStudy], val_fraction: float, seed: i
 
 def task_data(studies: Sequence[LabelledStudy], joint: Joint, spec: PreprocessSpec, *,
               segmentation: bool) -> TaskData:
-    """The studies on the model grid, as serving preprocesses them (unknown findings NaN)."""
+    """The studies on the model grid, as serving preprocesses them (unknown findings NaN; for ``segmentation``
+    only the planes with a mask). Slices a sparse SEG leaves out count as background for now."""
     examples = []
     for s in studies:
-        volumes = {p: v.pixels for p, v in s.study.planes.items()}
-        spacings = {p: v.geometry.pixel_spacing for p, v in s.study.planes.items()}
-        labels = None
-        if segmentation:
-            labels = {p: s.masks.get(p, np.zeros(v.shape, np.uint8)) for p, v in volumes.items()}
+        # Segmentation learns only from planes that have a mask: an unmasked plane is not all background.
+        planes = [p for p in s.study.planes if not segmentation or p in s.masks]
+        volumes = {p: s.study.planes[p].pixels for p in planes}
+        spacings = {p: s.study.planes[p].geometry.pixel_spacing for p in planes}
+        labels = {p: s.masks[p] for p in planes} if segmentation else None
         findings = {label: math.nan if value is None else value for label, value in s.findings.items()}
         examples.append(_example(joint, s.uid, volumes, labels, findings, clinical_from_facts(s.study.clinical), spec,
                                  spacings))

@@ -112,3 +112,40 @@ def test_every_malformed_input_is_named_in_one_error(department, tmp_path):
         assert sum(text in p for p in problems) == 1, (text, problems)
     assert len(problems) == len(expected)
     assert str(raised.value).startswith(f"{len(expected)} problem(s) in the labelled data:")
+
+
+@pytest.mark.parametrize("task", ["knee-dx", "knee-seg"])
+def test_train_finetune_on_plain_dicom_csv_and_segs(department, tmp_path, task):
+    from ortho_node.app.cli.main import main
+    from ortho_node.model.system import load_system, read_system_card
+
+    root, studies, _ = department
+    out = tmp_path / "model"
+    argv = ["train", "finetune", "--task", task, "--data", str(root / "dicom"), "--labels", str(root / "labels.csv"),
+            "--masks", str(root / "masks"), "--out", str(out), "--epochs", "1", "--batch-size", "2",
+            "--val-fraction", "0.5", "--device", "cpu", "--seed", "1"]
+    assert main(argv) == 0
+    card = read_system_card(out)
+    split = card.training[f"{task}/split"]
+    assert split.startswith("patient-level, seed 1: ")
+    counts = (card.metrics[f"{task}/train_studies"], card.metrics[f"{task}/val_studies"])
+    assert sorted(counts) == [1, 2]  # PAT-ONE's two studies stay together
+    assert f"{counts[0]} studies of 1 patients / {counts[1]} of 1" in split
+    metric = "dice/femur" if task == "knee-seg" else "auc/MM"
+    assert f"{task}/val/{metric}" in card.metrics
+    load_system(out)  # weights and card consistent
+
+
+def test_train_finetune_refuses_malformed_inputs_naming_them(department, tmp_path, caplog):
+    from ortho_node.app.cli.main import main
+
+    root, studies, _ = department
+    labels = write_csv(tmp_path / "labels.csv", [findings_row(studies[5]) | {"Effusion": "1"}],
+                       columns=["StudyInstanceUID", "ACL", "Effusion"])
+    argv = ["train", "finetune", "--task", "knee-dx", "--data", str(root / "dicom"), "--labels", str(labels),
+            "--out", str(tmp_path / "model"), "--device", "cpu"]
+    assert main(argv) == 2
+    message = caplog.text
+    assert "unknown label column 'Effusion'" in message
+    assert f"study {studies[6].study_uid}: neither a row in labels.csv nor a mask" in message
+    assert not (tmp_path / "model").exists()
