@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,7 @@ from ortho_node.intake.associations import AssociationLog
 from ortho_node.intake.catalog import Catalog
 from ortho_node.audit.trail import AuditKind, AuditTrail
 from ortho_node.config import ConfigError, Settings
+from ortho_node.config.schema import ModelSettings
 from ortho_node.db import migrations
 from ortho_node.db.engine import make_engine, make_session_factory
 from ortho_node.delivery.worker import DeliveryService
@@ -43,6 +45,9 @@ from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.intake.recovery import Recovery
 from ortho_node.intake.storage import InstanceStore, is_valid_uid
+
+if TYPE_CHECKING:  # torch is imported only by a node that runs the model
+    from ortho_node.inference.batching import DeviceBatcher
 from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
 from ortho_node.cluster.heartbeat import Heartbeat
 from ortho_node.cluster.lease import Lease
@@ -241,7 +246,9 @@ class Node:
 
 
 def load_predictor(settings: Settings) -> StudyPredictor | None:
-    """The configured model (``[model]``), loaded once at start-up; None for a receive-only node.
+    """The model to serve, loaded once at start-up; None for a receive-only node. A set ``model.path`` pins that
+    folder; otherwise the registry's active model (``ortho-node model activate``; the bundled model until one
+    is), which the node checks at every study and reloads when it changed.
 
     Raises :class:`ConfigError` naming the key when the folder, its card or weights, or the device are
     unusable, so ``serve`` stops before it accepts a study it could not analyse.
@@ -253,24 +260,42 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     if not model.enabled:
         log.info("model.enabled is false: studies are received and assembled, not analysed")
         return None
-    folder = settings.model_path
-    where = f"model.path ({folder})" if model.path else f"model.path (empty: the bundled model at {folder})"
-    if not folder.is_dir():
-        raise ConfigError(f"{where}: folder does not exist")
     import torch  # only a node that runs the model pays for importing torch
+
+    if model.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: cuda was asked for, but no CUDA device is available")
+    if model.threads:
+        torch.set_num_threads(model.threads)
+    if model.path:
+        return _load_folder(settings.model_path, f"model.path ({settings.model_path})", model)
+    from ortho_node.inference.served import ModelLoadError, ServedModel
+    from ortho_node.model.registry import ModelRegistry
+
+    session_factory = make_session_factory(make_engine(settings.database_url,
+                                                       busy_timeout=settings.database.busy_timeout))
+    registry = ModelRegistry.for_settings(settings, session_factory)
+    try:
+        return ServedModel(registry, lambda folder: _load_folder(folder, f"the active model ({folder})", model),
+                           AuditTrail(session_factory))
+    except ModelLoadError as exc:
+        raise ConfigError(f"model.path (empty: {exc})") from None
+
+
+def _load_folder(folder: Path, where: str, model: ModelSettings) -> DeviceBatcher:
+    """The model in ``folder`` on ``model.device``, its device shared by the job threads (:class:`ConfigError`
+    saying which part is unusable)."""
+    import torch
 
     from ortho_node.inference.batching import DeviceBatcher
     from ortho_node.inference.predictor import Predictor
     from ortho_node.model.system import read_system_card
 
+    if not folder.is_dir():
+        raise ConfigError(f"{where}: folder does not exist")
     try:
         card = read_system_card(folder)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # CheckpointError and bad JSON are ValueErrors
         raise ConfigError(f"{where}: model card cannot be read: {exc}") from None
-    if model.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("model.device: cuda was asked for, but no CUDA device is available")
-    if model.threads:
-        torch.set_num_threads(model.threads)
     try:
         predictor = Predictor.from_checkpoint(folder, model.device, window_batch=model.window_batch)
     except (OSError, ValueError, RuntimeError) as exc:  # missing or altered weights, tensors not matching the card
@@ -285,17 +310,15 @@ def model_facts(predictor: StudyPredictor | None) -> tuple[str | None, str | Non
     one (a receiver, ``model.enabled = false``, a test's stand-in)."""
     if predictor is None:
         return None, None
-    from ortho_node.inference.batching import DeviceBatcher
-    from ortho_node.inference.predictor import Predictor
-
-    if not isinstance(predictor, (Predictor, DeviceBatcher)):
+    card, device = getattr(predictor, "card", None), getattr(predictor, "device", None)
+    if card is None or device is None:
         return None, None
     gpu = None
-    if predictor.device.type == "cuda":
+    if device.type == "cuda":
         import torch
 
-        gpu = torch.cuda.get_device_name(predictor.device)[:128]
-    return predictor.card.version, gpu
+        gpu = torch.cuda.get_device_name(device)[:128]
+    return card.version, gpu
 
 
 def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:

@@ -54,6 +54,11 @@ class AuditKind(str, enum.Enum):
     STUDY_KEEP_SET = "study_keep_set"  # marked to keep: never purged
     STUDY_KEEP_CLEARED = "study_keep_cleared"
 
+    MODEL_IMPORTED = "model_imported"  # a task model folder verified and copied into the node (ortho-node model)
+    MODEL_ACTIVATED = "model_activated"  # who made which model the active one
+    MODEL_ROLLED_BACK = "model_rolled_back"  # back to the model the last activation replaced
+    MODEL_LOADED = "model_loaded"  # a serving node took the active model (at start-up or at its next study)
+
     CONSOLE_LOGIN = "console_login"
     CONSOLE_LOGIN_FAILED = "console_login_failed"  # wrong password, unknown user, or a locked-out user name
     CONSOLE_LOCKED_OUT = "console_locked_out"  # console.max_failed_logins in a row: the user name is locked

@@ -341,3 +341,36 @@ class Node(Base):
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[dt.datetime | None]
+
+
+# -- Issue 26: the model registry -------------------------------------------------------------------------------
+class RegisteredModel(Base):
+    """A task model folder imported into the node (``ortho-node model import``): its card and weights copied
+    under ``<data>/models``, verified, identified by the sha256 of its card (which holds the weights' hash)."""
+
+    __tablename__ = "registered_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    card_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    folder: Mapped[str] = mapped_column(String(300))  # relative to the data folder
+    source: Mapped[str] = mapped_column(String(1024))  # the folder it was imported from
+    imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    imported_by: Mapped[str] = mapped_column(String(64))
+    card: Mapped[dict[str, Any]]
+
+
+class ModelActivation(Base):
+    """One change of the model a node serves; the newest row is the active model (``model_id`` NULL: the
+    bundled model). ``replaces_id`` is the activation this one was stacked on: a rollback returns to it."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("registered_models.id"))
+    action: Mapped[str] = mapped_column(String(16))  # activate, rollback
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    by: Mapped[str] = mapped_column(String(64))
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("model_activations.id"))

@@ -69,29 +69,33 @@ class DeviceBatcher:
         on this thread. Raises what the predictor raises for this study."""
         self.predictor.check_locate(study, locate)
         ticket = _Ticket(self.predictor.prepare(study))
-        self._submit(ticket)
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise ticket.error
+        if self._submit(ticket):
+            ticket.done.wait()
+            if ticket.error is not None:
+                raise ticket.error
+        else:  # closed (its model replaced) while this study was on its way: a pass of its own
+            ticket.runs = self.predictor.run([ticket.prepared])[0]
         return self.predictor.finish(ticket.prepared, ticket.runs, locate=locate)
 
     def close(self) -> None:
-        """Stop the device thread once the studies already waiting are done (a replaced model lets its
-        weights go); calls after this fail."""
+        """Stop the device thread once the studies already waiting are done, so a replaced model lets its
+        weights go; a study that still arrives gets a pass of its own on its thread."""
         with self._start_lock:
             self._closed = True
             if self._thread is not None:
                 self._waiting.put(None)
                 self._thread.join()
 
-    def _submit(self, ticket: _Ticket) -> None:
+    def _submit(self, ticket: _Ticket) -> bool:
+        """Queue ``ticket`` for the device thread; False once closed."""
         with self._start_lock:  # never behind close()'s stop mark
             if self._closed:
-                raise RuntimeError("the device batcher is closed")
+                return False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._device_loop, name="ortho-device", daemon=True)
                 self._thread.start()
             self._waiting.put(ticket)
+            return True
 
     def _device_loop(self) -> None:
         while (first := self._waiting.get()) is not None:

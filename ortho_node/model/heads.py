@@ -275,5 +275,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weight: 
 
 
 def diagnosis_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy per label; ``pos_weight`` [K] (negatives / positives) offsets class imbalance."""
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pos_weight)
+    """Binary cross-entropy per label, averaged over the known targets (NaN: unknown, a blank in a department's
+    findings CSV); ``pos_weight`` [K] (negatives / positives) offsets class imbalance."""
+    known = ~torch.isnan(target.float())
+    losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(target.float()),
+                                                pos_weight=pos_weight, reduction="none")
+    return (losses * known).sum() / known.sum().clamp(min=1)

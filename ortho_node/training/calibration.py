@@ -135,7 +135,8 @@ def calibrate_labels(scores: np.ndarray, targets: np.ndarray, labels: Sequence[s
     if scores.shape != targets.shape or scores.ndim != 2 or scores.shape[1] != len(labels):
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} need [studies, {len(labels)}]")
     target = target_specificity(fp_budget, len(labels))
-    return {label: choose_for_specificity(scores[:, k], targets[:, k], target, fp_budget=fp_budget)
+    known = ~np.isnan(targets.astype(float))  # unknown findings (NaN) take no part in a label's threshold
+    return {label: choose_for_specificity(scores[known[:, k], k], targets[known[:, k], k], target, fp_budget=fp_budget)
             for k, label in enumerate(labels)}
 
 

@@ -113,8 +113,9 @@ def split(n: int, val_fraction: float, label_fraction: float, seed: int) -> tupl
 
 def pos_weight(diagnosis: torch.Tensor) -> torch.Tensor:
     """[K] negatives / positives per label, clamped to [1, 20] (1 where a label has no positives)."""
-    positives = diagnosis.sum(0)
-    negatives = diagnosis.shape[0] - positives
+    known = ~torch.isnan(diagnosis)
+    positives = torch.nan_to_num(diagnosis).sum(0)
+    negatives = known.sum(0) - positives  # unknown findings (NaN) count on neither side
     return torch.where(positives > 0, negatives / positives.clamp(min=1), torch.ones_like(positives)).clamp(
         1.0, MAX_POS_WEIGHT)
 
@@ -222,7 +223,8 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
     values = {}
     for k, label in enumerate(labels):
         point = chosen[label]
-        values.update({f"auc/{label}": metrics.roc_auc(scores[:, k], data.diagnosis[:, k].numpy()),
+        known = ~np.isnan(data.diagnosis[:, k].numpy())
+        values.update({f"auc/{label}": metrics.roc_auc(scores[known, k], data.diagnosis[known, k].numpy()),
                        f"sensitivity/{label}": point.sensitivity, f"specificity/{label}": point.specificity,
                        f"threshold/{label}": point.threshold})
     auc = metrics.nanmean(v for k, v in values.items() if k.startswith("auc/"))
@@ -419,9 +421,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=[t.value for t in Task])
     parser.add_argument("--out", required=True, type=Path, help="folder for the task model (weights + card)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="folder written by `ortho-node synth` (NIfTI + findings.json)")
+    source.add_argument("--data", type=Path, help="folder written by `ortho-node synth` (NIfTI + findings.json), "
+                                                  "or with --labels a folder of DICOM studies")
     source.add_argument("--synthetic", type=int, metavar="N", help="generate N synthetic studies instead")
     parser.add_argument("--data-seed", type=int, default=0, help="first seed of --synthetic studies")
+    parser.add_argument("--labels", type=Path, help="findings CSV for the DICOM studies of --data (StudyInstanceUID "
+                                                    "or AccessionNumber, one column per label, 0/1/blank)")
+    parser.add_argument("--masks", type=Path, help="DICOM-SEG files or <SeriesInstanceUID>.nii.gz masks (--labels)")
+    parser.add_argument("--folds", type=int, help="patient-level folds (--labels): validate on --fold of them")
+    parser.add_argument("--fold", type=int, default=0, help="the validation fold of --folds (0-based)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init", type=Path, help="start from this task model (e.g. the output of another task)")
     start.add_argument("--backbone", action="append", default=[], metavar="PLANE=DIR",
@@ -448,6 +456,29 @@ def _initial_model(args: argparse.Namespace) -> OrthoModel:
     return model
 
 
+def _labelled_data(args: argparse.Namespace, task: Task, spec, settings: FinetuneSettings):
+    """A department's DICOM studies, findings CSV and masks (:mod:`~ortho_node.training.labelled`), split by
+    patient: (data, (train, validation) indices, how it was split)."""
+    from ortho_node.training.labelled import patient_split, read_labelled, task_data
+
+    if args.data is None:
+        raise FinetuneError("--labels needs --data, the folder of DICOM studies")
+    if task.segmentation and args.masks is None:
+        raise FinetuneError(f"{task.value} needs --masks")
+    studies = read_labelled(args.data, args.labels, task.joint, masks=args.masks)
+    if task.segmentation:
+        studies = [s for s in studies if s.masks]
+    train, val = patient_split(studies, settings.val_fraction, settings.seed,
+                               fold=args.fold if args.folds else None, folds=args.folds)
+    keep = max(1, int(round(len(train) * settings.label_fraction)))
+    train = np.sort(np.random.default_rng(settings.seed).permutation(train)[:keep])
+    patients = len({studies[i].patient_key for i in train}), len({studies[i].patient_key for i in val})
+    note = (f"patient-level{f', fold {args.fold} of {args.folds}' if args.folds else ''}, seed {settings.seed}: "
+            f"{len(train)} studies of {patients[0]} patients / {len(val)} of {patients[1]}")
+    logger.info("%s split %s", task.value, note)
+    return task_data(studies, task.joint, spec, segmentation=task.segmentation), (train, val), note
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The ``train finetune`` invocation that reproduces this run (recorded in the model card)."""
     parts = ["ortho-node train finetune"]
@@ -463,10 +494,13 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     task = Task(args.task)
     settings = from_flags(FinetuneSettings, args)
+    split_note = "study-level"
     try:
         model = _initial_model(args)
         spec = model.card.preprocessing
-        if args.data is not None:
+        if args.labels is not None:
+            data, (train_index, val_index), split_note = _labelled_data(args, task, spec, settings)
+        elif args.data is not None:
             data = read_synth_folder(args.data, task.joint, spec, segmentation=task.segmentation)
         else:
             seeds = range(args.data_seed, args.data_seed + args.synthetic)
@@ -474,13 +508,15 @@ def run(args: argparse.Namespace) -> int:
     except (FinetuneError, ValueError, OSError) as error:
         logger.error("fine-tuning not started: %s", error)
         return EXIT_USAGE
-    train_index, val_index = split(len(data), settings.val_fraction, settings.label_fraction, settings.seed)
+    if args.labels is None:
+        train_index, val_index = split(len(data), settings.val_fraction, settings.label_fraction, settings.seed)
     result = train_task(model, task, data.subset(train_index), data.subset(val_index), settings)
     apply_result(model, task, result, len(train_index), len(val_index))
     command = command_line(args)
     version = model.card.version if model.card.version != "untrained" else f"finetuned-{task.value}"
     model.card = dataclasses.replace(model.card, version=version,
-                                     training={**model.card.training, task.value: command})
+                                     training={**model.card.training, task.value: command,
+                                               f"{task.value}/split": split_note})
     save_system(args.out, model)
     logger.info("%s: best epoch %d, validation score %.4f; model written to %s", task.value, result.epoch,
                 result.score, args.out)

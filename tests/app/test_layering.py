@@ -31,7 +31,7 @@ def test_serving_node_imports_no_training_code(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["predictor"] == "DeviceBatcher"  # the model really was loaded
+    assert report["predictor"] == "ServedModel"  # the registry's active model (the bundled one), loaded
     loaded = [name for name in report["modules"] if name.startswith(_TRAINING_SIDE)]
     assert loaded == []
     assert "ortho_node.inference.predictor" in report["modules"]

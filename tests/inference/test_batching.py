@@ -77,8 +77,8 @@ def test_a_failed_pass_fails_its_studies_alone_and_the_next_pass_works(device, k
     with pytest.raises(PredictionError, match="no analysable plane"):  # refused on its own thread, no pass
         batcher.predict(blank)
     assert batcher.predict(knee_study).segmentations and batcher.passes == 1
-    batcher.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        batcher.predict(knee_study)
+    batcher.close()  # a replaced model: its device thread stops; a straggler still gets its result
+    assert not batcher._thread.is_alive()
+    assert batcher.predict(knee_study).segmentations and batcher.passes == 1
     with pytest.raises(ValueError, match="max_studies"):
         DeviceBatcher(device, max_studies=0)

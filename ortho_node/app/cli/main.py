@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from ortho_node import __version__
 from ortho_node.app.checks import StartupError
-from ortho_node.app.cli import (admin, api_tokens, audit, cluster, console, dicom, doctor, model_tools, retention,
-                                 serving)
+from ortho_node.app.cli import (admin, api_tokens, audit, cluster, console, dicom, doctor, model_registry,
+                                 model_tools, retention, serving)
 from ortho_node.app.logs import configure_logging
 from ortho_node.config import ConfigError
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ortho-node", description="OrthoDiffusion DICOM node")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (serving, dicom, admin, cluster, retention, audit, console, api_tokens, model_tools, doctor):
+    for group in (serving, dicom, admin, cluster, retention, audit, console, api_tokens, model_tools, model_registry,
+                  doctor):
         group.register(sub)
     return parser
 

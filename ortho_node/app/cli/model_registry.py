@@ -1,0 +1,120 @@
+"""``ortho-node model list|import|activate|rollback``: the node's own models (``ortho_node.model.registry``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ortho_node.app.checks import StartupError
+from ortho_node.app.cli.context import add_node_flags, session_factory, settings_of
+
+
+def register(sub) -> None:
+    model = sub.add_parser("model", help="the models this node can serve: import, activate, roll back")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    listing = _command(model_sub, "list", "imported models, the active one, and every activation", cmd_list)
+    listing.add_argument("--json", action="store_true")
+    imported = _command(model_sub, "import", "verify a task model folder and copy it into the node", cmd_import)
+    imported.add_argument("folder", metavar="FOLDER", help="model_card.json + model.safetensors (train finetune --out)")
+    _by(imported)
+    activate = _command(model_sub, "activate", "serve this model (a running node takes it at its next study)",
+                        cmd_activate)
+    activate.add_argument("model", metavar="MODEL", help="an id from `model list`, NAME@VERSION, or bundled")
+    _by(activate)
+    _by(_command(model_sub, "rollback", "serve the model the last activation replaced again", cmd_rollback))
+
+
+def _command(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text)
+    add_node_flags(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _by(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--by", metavar="NAME", help="who makes the change (default: the operating-system user)")
+
+
+def _registry(args: argparse.Namespace):
+    from ortho_node.model.registry import ModelRegistry
+
+    settings = settings_of(args)
+    registry = ModelRegistry.for_settings(settings, session_factory(settings))
+    if not registry.installed():
+        raise StartupError("the node database has no model registry yet: run `ortho-node db upgrade`")
+    return registry
+
+
+def _refused(handler):
+    """Run ``handler``; a registry refusal is one ``error:`` line and exit 2."""
+    from ortho_node.model.registry import RegistryError
+
+    try:
+        return handler()
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    active, models, history = registry.active(), registry.models(), registry.history()
+    if args.json:
+        print(json.dumps({"pinned": None if registry.pinned is None else str(registry.pinned),
+                          "active": _model_json(active),
+                          "models": [_model_json(m) | {"active": m.id == active.id} for m in models],
+                          "history": [{"id": a.id, "action": a.action, "at": a.at, "by": a.by,
+                                       "model": _model_json(a.model)} for a in history]}, indent=2))
+        return 0
+    if registry.pinned is not None:
+        print(f"model.path pins {registry.pinned}: the node serves it, whatever is active here")
+    for model in models:
+        mark = "*" if model.id == active.id else " "
+        imported = f"  imported {model.imported_at} by {model.imported_by}" if model.id is not None else ""
+        print(f"{mark} {model.label}  sha256 {model.weights_sha256[:12]}{imported}")
+    for activation in history:
+        print(f"  {activation.at}  {activation.action:8}  {activation.model.label}  by {activation.by}")
+    return 0
+
+
+def _model_json(model) -> dict:
+    return {"id": model.id, "name": model.name, "version": model.version, "folder": str(model.folder),
+            "weights_sha256": model.weights_sha256, "imported_by": model.imported_by or None,
+            "imported_at": model.imported_at or None}
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ortho_node.model.registry import who
+
+    def run() -> int:
+        entry = _registry(args).import_folder(Path(args.folder), by=who(args.by))
+        print(f"imported model #{entry.id} {entry.name} {entry.version} into {entry.folder}; "
+              f"`ortho-node model activate {entry.id}` serves it")
+        return 0
+
+    return _refused(run)
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    from ortho_node.model.registry import who
+
+    def run() -> int:
+        entry = _registry(args).activate(args.model, by=who(args.by))
+        print(f"model {entry.label} is active: a running node takes it at its next study")
+        return 0
+
+    return _refused(run)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ortho_node.model.registry import who
+
+    def run() -> int:
+        entry = _registry(args).rollback(by=who(args.by))
+        print(f"rolled back: model {entry.label} is active again; a running node takes it at its next study")
+        return 0
+
+    return _refused(run)

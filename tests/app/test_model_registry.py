@@ -1,0 +1,186 @@
+"""Issue 26: the node's model registry. Models imported (verified, copied, recorded), activated and rolled back
+with who and when, audited; a set ``model.path`` refuses activation; a running ``ortho-node serve`` takes each
+activation at its next study and records the model with the results."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from ortho_node.app.cli.main import main
+from ortho_node.config import BUNDLED_MODEL
+from ortho_node.db.models import AuditEvent, ModelActivation, RegisteredModel, StudyResult
+from ortho_node.model.system import OrthoModel, new_card, save_system
+from ortho_node.model.unet import UNetConfig
+from tests.assembly.factory import store, study
+from tests.node_process import NodeProcess
+
+FAST = {"ORTHO_NODE_SCHEDULING_SETTLE_TIME": "0.2", "ORTHO_NODE_SCHEDULING_QUIET_PERIOD": "0.5",
+        "ORTHO_NODE_SCHEDULING_LONG_TIMEOUT": "1", "ORTHO_NODE_SCHEDULING_POLL_INTERVAL": "0.2",
+        "ORTHO_NODE_MODEL_DEVICE": "cpu", "ORTHO_NODE_MODEL_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _no_node_environment(monkeypatch):
+    import os
+
+    for name in [n for n in os.environ if n.startswith("ORTHO_NODE_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, object]:
+    """Two small untrained task models a department might have trained (reduced configuration, seeded)."""
+    root = tmp_path_factory.mktemp("department-models")
+    folders = {}
+    for seed, version in ((1, "dept-a"), (2, "dept-b")):
+        torch.manual_seed(seed)
+        folder = root / version
+        save_system(folder, OrthoModel(new_card(UNetConfig.reduced(), name="Department knee", version=version)))
+        folders[version] = folder
+    return folders
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    data = tmp_path / "data"
+    assert main(["db", "upgrade", "--data-dir", str(data)]) == 0
+    return data
+
+
+def _cli(data_dir, *args) -> int:
+    return main(["model", *args, "--data-dir", str(data_dir)])
+
+
+def _rows(data_dir, model):
+    engine = create_engine(f"sqlite:///{data_dir / 'ortho-node.db'}")
+    try:
+        with Session(engine) as session:
+            return list(session.scalars(select(model).order_by(model.id)))
+    finally:
+        engine.dispose()
+
+
+def _events(data_dir, prefix="model_"):
+    return [(e.kind, e.message) for e in _rows(data_dir, AuditEvent) if e.kind.startswith(prefix)]
+
+
+def test_import_verifies_copies_and_records_the_model(data_dir, models, capsys):
+    assert _cli(data_dir, "import", str(models["dept-a"]), "--by", "dr-lee") == 0
+    [row] = _rows(data_dir, RegisteredModel)
+    card = json.loads((models["dept-a"] / "model_card.json").read_text())
+    assert (row.name, row.version, row.imported_by) == ("Department knee", "dept-a", "dr-lee")
+    assert row.weights_sha256 == card["weights_sha256"] and row.card["version"] == "dept-a"
+    copy = data_dir / row.folder
+    assert copy.parent == data_dir / "models"
+    assert (copy / "model.safetensors").read_bytes() == (models["dept-a"] / "model.safetensors").read_bytes()
+    assert _events(data_dir) == [("model_imported", "model #1 Department knee dept-a imported by dr-lee")]
+    capsys.readouterr()
+    assert _cli(data_dir, "import", str(models["dept-a"])) == 2  # the same card and weights again
+    assert "already imported as model #1 (Department knee dept-a)" in capsys.readouterr().err
+    assert len(_rows(data_dir, RegisteredModel)) == 1
+
+
+def test_import_refuses_altered_weights_and_folders_without_a_card(data_dir, models, tmp_path, capsys):
+    import shutil
+
+    altered = tmp_path / "altered"
+    shutil.copytree(models["dept-b"], altered)
+    with (altered / "model.safetensors").open("r+b") as stream:
+        stream.seek(-4, 2)
+        stream.write(b"\0\0\0\1")
+    assert _cli(data_dir, "import", str(altered)) == 2
+    assert "not a usable task model" in (err := capsys.readouterr().err) and "sha256" in err
+    (tmp_path / "empty").mkdir()
+    assert _cli(data_dir, "import", str(tmp_path / "empty")) == 2
+    assert "no model_card.json" in capsys.readouterr().err
+    assert _rows(data_dir, RegisteredModel) == [] and not list((data_dir / "models").glob("*"))
+
+
+def test_activate_and_rollback_stack_record_who_and_when(data_dir, models, capsys):
+    for version in ("dept-a", "dept-b"):
+        assert _cli(data_dir, "import", str(models[version]), "--by", "physicist") == 0
+    assert _cli(data_dir, "activate", "1", "--by", "dr-lee") == 0
+    assert _cli(data_dir, "activate", "Department knee@dept-b", "--by", "dr-kim") == 0
+    capsys.readouterr()
+    assert _cli(data_dir, "activate", "2") == 2
+    assert "#2 Department knee dept-b is already the active model" in capsys.readouterr().err
+    assert _cli(data_dir, "rollback", "--by", "dr-lee") == 0  # back to dept-a
+    assert _cli(data_dir, "rollback", "--by", "dr-lee") == 0  # back to the bundled model
+    capsys.readouterr()
+    assert _cli(data_dir, "rollback") == 2
+    assert "nothing to roll back" in capsys.readouterr().err
+    rows = _rows(data_dir, ModelActivation)
+    assert [(r.model_id, r.action, r.by) for r in rows] == [
+        (1, "activate", "dr-lee"), (2, "activate", "dr-kim"), (1, "rollback", "dr-lee"), (None, "rollback", "dr-lee")]
+    assert all(r.at is not None for r in rows)
+    assert [kind for kind, _ in _events(data_dir)][2:] == ["model_activated", "model_activated",
+                                                          "model_rolled_back", "model_rolled_back"]
+    assert _events(data_dir)[-1][1].startswith("dr-lee rolled back to model bundled ")
+    assert _cli(data_dir, "list", "--json") == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["active"]["id"] is None and listing["pinned"] is None
+    assert [m["version"] for m in listing["models"]][1:] == ["dept-a", "dept-b"]
+    assert [(h["action"], h["model"]["version"], h["by"]) for h in listing["history"]][:2] == [
+        ("rollback", json.loads((BUNDLED_MODEL / "model_card.json").read_text())["version"], "dr-lee"),
+        ("rollback", "dept-a", "dr-lee")]
+
+
+def test_activation_by_the_operating_system_user(data_dir, models, monkeypatch):
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "radiographer")
+    assert _cli(data_dir, "import", str(models["dept-a"])) == 0
+    assert _cli(data_dir, "activate", "1") == 0
+    assert [r.by for r in _rows(data_dir, ModelActivation)] == ["radiographer"]
+
+
+def test_a_set_model_path_pins_the_model_and_activation_is_refused(data_dir, models, monkeypatch, capsys):
+    assert _cli(data_dir, "import", str(models["dept-a"])) == 0
+    monkeypatch.setenv("ORTHO_NODE_MODEL_PATH", str(models["dept-b"]))
+    capsys.readouterr()
+    assert _cli(data_dir, "activate", "1") == 2
+    assert f"model.path is set ({models['dept-b']}): it pins the model" in capsys.readouterr().err
+    assert _cli(data_dir, "rollback") == 2
+    assert _rows(data_dir, ModelActivation) == []
+    assert _cli(data_dir, "list") == 0
+    assert f"model.path pins {models['dept-b']}" in capsys.readouterr().out
+
+
+def _results(data_dir, count: int, timeout: float = 240.0) -> list[StudyResult]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _rows(data_dir, StudyResult)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.3)
+    raise AssertionError(f"{count} result sets not built in {timeout} s")
+
+
+def test_a_running_node_takes_each_activation_at_its_next_study(data_dir, models):
+    for version in ("dept-a", "dept-b"):
+        assert _cli(data_dir, "import", str(models[version])) == 0
+    assert _cli(data_dir, "activate", "1", "--by", "dr-lee") == 0
+    node = NodeProcess(data_dir, extra_env=FAST)
+    try:
+        uid, planes = study()
+        store(node.port, [ds for group in planes for ds in group])
+        assert [r.model_version for r in _results(data_dir, 1)] == ["dept-a"]
+        assert _cli(data_dir, "activate", "2", "--by", "dr-kim") == 0
+        assert main(["reprocess", uid, "--data-dir", str(data_dir)]) == 0
+        assert [r.model_version for r in _results(data_dir, 2)] == ["dept-a", "dept-b"]
+        assert _cli(data_dir, "rollback", "--by", "dr-lee") == 0
+        assert main(["reprocess", uid, "--data-dir", str(data_dir)]) == 0
+        assert [r.model_version for r in _results(data_dir, 3)] == ["dept-a", "dept-b", "dept-a"]
+    finally:
+        node.stop()
+    loaded = [message for kind, message in _events(data_dir) if kind == "model_loaded"]
+    assert loaded == ["model #1 Department knee dept-a loaded at start-up",
+                      "model #2 Department knee dept-b loaded for the next study (was #1 Department knee dept-a)",
+                      "model #1 Department knee dept-a loaded for the next study (was #2 Department knee dept-b)"]
+    assert all(r.model_name == "Department knee" for r in _rows(data_dir, StudyResult))
