@@ -58,6 +58,13 @@ def build_results(prediction: StudyPrediction, settings: Settings) -> ResultObje
     return ResultObjects(objects, not_built)
 
 
+def build_and_write(prediction: StudyPrediction, settings: Settings, folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """:func:`build_results` then :func:`write_result_objects` into ``folder``: the written paths and the SEGs
+    not built. One picklable call, so a process pool can run it (building is pure Python)."""
+    built = build_results(prediction, settings)
+    return write_result_objects(built.datasets, folder, fsync=settings.storage.fsync), built.seg_not_built
+
+
 def write_result_objects(datasets: Iterable[Dataset], folder: Path, *, fsync: bool = True) -> list[Path]:
     """Write each object as ``<Modality>_<SOPInstanceUID>.dcm`` (temporary name, fsync, rename): a file
     that exists is complete, so a delivery queue may point at it."""

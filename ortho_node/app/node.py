@@ -229,6 +229,7 @@ class Node:
         if self.wakeups is not None:
             self.wakeups.stop()
         self.scheduler.stop()
+        self.pipeline.close()
         self.delivery.stop()
         self.heartbeat.stop()
         if served:  # every association has ended: each stored file has its row
@@ -337,16 +338,15 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
                   locate: Locate, session_factory: sessionmaker[Session]) -> ResultStages:
     """The stages after assembly: ``predictor``, result objects built by ``reports`` and written under
     ``<data>/results/<study>/job-<id>``, then queued for every destination."""
-    from reports.results import build_results, write_result_objects
+    from ortho_node.app.result_builders import ResultBuilders
+
+    builders = ResultBuilders(settings)
 
     def write(prediction: StudyPrediction, job_id: int | None) -> WrittenResults:
         uid = prediction.study_instance_uid
         if not is_valid_uid(uid):
             raise ValueError("prediction for an invalid Study Instance UID")
-        folder = results_folder(settings.data_dir, uid, job_id)
-        built = build_results(prediction, settings)
-        return WrittenResults(write_result_objects(built.datasets, folder, fsync=settings.storage.fsync),
-                              built.seg_not_built)
+        return WrittenResults(*builders(prediction, results_folder(settings.data_dir, uid, job_id)))
 
     def describe(path: Path) -> BuiltObject:
         result = ResultFile.read(path)
@@ -362,4 +362,5 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
 
     return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
                         describe_object=describe, locate=locate,
-                        supersede=supersede if settings.retention.supersede_results else None)
+                        supersede=supersede if settings.retention.supersede_results else None,
+                        close=builders.close)

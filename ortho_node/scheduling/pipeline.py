@@ -72,6 +72,7 @@ class ResultStages:
     # After the new set is queued: the study's earlier result sets give up their files (one copy of results per
     # study; ortho_node.retention.superseded, wired by the composition root when retention.supersede_results).
     supersede: Callable[[str], None] | None = None
+    close: Callable[[], None] | None = None  # at the node's stop, once no job runs (e.g. result-building processes)
 
 
 class Pipeline:
@@ -79,6 +80,11 @@ class Pipeline:
         self._session_factory = session_factory
         self.stages = stages
         self.timeline = Timeline(session_factory)
+
+    def close(self) -> None:
+        """Let the stages go (the scheduler has stopped: no job runs)."""
+        if self.stages is not None and self.stages.close is not None:
+            self.stages.close()
 
     def run(self, assembled: AssembledStudy, *, job_id: int | None = None) -> PipelineResult:
         """Process one assembled study (for ``job_id`` when run by the scheduler)."""
