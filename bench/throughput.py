@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.inference import model_dir  # noqa: E402
-from ortho_node.config import BUNDLED_MODEL, Settings  # noqa: E402
+from ortho_node.app.result_builders import ResultBuilders  # noqa: E402
+from ortho_node.config import BUNDLED_MODEL, Settings, load_settings  # noqa: E402
 from ortho_node.inference.offline import assemble, catalogue  # noqa: E402
 from ortho_node.inference.predictor import Predictor  # noqa: E402
 from ortho_node.inference.batching import DeviceBatcher  # noqa: E402
@@ -45,7 +46,7 @@ from ortho_node.labels import Joint  # noqa: E402
 from ortho_node.prediction import StudyPrediction  # noqa: E402
 from ortho_node.synthetic import generate_study  # noqa: E402
 from ortho_node.synthetic.dicom_writer import write_series  # noqa: E402
-from reports.results import build_results, write_result_objects  # noqa: E402
+from reports.results import build_and_write  # noqa: E402
 
 
 def write_studies(folder: Path, count: int) -> list[Path]:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unique", type=int, default=8, help="distinct studies written as files")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--result-workers", type=int, default=1,
-                        help="processes building the result objects (1: on each job's thread, as the node does)")
+                        help="results.build_processes (1: on each job's thread, the node's default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -115,19 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         serial = one_at_a_time(predictor, sessions, queue[: max(2, args.studies // 4)], out, device)
         print(f"one at a time ({serial['studies']} studies): {serial['per_hour']:.0f} studies/h; stage seconds per "
               f"study: assembly {serial['prepare']:.2f}, model {serial['model']:.2f}, results {serial['finish']:.2f}")
-        pool = ProcessPoolExecutor(args.result_workers) if args.result_workers > 1 else None
+        builders = ResultBuilders(load_settings(environ={}, overrides={
+            "results.build_processes": args.result_workers if args.result_workers > 1 else 0}))
         try:
             for batch in args.batch:
-                batched(predictor, sessions, queue, out, batch, device, pool, serial["per_hour"])
+                batched(predictor, sessions, queue, out, batch, device, builders, serial["per_hour"])
         finally:
-            if pool is not None:
-                pool.shutdown()
+            builders.close()
     return 0
 
 
 def build(prediction: StudyPrediction, folder: Path) -> None:
     """The result objects of one study written (fsync), as the node writes them before delivery."""
-    write_result_objects(build_results(prediction, Settings()).datasets, folder)
+    build_and_write(prediction, Settings(), folder)
 
 
 def describe(device: torch.device, args: argparse.Namespace) -> None:
@@ -175,9 +176,10 @@ def one_at_a_time(predictor, sessions, queue, out: Path, device) -> dict:
 
 
 def batched(predictor, sessions, queue, out: Path, batch: int, device: torch.device,
-            pool: ProcessPoolExecutor | None, serial_per_hour: float) -> None:
+            builders: ResultBuilders, serial_per_hour: float) -> None:
     """The node's way: ``2 * batch`` job threads each assemble a study, share the device through one
-    :class:`DeviceBatcher` (up to ``batch`` studies a pass) and build its results (in ``pool`` when given)."""
+    :class:`DeviceBatcher` (up to ``batch`` studies a pass) and build its results (the node's
+    :class:`ResultBuilders`: on the thread, or in processes)."""
     batcher = DeviceBatcher(predictor, batch)
     done: list[float] = []
     failures: list[str] = []
@@ -191,10 +193,7 @@ def batched(predictor, sessions, queue, out: Path, batch: int, device: torch.dev
             outcome = batcher.analyse(study)
             t2 = time.perf_counter()
             folder = out / f"b{batch}-{key}"
-            if pool is None:
-                build(outcome.prediction, folder)
-            else:
-                pool.submit(build, outcome.prediction, folder).result()
+            builders(outcome.prediction, folder)
             t3 = time.perf_counter()
             stage["assembly"] += t1 - t0
             stage["model"] += t2 - t1
