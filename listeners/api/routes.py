@@ -221,8 +221,11 @@ def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: Token
     def signed_in(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         @functools.wraps(handler)
         def endpoint(request: Request) -> Response:
-            if user_of(request) is None:
+            actor = user_of(request)
+            if actor is None:
                 return _unauthorized("sign in to the console, or send an API token")
+            if not actor.role.may_read:
+                return _error(403, f"a {actor.role.value} token may only send instances by STOW-RS")
             return handler(request)
 
         return endpoint

@@ -113,6 +113,12 @@ class Console:
                             self.throttle.limit, peer)
             return self._login_form(401, next_path, login_nonce, "Wrong user name or password.")
         self.throttle.succeeded(user)
+        if not account.role.may_read:  # a STOW-RS sender's account: it sends instances, it never reads
+            self._audit.record(AuditKind.CONSOLE_LOGIN_FAILED, f"console login refused: role {account.role.value} "
+                               "may only send by STOW-RS", severity=Severity.WARNING, peer_host=peer,
+                               details={"user": user, "role": account.role.value})
+            log.warning("console login from %s refused: role %s may not sign in", peer, account.role.value)
+            return self._login_form(403, next_path, login_nonce, "This account may only send images by STOW-RS.")
         _session, cookie = self.sessions.open(user)
         self._audit.record(AuditKind.CONSOLE_LOGIN, f"console login by {user}", peer_host=peer,
                            details={"user": user})
