@@ -45,6 +45,7 @@ from listeners.web.headers import DefaultHeaders
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+DICOMWEB_PREFIX = "/dicomweb"
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'unsafe-inline'; "
@@ -324,9 +325,10 @@ def _same_origin(request: Request) -> bool:
     return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeaders:
+def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIApp | None = None) -> DefaultHeaders:
     """The console's routes in one Starlette application, wrapped in its security headers; ``api`` (the REST
-    API, ``listeners.api``) mounted at /api/v1, before the console's catch-all page."""
+    API, ``listeners.api``) mounted at /api/v1 and ``dicomweb`` (STOW-RS, ``listeners.dicomweb``) at /dicomweb,
+    before the console's catch-all page."""
 
     async def login_page(request: Request) -> Response:
         next_path = _local_path(request.query_params.get("next", "/studies"))
@@ -390,6 +392,7 @@ def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeade
         Route("/studies/{uid}/timeline.csv", page(_timeline_csv), methods=["GET"]),
         Route("/studies/{uid}/images/{sop}.png", page(_key_image), methods=["GET"]),
         *([Mount(API_PREFIX, app=api)] if api is not None else []),
+        *([Mount(DICOMWEB_PREFIX, app=dicomweb)] if dicomweb is not None else []),
         Route("/{rest:path}", page(_not_found), methods=["GET"]),
     ]
 
