@@ -176,9 +176,9 @@ def _store_instances(operation_id: str, summary: str, study: bool) -> dict[str, 
     return {"servers": [{"url": "/", "description": "the node's web root, not /api/v1"}], "post": {
         "operationId": operation_id, "summary": summary, "parameters": parameters,
         "security": [{"token": []}, {"basic": []}],
-        "requestBody": {"required": True, "content": {"multipart/related": {
-            "schema": {"type": "string", "format": "binary"},
-            "description": 'type="application/dicom": one PS3.10 file per part'}}},
+        "requestBody": {"required": True, "description": 'multipart/related; type="application/dicom": one PS3.10 '
+                        "file per part", "content": {"multipart/related": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
         "responses": responses}}
 
 
