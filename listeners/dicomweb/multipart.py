@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DICOM_MEDIA_TYPE = "application/dicom"
-_HEADER_LIMIT = 8192  # bytes of a part's header block; a longer one is not a STOW-RS part
+_HEADER_LIMIT = 8192
+_BOUNDARY_LIMIT = 256  # bytes of a part's header block; a longer one is not a STOW-RS part
 
 
 class UnsupportedMediaType(ValueError):
@@ -51,7 +52,8 @@ def parse_content_type(header: str | None) -> RelatedType:
     if root_type is not None and root_type != DICOM_MEDIA_TYPE:
         raise UnsupportedMediaType(f"only type=\"{DICOM_MEDIA_TYPE}\" parts are accepted, got type=\"{root_type}\"")
     boundary = params.get("boundary", "")
-    if not 0 < len(boundary) <= 70:  # RFC 2046 5.1.1
+    # RFC 2046 5.1.1 allows 70 characters; Orthanc sends 73 (two UUIDs): a receiver takes what senders send.
+    if not 0 < len(boundary) <= _BOUNDARY_LIMIT:
         raise MalformedBody("the multipart/related Content-Type has no valid boundary parameter")
     return RelatedType(boundary.encode("latin-1"), root_type)
 
@@ -142,10 +144,13 @@ class BodyParts:
 
     def _iter_parts(self) -> Iterator[Part]:
         body, delimiter = self._map, self._delimiter
-        at = 0 if body[:len(delimiter)] == delimiter else body.find(b"\r\n" + delimiter)
-        if at < 0:
-            raise MalformedBody("the body does not contain the boundary of its Content-Type")
-        at += len(delimiter) if at == 0 else len(delimiter) + 2
+        if body[:len(delimiter)] == delimiter:  # no preamble (RFC 2046 5.1.1): the body opens with the delimiter
+            at = len(delimiter)
+        else:
+            found = body.find(b"\r\n" + delimiter)
+            if found < 0:
+                raise MalformedBody("the body does not contain the boundary of its Content-Type")
+            at = found + 2 + len(delimiter)
         while True:
             if body[at:at + 2] == b"--":
                 return  # the closing delimiter

@@ -3,7 +3,8 @@ C-STORE, and the status intake answers kept per instance for the response (``lis
 
 A part is a PS3.10 file. Its File Meta Information plays the C-STORE request's part: Media Storage SOP Class and
 Instance UID are what the data set must match (as the Affected SOP Class and Instance UID of a C-STORE), its
-Transfer Syntax UID says how the data set is encoded. The file is stored as received, file meta included.
+Transfer Syntax UID says how the data set is encoded. The file is stored as received, file meta included (a part
+sent without the 128-byte preamble and 'DICM' gets them).
 Intake makes each instance durable (fsynced file, committed row) before the response is sent, refuses what it
 would refuse over DIMSE with the same status, and audits each refusal; the request as a whole is one audit event
 with its counts, as an association's end is.
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _PREAMBLE = 128
 _MAGIC = b"DICM"
+_FILE_META_GROUP = b"\x02\x00"  # group 0002, little endian: where a file meta group without preamble opens
 _MEDIA_STORAGE_SOP_CLASS, _MEDIA_STORAGE_SOP_INSTANCE, _TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
 
 
@@ -92,6 +94,17 @@ class NotPart10(ValueError):
     """A part that is not a PS3.10 file with the file meta elements a stored instance needs."""
 
 
+def as_part10(content: bytes) -> bytes:
+    """``content`` as a PS3.10 file: unchanged when it is one; with the preamble and 'DICM' put in front when it
+    opens with the File Meta group itself (dicomweb-client sends parts so), since every reader of the stored file
+    expects them; anything else is refused."""
+    if content[_PREAMBLE:_PREAMBLE + 4] == _MAGIC:
+        return content
+    if content[:2] == _FILE_META_GROUP:
+        return bytes(_PREAMBLE) + _MAGIC + content
+    raise NotPart10("not a DICOM PS3.10 file (no 'DICM' after the preamble, no file meta information)")
+
+
 def read_file_meta(content: bytes) -> FileMeta:
     """The File Meta Information of a PS3.10 file (PS3.10 7.1; always Explicit VR Little Endian); raises
     :class:`NotPart10` naming what is missing, never a value."""
@@ -143,8 +156,8 @@ class StowReceiver:
             refused = self.intake.refuse_undecodable(ref, "", f"a part of type {part.content_type[:64]}, not "
                                                               f"{DICOM_MEDIA_TYPE}")
             return _outcome(None, None, refused), 0
-        content = body.content(part)
         try:
+            content = as_part10(body.content(part))
             meta = read_file_meta(content)
         except NotPart10 as exc:
             return _outcome(None, None, self.intake.refuse_undecodable(ref, "", str(exc))), 0
