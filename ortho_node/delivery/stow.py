@@ -148,17 +148,25 @@ def _first(item: dict[str, Any], tag: str) -> Any:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None when absent or unreadable."""
+    """Retry-After in seconds: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None when absent or unreadable.
+    An HTTP-date is measured from the response's own Date (the peer's clock, so a skew between the clocks does
+    not count), or from now when the peer sends none."""
     value = response.headers.get("retry-after", "").strip()
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = _http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    sent = _http_date(response.headers.get("date", "")) or dt.datetime.now(dt.timezone.utc)
+    return max(0.0, (when - sent).total_seconds())
+
+
+def _http_date(value: str) -> dt.datetime | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _all(items: list[Item], status: int | None, reason: str, failure: Failure,
