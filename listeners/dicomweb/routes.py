@@ -72,7 +72,10 @@ class StowEndpoint:
                                "(dicomweb.max_request_mb)")
 
     async def _receive(self, request: Request, related: RelatedType, sender: Sender, study: str | None) -> Response:
-        spool = SpooledBody(self.spool_folder, self.max_bytes)
+        try:
+            spool = SpooledBody(self.spool_folder, self.max_bytes)
+        except OSError as exc:
+            return self._unspooled(exc, sender)
         try:
             async for chunk in request.stream():
                 spool.write(chunk)
@@ -80,6 +83,8 @@ class StowEndpoint:
             report = await run_in_threadpool(self._store, spool.path, related, sender, study)
         except (MalformedBody, BodyTooLarge) as exc:
             return self._refused(exc, sender)
+        except OSError as exc:  # the spool file could not be written (disk full): nothing was stored
+            return self._unspooled(exc, sender)
         except ClientDisconnect:
             log.warning("STOW-RS request from %s at %s: the client went away before the body ended; nothing "
                         "stored", sender.name, sender.peer_host)
@@ -96,6 +101,14 @@ class StowEndpoint:
             if not parts:
                 raise MalformedBody("the body holds no part")
             return self.receiver.store(body, parts, sender, study_instance_uid=study)
+
+    def _unspooled(self, exc: OSError, sender: Sender) -> Response:
+        """The body could not be spooled to disk: 503 with Retry-After, as Refused: Out of Resources over DIMSE."""
+        why = f"request body not spooled: {exc.strerror or type(exc).__name__}"
+        log.error("STOW-RS request from %s at %s: %s; answered 503", sender.name, sender.peer_host, why)
+        self._audit.record(AuditKind.STORAGE_FAILED, why, severity=Severity.ERROR, calling_ae=sender.ref.calling_ae,
+                           peer_host=sender.peer_host, details={"user": sender.name, "http_status": 503})
+        return _error(503, why, {"Retry-After": str(RETRY_AFTER_S)})
 
     def _refused(self, exc: Exception, sender: Sender) -> Response:
         status = {UnsupportedMediaType: 415, BodyTooLarge: 413}.get(type(exc), 400)
