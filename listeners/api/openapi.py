@@ -133,7 +133,10 @@ SCHEMAS: dict[str, Any] = {
     "JobList": _list("Job"),
     "Delivery": _object({"id": _INTEGER, **{c: _DELIVERY_TYPES.get(c, _nullable(_STRING)) for c in DELIVERY_COLUMNS}}),
     "DeliveryList": _list("Delivery"),
-    "Destination": _object({"name": _STRING, "protocol": _STRING, "ae_title": _STRING, "host": _STRING,
+    "Destination": _object({"name": _STRING, "protocol": {"type": ["string", "null"], "enum": ["dimse", "dicomweb", None],
+                                                          "description": "null: no longer configured"},
+                            "url": {"type": "string", "description": "STOW-RS base URL (dicomweb)"},
+                            "ae_title": _STRING, "host": _STRING,
                             "port": _INTEGER, "tls": _BOOLEAN, "kinds": _STRINGS, "configured": _BOOLEAN,
                             "queue": _object({"pending": _INTEGER, "delivered": _INTEGER, "failed": _INTEGER,
                                               "last_delivered_at": _TIME}),
@@ -150,11 +153,52 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(operations: Sequence[Operation], *, version: str, tokens: bool = False) -> dict[str, Any]:
-    """The document; ``tokens``: bearer tokens are accepted (named as a security scheme only then)."""
+_STORE_RESPONSE = {"content": {"application/dicom+json": {"schema": {
+    "type": "object", "description": "Store Instances Response (PS3.18 10.5.3) in the DICOM JSON Model: "
+    "ReferencedSOPSequence (00081199) of the stored instances, FailedSOPSequence (00081198) of the refused ones with "
+    "FailureReason (00081197): the status a C-STORE would have got (A700 out of resources, A900 data set does not "
+    "match, C210 cannot understand, C220/C221 missing or invalid UID, C230 refused by an accept rule)"}}}}
+
+
+def _store_instances(operation_id: str, summary: str, study: bool) -> dict[str, Any]:
+    """STOW-RS (PS3.18 10.5): not under /api/v1 but at /dicomweb on the console's port (or the DICOMweb listener's)."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    responses = {
+        "200": {"description": "Every instance stored (durably, before the answer)", **_STORE_RESPONSE},
+        "202": {"description": "Some instances stored, some failed: see FailedSOPSequence", **_STORE_RESPONSE},
+        "409": {"description": "No instance stored: see FailedSOPSequence", **_STORE_RESPONSE},
+        "503": {"description": "No instance stored for want of resources (A7xx); retry after Retry-After",
+                **_STORE_RESPONSE},
+        **{code: {"description": text, **error} for code, text in (
+            ("400", "Malformed multipart body (nothing stored)"), ("401", "No valid token or user"),
+            ("403", "The role may not store (operator or stow may)"),
+            ("413", "Body over dicomweb.max_request_mb (nothing stored)"),
+            ("415", "Not multipart/related; type=\"application/dicom\""))}}
+    parameters = [{"name": "StudyInstanceUID", "in": "path", "required": True, "schema": _STRING,
+                   "description": "Every instance must belong to this study (others fail with A900)"}] if study else []
+    return {"servers": [{"url": "/", "description": "the node's web root, not /api/v1"}], "post": {
+        "operationId": operation_id, "summary": summary, "parameters": parameters,
+        "security": [{"token": []}, {"basic": []}],
+        "requestBody": {"required": True, "description": 'multipart/related; type="application/dicom": one PS3.10 '
+                        "file per part", "content": {"multipart/related": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+        "responses": responses}}
+
+
+STOW_PATHS = {"/dicomweb/studies": _store_instances("storeInstances", "STOW-RS: store instances", False),
+              "/dicomweb/studies/{StudyInstanceUID}": _store_instances(
+                  "storeStudyInstances", "STOW-RS: store instances of one study", True)}
+
+
+def document(operations: Sequence[Operation], *, version: str, tokens: bool = False,
+             stow: bool = False) -> dict[str, Any]:
+    """The document; ``tokens``: bearer tokens are accepted (named as a security scheme only then); ``stow``: the
+    node receives by STOW-RS (its endpoints named, with HTTP basic as a further scheme)."""
     paths: dict[str, Any] = {}
     for operation in operations:
         paths.setdefault(operation.path, {})[operation.method] = operation.document()
+    if stow:
+        paths.update(STOW_PATHS)
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {
         "openapi": "3.1.0",
@@ -176,7 +220,10 @@ def document(operations: Sequence[Operation], *, version: str, tokens: bool = Fa
             "securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "ortho_console",
                                             "description": "The admin console's session (sign in at /login)"},
                                 **({"token": {"type": "http", "scheme": "bearer", "description": "An API token"}}
-                                   if tokens else {})},
+                                   if tokens or stow else {}),
+                                **({"basic": {"type": "http", "scheme": "basic", "description": "A console user "
+                                              "(console.users) with the operator or stow role; STOW-RS only"}}
+                                   if stow else {})},
         },
         "security": [{"session": []}, *([{"token": []}] if tokens else [])],
     }

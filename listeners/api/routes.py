@@ -198,14 +198,17 @@ class Api:
         return ApiResponse({"action": action.value, "target": target, "result": done})
 
 
-def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: TokenCheck | None = None) -> Starlette:
+def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: TokenCheck | None = None,
+            stow: bool = False) -> Starlette:
     """The API as an application to mount at ``/api/v1``; JSON errors throughout. The actions are offered where
-    the node gives both actions (``api.actions``) and a token check."""
+    the node gives both actions (``api.actions``) and a token check; ``stow``: the OpenAPI document names the
+    node's STOW-RS endpoints (``listeners.dicomweb``) too."""
     handlers = {"listStudies": api.studies, "getStudy": api.study, "getStudyTimeline": api.timeline,
                 "getStudyResults": api.results, "getStudyFindings": api.findings, "listJobs": api.jobs,
                 "listDeliveries": api.deliveries, "listDestinations": api.destination_list}
     acting = api.actions is not None and tokens is not None
-    spec = document(OPERATIONS + (ACTION_OPERATIONS if acting else ()), version=version, tokens=tokens is not None)
+    spec = document(OPERATIONS + (ACTION_OPERATIONS if acting else ()), version=version, tokens=tokens is not None,
+                    stow=stow)
 
     def bearer(request: Request) -> tuple[bool, Actor | None]:
         """(a bearer token was sent, whom it stands for: None when unknown or revoked)."""
@@ -221,8 +224,11 @@ def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: Token
     def signed_in(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
         @functools.wraps(handler)
         def endpoint(request: Request) -> Response:
-            if user_of(request) is None:
+            actor = user_of(request)
+            if actor is None:
                 return _unauthorized("sign in to the console, or send an API token")
+            if not actor.role.may_read:
+                return _error(403, f"a {actor.role.value} token may only send instances by STOW-RS")
             return handler(request)
 
         return endpoint

@@ -45,6 +45,7 @@ from listeners.web.headers import DefaultHeaders
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+DICOMWEB_PREFIX = "/dicomweb"
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'unsafe-inline'; "
@@ -113,6 +114,12 @@ class Console:
                             self.throttle.limit, peer)
             return self._login_form(401, next_path, login_nonce, "Wrong user name or password.")
         self.throttle.succeeded(user)
+        if not account.role.may_read:  # a STOW-RS sender's account: it sends instances, it never reads
+            self._audit.record(AuditKind.CONSOLE_LOGIN_FAILED, f"console login refused: role {account.role.value} "
+                               "may only send by STOW-RS", severity=Severity.WARNING, peer_host=peer,
+                               details={"user": user, "role": account.role.value})
+            log.warning("console login from %s refused: role %s may not sign in", peer, account.role.value)
+            return self._login_form(403, next_path, login_nonce, "This account may only send images by STOW-RS.")
         _session, cookie = self.sessions.open(user)
         self._audit.record(AuditKind.CONSOLE_LOGIN, f"console login by {user}", peer_host=peer,
                            details={"user": user})
@@ -318,9 +325,10 @@ def _same_origin(request: Request) -> bool:
     return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeaders:
+def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIApp | None = None) -> DefaultHeaders:
     """The console's routes in one Starlette application, wrapped in its security headers; ``api`` (the REST
-    API, ``listeners.api``) mounted at /api/v1, before the console's catch-all page."""
+    API, ``listeners.api``) mounted at /api/v1 and ``dicomweb`` (STOW-RS, ``listeners.dicomweb``) at /dicomweb,
+    before the console's catch-all page."""
 
     async def login_page(request: Request) -> Response:
         next_path = _local_path(request.query_params.get("next", "/studies"))
@@ -384,6 +392,7 @@ def console_app(console: Console, *, api: ASGIApp | None = None) -> DefaultHeade
         Route("/studies/{uid}/timeline.csv", page(_timeline_csv), methods=["GET"]),
         Route("/studies/{uid}/images/{sop}.png", page(_key_image), methods=["GET"]),
         *([Mount(API_PREFIX, app=api)] if api is not None else []),
+        *([Mount(DICOMWEB_PREFIX, app=dicomweb)] if dicomweb is not None else []),
         Route("/{rest:path}", page(_not_found), methods=["GET"]),
     ]
 

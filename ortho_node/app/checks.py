@@ -148,7 +148,15 @@ def listening_ports(settings: Settings) -> list[tuple[str, str, int]]:
         ports.append(("console.port", settings.console.host, settings.console.port))
     if settings.metrics.enabled:
         ports.append(("metrics.port", settings.metrics.host, settings.metrics.port))
+    if serves_own_dicomweb(settings):
+        ports.append(("dicomweb.port", settings.dicomweb.host, settings.dicomweb.port))
     return ports
+
+
+def serves_own_dicomweb(settings: Settings) -> bool:
+    """STOW-RS on a listener of its own: a receiver (processors store nothing) with dicomweb.own_listener."""
+    dicomweb = settings.dicomweb
+    return dicomweb.enabled and dicomweb.own_listener and settings.cluster.role != "process"
 
 
 def check_ports(settings: Settings) -> None:
@@ -163,17 +171,22 @@ def check_ports(settings: Settings) -> None:
 
 
 def check_console_tls(settings: Settings) -> None:
-    """The console's certificate and key load and belong together (the files' existence is checked with the
-    settings)."""
-    console = settings.console
-    if not (console.enabled and console.tls):
-        return
+    """The console's (and the DICOMweb listener's) certificate and key load and belong together (the files'
+    existence is checked with the settings)."""
+    console, dicomweb = settings.console, settings.dicomweb
+    if console.enabled and console.tls:
+        _check_key_pair("console", console.tls_cert, console.tls_key)
+    if serves_own_dicomweb(settings) and dicomweb.tls:
+        _check_key_pair("dicomweb", dicomweb.tls_cert, dicomweb.tls_key)
+
+
+def _check_key_pair(section: str, certificate: str, key: str) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(console.tls_cert, console.tls_key)
+        context.load_cert_chain(certificate, key)
     except (ssl.SSLError, OSError) as exc:
-        raise StartupError(f"console.tls_cert / console.tls_key: cannot be loaded ({console.tls_cert}, "
-                           f"{console.tls_key}): {getattr(exc, 'reason', None) or exc}") from None
+        raise StartupError(f"{section}.tls_cert / {section}.tls_key: cannot be loaded ({certificate}, "
+                           f"{key}): {getattr(exc, 'reason', None) or exc}") from None
 
 
 def preflight(settings: Settings) -> None:

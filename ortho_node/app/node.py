@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from listeners.api.routes import Api, api_app, token_check
 from listeners.console.routes import Console, console_app
+from listeners.console.sessions import LoginThrottle
+from listeners.dicomweb.access import StowAccess
+from listeners.dicomweb.routes import StowEndpoint, dicomweb_app, dicomweb_listener_app
+from listeners.dicomweb.stow import StowReceiver
 from listeners.web.actions import OperatorActions
 from listeners.web.listener import TlsFiles, WebListener
 from listeners.web.operations import operations_app
@@ -45,6 +49,7 @@ from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.intake.recovery import Recovery
 from ortho_node.intake.storage import InstanceStore, is_valid_uid
+from ortho_node.app.checks import serves_own_dicomweb
 
 if TYPE_CHECKING:  # torch is imported only by a node that runs the model
     from ortho_node.inference.batching import DeviceBatcher
@@ -116,6 +121,7 @@ class Node:
         self.scp: StorageSCP | WorkerPoolSCP | None = None
         self.console: WebListener | None = None
         self.metrics: WebListener | None = None
+        self.dicomweb: WebListener | None = None
         self._registered = False  # the nodes row is ours (never mark another live process's row stopped)
 
     def prepare(self) -> None:
@@ -171,17 +177,23 @@ class Node:
         """The admin console and the metrics / health endpoint: ASGI applications served by uvicorn, each on its
         own port and thread when enabled (``listeners.web``)."""
         console, metrics = self.settings.console, self.settings.metrics
+        throttle = LoginThrottle(console.max_failed_logins, console.lockout_minutes * 60)
         if console.enabled:
             actions = OperatorActions(self.session_factory, self.audit, reprocess=self.scheduler.reprocess,
                                       deliveries=self.delivery)
             admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings),
                             destinations=self.settings.destinations, actions=actions)
+            throttle = admin.throttle  # basic authentication and console logins lock the same user names out
             api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions), admin.session_actor,
-                          version=__version__, tokens=token_check(self.session_factory))
-            app = console_app(admin, api=api)
+                          version=__version__, tokens=token_check(self.session_factory),
+                          stow=self._receives_stow)
+            stow = None if serves_own_dicomweb(self.settings) else self._stow_endpoint(throttle)
+            app = console_app(admin, api=api, dicomweb=dicomweb_app(stow) if stow is not None else None)
             tls = TlsFiles(console.tls_cert, console.tls_key) if console.tls else None
             self.console = WebListener(app, console.host, console.port, name="admin console", tls=tls)
             self.console.start()
+        if serves_own_dicomweb(self.settings):
+            self._start_dicomweb(throttle)
         if metrics.enabled:
             collector = NodeCollector(self.session_factory, self.settings.data_dir, self._min_free_bytes(),
                                       self.liveness(),
@@ -189,6 +201,29 @@ class Node:
             self.metrics = WebListener(operations_app(make_registry(collector), self.health), metrics.host,
                                        metrics.port, name="metrics and health check")
             self.metrics.start()
+
+    @property
+    def _receives_stow(self) -> bool:
+        """STOW-RS through this node's intake, where it receives (``dicomweb.enabled``, not a processor)."""
+        return self.settings.dicomweb.enabled and self.role.receives
+
+    def _stow_endpoint(self, throttle: LoginThrottle) -> StowEndpoint | None:
+        dicomweb = self.settings.dicomweb
+        if not self._receives_stow:
+            return None
+        access = StowAccess(self.settings.console.users, token_check(self.session_factory), self.audit, throttle)
+        return StowEndpoint(StowReceiver(self.intake, self.audit), access, self.audit,
+                            spool_folder=self.store.tmp_dir, max_bytes=dicomweb.max_request_mb * 1024 * 1024)
+
+    def _start_dicomweb(self, throttle: LoginThrottle) -> None:
+        dicomweb = self.settings.dicomweb
+        endpoint = self._stow_endpoint(throttle)
+        if endpoint is None:
+            return
+        tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
+        self.dicomweb = WebListener(dicomweb_listener_app(endpoint), dicomweb.host, dicomweb.port, name="DICOMweb",
+                                    tls=tls)
+        self.dicomweb.start()
 
     def _receiving(self) -> bool:
         return self.scp is not None and self.scp.active_associations > 0
@@ -217,10 +252,10 @@ class Node:
         return {**report, "warnings": configuration_warnings(self.settings)}
 
     def stop(self) -> None:
-        for server in (self.console, self.metrics):
+        for server in (self.dicomweb, self.console, self.metrics):
             if server is not None:
                 server.stop()
-        self.console = self.metrics = None
+        self.dicomweb = self.console = self.metrics = None
         served = self.scp is not None
         if self.scp is not None:
             self.scp.stop()

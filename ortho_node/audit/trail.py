@@ -67,6 +67,8 @@ class AuditKind(str, enum.Enum):
     OPERATOR_ACTION_REFUSED = "operator_action_refused"  # a viewer (user or token) asked to act: 403
     API_TOKEN_CREATED = "api_token_created"
     API_TOKEN_REVOKED = "api_token_revoked"
+    STOW_REQUEST = "stow_request"  # a STOW-RS request's end: its instances' counts and statuses, the sender
+    STOW_REFUSED = "stow_refused"  # a STOW-RS request refused before any instance was read (401, 403, locked out)
     DELIVERY_RETRY = "delivery_retry"  # one flagged object queued again
     DESTINATION_PAUSED = "destination_paused"
     DESTINATION_RESUMED = "destination_resumed"

@@ -6,7 +6,7 @@ from ortho_node.config.loading import (CONFIG_ENV, DESTINATIONS_ENV, ENV_PREFIX,
 from ortho_node.config.schema import AcceptRule, AcceptSettings
 from ortho_node.config.schema import (BUNDLED_MODEL, OBJECT_KINDS, ROLES, SECTIONS, AssemblySettings, ClusterSettings,
                                       ConfigError, ConsoleSettings, DatabaseSettings, DeliverySettings, DestinationSettings,
-                                      DicomSettings, LoggingSettings, MetricsSettings, ModelSettings,
+                                      DicomSettings, DicomwebSettings, LoggingSettings, MetricsSettings, ModelSettings,
                                       ResultsSettings, SchedulingSettings, Settings, StorageSettings, TlsSettings,
                                       parse_dicom_address)
 
@@ -14,7 +14,7 @@ __all__ = [
     "AcceptRule", "AcceptSettings",
     "BUNDLED_MODEL", "ClusterSettings", "ROLES", "CONFIG_ENV", "DESTINATIONS_ENV", "ENV_PREFIX", "OBJECT_KINDS", "SECTIONS",
     "AssemblySettings", "ConfigError", "ConsoleSettings", "DatabaseSettings", "DeliverySettings",
-    "DestinationSettings", "DicomSettings", "LoggingSettings", "MetricsSettings", "ModelSettings",
+    "DestinationSettings", "DicomSettings", "DicomwebSettings", "LoggingSettings", "MetricsSettings", "ModelSettings",
     "ResultsSettings", "SchedulingSettings", "Settings", "StorageSettings", "TlsSettings", "describe",
     "load_destinations", "load_settings", "parse_dicom_address",
 ]

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ortho_node.config.schema import (SECTIONS, AcceptRule, ConfigError, DestinationSettings, Settings,
-                                      parse_dicom_address, validate_field)
+from ortho_node.config.schema import (ENV_REFERENCE, SECTIONS, AcceptRule, ConfigError, DestinationSettings,
+                                      Settings, parse_dicom_address, validate_field)
 
 ENV_PREFIX = "ORTHO_NODE_"
 CONFIG_ENV = "ORTHO_NODE_CONFIG"  # names the TOML file; not a setting itself
@@ -54,7 +54,7 @@ def load_settings(
     sections = {name: _build_section(cls, raw[name]) for name, cls in SECTIONS.items()}
     sections["accept"] = dataclasses.replace(sections["accept"], rules=load_accept_rules(Path(path) if path else None))
     destinations = load_destinations(Path(path) if path else None, environ.get(DESTINATIONS_ENV),
-                                     (overrides or {}).get("destinations"))
+                                     (overrides or {}).get("destinations"), environ=environ)
     settings = Settings(**sections, destinations=destinations)
     settings.check()
     return settings
@@ -147,15 +147,19 @@ def describe(settings: Settings) -> list[tuple[str, Any, str]]:
     for rule in settings.accept.rules:
         rows.append((f"accept.rules.{rule.name}", rule.action, describe_rule(rule)))
     for dest in settings.destinations:
-        rows.append((f"destinations.{dest.name}", f"{dest.ae_title}@{dest.host}:{dest.port}",
-                     f"accepts {', '.join(dest.kinds)}{'; TLS' if dest.tls else ''}"))
+        secured = "; TLS" if dest.tls or dest.url.startswith("https:") else ""
+        rows.append((f"destinations.{dest.name}", dest.address,
+                     f"{dest.protocol}, accepts {', '.join(dest.kinds)}{secured}"))
     return rows
 
 def load_destinations(config_file: Path | None, env_value: str | None,
-                      flags: list[str] | None) -> tuple[DestinationSettings, ...]:
+                      flags: list[str] | None, *, environ: Mapping[str, str] | None = None
+                      ) -> tuple[DestinationSettings, ...]:
     """Result destinations: ``[[destinations]]`` in the file, then ``$ORTHO_NODE_DESTINATIONS`` and
     ``--destination`` flags (``NAME=AE@HOST:PORT``, every object kind, no TLS); a later one replaces an
-    earlier one of the same name."""
+    earlier one of the same name. A DICOMweb destination's ``password`` or ``bearer_token`` given as ``env:NAME``
+    is read from ``environ`` (default: the process's environment), so the secret stays out of the file."""
+    environ = os.environ if environ is None else environ
     merged: dict[str, DestinationSettings] = {}
     if config_file is not None:
         document = tomllib.loads(config_file.read_text(encoding="utf-8"))
@@ -167,12 +171,23 @@ def load_destinations(config_file: Path | None, env_value: str | None,
             for key in table:
                 _check_known_destination_key(key, where)
             values = {key: (value, f"{where}: {key}") for key, value in table.items()}
-            _add_destination(merged, _build_section(DestinationSettings, values), where)
+            _add_destination(merged, _resolve_secrets(_build_section(DestinationSettings, values), environ), where)
     for where, specs in ((DESTINATIONS_ENV, (env_value or "").split(",")), ("--destination", flags or [])):
         for spec in (item.strip() for item in specs):
             if spec:
                 _add_destination(merged, _parse_destination(spec, where), where)
     return tuple(merged.values())
+
+
+def _resolve_secrets(dest: DestinationSettings, environ: Mapping[str, str]) -> DestinationSettings:
+    """``env:NAME`` secrets replaced by the variable's value; an unset one stays as it is, and the destination's
+    check names it."""
+    resolved = {}
+    for key in ("password", "bearer_token"):
+        value = getattr(dest, key)
+        if value.startswith(ENV_REFERENCE) and environ.get(value[len(ENV_REFERENCE):]):
+            resolved[key] = environ[value[len(ENV_REFERENCE):]]
+    return dataclasses.replace(dest, **resolved) if resolved else dest
 
 
 def _check_known_destination_key(key: str, where: str) -> None:

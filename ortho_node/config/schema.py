@@ -306,6 +306,36 @@ class ConsoleSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DicomwebSettings:
+    """``[dicomweb]``: the STOW-RS receiver (``POST /dicomweb/studies``, PS3.18 10.5)."""
+
+    enabled: bool = _field(True, "Accept instances by STOW-RS at /dicomweb/studies: on the console's port (when "
+                                 "console.enabled), or on a listener of its own (own_listener).")
+    own_listener: bool = _field(False, "Serve STOW-RS on its own host and port (below) instead of the console's.")
+    host: str = _field("127.0.0.1", "Address of the DICOMweb listener (own_listener).")
+    port: int = _field(8042, "TCP port of the DICOMweb listener (own_listener; 0 picks a free port).", min=0,
+                       max=65535)
+    tls_cert: str = _field("", "PEM certificate chain: the DICOMweb listener serves HTTPS (TLS 1.2 or newer); "
+                               "empty: plain HTTP. On the console's port the console's TLS applies.")
+    tls_key: str = _field("", "PEM private key of tls_cert.")
+    max_request_mb: int = _field(2048, "Largest STOW-RS request body (MiB); a larger one is refused with 413 "
+                                       "before anything is stored.", min=1, max=1024 * 1024)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ConfigError(f"dicomweb.{missing}: required when dicomweb.tls_cert or dicomweb.tls_key is set")
+        for key in ("tls_cert", "tls_key"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"dicomweb.{key}: file {value} does not exist")
+
+
+@dataclasses.dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool = _field(False, "Serve Prometheus metrics (/metrics) and the health check (/healthz).")
     host: str = _field("127.0.0.1", "Address the metrics endpoint listens on.")
@@ -363,31 +393,73 @@ OBJECT_KINDS = ("seg", "sr", "summary")
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+PROTOCOLS = ("dimse", "dicomweb")
+#: A secret given as ``env:NAME`` is read from the environment variable NAME when the settings are loaded.
+ENV_REFERENCE = "env:"
+SECRET_FIELDS = ("password", "bearer_token")
+
+
 @dataclasses.dataclass(frozen=True)
 class DestinationSettings:
-    """One ``[[destinations]]`` table: a DICOM node that receives results by C-STORE."""
+    """One ``[[destinations]]`` table: a node that receives results by C-STORE (``protocol = "dimse"``) or by
+    STOW-RS (``protocol = "dicomweb"``)."""
 
     name: str = _field("", "Name used by `ortho-node resend --to` and in the delivery queue.")
-    ae_title: str = _field("", "Called AE title.", ae_title=True)
-    host: str = _field("", "Host name or IP address.")
-    port: int = _field(104, "TCP port.", min=1, max=65535)
-    tls: bool = _field(False, "Use DICOM TLS (TLS 1.2 or newer; the [tls] certificate is presented if set).")
+    protocol: str = _field("dimse", "dimse: C-STORE to ae_title@host:port; dicomweb: STOW-RS to url.",
+                           choices=PROTOCOLS)
+    ae_title: str = _field("", "Called AE title (dimse).", ae_title=True)
+    host: str = _field("", "Host name or IP address (dimse).")
+    port: int = _field(104, "TCP port (dimse).", min=1, max=65535)
+    tls: bool = _field(False, "Use DICOM TLS (dimse; TLS 1.2 or newer; the [tls] certificate is presented if set).")
     ca_certificates: str = _field("", "PEM bundle trusted for this destination's certificate (empty: system).")
+    url: str = _field("", "STOW-RS base URL (dicomweb), e.g. https://pacs.example/dicom-web: results are POSTed "
+                          "to <url>/studies; https:// verifies the server against ca_certificates.")
+    username: str = _field("", "HTTP basic user name (dicomweb); empty: no basic authentication.")
+    password: str = dataclasses.field(default="", repr=False, metadata={
+        "doc": "HTTP basic password (dicomweb); 'env:NAME' reads it from the environment variable NAME."})
+    bearer_token: str = dataclasses.field(default="", repr=False, metadata={
+        "doc": "Bearer token sent as 'Authorization: Bearer ...' (dicomweb); 'env:NAME' reads it from the "
+               "environment variable NAME."})
+    client_certificate: str = _field("", "PEM certificate (chain) presented to an https:// url (dicomweb).")
+    client_key: str = _field("", "PEM private key of client_certificate.")
     kinds: list[str] = _field(list(OBJECT_KINDS), "Result objects it accepts: seg, sr, summary.")
+
+    @property
+    def address(self) -> str:
+        """Where it is, for logs and the delivery queue: ``AE@HOST:PORT`` or the STOW-RS URL."""
+        return self.url if self.protocol == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
 
     def check(self, where: str) -> None:
         if not _DESTINATION_NAME.match(self.name):
             raise ConfigError(f"{where}: destination name must be 1-64 letters, digits, '.', '_' or '-', got "
                               f"{self.name!r}")
-        if not _AE_TITLE.match(self.ae_title.strip() or "-"):
-            raise ConfigError(f"{where}: not a valid AE title: {self.ae_title!r}")
-        if not self.host:
-            raise ConfigError(f"{where}: host is required")
+        if self.protocol == "dicomweb":
+            self._check_dicomweb(where)
+        else:
+            if not _AE_TITLE.match(self.ae_title.strip() or "-"):
+                raise ConfigError(f"{where}: not a valid AE title: {self.ae_title!r}")
+            if not self.host:
+                raise ConfigError(f"{where}: host is required")
         unknown = [kind for kind in self.kinds if kind not in OBJECT_KINDS]
         if unknown or not self.kinds:
             raise ConfigError(f"{where}: kinds must be some of {', '.join(OBJECT_KINDS)}, got {self.kinds!r}")
-        if self.ca_certificates and not Path(self.ca_certificates).is_file():
-            raise ConfigError(f"{where}: ca_certificates file {self.ca_certificates} does not exist")
+        for key in ("ca_certificates", "client_certificate", "client_key"):
+            value = getattr(self, key)
+            if value and not Path(value).is_file():
+                raise ConfigError(f"{where}: {key} file {value} does not exist")
+
+    def _check_dicomweb(self, where: str) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.url):
+            raise ConfigError(f"{where}: url must be an http:// or https:// STOW-RS base URL, got {self.url!r}")
+        if self.bearer_token and self.username:
+            raise ConfigError(f"{where}: give bearer_token or username/password, not both")
+        if bool(self.client_certificate) != bool(self.client_key):
+            raise ConfigError(f"{where}: client_certificate and client_key go together")
+        if self.password and not self.username:
+            raise ConfigError(f"{where}: password needs a username")
+        for key in ("password", "bearer_token"):
+            if getattr(self, key).startswith(ENV_REFERENCE):
+                raise ConfigError(f"{where}: {key}: the environment variable {getattr(self, key)[4:]!r} is not set")
 
 
 ACCEPT_ACTIONS = ("analyse", "ignore", "refuse")
@@ -479,6 +551,7 @@ class Settings:
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     destinations: tuple[DestinationSettings, ...] = ()
     console: ConsoleSettings = dataclasses.field(default_factory=ConsoleSettings)
+    dicomweb: DicomwebSettings = dataclasses.field(default_factory=DicomwebSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     accept: AcceptSettings = dataclasses.field(default_factory=AcceptSettings)
@@ -497,13 +570,18 @@ class Settings:
         return self.database.url or f"sqlite:///{self.data_dir / 'ortho-node.db'}"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every setting, for ``config show --json``; destination secrets shown as set or not, never themselves."""
+        values = dataclasses.asdict(self)
+        for dest in values["destinations"]:
+            for key in SECRET_FIELDS:
+                dest[key] = "(set)" if dest[key] else ""
+        return values
 
     def check(self) -> None:
         """The rules that relate several fields of a section, section by section."""
         self.accept.check()
-        for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.database,
-                        self.cluster):
+        for section in (self.dicom, self.tls, self.scheduling, self.results, self.console, self.dicomweb,
+                        self.database, self.cluster):
             section.check()
         self.retention.check()
         if self.model.batch_studies > self.scheduling.concurrency:
@@ -532,6 +610,7 @@ SECTIONS: dict[str, type] = {
     "results": ResultsSettings,
     "delivery": DeliverySettings,
     "console": ConsoleSettings,
+    "dicomweb": DicomwebSettings,
     "metrics": MetricsSettings,
     "model": ModelSettings,
     "accept": AcceptSettings,

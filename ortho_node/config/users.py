@@ -1,8 +1,10 @@
 """Console user entries (``NAME:HASH`` or ``NAME:ROLE:HASH``), their roles and the scrypt hash format they must
 carry: checked at start-up.
 
-Roles: ``viewer`` reads; ``operator`` also acts (reprocess, resend, retry, pause a destination, mark a study).
-An entry without a role is a viewer, as every user was while the console was read-only.
+Roles: ``viewer`` reads; ``operator`` also acts (reprocess, resend, retry, pause a destination, mark a study) and
+may send instances by STOW-RS; ``stow`` only sends instances by STOW-RS (a router's or a modality's account: it
+neither reads nor acts, and cannot sign in to the console). An entry without a role is a viewer, as every user was
+while the console was read-only.
 
 The hashing itself (and the check of a typed password) belongs to the console (``listeners.console.passwords``).
 """
@@ -32,10 +34,21 @@ def valid_user_name(name: str) -> bool:
 class Role(str, enum.Enum):
     VIEWER = "viewer"
     OPERATOR = "operator"
+    STOW = "stow"
+
+    @property
+    def may_read(self) -> bool:
+        """Sign in to the console, read the API."""
+        return self is not Role.STOW
 
     @property
     def may_act(self) -> bool:
         return self is Role.OPERATOR
+
+    @property
+    def may_store(self) -> bool:
+        """Send instances by STOW-RS (``POST /dicomweb/studies``)."""
+        return self in (Role.OPERATOR, Role.STOW)
 
 
 class ConsoleUser(NamedTuple):

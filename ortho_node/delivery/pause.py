@@ -55,10 +55,15 @@ def destination_overview(session_factory: sessionmaker[Session],
     """Every configured destination, then every one only the queue still names (removed from the configuration
     since), with its queue counts and its pause (None: delivering)."""
     queues, paused = destination_queues(session_factory), paused_destinations(session_factory)
-    items = [{"name": d.name, "protocol": "dimse", "ae_title": d.ae_title, "host": d.host, "port": d.port,
-              "tls": d.tls, "kinds": list(d.kinds), "configured": True, "queue": queues.get(d.name, _EMPTY_QUEUE),
-              "paused": paused.get(d.name)} for d in destinations]
+    items = [{"name": d.name, "protocol": d.protocol, **_address(d), "kinds": list(d.kinds), "configured": True,
+              "queue": queues.get(d.name, _EMPTY_QUEUE), "paused": paused.get(d.name)} for d in destinations]
     configured = {d.name for d in destinations}
-    items += [{"name": name, "protocol": "dimse", "configured": False, "queue": queue, "paused": paused.get(name)}
+    items += [{"name": name, "protocol": None, "configured": False, "queue": queue, "paused": paused.get(name)}
               for name, queue in sorted(queues.items()) if name not in configured]
     return items
+
+
+def _address(dest: DestinationSettings) -> dict[str, Any]:
+    if dest.protocol == "dicomweb":
+        return {"url": dest.url, "tls": dest.url.startswith("https:")}
+    return {"ae_title": dest.ae_title, "host": dest.host, "port": dest.port, "tls": dest.tls}

@@ -202,6 +202,8 @@ class DeliveryQueue:
             retry_at = None
             if outcome is Outcome.TRANSIENT:
                 retry_at = self.policy.next_attempt(item.attempts, as_utc(item.queued_at), now)
+                if retry_at is not None and result.retry_after:  # the peer's Retry-After, if longer than ours
+                    retry_at = max(retry_at, now + dt.timedelta(seconds=result.retry_after))
             if retry_at is not None:
                 item.next_attempt_at = retry_at
                 return outcome

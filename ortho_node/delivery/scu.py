@@ -51,6 +51,8 @@ class Failure(str, enum.Enum):
     REJECTED_PERMANENT = "rejected-permanent"  # A-ASSOCIATE-RJ result 1
     NO_CONTEXT = "no-context"  # the peer accepted no presentation context for this SOP class
     ABORTED = "aborted"  # no response: timeout, A-ABORT or connection lost
+    HTTP_TRANSIENT = "http-transient"  # STOW-RS: no connection, a timeout, HTTP 408, 429 or 5xx
+    HTTP_REFUSED = "http-refused"  # STOW-RS: any other HTTP 4xx (credentials, media type, size), or no answer to read
 
 
 # PS3.8 Table 9-21, (source, reason/diag.) -> the standard's words, as dcmtk's echoscu and storescu print them.
@@ -84,6 +86,7 @@ class SendResult:
     reason: str
     failure: Failure | None = None  # set when status is None
     rejection: Rejection | None = None  # set when the peer rejected the association
+    retry_after: float | None = None  # seconds the peer asked us to wait (HTTP Retry-After)
 
     @property
     def ok(self) -> bool:
@@ -142,7 +145,7 @@ class _ConnectionWatch:
 
 
 @dataclass(frozen=True)
-class _Item:
+class Item:
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
@@ -165,7 +168,7 @@ def send_files(remote: RemoteNode, files: Sequence[Path], *, calling_ae: str = "
     transfer syntax) pairs of its files. ``progress`` sees each result as soon as its response arrives.
     """
     results: list[SendResult] = []
-    items: list[_Item] = []
+    items: list[Item] = []
 
     def report(result: SendResult) -> None:
         results.append(result)
@@ -173,7 +176,7 @@ def send_files(remote: RemoteNode, files: Sequence[Path], *, calling_ae: str = "
             progress(result)
 
     for path in files:
-        item = _read_item(path)
+        item = read_item(path)
         if isinstance(item, SendResult):
             report(item)
         else:
@@ -183,10 +186,11 @@ def send_files(remote: RemoteNode, files: Sequence[Path], *, calling_ae: str = "
     return results
 
 
-def _read_item(path: Path) -> _Item | SendResult:
+def read_item(path: Path) -> Item | SendResult:
+    """A result file's SOP Class, Instance and Transfer Syntax UIDs, or why it cannot be sent."""
     try:
         ds = dcmread(path, stop_before_pixels=True)
-        return _Item(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
+        return Item(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID))
     except InvalidDicomError:
         return SendResult(path, None, None, "not a DICOM file", Failure.UNREADABLE)
     except OSError as exc:
@@ -196,8 +200,8 @@ def _read_item(path: Path) -> _Item | SendResult:
         return SendResult(path, None, None, f"not a usable DICOM file: {type(exc).__name__}", Failure.UNREADABLE)
 
 
-def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
-    batch: list[_Item] = []
+def _batches(items: list[Item]) -> Iterable[list[Item]]:
+    batch: list[Item] = []
     contexts: set[tuple[str, str]] = set()
     for item in items:
         keys = _contexts(item)
@@ -210,7 +214,7 @@ def _batches(items: list[_Item]) -> Iterable[list[_Item]]:
         yield batch
 
 
-def _contexts(item: _Item) -> set[tuple[str, str]]:
+def _contexts(item: Item) -> set[tuple[str, str]]:
     """The presentation contexts an item needs: its stored syntax, and the fallback for a peer refusing it."""
     keys = {(item.sop_class_uid, item.transfer_syntax_uid)}
     fallback = FALLBACK_SYNTAX.get(item.transfer_syntax_uid)
@@ -219,7 +223,7 @@ def _contexts(item: _Item) -> set[tuple[str, str]]:
     return keys
 
 
-def _send_batch(remote: RemoteNode, batch: list[_Item], calling_ae: str, timeout: float,
+def _send_batch(remote: RemoteNode, batch: list[Item], calling_ae: str, timeout: float,
                 ssl_context: ssl.SSLContext | None, report: Callable[[SendResult], None]) -> None:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -266,7 +270,7 @@ def _association_failure(assoc, remote: RemoteNode, *,
     return Failure.NO_ASSOCIATION, "no response to the association request (timeout or abort)", None
 
 
-def _store_one(assoc, item: _Item) -> SendResult:
+def _store_one(assoc, item: Item) -> SendResult:
     try:
         # A path is streamed from disk exactly as stored (file meta stripped), without decoding.
         status = assoc.send_c_store(item.path)

@@ -1,4 +1,5 @@
-"""The delivery worker: sends due queue items, one association per destination and batch, on its own thread.
+"""The delivery worker: sends due queue items, one association (C-STORE) or one request (STOW-RS) per destination
+and batch, on its own thread.
 
 ``run_once`` does one pass and is what tests drive with an injected clock; ``start`` runs passes until
 ``stop``, every ``delivery.poll_interval`` seconds or sooner when woken by new work.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +23,7 @@ from ortho_node.delivery.outcomes import Outcome, retry_policy
 from ortho_node.delivery.pause import paused_destinations, set_paused
 from ortho_node.delivery.queue import DeliveryQueue, ResultFile
 from ortho_node.delivery.scu import Failure, RemoteNode, SendResult, send_files
+from ortho_node.delivery.stow import StowTarget, send_stow
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,7 @@ class DeliveryWorker:
         return attempts
 
     def _deliver(self, dest: DestinationSettings, items) -> int:
-        remote = RemoteNode(dest.ae_title, dest.host, dest.port)
-        label = f"{dest.name} ({remote})"
+        label = f"{dest.name} ({dest.address})"
         by_path = {Path(item.file_path): item.id for item in items}
         outcomes: list[Outcome] = []
 
@@ -78,11 +79,18 @@ class DeliveryWorker:
         for missing in by_path.keys() - set(present):
             on_result(SendResult(missing, None, None, "result file is missing", Failure.UNREADABLE))
         if present:
-            send_files(remote, present, calling_ae=self._calling_ae, timeout=self._timeout, progress=on_result,
-                       ssl_context=client_ssl_context(dest, self._tls))
+            self._send(dest, present, on_result)
         delivered = outcomes.count(Outcome.DELIVERED)
         log.info("delivery to %s: %d of %d delivered", label, delivered, len(outcomes))
         return len(outcomes)
+
+    def _send(self, dest: DestinationSettings, files: list[Path], on_result: Callable[[SendResult], None]) -> None:
+        """By the destination's protocol: C-STORE (one association) or STOW-RS (one request)."""
+        if dest.protocol == "dicomweb":
+            send_stow(StowTarget.of(dest), files, timeout=self._timeout, progress=on_result)
+        else:
+            send_files(RemoteNode(dest.ae_title, dest.host, dest.port), files, calling_ae=self._calling_ae,
+                       timeout=self._timeout, progress=on_result, ssl_context=client_ssl_context(dest, self._tls))
 
     def start(self) -> None:
         if self._thread is None and self.destinations:

@@ -147,6 +147,11 @@ class Intake:
         return self._refuse(association, Status.CANNOT_UNDERSTAND_UNDECODABLE, f"undecodable data set ({error})",
                             sop_uid=affected_sop_instance_uid)
 
+    def refuse_instance(self, incoming: IncomingInstance, status: Status, reason: str) -> IntakeResult:
+        """An instance its listener refuses before intake's checks, for a reason of its protocol (a STOW-RS part of
+        another study than the request's): audited and logged as intake's own refusals."""
+        return self._reject(incoming, incoming.header, status, reason)
+
     def refuse_malformed_request(self, association: AssociationRef, status: Status, problem: str) -> IntakeResult:
         """A C-STORE request whose command set cannot be used (``problem``: what is wrong, never a value)."""
         return self._refuse(association, status, f"malformed request: {problem}")
@@ -256,9 +261,11 @@ def _check_identity(header: InstanceHeader, incoming: IncomingInstance) -> tuple
         if not is_valid_uid(value):
             return Status.CANNOT_UNDERSTAND_INVALID_UID, f"{name} is not a valid UID"
     if header.sop_uid != incoming.affected_sop_instance_uid:
-        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the C-STORE request"
+        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, ("SOPInstanceUID differs from the request (C-STORE command "
+                                                         "or file meta)")
     if header.sop_class_uid != incoming.affected_sop_class_uid:
-        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request"
+        return Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, ("SOPClassUID differs from the request (C-STORE command or "
+                                                         "file meta)")
     return None
 
 

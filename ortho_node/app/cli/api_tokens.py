@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ortho_node.config.users import Role
+
 from ortho_node.app.cli.context import add_node_flags, session_factory, settings_of
 
 
@@ -16,8 +18,9 @@ def register(sub) -> None:
     create = tokens_sub.add_parser("create", help="create a token and print it once (only its digest is stored)")
     add_node_flags(create)
     create.add_argument("name", metavar="NAME", help="who or what uses it (shown in the audit trail as token:NAME)")
-    create.add_argument("--role", choices=("viewer", "operator"), default="viewer",
-                        help="viewer (default): GET only; operator: also the actions (POST)")
+    create.add_argument("--role", choices=tuple(r.value for r in Role), default="viewer",
+                        help="viewer (default): GET only; operator: also the actions (POST) and STOW-RS; stow: only STOW-RS "
+                             "(POST /dicomweb/studies)")
     create.set_defaults(handler=cmd_create)
 
     listing = tokens_sub.add_parser("list", help="every token: id, name, role, prefix, created, last used, revoked")
@@ -33,7 +36,6 @@ def register(sub) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from ortho_node.access.tokens import create_token
-    from ortho_node.config.users import Role
 
     try:
         created = create_token(session_factory(settings_of(args)), args.name, Role(args.role))

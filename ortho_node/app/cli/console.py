@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ortho_node.config.users import Role
+
 
 def register(sub) -> None:
     console = sub.add_parser("console", help="admin web console")
@@ -13,9 +15,10 @@ def register(sub) -> None:
     hash_password = console_sub.add_parser(
         "hash-password", help="print a console.users entry NAME:HASH for a password read from stdin or a prompt")
     hash_password.add_argument("user", metavar="NAME")
-    hash_password.add_argument("--role", choices=("viewer", "operator"), default="viewer",
+    hash_password.add_argument("--role", choices=tuple(r.value for r in Role), default="viewer",
                                help="viewer (default): reads; operator: also reprocesses, resends, retries, pauses "
-                                    "destinations and marks studies")
+                                    "destinations, marks studies and sends by STOW-RS; stow: only sends by STOW-RS "
+                                    "(HTTP basic; no console login)")
     hash_password.set_defaults(handler=cmd_console_hash_password)
 
 
