@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import os
 import socket
@@ -112,6 +114,7 @@ class Node:
                                      missed_heartbeats=settings.cluster.missed_heartbeats)
         self.identity = NodeIdentity(self.lease.node_id, self.role, socket.gethostname(), os.getpid(), __version__,
                                      *model_facts(predictor))
+        self._follow_model(predictor)
         renewals = [self.scheduler.queue.renew, self.delivery.queue.renew] if self.role.processes else []
         self.heartbeat = Heartbeat(self.registry, self.lease.node_id, settings.cluster.heartbeat_interval, renewals,
                                    on_lost=self._register)
@@ -135,6 +138,7 @@ class Node:
         """Register this process, start the scheduler (recovering interrupted jobs and timers), then the Storage
         SCP (receivers) and the delivery worker (processors); returns the Storage SCP, None for a processor."""
         self._register()
+        self._forget_stopped_nodes()
         self.scheduler.start()
         self.heartbeat.start()
         if self.role.receives:  # the purger gives way to intake: it runs where instances arrive
@@ -161,6 +165,34 @@ class Node:
                                sole=not self.lease.shared)
         self._registered = True
 
+    def _forget_stopped_nodes(self) -> None:
+        """Rows of processes stopped longer than ``cluster.forget_stopped_days`` go when a process starts (rolling
+        restarts would otherwise pile them up); a failure only leaves them listed."""
+        days = self.settings.cluster.forget_stopped_days
+        if days:
+            try:
+                self.registry.forget_stopped(dt.timedelta(days=days))
+            except SQLAlchemyError as exc:
+                log.warning("stopped nodes not removed from the nodes table (%s)", type(exc).__name__)
+
+    def _follow_model(self, predictor: StudyPredictor | None) -> None:
+        """Keep this process's row naming the model it serves: a served model that follows the registry's
+        activations (``ServedModel``) tells us when it switched, at the start of a study."""
+        add_listener = getattr(predictor, "add_listener", None)
+        if add_listener is None:  # a pinned model (model.path), a receiver, a test's stand-in: it never changes
+            return
+
+        def changed() -> None:
+            version, gpu = model_facts(predictor)
+            self.identity = dataclasses.replace(self.identity, model_version=version, gpu=gpu)  # a re-register too
+            try:
+                self.registry.model_changed(self.lease.node_id, version, gpu)
+            except SQLAlchemyError as exc:  # the study goes on; the row names the old model until a restart
+                log.error("node %s: the nodes table still names the previous model (%s)", self.lease.node_id,
+                          type(exc).__name__)
+
+        add_listener(changed)
+
     def _start_scp(self) -> None:
         dicom = self.settings.dicom
         if dicom.workers > 1:
@@ -182,9 +214,10 @@ class Node:
             actions = OperatorActions(self.session_factory, self.audit, reprocess=self.scheduler.reprocess,
                                       deliveries=self.delivery)
             admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings),
-                            destinations=self.settings.destinations, actions=actions)
+                            destinations=self.settings.destinations, actions=actions, nodes=self.registry.nodes)
             throttle = admin.throttle  # basic authentication and console logins lock the same user names out
-            api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions), admin.session_actor,
+            api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions,
+                              nodes=self.registry.nodes), admin.session_actor,
                           version=__version__, tokens=token_check(self.session_factory),
                           stow=self._receives_stow)
             stow = None if serves_own_dicomweb(self.settings) else self._stow_endpoint(throttle)
