@@ -50,7 +50,7 @@ from ortho_node.audit.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.intake.recovery import Recovery
-from ortho_node.intake.storage import InstanceStore, is_valid_uid
+from ortho_node.intake.storage import InstanceStore, LocalInstanceStore, is_valid_uid
 from ortho_node.app.checks import serves_own_dicomweb
 
 if TYPE_CHECKING:  # torch is imported only by a node that runs the model
@@ -84,7 +84,8 @@ class Node:
 
     def __init__(self, settings: Settings, *,
                  pipeline_factory: Callable[..., Pipeline] = Pipeline,
-                 time: TimeSource | None = None, predictor: StudyPredictor | None = None) -> None:
+                 time: TimeSource | None = None, predictor: StudyPredictor | None = None,
+                 store: InstanceStore | None = None) -> None:
         silence_identifier_sources()
         self.settings = settings
         self.role = Role(settings.cluster.role)
@@ -92,14 +93,15 @@ class Node:
         self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditTrail(self.session_factory)
-        self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+        self.store: InstanceStore = store or LocalInstanceStore(settings.data_dir, fsync=settings.storage.fsync)
         self.time = time or SystemTime()
         self.catalog = Catalog(self.engine, clock=self.time)
         accept = AcceptRules.from_settings(settings.accept)
         self.intake = Intake(self.store, self.catalog, self.audit, accept=accept)
         self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit,
-                                 accept=accept, shared_by=self.lease.node_id if self.lease.shared else None)
-        self.assembler = Assembler(self.session_factory, self.store.absolute,
+                                 data_dir=settings.data_dir, accept=accept,
+                                 shared_by=self.lease.node_id if self.lease.shared else None)
+        self.assembler = Assembler(self.session_factory, self.store.local_path,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory, lease=self.lease)
         stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store),
@@ -109,7 +111,8 @@ class Node:
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=self.time, lease=self.lease, role=self.role)
         self.intake.add_listener(self.scheduler.watcher)
-        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving)
+        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving,
+                             store=self.store)
         self.registry = NodeRegistry(self.session_factory, self.scheduler.time,
                                      missed_heartbeats=settings.cluster.missed_heartbeats)
         self.identity = NodeIdentity(self.lease.node_id, self.role, socket.gethostname(), os.getpid(), __version__,
@@ -397,7 +400,7 @@ def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:
         relative = catalog.stored_path(sop_instance_uid)
         if relative is None:
             raise LookupError(f"instance {sop_instance_uid} is not stored")
-        return store.absolute(relative)
+        return store.local_path(relative)
 
     return locate
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from ortho_node.app.cli.context import add_node_flags, session_factory, settings_of
+
+if TYPE_CHECKING:
+    from ortho_node.cluster.registry import NodeRegistry
 
 
 def register(sub) -> None:
@@ -20,7 +24,7 @@ def register(sub) -> None:
     nodes.set_defaults(handler=cmd_nodes)
 
 
-def _registry(args: argparse.Namespace):
+def _registry(args: argparse.Namespace) -> NodeRegistry:
     from ortho_node.clock import SystemClock
     from ortho_node.cluster.registry import NodeRegistry
 
