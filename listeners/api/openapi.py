@@ -144,6 +144,16 @@ SCHEMAS: dict[str, Any] = {
                                        "properties": {"reason": _nullable(_STRING), "by": _nullable(_STRING),
                                                       "since": _TIME}}}),
     "DestinationList": _list("Destination"),
+    "Node": _object({"node_id": _STRING, "role": {"type": "string", "enum": ["all", "receive", "process"]},
+                     "host": _STRING, "pid": _INTEGER, "version": _STRING,
+                     "model_version": {**_nullable(_STRING), "description": "null: no model loaded"},
+                     "gpu": {**_nullable(_STRING), "description": "null: CPU or no model"},
+                     "started_at": _TIME, "last_heartbeat_at": _TIME, "stopped_at": _TIME,
+                     "state": {"type": "string", "enum": ["live", "missed", "stopped"],
+                               "description": "missed: its leases expired, other processes took its work over"},
+                     "missed_heartbeats": _INTEGER},
+                    required=("node_id", "role", "host", "state", "last_heartbeat_at")),
+    "NodeList": _list("Node"),
     "Error": _object({"error": _STRING}, required=("error",)),
     "ActionRequest": _object({"reason": {"type": "string", "maxLength": 128,
                                          "description": "Why (keep, not-for-analysis, pause): recorded with it"},
@@ -203,7 +213,7 @@ def document(operations: Sequence[Operation], *, version: str, tokens: bool = Fa
     return {
         "openapi": "3.1.0",
         "info": {"title": "OrthoDiffusion Node API", "version": version,
-                 "description": "The node's studies, results, jobs, deliveries and destinations (GET, a console "
+                 "description": "The node's studies, results, jobs, deliveries, destinations and processes (GET, a console "
                                 "session or a bearer token), and the operator actions (POST, a bearer token with "
                                 "the operator role: `ortho-node api-token create NAME --role operator`). Results "
                                 "are AI-generated and not for diagnostic use."},

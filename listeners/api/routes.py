@@ -1,5 +1,5 @@
 """The REST API's routes (JSON): studies with the console's filters, one study, its timeline, results and
-findings, jobs, deliveries and destinations (GET); the operator actions (POST, ``listeners.web.actions``); the
+findings, jobs, deliveries, destinations and nodes (GET); the operator actions (POST, ``listeners.web.actions``); the
 OpenAPI document at ``/openapi.json``.
 
 A GET needs a signed-in user: the console's session cookie, or a bearer token (``ortho-node api-token``). A POST
@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from ortho_node.access.tokens import check_token
 from ortho_node.audit import views as q
+from ortho_node.cluster.registry import NodeStatus
 from ortho_node.config import DestinationSettings
 from ortho_node.delivery.pause import destination_overview
 from listeners.api.openapi import (DELIVERY_FILTERS, DELIVERY_ID, DESTINATION, LIMIT, STUDY_FILTERS, UID, Operation,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 Authenticate = Callable[[Request], "Actor | None"]  # the console user of a request's session, or None
 TokenCheck = Callable[[str], "Actor | None"]  # a bearer token -> whom it stands for, or None
+NodeList = Callable[[], Sequence[NodeStatus]]  # the processes sharing the database, with their state now
 MAX_BODY_BYTES = 4096
 
 OPERATIONS = (
@@ -56,6 +58,8 @@ OPERATIONS = (
               DELIVERY_FILTERS),
     Operation("/destinations", "listDestinations", "Configured destinations, their delivery queues and pauses",
               "DestinationList"),
+    Operation("/nodes", "listNodes", "The processes sharing the database: role, versions, heartbeat, state",
+              "NodeList"),
 )
 
 #: The operator actions: path, operationId, summary, the action, its target parameter, whether a body is read.
@@ -137,10 +141,12 @@ class Api:
     """The API's answers over the node's database and destinations."""
 
     def __init__(self, session_factory: sessionmaker[Session], destinations: Sequence[DestinationSettings], *,
-                 actions: OperatorActions | None = None) -> None:
+                 actions: OperatorActions | None = None, nodes: NodeList | None = None) -> None:
+        """``nodes``: the processes sharing the database (``NodeRegistry.nodes``; None: an empty list)."""
         self.db = session_factory
         self.destinations = tuple(destinations)
         self.actions = actions
+        self.nodes: NodeList = nodes or (lambda: [])
 
     def _study(self, request: Request) -> str:
         uid = request.path_params["uid"]
@@ -185,6 +191,9 @@ class Api:
     def destination_list(self, request: Request) -> Response:
         return _listing(destination_overview(self.db, self.destinations))
 
+    def node_list(self, request: Request) -> Response:
+        return _listing([node.as_dict() for node in self.nodes()])
+
     def act(self, action: Action, target: str, actor: Actor, body: Mapping[str, Any]) -> Response:
         if self.actions is None:
             raise HTTPException(404, "this node offers no actions")
@@ -205,7 +214,8 @@ def api_app(api: Api, authenticate: Authenticate, *, version: str, tokens: Token
     node's STOW-RS endpoints (``listeners.dicomweb``) too."""
     handlers = {"listStudies": api.studies, "getStudy": api.study, "getStudyTimeline": api.timeline,
                 "getStudyResults": api.results, "getStudyFindings": api.findings, "listJobs": api.jobs,
-                "listDeliveries": api.deliveries, "listDestinations": api.destination_list}
+                "listDeliveries": api.deliveries, "listDestinations": api.destination_list,
+                "listNodes": api.node_list}
     acting = api.actions is not None and tokens is not None
     spec = document(OPERATIONS + (ACTION_OPERATIONS if acting else ()), version=version, tokens=tokens is not None,
                     stow=stow)

@@ -22,11 +22,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, se
 from markupsafe import Markup
 
 from ortho_node.audit.views import JOINTS, STATUSES
+from ortho_node.cluster.registry import NodeStatus
 from ortho_node.labels import DIAGNOSIS_NAMES
 from listeners.console.charts import bar_chart, line_chart
 
 NAV = (("/studies", "Studies"), ("/summary", "Daily summary"), ("/deliveries", "Deliveries"),
-       ("/destinations", "Destinations"), ("/failures", "Failures"))
+       ("/destinations", "Destinations"), ("/nodes", "Nodes"), ("/failures", "Failures"))
 REFRESH_SECONDS = 30  # lists reload this often (console.js), unless the user is typing in a form
 PAGE_SIZE = 100  # studies per page of the list
 DELIVERY_STATES = ("pending", "delivered", "failed")
@@ -151,6 +152,12 @@ def deliveries_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *,
 def destinations_page(rows: Sequence[dict[str, Any]], *, user: str, **frame: Any) -> str:
     """Configured destinations (and ones only the queue still names) with their queues and pause state."""
     return render("destinations.html", title="Destinations", user=user, rows=rows, refresh=True, **frame)
+
+
+def nodes_page(rows: Sequence[NodeStatus], *, user: str, **frame: Any) -> str:
+    """The processes sharing the node's database (``ortho_node.cluster.registry``): live first, missed ones
+    highlighted (their leases have expired and other processes took their work over)."""
+    return render("nodes.html", title="Nodes", user=user, rows=rows, refresh=True, **frame)
 
 
 def failures_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, **frame: Any) -> str:

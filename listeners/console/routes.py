@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 from ortho_node.audit import views as q
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.config import ConsoleSettings, DestinationSettings
+from ortho_node.cluster.registry import NodeStatus
 from ortho_node.config.users import Role, parse_user
 from ortho_node.delivery.pause import destination_overview
 from listeners.console import pages
@@ -56,20 +57,26 @@ SECURITY_HEADERS = {
 }
 
 
+NodeList = Callable[[], Sequence[NodeStatus]]
+
+
 class Console:
     """What the console answers, independent of the HTTP plumbing: login and the pages' data."""
 
     def __init__(self, settings: ConsoleSettings, session_factory: sessionmaker[DbSession], audit: AuditTrail, *,
                  warnings: Sequence[str] = (), secret: bytes | None = None,
-                 destinations: Sequence[DestinationSettings] = (), actions: OperatorActions | None = None) -> None:
+                 destinations: Sequence[DestinationSettings] = (), actions: OperatorActions | None = None,
+                 nodes: NodeList | None = None) -> None:
         """``warnings``: the node's configuration warnings (``audit.status.configuration_warnings``), shown
         on the studies page, where an administrator looks first. ``secret`` signs the cookies; a new random
         one by default, so a restart logs everyone out. ``actions``: what an operator may do (None: nothing,
-        a console on a node without a scheduler)."""
+        a console on a node without a scheduler). ``nodes``: the processes sharing the database with their
+        state now (``NodeRegistry.nodes``; None: the page lists none)."""
         self.settings = settings
         self.warnings = tuple(warnings)
         self.destinations = tuple(destinations)
         self.actions = actions
+        self.nodes: NodeList = nodes or (lambda: [])
         self._session_factory = session_factory
         self._audit = audit
         self._users = {user.name: user for user in map(parse_user, settings.users)}
@@ -243,6 +250,10 @@ def _destinations(request: Request, console: Console, session: Session) -> Respo
     return HTMLResponse(pages.destinations_page(rows, **console.frame(session, request)))
 
 
+def _nodes(request: Request, console: Console, session: Session) -> Response:
+    return HTMLResponse(pages.nodes_page(console.nodes(), **console.frame(session, request)))
+
+
 def _failures(request: Request, console: Console, session: Session) -> Response:
     query = _query(request)
     rows = q.list_failures(console.db, _filters(query))
@@ -381,6 +392,7 @@ def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIA
         Route("/actions", act, methods=["POST"]),
         Route("/console.js", _script, methods=["GET"]),  # public: the same for everyone, no data in it
         Route("/destinations", page(_destinations), methods=["GET"]),
+        Route("/nodes", page(_nodes), methods=["GET"]),
         Route("/", page(_home), methods=["GET"]),
         Route("/studies", page(_studies), methods=["GET"]), Route("/studies.csv", page(_studies), methods=["GET"]),
         Route("/deliveries", page(_deliveries), methods=["GET"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import os
 import socket
@@ -48,7 +50,7 @@ from ortho_node.audit.timeline import BuiltObject
 from ortho_node.scheduling.service import Scheduler
 from ortho_node.scheduling.timers import SystemTime, TimeSource
 from ortho_node.intake.recovery import Recovery
-from ortho_node.intake.storage import InstanceStore, is_valid_uid
+from ortho_node.intake.storage import InstanceStore, LocalInstanceStore, is_valid_uid
 from ortho_node.app.checks import serves_own_dicomweb
 
 if TYPE_CHECKING:  # torch is imported only by a node that runs the model
@@ -82,7 +84,8 @@ class Node:
 
     def __init__(self, settings: Settings, *,
                  pipeline_factory: Callable[..., Pipeline] = Pipeline,
-                 time: TimeSource | None = None, predictor: StudyPredictor | None = None) -> None:
+                 time: TimeSource | None = None, predictor: StudyPredictor | None = None,
+                 store: InstanceStore | None = None) -> None:
         silence_identifier_sources()
         self.settings = settings
         self.role = Role(settings.cluster.role)
@@ -90,14 +93,15 @@ class Node:
         self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditTrail(self.session_factory)
-        self.store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+        self.store: InstanceStore = store or LocalInstanceStore(settings.data_dir, fsync=settings.storage.fsync)
         self.time = time or SystemTime()
         self.catalog = Catalog(self.engine, clock=self.time)
         accept = AcceptRules.from_settings(settings.accept)
         self.intake = Intake(self.store, self.catalog, self.audit, accept=accept)
         self.recovery = Recovery(settings.database_url, self.session_factory, self.store, self.catalog, self.audit,
-                                 accept=accept, shared_by=self.lease.node_id if self.lease.shared else None)
-        self.assembler = Assembler(self.session_factory, self.store.absolute,
+                                 data_dir=settings.data_dir, accept=accept,
+                                 shared_by=self.lease.node_id if self.lease.shared else None)
+        self.assembler = Assembler(self.session_factory, self.store.local_path,
                                    AssemblyRules.from_settings(settings.assembly))
         self.delivery = DeliveryService(settings, self.session_factory, lease=self.lease)
         stages = (result_stages(settings, self.delivery, predictor, stored_instances(self.catalog, self.store),
@@ -107,11 +111,13 @@ class Node:
         self.scheduler = Scheduler(settings.scheduling, self.session_factory, self.assembler, self.pipeline,
                                    time=self.time, lease=self.lease, role=self.role)
         self.intake.add_listener(self.scheduler.watcher)
-        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving)
+        self.purger = Purger(settings, self.session_factory, clock=self.scheduler.time, busy=self._receiving,
+                             store=self.store)
         self.registry = NodeRegistry(self.session_factory, self.scheduler.time,
                                      missed_heartbeats=settings.cluster.missed_heartbeats)
         self.identity = NodeIdentity(self.lease.node_id, self.role, socket.gethostname(), os.getpid(), __version__,
                                      *model_facts(predictor))
+        self._follow_model(predictor)
         renewals = [self.scheduler.queue.renew, self.delivery.queue.renew] if self.role.processes else []
         self.heartbeat = Heartbeat(self.registry, self.lease.node_id, settings.cluster.heartbeat_interval, renewals,
                                    on_lost=self._register)
@@ -135,6 +141,7 @@ class Node:
         """Register this process, start the scheduler (recovering interrupted jobs and timers), then the Storage
         SCP (receivers) and the delivery worker (processors); returns the Storage SCP, None for a processor."""
         self._register()
+        self._forget_stopped_nodes()
         self.scheduler.start()
         self.heartbeat.start()
         if self.role.receives:  # the purger gives way to intake: it runs where instances arrive
@@ -161,6 +168,34 @@ class Node:
                                sole=not self.lease.shared)
         self._registered = True
 
+    def _forget_stopped_nodes(self) -> None:
+        """Rows of processes stopped longer than ``cluster.forget_stopped_days`` go when a process starts (rolling
+        restarts would otherwise pile them up); a failure only leaves them listed."""
+        days = self.settings.cluster.forget_stopped_days
+        if days:
+            try:
+                self.registry.forget_stopped(dt.timedelta(days=days))
+            except SQLAlchemyError as exc:
+                log.warning("stopped nodes not removed from the nodes table (%s)", type(exc).__name__)
+
+    def _follow_model(self, predictor: StudyPredictor | None) -> None:
+        """Keep this process's row naming the model it serves: a served model that follows the registry's
+        activations (``ServedModel``) tells us when it switched, at the start of a study."""
+        add_listener = getattr(predictor, "add_listener", None)
+        if add_listener is None:  # a pinned model (model.path), a receiver, a test's stand-in: it never changes
+            return
+
+        def changed() -> None:
+            version, gpu = model_facts(predictor)
+            self.identity = dataclasses.replace(self.identity, model_version=version, gpu=gpu)  # a re-register too
+            try:
+                self.registry.model_changed(self.lease.node_id, version, gpu)
+            except SQLAlchemyError as exc:  # the study goes on; the row names the old model until a restart
+                log.error("node %s: the nodes table still names the previous model (%s)", self.lease.node_id,
+                          type(exc).__name__)
+
+        add_listener(changed)
+
     def _start_scp(self) -> None:
         dicom = self.settings.dicom
         if dicom.workers > 1:
@@ -182,9 +217,10 @@ class Node:
             actions = OperatorActions(self.session_factory, self.audit, reprocess=self.scheduler.reprocess,
                                       deliveries=self.delivery)
             admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings),
-                            destinations=self.settings.destinations, actions=actions)
+                            destinations=self.settings.destinations, actions=actions, nodes=self.registry.nodes)
             throttle = admin.throttle  # basic authentication and console logins lock the same user names out
-            api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions), admin.session_actor,
+            api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions,
+                              nodes=self.registry.nodes), admin.session_actor,
                           version=__version__, tokens=token_check(self.session_factory),
                           stow=self._receives_stow)
             stow = None if serves_own_dicomweb(self.settings) else self._stow_endpoint(throttle)
@@ -364,7 +400,7 @@ def stored_instances(catalog: Catalog, store: InstanceStore) -> Locate:
         relative = catalog.stored_path(sop_instance_uid)
         if relative is None:
             raise LookupError(f"instance {sop_instance_uid} is not stored")
-        return store.absolute(relative)
+        return store.local_path(relative)
 
     return locate
 

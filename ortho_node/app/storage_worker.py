@@ -43,12 +43,13 @@ def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int
     from ortho_node.intake.accept import AcceptRules
     from ortho_node.intake.receive import Intake
     from ortho_node.app.logs import configure_logging
-    from ortho_node.intake.storage import InstanceStore
+    from ortho_node.intake.storage import LocalInstanceStore
 
     configure_logging(settings.logging.level, settings.logging.format)
     engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     session_factory = make_session_factory(engine)
-    store = InstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+    # A spawned worker builds its own store from the settings: the file system the node's store is on.
+    store = LocalInstanceStore(settings.data_dir, fsync=settings.storage.fsync)
     intake = Intake(store, Catalog(engine), AuditTrail(session_factory),
                     accept=AcceptRules.from_settings(settings.accept))
     relay = EventRelay(channel)

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 class AuditKind(str, enum.Enum):
     NODE_STARTED = "node_started"
     NODE_STOPPED = "node_stopped"
+    NODE_FORGOTTEN = "node_forgotten"  # a stopped or missed process's row removed (ortho-node nodes --forget)
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
     ASSOCIATION_ENDED = "association_ended"

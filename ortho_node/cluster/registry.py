@@ -15,15 +15,24 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ortho_node.audit.trail import AuditKind, make_event
 from ortho_node.clock import Clock, as_utc
 from ortho_node.cluster.roles import Role
-from ortho_node.db.models import Node
+from ortho_node.db.models import AuditEvent, Node
 
 log = logging.getLogger(__name__)
 
 
 class NodeIdInUse(RuntimeError):
     """Another live process already registered under this node id; the message says which and since when."""
+
+
+class NodeIsLive(RuntimeError):
+    """A live process's row cannot be forgotten: it holds leases and would register again at its next beat."""
+
+
+class UnknownNode(LookupError):
+    """No process registered under this node id."""
 
 
 class NodeState(str, enum.Enum):
@@ -124,6 +133,46 @@ class NodeRegistry:
         with self._session_factory.begin() as session:
             session.execute(update(Node).where(Node.id == node_id).values(stopped_at=self._clock.now()))
 
+    def model_changed(self, node_id: str, model_version: str | None, gpu: str | None) -> None:
+        """The process now serves another model (an activation or rollback taken at its next study)."""
+        with self._session_factory.begin() as session:
+            session.execute(update(Node).where(Node.id == node_id).values(model_version=model_version, gpu=gpu))
+
+    def forget(self, node_id: str, *, by: str) -> NodeStatus:
+        """Remove a stopped or missed process's row, audited with ``by``; returns what it was. Refused for a
+        live process (:class:`NodeIsLive`); :class:`UnknownNode` when there is no such row. A missed process
+        that comes back registers again at its next heartbeat, as after any removal."""
+        now = self._clock.now()
+        with self._session_factory.begin() as session:
+            row = session.get(Node, node_id, with_for_update=True)
+            if row is None:
+                raise UnknownNode(f"no node {node_id!r} in the nodes table (see `ortho-node nodes`)")
+            status = self._status(row, now)
+            if status.state is NodeState.LIVE:
+                beat = f"{status.last_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+                raise NodeIsLive(f"node {node_id!r} is live (last heartbeat {beat}): stop it first, or wait until "
+                                 f"it has missed {self.missed_heartbeats} heartbeats")
+            session.delete(row)
+            session.add(_forgotten_event(status, by))
+        log.info("node %s (%s) removed from the nodes table by %s", node_id, status.state.value, by)
+        return status
+
+    def forget_stopped(self, older_than: dt.timedelta) -> list[str]:
+        """Remove the rows of processes that stopped cleanly more than ``older_than`` ago (each audited);
+        returns their ids. Missed processes stay until an operator forgets them: they may be frozen, not gone."""
+        now = self._clock.now()
+        with self._session_factory.begin() as session:
+            rows = session.scalars(select(Node).where(Node.stopped_at.is_not(None),
+                                                      Node.stopped_at < now - older_than)
+                                   .with_for_update(skip_locked=True)).all()
+            for row in rows:
+                session.add(_forgotten_event(self._status(row, now), f"automatic: stopped over {older_than.days} "
+                                                                     "days ago (cluster.forget_stopped_days)"))
+                session.delete(row)
+        if rows:
+            log.info("removed %d nodes stopped over %d days ago from the nodes table", len(rows), older_than.days)
+        return [row.id for row in rows]
+
     def nodes(self) -> list[NodeStatus]:
         """Every registered process, live ones first, with its state now."""
         now = self._clock.now()
@@ -145,3 +194,11 @@ class NodeRegistry:
         return NodeStatus(row.id, row.role, row.host, row.pid, row.version, row.model_version, row.gpu,
                           as_utc(row.started_at), last, as_utc(row.stopped_at) if row.stopped_at else None, state,
                           count)
+
+
+def _forgotten_event(status: NodeStatus, by: str) -> AuditEvent:
+    return make_event(AuditKind.NODE_FORGOTTEN, f"node {status.node_id} ({status.role} on {status.host}, "
+                                                f"{status.state.value}) removed from the nodes table by {by}",
+                      details={"node": status.node_id, "role": status.role, "host": status.host,
+                               "state": status.state.value, "by": by,
+                               "last_heartbeat_at": status.last_heartbeat_at.isoformat()})

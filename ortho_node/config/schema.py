@@ -382,6 +382,9 @@ class ClusterSettings:
     missed_heartbeats: int = _field(3, "Heartbeats a process may miss before it is flagged in `ortho-node "
                                        "nodes` and its leases expire (other processes take its work over).",
                                     min=1, max=100)
+    forget_stopped_days: int = _field(7, "Days a cleanly stopped process stays in the nodes table; a starting "
+                                         "process then removes its row (audited). 0 keeps them until `ortho-node "
+                                         "nodes --forget`.", min=0, max=3650)
 
     def check(self) -> None:
         if self.node_id and not _NODE_ID.match(self.node_id):

@@ -37,8 +37,13 @@ class ServedModel:
         self._load = load
         self._audit = audit
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
         self.entry = registry.active() if registry.installed() else registry.bundled()
         self.predictor = self._take(self.entry, "at start-up")
+
+    def add_listener(self, changed: Callable[[], None]) -> None:
+        """``changed`` is called after each switch to another model (the node's row in the nodes table)."""
+        self._listeners.append(changed)
 
     @property
     def device(self):
@@ -68,6 +73,8 @@ class ServedModel:
                 self.predictor = self._take(entry, f"for the next study (was {self.entry.label})")
                 self.entry = entry
                 replaced.close()  # its studies in flight finish on it; then its weights are let go
+                for changed in self._listeners:
+                    changed()
             return self.predictor
 
     def predict(self, assembled: AssembledStudy, *, locate: Locate | None = None) -> StudyPrediction:

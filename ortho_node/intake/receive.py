@@ -107,7 +107,7 @@ class Intake:
         decision = self._decide(incoming)
         if decision.action is Action.REFUSE:
             return self._refuse_by_rule(incoming, decision)
-        relative = self.store.relative_path(header.study_uid, header.series_uid, header.sop_uid)
+        relative = self.store.key(header.study_uid, header.series_uid, header.sop_uid)
         # Two associations carrying the same instance must not interleave its write and row.
         with self._write_locks.hold(header.sop_uid):
             return self._store_and_record(incoming, header, relative, decision)
@@ -173,7 +173,7 @@ class Intake:
             return self._storage_failed(incoming, header, f"write failed: {exc.strerror or exc}")
         ignored_by = decision.rule if decision.action is Action.IGNORE else None
         try:
-            self._record(incoming, header, stored.relative_path, stored.size, stored.sha256, ignored_by)
+            self._record(incoming, header, stored.key, stored.size, stored.sha256, ignored_by)
         except IntegrityError:
             log.info("SOP instance %s recorded concurrently; acknowledged once", header.sop_uid)
             return IntakeResult(Status.SUCCESS, "duplicate", duplicate=True)

@@ -18,7 +18,7 @@ from ortho_node.db.models import Instance
 from ortho_node.intake.accept import AcceptRules, Action, InstanceFacts
 from ortho_node.intake.catalog import Catalog
 from ortho_node.intake.header import InstanceHeader
-from ortho_node.intake.storage import InstanceStore, fsync_folder, is_valid_uid, write_file_durably
+from ortho_node.intake.storage import InstanceStore, InvalidUID, fsync_folder, write_file_durably
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,11 @@ class Recovery:
     """Brings the archive and its rows back in step after a crash, and vouches for them after a clean stop."""
 
     def __init__(self, database_url: str, session_factory: sessionmaker[Session], store: InstanceStore,
-                 catalog: Catalog, audit: AuditTrail, *, accept: AcceptRules | None = None,
+                 catalog: Catalog, audit: AuditTrail, *, data_dir: Path, accept: AcceptRules | None = None,
                  shared_by: str | None = None) -> None:
-        """``shared_by``: this receiver's node id when other receivers share the data folder (a cluster): its
-        clean-stop marker is its own and vouches only for itself, and partial writes are removed only when
-        too old to be another receiver's write in progress."""
+        """``data_dir``: where the clean-stop marker is left. ``shared_by``: this receiver's node id when other
+        receivers share the data folder (a cluster): its clean-stop marker is its own and vouches only for
+        itself, and partial writes are removed only when too old to be another receiver's write in progress."""
         self._database_url = database_url
         self._shared_by = shared_by
         self._accept = accept or AcceptRules()
@@ -45,7 +45,7 @@ class Recovery:
         self._store = store
         self._catalog = catalog
         self._audit = audit
-        self.marker = store.data_dir / (CLEAN_SHUTDOWN if shared_by is None else f"clean-shutdown-{shared_by}.json")
+        self.marker = data_dir / (CLEAN_SHUTDOWN if shared_by is None else f"clean-shutdown-{shared_by}.json")
 
     def prepare(self) -> None:
         """Clear partial writes; index stored files without a row unless a clean stop vouches there are none."""
@@ -94,25 +94,24 @@ class Recovery:
         with self._session_factory() as session:
             known = set(session.scalars(select(Instance.file_path).where(Instance.purged_at.is_(None))))
         recovered = 0
-        for path in self._store.iter_instance_files():
-            relative = path.relative_to(self._store.data_dir).as_posix()
-            if relative not in known and self._recover(path, relative):
+        for key in self._store.keys():
+            if key not in known and self._recover(key):
                 recovered += 1
         if recovered:
             log.warning("indexed %d stored files that had no database row", recovered)
         return recovered
 
-    def _recover(self, path: Path, relative: str) -> bool:
+    def _recover(self, relative: str) -> bool:
         try:
-            dataset = dcmread(path, stop_before_pixels=True)
+            dataset = dcmread(self._store.local_path(relative), stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError) as exc:
             log.error("stored file %s cannot be read (%s); left in place", relative, type(exc).__name__)
             return False
         header = InstanceHeader.from_dataset(dataset)
-        if not (is_valid_uid(header.sop_uid) and relative.endswith(f"/{header.sop_uid}.dcm")):
-            log.error("stored file %s does not match its SOP Instance UID; left in place", relative)
+        if self._key_of(header) != relative:  # intake stores every instance under the key of its own UIDs
+            log.error("stored file %s does not match its UIDs; left in place", relative)
             return False
-        payload = path.read_bytes()
+        payload = self._store.read(relative)
         # The file was acknowledged, so a rule that refuses it now can only keep it out of analysis.
         decision = self._accept.decide(InstanceFacts.of(header, None))
         self._catalog.record(header, path=relative, size=len(payload),
@@ -123,3 +122,9 @@ class Recovery:
         self._audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
                            study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
         return True
+
+    def _key_of(self, header: InstanceHeader) -> str | None:
+        try:
+            return self._store.key(header.study_uid, header.series_uid, header.sop_uid)
+        except InvalidUID:
+            return None

@@ -28,7 +28,7 @@ from ortho_node.audit.trail import AuditKind, Severity, make_event
 from ortho_node.clock import Clock, SystemClock
 from ortho_node.config.schema import Settings
 from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyResult
-from ortho_node.intake.storage import InstanceStore, InvalidUID
+from ortho_node.intake.storage import InstanceStore, InvalidUID, LocalInstanceStore
 from ortho_node.retention.deletion import Deletion, delete_files, file_size, remove_empty_folders
 from ortho_node.retention.inventory import instance_files, result_paths, study_facts
 from ortho_node.retention.rules import (ACTIVE_STATES, Action, StudyFacts, hold_reason, instances_due, results_due,
@@ -99,26 +99,31 @@ class Purger:
     purge`` runs it once. ``clock`` and ``free_bytes`` are the only things tests replace."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session], *, clock: Clock | None = None,
-                 free_bytes: FreeBytes = disk_free, busy: Callable[[], bool] | None = None) -> None:
+                 free_bytes: FreeBytes = disk_free, busy: Callable[[], bool] | None = None,
+                 store: InstanceStore | None = None) -> None:
         """``busy``: whether the node is receiving now (the serving node: associations open); a pass then
-        paces itself (:class:`Pacer`)."""
+        paces itself (:class:`Pacer`). ``store``: where the instances are (the node's; default the data
+        folder's)."""
         self.retention = settings.retention
         self._session_factory = session_factory
         self._clock = clock or SystemClock()
         self._free_bytes = free_bytes
-        self._store = InstanceStore(settings.data_dir, fsync=False)
+        self._data_dir = settings.data_dir.resolve()  # resolved: emptied result folders are found below it
+        self._store: InstanceStore = store or LocalInstanceStore(settings.data_dir, fsync=False)
+        self._deleted: list[str] = []  # instance keys deleted in this pass (their emptied folders go at its end)
         self._short_reported = False
         self._emptied: defaultdict[Path, set[Path]] = defaultdict(set)  # root -> folders emptied in this pass
         self._pace = Pacer(busy) if busy is not None else None
 
     @property
     def results_root(self) -> Path:
-        return self._store.data_dir / "results"
+        return self._data_dir / "results"
 
     def run(self, *, dry_run: bool = False) -> PurgeReport:
         report = PurgeReport(dry_run)
         now = self._clock.now()
         self._emptied = defaultdict(set)
+        self._deleted = []
         if self._pace is not None:
             self._pace.start()
         with self._session_factory() as session:
@@ -135,6 +140,7 @@ class Purger:
         self._watermark(facts, now, report, purged, dry_run)
         for root, folders in self._emptied.items():  # once, in parallel: see remove_empty_folders
             remove_empty_folders(folders, stop=root)
+        self._store.prune_empty(self._deleted)
         waiting = sum(1 for s in facts if s.id not in purged and not s.instances_purged
                       and s.newest_instance_id is not None and not hold_reason(s))
         if waiting:
@@ -164,7 +170,7 @@ class Purger:
         below, until = self.retention.purge_below_free_mb * MB, self.retention.purge_until_free_mb * MB
         if not below:
             return
-        free = report.free_before = self._free_bytes(self._store.data_dir)
+        free = report.free_before = self._free_bytes(self._data_dir)
         if free >= below:
             report.free_after = free
             self._short_reported = False
@@ -179,7 +185,7 @@ class Purger:
             if self._purge_instances(study, reason, "watermark", now, report, dry_run):
                 purged.add(study.id)
                 # A dry run deletes nothing, so it counts what would be freed; a real pass measures again.
-                free = free + study.instance_bytes if dry_run else self._free_bytes(self._store.data_dir)
+                free = free + study.instance_bytes if dry_run else self._free_bytes(self._data_dir)
         report.free_after = free
         report.short = free < until
         if report.short and not dry_run:
@@ -281,16 +287,16 @@ class Purger:
                 .values(purge_claimed_at=now).execution_options(synchronize_session=False))
             return result.rowcount == 1
 
-    def _delete_instance_files(self, relative_paths: list[str]) -> int:
-        """Delete the instances' files (never outside the data folder); returns how many were already gone."""
-        paths = []
-        for relative in relative_paths:
+    def _delete_instance_files(self, keys: list[str]) -> int:
+        """Delete the instances (never outside the store); returns how many were already gone."""
+        gone = 0
+        for key in keys:
             try:
-                paths.append(self._store.absolute(relative))
-            except InvalidUID:  # a row pointing outside the data folder is never followed
+                gone += not self._store.delete(key)
+            except InvalidUID:  # a row pointing outside the store is never followed
                 log.error("an instance row names a path outside the data folder; not deleted")
-        gone = delete_files(paths)
-        self._emptied[self._store.instances_dir].update(path.parent for path in paths)
+                continue
+            self._deleted.append(key)
         return gone
 
     @staticmethod

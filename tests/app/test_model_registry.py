@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ortho_node.app.cli.main import main
 from ortho_node.config import BUNDLED_MODEL
-from ortho_node.db.models import AuditEvent, ModelActivation, RegisteredModel, StudyResult
+from ortho_node.db.models import AuditEvent, ModelActivation, Node, RegisteredModel, StudyResult
 from ortho_node.model.system import OrthoModel, new_card, save_system
 from ortho_node.model.unet import UNetConfig
 from tests.assembly.factory import store, study
@@ -171,12 +171,15 @@ def test_a_running_node_takes_each_activation_at_its_next_study(data_dir, models
         uid, planes = study()
         store(node.port, [ds for group in planes for ds in group])
         assert [r.model_version for r in _results(data_dir, 1)] == ["dept-a"]
+        assert [n.model_version for n in _rows(data_dir, Node)] == ["dept-a"]
         assert _cli(data_dir, "activate", "2", "--by", "dr-kim") == 0
         assert main(["reprocess", uid, "--data-dir", str(data_dir)]) == 0
         assert [r.model_version for r in _results(data_dir, 2)] == ["dept-a", "dept-b"]
+        assert [n.model_version for n in _rows(data_dir, Node)] == ["dept-b"]  # the nodes table follows
         assert _cli(data_dir, "rollback", "--by", "dr-lee") == 0
         assert main(["reprocess", uid, "--data-dir", str(data_dir)]) == 0
         assert [r.model_version for r in _results(data_dir, 3)] == ["dept-a", "dept-b", "dept-a"]
+        assert [n.model_version for n in _rows(data_dir, Node)] == ["dept-a"]
     finally:
         node.stop()
     loaded = [message for kind, message in _events(data_dir) if kind == "model_loaded"]

@@ -17,7 +17,7 @@ from ortho_node.cluster.lease import Lease
 from ortho_node.cluster.registry import NodeIdentity, NodeIdInUse, NodeRegistry, NodeState
 from ortho_node.cluster.roles import Role
 from ortho_node.cluster.wakeup import Channel, Listener, notify
-from ortho_node.db.models import Node, Study
+from ortho_node.db.models import AuditEvent, Node, Study
 from ortho_node.scheduling.jobs import JobQueue
 from ortho_node.scheduling.timers import ManualTime
 from tests.cluster.conftest import queue_jobs
@@ -53,6 +53,49 @@ def test_a_node_that_missed_three_heartbeats_is_flagged_and_its_leases_expire(se
     registry.register(IDENTITY, heartbeat_interval=10.0)  # ...a restart after the flag may
     registry.stopped("gpu-1")
     assert registry.nodes()[0].state is NodeState.STOPPED
+
+
+@pytest.mark.postgres
+def test_nodes_forget_removes_a_missed_or_stopped_row_audited_and_refuses_a_live_one(postgres_url, sessions, capsys,
+                                                                                      monkeypatch, tmp_path):
+    registry = NodeRegistry(sessions, ManualTime(), missed_heartbeats=3)
+    registry.register(IDENTITY, heartbeat_interval=10.0)  # live by the command's clock (the real one)
+    registry.register(NodeIdentity("recv-1", Role.RECEIVE, "dicom-host", 17, "0.1.0"), heartbeat_interval=10.0)
+    with sessions.begin() as session:  # recv-1 beat last a minute ago: missed
+        session.execute(update(Node).where(Node.id == "recv-1").values(
+            last_heartbeat_at=Node.last_heartbeat_at - dt.timedelta(seconds=60)))
+    monkeypatch.setenv("ORTHO_NODE_DATABASE_URL", postgres_url)
+    data = ["--data-dir", str(tmp_path)]
+    assert cli.main(["nodes", "--forget", "gpu-1", *data]) == 2
+    assert capsys.readouterr().err.startswith("error: node 'gpu-1' is live (last heartbeat ")
+    assert cli.main(["nodes", "--forget", "nobody", *data]) == 2
+    assert "no node 'nobody' in the nodes table" in capsys.readouterr().err
+    assert cli.main(["nodes", "--forget", "recv-1", "--by", "dr-ops", *data]) == 0
+    assert capsys.readouterr().out == "node recv-1 (receive on dicom-host, missed) removed from the nodes table\n"
+    assert [n.node_id for n in registry.nodes()] == ["gpu-1"]
+    with sessions() as session:
+        [event] = session.scalars(select(AuditEvent).where(AuditEvent.kind == "node_forgotten")).all()
+    assert event.details["by"] == "dr-ops" and event.details["state"] == "missed"
+    registry.stopped("gpu-1")
+    assert cli.main(["nodes", "--forget", "gpu-1", *data]) == 0
+
+
+@pytest.mark.postgres
+def test_stopped_nodes_are_forgotten_after_the_configured_days_missed_ones_are_kept(sessions):
+    time = ManualTime()
+    registry = NodeRegistry(sessions, time, missed_heartbeats=3)
+    for node_id in ("old", "recent", "missed"):
+        registry.register(NodeIdentity(node_id, Role.PROCESS, "host", 1, "0.1.0"), heartbeat_interval=10.0)
+    registry.stopped("old")
+    time.advance(6 * 86400)
+    registry.stopped("recent")
+    time.advance(1 * 86400 + 1)
+    assert registry.forget_stopped(dt.timedelta(days=7)) == ["old"]
+    assert {n.node_id: n.state for n in registry.nodes()} == {"recent": NodeState.STOPPED,
+                                                              "missed": NodeState.MISSED}
+    with sessions() as session:
+        [event] = session.scalars(select(AuditEvent).where(AuditEvent.kind == "node_forgotten")).all()
+    assert event.details["node"] == "old" and event.details["by"].startswith("automatic")
 
 
 def registry_lease() -> dt.timedelta:

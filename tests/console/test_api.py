@@ -44,7 +44,7 @@ def test_openapi_document_validates_and_names_every_route(seeded, api, spec):
     assert spec["openapi"] == "3.1.0" and spec["servers"] == [{"url": "/api/v1"}]
     reads = {path for path, item in spec["paths"].items() if "get" in item}
     assert reads == {"/studies", "/studies/{uid}", "/studies/{uid}/timeline", "/studies/{uid}/results",
-                     "/studies/{uid}/findings", "/jobs", "/deliveries", "/destinations"}
+                     "/studies/{uid}/findings", "/jobs", "/deliveries", "/destinations", "/nodes"}
     for path in reads:
         item = spec["paths"][path]
         answer = _get(seeded, api, path.replace("{uid}", seeded.study_uid))

@@ -239,7 +239,7 @@ def test_files_indexed_at_start_up_follow_the_rules(accept_node, tmp_path):
     ct_uid, [ct_file] = ankle_ct(tmp_path, slices=1)
     ds = dcmread(ct_file)
     # As after a crash between the file's rename and its row's commit.
-    node.store.write(node.store.relative_path(ct_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID), ct_file.read_bytes())
+    node.store.write(node.store.key(ct_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID), ct_file.read_bytes())
     assert node.recovery.recover_unrecorded_files() == 1
     assert [row.ignored_by for row in stored(node, ct_uid)] == ["no-ct"]
     assert all(uid != ct_uid for uid, _ in node.scheduler.queue.unprocessed_studies())

@@ -67,7 +67,7 @@ def test_dcmtk_storescu_sends_real_big_endian_series(start_node):
         rows = {i.sop_instance_uid: i.file_path for i in session.scalars(select(Instance))}
     for path in files:
         sent = dcmread(path)
-        stored = dcmread(node.store.absolute(rows[sent.SOPInstanceUID]))
+        stored = dcmread(node.store.local_path(rows[sent.SOPInstanceUID]))
         _assert_same_dataset(sent, stored)
 
 
@@ -82,7 +82,7 @@ def test_pynetdicom_scu_every_transfer_syntax(start_node, tmp_path, syntax):
     assert result.status == 0x0000, result.reason
     with node.session_factory() as session:
         row = session.scalars(select(Instance)).one()
-    stored = dcmread(node.store.absolute(row.file_path))
+    stored = dcmread(node.store.local_path(row.file_path))
     assert row.transfer_syntax_uid == syntax
     assert str(stored.file_meta.TransferSyntaxUID) == syntax
     decoded = stored.pixel_array

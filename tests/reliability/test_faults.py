@@ -143,7 +143,7 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(tmp_path):
         rows = {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
     for ds in acknowledged:
         row = rows[ds.SOPInstanceUID]
-        path = recovered.store.absolute(row.file_path)
+        path = recovered.store.local_path(row.file_path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
         assert np.array_equal(dcmread(path).pixel_array, ds.pixel_array)
     assert not list(recovered.store.tmp_dir.iterdir())

@@ -21,7 +21,7 @@ from ortho_node.intake.catalog import Catalog
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.receive import AssociationRef, IncomingInstance, Intake
 from ortho_node.intake.recovery import Recovery
-from ortho_node.intake.storage import InstanceStore
+from ortho_node.intake.storage import LocalInstanceStore
 from ortho_node.retention.purger import Purger
 from ortho_node.scheduling.jobs import JobQueue, NotAnalysable, retry_policy
 from tests.dicom_factory import mr_dataset
@@ -36,7 +36,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def intake(archive, clock) -> Intake:
     engine = archive.sessions.kw["bind"]  # received_at, last_received_at: the same clock
-    return Intake(InstanceStore(archive.data_dir, fsync=False), Catalog(engine, clock=clock),
+    return Intake(LocalInstanceStore(archive.data_dir, fsync=False), Catalog(engine, clock=clock),
                   AuditTrail(archive.sessions))
 
 
@@ -92,7 +92,7 @@ def steps(archive, study_uid: str) -> list[str]:
 
 
 def assembler(archive, settings) -> Assembler:
-    return Assembler(archive.sessions, InstanceStore(archive.data_dir, fsync=False).absolute,
+    return Assembler(archive.sessions, LocalInstanceStore(archive.data_dir, fsync=False).local_path,
                      AssemblyRules.from_settings(settings.assembly))
 
 
@@ -161,8 +161,8 @@ def test_start_up_recovery_brings_back_a_re_sent_file_whose_row_was_not(archive,
     path.parent.mkdir(parents=True)  # the purger removed the emptied folders
     datasets[0].save_as(path, enforce_file_format=True)
     engine = archive.sessions.kw["bind"]
-    recovery = Recovery(str(engine.url), archive.sessions, InstanceStore(archive.data_dir, fsync=False),
-                        Catalog(engine, clock=clock), AuditTrail(archive.sessions))
+    recovery = Recovery(str(engine.url), archive.sessions, LocalInstanceStore(archive.data_dir, fsync=False),
+                        Catalog(engine, clock=clock), AuditTrail(archive.sessions), data_dir=archive.data_dir)
     assert recovery.recover_unrecorded_files() == 1
     revived = [row for row in rows(archive, study_uid) if row.purged_at is None]
     assert [row.sop_instance_uid for row in revived] == [datasets[0].SOPInstanceUID]
