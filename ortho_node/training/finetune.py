@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, UNLABELLED, Joint, Plane
 from ortho_node.model.heads import diagnosis_loss, segmentation_loss
 from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
@@ -206,8 +206,9 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
                 if data.segmentation is None:
                     raise FinetuneError(f"{task.value} validation data carries no segmentation labels")
                 for i, rows, logits in _plane_segmentations(model, images, present, EVAL_NOISE_SEED, None):
-                    predicted = logits.argmax(1).cpu().numpy()
                     truth = data.segmentation[index][rows, i].numpy()
+                    # Voxels nobody labelled (sparse masks) count for neither side of the Dice.
+                    predicted = np.where(truth == UNLABELLED, UNLABELLED, logits.argmax(1).cpu().numpy())
                     seg_pairs += list(zip(predicted, truth))
             else:
                 features = _plane_features(model, images, present, EVAL_NOISE_SEED, None)
