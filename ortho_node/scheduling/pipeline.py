@@ -72,6 +72,9 @@ class ResultStages:
     # After the new set is queued: the study's earlier result sets give up their files (one copy of results per
     # study; ortho_node.retention.superseded, wired by the composition root when retention.supersede_results).
     supersede: Callable[[str], None] | None = None
+    # Shadow mode (ortho_node.inference.shadow): a candidate model on the same study, called with the active
+    # prediction, the job and the active result's id once that result is queued; it stores, never delivers.
+    shadow: Callable[[AssembledStudy, StudyPrediction, int | None, int], object] | None = None
 
 
 class Pipeline:
@@ -100,6 +103,8 @@ class Pipeline:
         log.info("study %s: %d result objects written, %d deliveries queued", uid, len(written.paths), queued)
         if stages.supersede is not None:
             stages.supersede(uid)
+        if stages.shadow is not None:  # after the queueing above: a candidate never delays the delivery
+            stages.shadow(assembled, prediction, job_id, result_id)
         return result_id
 
     def _record(self, assembled: AssembledStudy, job_id: int | None) -> PipelineResult:
