@@ -13,12 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from ortho_node.app.cli.main import main
 from ortho_node.db.models import DeliveryItem, ShadowChoice, ShadowResult, StudyResult
 from ortho_node.inference.agreement import compare, summarize
 from ortho_node.labels import DIAGNOSIS_LABELS, Joint, Plane
 from ortho_node.prediction import Finding, ModelIdentity, SeriesSegmentation, SliceRef, StudyPrediction
-from tests.app.test_model_registry import FAST, _cli, _events, _rows, data_dir, models  # noqa: F401 (fixtures)
+from tests.app.model_registry_helpers import FAST, _cli, _events, _rows
 from tests.assembly.factory import store, study
 from tests.delivery.conftest import FakePacs
 from tests.node_process import NodeProcess
