@@ -45,6 +45,11 @@ KNEE_STRUCTURES: tuple[str, ...] = (
     "posterior cruciate ligament",
 )
 
+#: The value of a mask voxel nobody labelled (a slice a sparse DICOM-SEG has no frame for): neither background
+#: nor a structure, so the segmentation loss and the validation Dice leave it out (the official code ignores
+#: unlabelled slices).
+UNLABELLED = 255
+
 #: Diagnosis labels per joint, in the official order (short keys; display names below).
 DIAGNOSIS_LABELS: dict[Joint, tuple[str, ...]] = {
     Joint.KNEE: ("ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU"),

@@ -434,4 +434,24 @@ def result_stages(settings: Settings, delivery: DeliveryService, predictor: Stud
     return ResultStages(predictor=predictor, write_results=write, deliver=delivery.enqueue_files,
                         describe_object=describe, locate=locate,
                         supersede=supersede if settings.retention.supersede_results else None,
-                        close=builders.close)
+                        close=builders.close,
+                        shadow=shadow_runner(settings, locate, session_factory) if settings.model.enabled else None)
+
+
+def shadow_runner(settings: Settings, locate: Locate, session_factory: sessionmaker[Session]):
+    """The shadow model beside the active one (``model.shadow`` or ``ortho-node model shadow``): each study's
+    shadow result objects written under ``<data>/shadow`` by the same builder as the delivered ones, never
+    queued. It asks the registry at every study, so a choice made while the node runs holds from its next one."""
+    from reports.results import build_and_write
+
+    from ortho_node.inference.shadow import ShadowRunner
+    from ortho_node.model.registry import ModelRegistry
+
+    def write(prediction: StudyPrediction, folder: Path) -> list[Path]:
+        if not is_valid_uid(prediction.study_instance_uid):
+            raise ValueError("shadow prediction for an invalid Study Instance UID")
+        return build_and_write(prediction, settings, folder)[0]
+
+    return ShadowRunner(ModelRegistry.for_settings(settings, session_factory),
+                        lambda folder: _load_folder(folder, f"the shadow model ({folder})", settings.model),
+                        AuditTrail(session_factory), session_factory, settings.data_dir, write, locate)

@@ -59,6 +59,10 @@ class AuditKind(str, enum.Enum):
     MODEL_ACTIVATED = "model_activated"  # who made which model the active one
     MODEL_ROLLED_BACK = "model_rolled_back"  # back to the model the last activation replaced
     MODEL_LOADED = "model_loaded"  # a serving node took the active model (at start-up or at its next study)
+    MODEL_SHADOW_SET = "model_shadow_set"  # who chose a candidate to run beside the active model, never delivered
+    MODEL_SHADOW_CLEARED = "model_shadow_cleared"
+    SHADOW_STORED = "shadow_stored"  # a shadow model's result for a study, stored (never delivered)
+    SHADOW_FAILED = "shadow_failed"  # the shadow model could not analyse a study (the active result is unaffected)
 
     CONSOLE_LOGIN = "console_login"
     CONSOLE_LOGIN_FAILED = "console_login_failed"  # wrong password, unknown user, or a locked-out user name

@@ -362,6 +362,10 @@ class ModelSettings:
                                    "scheduling.concurrency, the studies in work at once.", min=1, max=64)
     window_batch: int = _field(4, "Windows per backbone pass (on a GPU e.g. 16-32; on a CPU larger batches are "
                                   "no faster).", min=1, max=256)
+    shadow: str = _field("", "An imported candidate model (id or NAME@VERSION, see `ortho-node model list`) run "
+                             "beside the active one on every study: its results are stored under "
+                             "<data>/shadow and never delivered (`ortho-node model agreement`). Empty: the one "
+                             "`ortho-node model shadow` chose, if any; set, it pins the shadow model.")
 
 
 ROLES = ("all", "receive", "process")

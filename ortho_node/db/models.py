@@ -374,3 +374,37 @@ class ModelActivation(Base):
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     by: Mapped[str] = mapped_column(String(64))
     replaces_id: Mapped[int | None] = mapped_column(ForeignKey("model_activations.id"))
+
+
+class ShadowChoice(Base):
+    """One choice of the shadow model (``ortho-node model shadow``): an imported candidate run beside the active
+    model on every study, its results stored and never delivered. The newest row holds; ``model_id`` NULL:
+    cleared, no shadow."""
+
+    __tablename__ = "model_shadows"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("registered_models.id"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    by: Mapped[str] = mapped_column(String(64))
+
+
+class ShadowResult(Base):
+    """A shadow model's result for one study: its objects written under ``<data>/shadow`` (never queued for
+    delivery), its findings, and its agreement with the active model's result of the same job (per structure
+    the voxels both / only-active / only-shadow counted, per finding both calls)."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    job_id: Mapped[int | None]
+    active_result_id: Mapped[int | None] = mapped_column(ForeignKey("study_results.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("registered_models.id"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    active_model_version: Mapped[str] = mapped_column(String(64))
+    findings: Mapped[list[Any]] = mapped_column(JSON)
+    objects: Mapped[list[Any]] = mapped_column(JSON)  # paths of the written objects, relative to the data folder
+    agreement: Mapped[dict[str, Any]]

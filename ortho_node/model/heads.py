@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ortho_node.labels import UNLABELLED
+
 #: Clinical inputs: age (years), sex (M/F/O), height (m), weight (kg), each with a "missing" indicator.
 CLINICAL_FEATURES = ("age", "sex", "height", "weight")
 CLINICAL_INPUTS = 2 * len(CLINICAL_FEATURES)
@@ -255,12 +257,15 @@ class SegmentationDecoder(nn.Module):
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes, sums taken over the whole batch.
+    """1 - mean soft Dice over the foreground classes, sums taken over the whole batch; voxels labelled
+    :data:`~ortho_node.labels.UNLABELLED` take no part.
 
     logits [B, K, D, H, W]; target [B, D, H, W] int64.
     """
-    probabilities = torch.softmax(logits.float(), dim=1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3)[:, 1:].to(probabilities.dtype)
+    labelled = (target != UNLABELLED).unsqueeze(1)
+    probabilities = torch.softmax(logits.float(), dim=1)[:, 1:] * labelled
+    onehot = F.one_hot(torch.where(labelled[:, 0], target, 0), logits.shape[1]).permute(0, 4, 1, 2, 3)[:, 1:]
+    onehot = onehot.to(probabilities.dtype) * labelled
     dims = (0, 2, 3, 4)
     intersection = (probabilities * onehot).sum(dims)
     total = probabilities.sum(dims) + onehot.sum(dims)
@@ -269,8 +274,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weight: torch.Tensor | None = None
                       ) -> torch.Tensor:
-    """0.2 x cross-entropy + soft Dice (DESIGN.md section 4); ``class_weight`` [K] weighs the cross-entropy."""
-    ce = F.cross_entropy(logits.float(), target, weight=class_weight)
+    """0.2 x cross-entropy + soft Dice (DESIGN.md section 4); ``class_weight`` [K] weighs the cross-entropy.
+    Voxels labelled :data:`~ortho_node.labels.UNLABELLED` (slices a sparse mask leaves out) count in neither."""
+    if not (target != UNLABELLED).any():  # a window of unlabelled slices only: nothing to learn from it
+        return logits.float().sum() * 0.0
+    ce = F.cross_entropy(logits.float(), target, weight=class_weight, ignore_index=UNLABELLED)
     return SEG_CE_WEIGHT * ce + soft_dice_loss(logits, target)
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ortho_node.audit.trail import AuditKind, make_event
 from ortho_node.config import BUNDLED_MODEL, Settings
-from ortho_node.db.models import ModelActivation, RegisteredModel
+from ortho_node.db.models import ModelActivation, RegisteredModel, ShadowChoice
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,17 @@ class ModelRegistry:
     """The registry on one node's database and data folder."""
 
     def __init__(self, session_factory: sessionmaker[Session], data_dir: Path, *, pinned: Path | None = None,
-                 bundled: Path = BUNDLED_MODEL) -> None:
+                 bundled: Path = BUNDLED_MODEL, pinned_shadow: str = "") -> None:
         self._session_factory = session_factory
         self._data_dir = Path(data_dir)
         self._pinned = pinned
         self._bundled = bundled
+        self._pinned_shadow = pinned_shadow
 
     @classmethod
     def for_settings(cls, settings: Settings, session_factory: sessionmaker[Session]) -> ModelRegistry:
-        return cls(session_factory, settings.data_dir, pinned=Path(settings.model.path) if settings.model.path else None)
+        return cls(session_factory, settings.data_dir, pinned=Path(settings.model.path) if settings.model.path else None,
+                   pinned_shadow=settings.model.shadow)
 
     @property
     def pinned(self) -> Path | None:
@@ -161,6 +163,53 @@ class ModelRegistry:
         if row is None:
             raise RegistryError(f"no imported model {reference!r} (see `ortho-node model list`)")
         return row
+
+    # -- the shadow model ----------------------------------------------------------------------------------
+    @property
+    def pinned_shadow(self) -> str:
+        """The reference ``model.shadow`` pins ("" : the registry's choice holds)."""
+        return self._pinned_shadow
+
+    def shadow(self) -> ModelEntry | None:
+        """The candidate run beside the active model (None: no shadow): ``model.shadow`` when set, else the
+        newest ``model shadow`` choice. One small query, made at every study."""
+        if self._pinned_shadow:
+            return self.find(self._pinned_shadow)
+        with self._session_factory() as session:
+            choice = session.scalars(select(ShadowChoice).order_by(ShadowChoice.id.desc()).limit(1)).first()
+            if choice is None or choice.model_id is None:
+                return None
+            return self._entry(session.get(RegisteredModel, choice.model_id))
+
+    def set_shadow(self, reference: str | None, *, by: str) -> ModelEntry | None:
+        """Run the imported model ``reference`` beside the active one from the next study (None: stop); the
+        choice recorded with who made it and audited. Refused while ``model.shadow`` pins it, for the bundled
+        model and for the active model (it would only agree with itself)."""
+        if self._pinned_shadow:
+            raise RegistryError(f"model.shadow is set ({self._pinned_shadow}): it pins the shadow model; clear "
+                                "model.shadow to choose it here")
+        with self._session_factory.begin() as session:
+            row = None
+            if reference is not None:
+                if reference == BUNDLED:
+                    raise RegistryError("the bundled model cannot be a shadow: import the candidate model first")
+                row = self._lookup(session, reference)
+                current = self._current(session)
+                if current is not None and current.model_id == row.id:
+                    raise RegistryError(f"#{row.id} {row.name} {row.version} is the active model; a shadow is a "
+                                        "candidate beside it")
+                _verified_card(self._data_dir / row.folder)
+            entry = None if row is None else self._entry(row)
+            choice = ShadowChoice(model_id=None if row is None else row.id, by=by)
+            session.add(choice)
+            session.flush()
+            kind = AuditKind.MODEL_SHADOW_SET if entry is not None else AuditKind.MODEL_SHADOW_CLEARED
+            message = (f"{by} set model {entry.label} as the shadow model" if entry is not None
+                       else f"{by} cleared the shadow model")
+            session.add(make_event(kind, message, details={"choice_id": choice.id, "by": by,
+                                                           "model_id": None if entry is None else entry.id}))
+        log.info("%s", message)
+        return entry
 
     # -- changing ------------------------------------------------------------------------------------------
     def import_folder(self, source: Path, *, by: str) -> ModelEntry:

@@ -39,7 +39,7 @@ from ortho_node.model.card import (
     read_weights,
     save_card,
 )
-from ortho_node.model.checkpoint import build_model, load_checkpoint
+from ortho_node.model.checkpoint import build_model, load_checkpoint, load_official
 from ortho_node.model.diffusion import DiffusionConfig, GaussianDiffusion
 from ortho_node.model.evidence import EvidenceReadout, readout_uses
 from ortho_node.model.features import DEFAULT_BLOCK, DEFAULT_T, FeatureSpec
@@ -305,12 +305,17 @@ class OrthoModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.segmentation.parameters(), *self.diagnosis.parameters()]
 
-    def load_backbones(self, directories: Mapping[Plane, Path]) -> None:
-        """Load pretrained backbones (``train pretrain`` output folders) into their planes."""
-        for plane, directory in directories.items():
-            backbone, card = load_checkpoint(directory)
-            if card.unet != self.card.unet:
-                raise CheckpointError(f"{directory}: backbone configuration differs from the task model's")
+    def load_backbones(self, sources: Mapping[Plane, Path]) -> None:
+        """Load pretrained backbones into their planes: a ``train pretrain`` output folder (its card must
+        describe this model's UNet), or an official ``.pt`` file (its EMA weights, read in this model's UNet
+        configuration: every tensor must fit, :class:`CheckpointError` lists those that do not)."""
+        for plane, source in sources.items():
+            if Path(source).is_file():
+                backbone, _ = load_official(Path(source), self.card.unet, self.card.diffusion)
+            else:
+                backbone, card = load_checkpoint(source)
+                if card.unet != self.card.unet:
+                    raise CheckpointError(f"{source}: backbone configuration differs from the task model's")
             own = self.backbones[plane.value]
             own.load_state_dict({k: v for k, v in backbone.state_dict().items() if k in own.state_dict()})
 

@@ -73,6 +73,9 @@ class ResultStages:
     # study; ortho_node.retention.superseded, wired by the composition root when retention.supersede_results).
     supersede: Callable[[str], None] | None = None
     close: Callable[[], None] | None = None  # at the node's stop, once no job runs (e.g. result-building processes)
+    # Shadow mode (ortho_node.inference.shadow): a candidate model on the same study, called with the active
+    # prediction, the job and the active result's id once that result is queued; it stores, never delivers.
+    shadow: Callable[[AssembledStudy, StudyPrediction, int | None, int], object] | None = None
 
 
 class Pipeline:
@@ -106,6 +109,8 @@ class Pipeline:
         log.info("study %s: %d result objects written, %d deliveries queued", uid, len(written.paths), queued)
         if stages.supersede is not None:
             stages.supersede(uid)
+        if stages.shadow is not None:  # after the queueing above: a candidate never delays the delivery
+            stages.shadow(assembled, prediction, job_id, result_id)
         return result_id
 
     def _record(self, assembled: AssembledStudy, job_id: int | None) -> PipelineResult:

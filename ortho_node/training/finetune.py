@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
+from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, UNLABELLED, Joint, Plane
 from ortho_node.model.heads import diagnosis_loss, segmentation_loss
 from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolve_device
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
@@ -206,8 +206,9 @@ def evaluate(model: OrthoModel, task: Task, data: TaskData, device: torch.device
                 if data.segmentation is None:
                     raise FinetuneError(f"{task.value} validation data carries no segmentation labels")
                 for i, rows, logits in _plane_segmentations(model, images, present, EVAL_NOISE_SEED, None):
-                    predicted = logits.argmax(1).cpu().numpy()
                     truth = data.segmentation[index][rows, i].numpy()
+                    # Voxels nobody labelled (sparse masks) count for neither side of the Dice.
+                    predicted = np.where(truth == UNLABELLED, UNLABELLED, logits.argmax(1).cpu().numpy())
                     seg_pairs += list(zip(predicted, truth))
             else:
                 features = _plane_features(model, images, present, EVAL_NOISE_SEED, None)
@@ -432,10 +433,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, default=0, help="the validation fold of --folds (0-based)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--init", type=Path, help="start from this task model (e.g. the output of another task)")
-    start.add_argument("--backbone", action="append", default=[], metavar="PLANE=DIR",
-                       help="pretrained backbone folder (`train pretrain` --out/backbone) per plane")
-    parser.add_argument("--unet", choices=UNET_PRESETS, default="reduced",
-                        help="UNet size when neither --init nor --backbone gives it")
+    start.add_argument("--backbone", action="append", default=[], metavar="PLANE=PATH",
+                       help="pretrained backbone per plane: a folder (`train pretrain` --out/backbone) or an "
+                            "official checkpoint file (.pt, its EMA weights)")
+    parser.add_argument("--unet", choices=UNET_PRESETS,
+                        help="UNet size when --init and backbone folders do not give it (default: official with "
+                             "official checkpoint files, else reduced)")
     add_flags(parser, FinetuneSettings)
 
 
@@ -444,16 +447,27 @@ def _initial_model(args: argparse.Namespace) -> OrthoModel:
         return load_system(args.init)
     backbones = {}
     for item in args.backbone:
-        plane, _, folder = item.partition("=")
-        if plane not in {p.value for p in MODEL_PLANES} or not folder:
-            raise FinetuneError(f"--backbone expects PLANE=DIR with PLANE one of sagittal/coronal/axial, got {item!r}")
-        backbones[Plane(plane)] = Path(folder)
-    from ortho_node.model.checkpoint import read_card
-
-    unet = read_card(next(iter(backbones.values()))).unet if backbones else UNetConfig.named(args.unet)
-    model = OrthoModel(new_card(unet))
+        plane, _, path = item.partition("=")
+        if plane not in {p.value for p in MODEL_PLANES} or not path:
+            raise FinetuneError(f"--backbone expects PLANE=PATH with PLANE one of sagittal/coronal/axial, got {item!r}")
+        if not Path(path).exists():
+            raise FinetuneError(f"--backbone {item}: no such folder or file")
+        backbones[Plane(plane)] = Path(path)
+    model = OrthoModel(new_card(_unet(args, backbones)))
     model.load_backbones(backbones)
     return model
+
+
+def _unet(args: argparse.Namespace, backbones: Mapping[Plane, Path]) -> UNetConfig:
+    """The task model's UNet: a backbone folder's card says it; an official file holds no card, so
+    ``--unet`` (default official: the file's own configuration) says it; without backbones ``--unet``
+    (default reduced)."""
+    from ortho_node.model.checkpoint import read_card
+
+    folders = [path for path in backbones.values() if path.is_dir()]
+    if folders:
+        return read_card(folders[0]).unet
+    return UNetConfig.named(args.unet or ("official" if backbones else "reduced"))
 
 
 def _labelled_data(args: argparse.Namespace, task: Task, spec, settings: FinetuneSettings):

@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
-from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, Joint, Plane
+from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, UNLABELLED, Joint, Plane
 from ortho_node.model.heads import clinical_from_facts
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.training.taskdata import TaskData, _example, _stack
@@ -64,6 +64,8 @@ class LabelledStudy:
     findings: Mapping[str, int | None]
     masks: Mapping[Plane, np.ndarray] = field(default_factory=dict)
     acquisition: Acquisition = Acquisition("unknown", "unknown", "unknown")
+    #: SOP Instance UID -> its file, for the slice references of a prediction's masks (``train evaluate``).
+    sources: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:
@@ -149,7 +151,8 @@ def read_seg(path: Path, chosen: Mapping[str, tuple[AssembledStudy, PlaneVolume]
         return None
     sources = [uid for _, _, uid in seg.get_source_image_uids()]
     order = {uid: k for k, uid in enumerate(volume.geometry.sop_instance_uids)}
-    labels = np.zeros(volume.pixels.shape, np.uint8)
+    # A source slice the SEG has no frame for was not labelled (sparse labels): unknown, not background.
+    labels = np.full(volume.pixels.shape, UNLABELLED, np.uint8)
     covered = [uid for uid in sources if uid in order]
     pixels = seg.get_pixels_by_source_instance(covered, segment_numbers=numbers, combine_segments=True,
                                                relabel=False, skip_overlap_checks=True)
@@ -176,8 +179,9 @@ def read_nifti_mask(path: Path, chosen: Mapping[str, tuple[AssembledStudy, Plane
         problems.append(f"{path.name}: mask grid {tuple(labels.shape)} (slices, rows, columns) with its affine "
                         f"does not match series {series_uid} {tuple(volume.pixels.shape)}")
         return None
-    if labels.min() < 0 or labels.max() >= classes or not np.all(np.equal(np.mod(labels, 1), 0)):
-        problems.append(f"{path.name}: labels must be whole numbers 0..{classes - 1}")
+    whole = np.all(np.equal(np.mod(labels, 1), 0))
+    if not whole or labels.min() < 0 or np.any((labels >= classes) & (labels != UNLABELLED)):
+        problems.append(f"{path.name}: labels must be whole numbers 0..{classes - 1} ({UNLABELLED}: not labelled)")
         return None
     return study.study_instance_uid, volume.plane, labels.astype(np.uint8)
 
@@ -209,11 +213,11 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
     with tempfile.TemporaryDirectory(prefix="ortho-labelled-") as scratch:
         session_factory, counts = catalogue(files, Path(scratch) / "catalog.sqlite")
         with session_factory() as session:
-            paths: dict[str, list[Path]] = {}
-            for study_uid, path in session.execute(select(Study.study_instance_uid, Instance.file_path)
-                                                   .join(Series, Series.study_id == Study.id)
-                                                   .join(Instance, Instance.series_id == Series.id)):
-                paths.setdefault(study_uid, []).append(Path(path))
+            paths: dict[str, dict[str, Path]] = {}
+            for study_uid, sop_uid, path in session.execute(
+                    select(Study.study_instance_uid, Instance.sop_instance_uid, Instance.file_path)
+                    .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)):
+                paths.setdefault(study_uid, {})[sop_uid] = Path(path)
             every_series = set(session.scalars(select(Series.series_instance_uid)))
         assembled = [assemble(session_factory, uid) for uid in sorted(counts)]
     studies = []
@@ -223,7 +227,7 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
                             f"{' (skipped: ' + str(study.skip_reason) + ')' if study.skipped else ''}, "
                             f"not a {joint.value} study")
             continue
-        patient, accession, acquisition = _header_facts(sorted(paths[study.study_instance_uid]))
+        patient, accession, acquisition = _header_facts(sorted(paths[study.study_instance_uid].values()))
         key = study.study_instance_uid if key_column == "StudyInstanceUID" else accession
         studies.append((study, patient, key, acquisition))
     found = {key for _, _, key, _ in studies}
@@ -237,7 +241,7 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
             continue
         findings = rows.get(key, {})
         labelled.append(LabelledStudy(study, patient, {label: findings.get(label) for label in DIAGNOSIS_LABELS[joint]},
-                                      study_masks, acquisition))
+                                      study_masks, acquisition, paths[study.study_instance_uid]))
     if problems:
         raise LabelledDataError(problems)
     logger.info("%d labelled %s studies read from %s", len(labelled), joint.value, data)
@@ -305,7 +309,8 @@ def patient_split(studies: Sequence[LabelledStudy], val_fraction: float, seed: i
 def task_data(studies: Sequence[LabelledStudy], joint: Joint, spec: PreprocessSpec, *,
               segmentation: bool) -> TaskData:
     """The studies on the model grid, as serving preprocesses them (unknown findings NaN; for ``segmentation``
-    only the planes with a mask). Slices a sparse SEG leaves out count as background for now."""
+    only the planes with a mask). Voxels nobody labelled keep :data:`~ortho_node.labels.UNLABELLED`: the
+    segmentation loss leaves them out."""
     examples = []
     for s in studies:
         # Segmentation learns only from planes that have a mask: an unmasked plane is not all background.

@@ -1,5 +1,5 @@
 """The serving node stays apart from training: building it with the bundled model loads neither the synthetic
-generator nor training code (nor nibabel, which only they use)."""
+generator nor training code (nor nibabel or matplotlib, which only they use)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ node.engine.dispose()
 print(json.dumps({"predictor": type(predictor).__name__, "modules": sorted(sys.modules)}))
 """
 
-_TRAINING_SIDE = ("ortho_node.training", "ortho_node.synthetic", "ortho_node.app.cli.synth", "nibabel")
+_TRAINING_SIDE = ("ortho_node.training", "ortho_node.synthetic", "ortho_node.app.cli.synth", "nibabel", "matplotlib")
 
 
 def test_serving_node_imports_no_training_code(tmp_path):

@@ -8,21 +8,13 @@ import json
 import time
 
 import pytest
-import torch
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
 from ortho_node.app.cli.main import main
 from ortho_node.config import BUNDLED_MODEL
-from ortho_node.db.models import AuditEvent, ModelActivation, Node, RegisteredModel, StudyResult
-from ortho_node.model.system import OrthoModel, new_card, save_system
-from ortho_node.model.unet import UNetConfig
+from ortho_node.db.models import ModelActivation, Node, RegisteredModel, StudyResult
+from tests.app.model_registry_helpers import FAST, _cli, _events, _rows
 from tests.assembly.factory import store, study
 from tests.node_process import NodeProcess
-
-FAST = {"ORTHO_NODE_SCHEDULING_SETTLE_TIME": "0.2", "ORTHO_NODE_SCHEDULING_QUIET_PERIOD": "0.5",
-        "ORTHO_NODE_SCHEDULING_LONG_TIMEOUT": "1", "ORTHO_NODE_SCHEDULING_POLL_INTERVAL": "0.2",
-        "ORTHO_NODE_MODEL_DEVICE": "cpu", "ORTHO_NODE_MODEL_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -31,43 +23,6 @@ def _no_node_environment(monkeypatch):
 
     for name in [n for n in os.environ if n.startswith("ORTHO_NODE_")]:
         monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, object]:
-    """Two small untrained task models a department might have trained (reduced configuration, seeded)."""
-    root = tmp_path_factory.mktemp("department-models")
-    folders = {}
-    for seed, version in ((1, "dept-a"), (2, "dept-b")):
-        torch.manual_seed(seed)
-        folder = root / version
-        save_system(folder, OrthoModel(new_card(UNetConfig.reduced(), name="Department knee", version=version)))
-        folders[version] = folder
-    return folders
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    data = tmp_path / "data"
-    assert main(["db", "upgrade", "--data-dir", str(data)]) == 0
-    return data
-
-
-def _cli(data_dir, *args) -> int:
-    return main(["model", *args, "--data-dir", str(data_dir)])
-
-
-def _rows(data_dir, model):
-    engine = create_engine(f"sqlite:///{data_dir / 'ortho-node.db'}")
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(select(model).order_by(model.id)))
-    finally:
-        engine.dispose()
-
-
-def _events(data_dir, prefix="model_"):
-    return [(e.kind, e.message) for e in _rows(data_dir, AuditEvent) if e.kind.startswith(prefix)]
 
 
 def test_import_verifies_copies_and_records_the_model(data_dir, models, capsys):

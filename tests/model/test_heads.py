@@ -15,6 +15,7 @@ from ortho_node.model.heads import (
     segmentation_loss,
     soft_dice_loss,
 )
+from ortho_node.labels import UNLABELLED
 from ortho_node.training.calibration import choose_threshold
 from ortho_node.training.scores import roc_auc
 
@@ -105,6 +106,23 @@ def test_segmentation_loss_rewards_the_right_labels():
     wrong = right.roll(1, dims=1)
     assert soft_dice_loss(right, target) < 1e-3
     assert segmentation_loss(right, target) < 0.01 < segmentation_loss(wrong, target)
+
+
+def test_unlabelled_voxels_count_in_neither_part_of_the_segmentation_loss():
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 4, 8, 8))
+    logits = torch.randn(2, 4, 4, 8, 8)
+    sparse = target.clone()
+    sparse[:, 1::2] = UNLABELLED  # every other slice not labelled
+    changed = logits.clone()
+    changed[:, :, 1::2] = torch.randn(2, 4, 2, 8, 8) * 10  # whatever the model says there
+    assert torch.isclose(segmentation_loss(logits, sparse), segmentation_loss(changed, sparse))
+    assert not torch.isclose(segmentation_loss(logits, target), segmentation_loss(changed, target))
+    labelled_only = segmentation_loss(logits[:, :, ::2], target[:, ::2])
+    assert torch.isclose(segmentation_loss(logits, sparse), labelled_only)
+    nothing = segmentation_loss(logits.requires_grad_(), torch.full_like(target, UNLABELLED))
+    assert nothing.item() == 0.0
+    nothing.backward()  # a window of unlabelled slices only: a zero loss that still back-propagates
 
 
 def test_diagnosis_head_learns_a_separable_problem():

@@ -147,6 +147,33 @@ def test_pretrained_backbone_loads_into_the_task_model(tmp_path):
     assert loaded and all(torch.equal(v, source[k]) for k, v in loaded.items())
 
 
+def _official_file(path, unet: UNetConfig, seed: int):
+    """A file in the official layout ({step, model, ema, opt}, DDP-prefixed EMA keys) for ``unet``."""
+    from ortho_node.model.checkpoint import build_model
+
+    torch.manual_seed(seed)
+    ema = build_model(unet).state_dict()
+    ddp = {k.replace("denoise_fn.", "denoise_fn.module.", 1): v for k, v in ema.items()}
+    torch.save({"step": 100, "model": ema, "ema": ddp, "opt": {}}, path)
+    return ema
+
+
+def test_finetune_starts_from_an_official_checkpoint_file_per_plane(tmp_path):
+    ema = _official_file(tmp_path / "sagittal.pt", UNetConfig.reduced(), seed=4)
+    out = tmp_path / "model"
+    assert main(["train", "finetune", "--task", "ankle-dx", "--synthetic", "3", "--epochs", "1", "--out", str(out),
+                 "--backbone", f"sagittal={tmp_path / 'sagittal.pt'}", "--unet", "reduced",
+                 "--backbone-lr-factor", "0", "--device", "cpu"]) == 0
+    loaded = load_system(out).backbones["sagittal"].state_dict()
+    assert loaded and all(torch.equal(v, ema[k]) for k, v in loaded.items())  # frozen: the file's EMA weights
+    assert f"--backbone sagittal={tmp_path / 'sagittal.pt'}" in read_system_card(out).training["ankle-dx"]
+    # An official file read in another configuration: every misfit named, nothing trained.
+    assert main(["train", "finetune", "--task", "ankle-dx", "--synthetic", "3", "--epochs", "1",
+                 "--out", str(tmp_path / "other"), "--backbone", f"axial={tmp_path / 'sagittal.pt'}",
+                 "--device", "cpu"]) == 2
+    assert not (tmp_path / "other").exists()
+
+
 def test_finetune_cli_trains_a_diagnosis_head_and_stores_thresholds(tmp_path):
     out = tmp_path / "model"
     code = main(["train", "finetune", "--task", "ankle-dx", "--synthetic", "4", "--data-seed", "7", "--epochs", "1",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from ortho_node.labels import Joint, Plane
+from ortho_node.labels import UNLABELLED, Joint, Plane
 from ortho_node.model.preprocessing import PreprocessSpec
 from ortho_node.training.labelled import LabelledDataError, patient_folds, patient_split, read_labelled, task_data
 from tests.training.labelled_factory import export_study, findings_row, knee, seg_of, write_csv
@@ -149,3 +149,19 @@ def test_train_finetune_refuses_malformed_inputs_naming_them(department, tmp_pat
     assert "unknown label column 'Effusion'" in message
     assert f"study {studies[6].study_uid}: neither a row in labels.csv nor a mask" in message
     assert not (tmp_path / "model").exists()
+
+
+def test_slices_a_sparse_seg_leaves_out_are_unlabelled_not_background(department):
+    root, studies, _ = department
+    labelled = {s.uid: s for s in read_labelled(root / "dicom", root / "labels.csv", Joint.KNEE,
+                                                masks=root / "masks")}
+    series = next(s for s in studies[6].series if s.plane is Plane.SAGITTAL)
+    mask = labelled[studies[6].study_uid].masks[Plane.SAGITTAL]
+    where = _source_index(labelled[studies[6].study_uid].study.planes[Plane.SAGITTAL], series)
+    for k in range(1, len(series.labels), 2):
+        assert (mask[where[k]] == UNLABELLED).all(), k
+    full = labelled[studies[5].study_uid].masks[Plane.SAGITTAL]
+    assert not (full == UNLABELLED).any()
+    data = task_data([labelled[studies[6].study_uid]], Joint.KNEE, PreprocessSpec(depth=16, size=64),
+                     segmentation=True)
+    assert (data.stacks.labels == UNLABELLED).any()  # carried onto the model grid for the loss to leave out

@@ -16,7 +16,8 @@ def register(sub) -> None:
     train_sub = train.add_subparsers(dest="train_command", required=True)
     for name, help_text in (("pretrain", "self-supervised diffusion pretraining of a backbone"),
                             ("finetune", "train a task's heads (segmentation or diagnosis)"),
-                            ("bundle", "train the bundled model on synthetic studies, end to end")):
+                            ("bundle", "train the bundled model on synthetic studies, end to end"),
+                            ("evaluate", "validation report of a task model on labelled DICOM studies")):
         _defer(train_sub.add_parser(name, help=help_text), f"ortho_node.training.{name}")
     infer = sub.add_parser("infer", help="run the model on a folder of DICOM files (NIfTI masks + findings JSON)")
     infer.set_defaults(handler=cmd_infer, argument_module="ortho_node.inference.offline")
