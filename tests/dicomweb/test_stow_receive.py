@@ -61,7 +61,7 @@ def test_instances_are_stored_durably_and_referenced(stow):
     rows = _stored(stow.node, sent)
     assert set(rows) == set(sent)
     for payload, uid in zip(payloads, sent):
-        assert stow.node.store.absolute(rows[uid].file_path).read_bytes() == payload
+        assert stow.node.store.local_path(rows[uid].file_path).read_bytes() == payload
     assert not list(stow.node.store.tmp_dir.glob("stow-*")), "the spooled body is removed"
     (request,) = _events(stow.node, "stow_request")
     assert request.details["statuses"] == {"0x0000": 3} and request.details["user"] == "token:t-stow"
