@@ -1,7 +1,9 @@
-"""Test plumbing for the console's forms: every POST carries the CSRF token of the page that holds the form."""
+"""Test plumbing for the console's forms: every POST carries the CSRF token of the page that holds the form;
+signing in from a real browser."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import requests
@@ -23,3 +25,13 @@ def login(session: requests.Session, base_url: str, user: str, password: str, *,
     if next_path is not None:
         data["next"] = next_path
     return session.post(f"{base_url}/login", data=data, timeout=10, **kwargs)
+
+
+def sign_in_with_chromium(chromium, base_url: str, user: str, password: str) -> None:
+    """Open the studies list, get sent to the login page, fill in the form and submit it; back on the list."""
+    chromium.navigate(f"{base_url}/studies")
+    assert chromium.wait_for("location.pathname === '/login' && !!document.querySelector('#password')", 20)
+    chromium.evaluate(f"document.querySelector('#user').value = {json.dumps(user)};"
+                      f"document.querySelector('#password').value = {json.dumps(password)};"
+                      "document.querySelector('form.login').submit(); true")
+    assert chromium.wait_for("location.pathname === '/studies' && document.readyState === 'complete'", 20)

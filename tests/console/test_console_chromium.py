@@ -3,11 +3,11 @@ images, the daily summary; screenshots kept under test-artifacts/console/."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from tests.conftest import ARTIFACTS
+from tests.console.forms import sign_in_with_chromium
 from tests.node_process import free_port
 from tests.console.seeded import PASSWORD, USER
 from tests.reports.ohif import CHROMIUM, Chromium
@@ -26,12 +26,7 @@ def chromium():
 
 def test_sign_in_and_browse_with_screenshots(seeded, chromium):
     out = ARTIFACTS / "console"
-    chromium.navigate(f"{seeded.console_url}/studies")
-    assert chromium.wait_for("location.pathname === '/login' && !!document.querySelector('#password')", 20)
-    chromium.evaluate(f"document.querySelector('#user').value = {json.dumps(USER)};"
-                      f"document.querySelector('#password').value = {json.dumps(PASSWORD)};"
-                      "document.querySelector('form.login').submit(); true")
-    assert chromium.wait_for("location.pathname === '/studies' && document.readyState === 'complete'", 20)
+    sign_in_with_chromium(chromium, seeded.console_url, USER, PASSWORD)
     assert seeded.study_uid in chromium.evaluate("document.body.innerText")
     chromium.screenshot(out / "studies.png")
 

@@ -6,7 +6,6 @@ trail. Screenshots under test-artifacts/console/."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from ortho_node.clock import as_utc
 from ortho_node.db.models import Association, AuditEvent, DeliveryItem
 from tests.conftest import ARTIFACTS
 from tests.console.seeded import OPERATOR, OPERATOR_PASSWORD, seed
+from tests.console.forms import sign_in_with_chromium
 from tests.node_process import free_port
 from tests.reports.ohif import CHROMIUM, Chromium
 
@@ -45,12 +45,7 @@ def _fits(chromium) -> bool:
 
 def test_operator_resends_from_the_study_page(acting, chromium):
     out = ARTIFACTS / "console"
-    chromium.navigate(f"{acting.console_url}/studies")
-    assert chromium.wait_for("location.pathname === '/login' && !!document.querySelector('#password')", 20)
-    chromium.evaluate(f"document.querySelector('#user').value = {json.dumps(OPERATOR)};"
-                      f"document.querySelector('#password').value = {json.dumps(OPERATOR_PASSWORD)};"
-                      "document.querySelector('form.login').submit(); true")
-    assert chromium.wait_for("location.pathname === '/studies' && document.readyState === 'complete'", 20)
+    sign_in_with_chromium(chromium, acting.console_url, OPERATOR, OPERATOR_PASSWORD)
     assert chromium.evaluate("document.body.dataset.refresh") == "30"
     assert chromium.wait_for("performance.getEntriesByType('resource').some(e => e.name.endsWith('/console.js'))",
                              10), "the refresh script did not load"
