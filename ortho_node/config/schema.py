@@ -251,6 +251,16 @@ class DeliverySettings:
     calling_ae: str = _field("", "Calling AE title for deliveries (empty: dicom.ae_title).")
 
 
+def _check_https_files(section: str, cert: str, key: str) -> None:
+    """An HTTPS listener's certificate chain and key: both or neither, and each an existing file."""
+    if bool(cert) != bool(key):
+        missing = "tls_key" if cert else "tls_cert"
+        raise ConfigError(f"{section}.{missing}: required when {section}.tls_cert or {section}.tls_key is set")
+    for name, value in (("tls_cert", cert), ("tls_key", key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{section}.{name}: file {value} does not exist")
+
+
 @dataclasses.dataclass(frozen=True)
 class ConsoleSettings:
     enabled: bool = _field(False, "Serve the admin web console and the REST API (login required).")
@@ -279,13 +289,7 @@ class ConsoleSettings:
         return bool(self.tls_cert)
 
     def check(self) -> None:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            missing = "tls_key" if self.tls_cert else "tls_cert"
-            raise ConfigError(f"console.{missing}: required when console.tls_cert or console.tls_key is set")
-        for key in ("tls_cert", "tls_key"):
-            value = getattr(self, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"console.{key}: file {value} does not exist")
+        _check_https_files("console", self.tls_cert, self.tls_key)
         if self.time_zone != "UTC":
             try:
                 zoneinfo.ZoneInfo(self.time_zone)
@@ -326,13 +330,7 @@ class DicomwebSettings:
         return bool(self.tls_cert)
 
     def check(self) -> None:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            missing = "tls_key" if self.tls_cert else "tls_cert"
-            raise ConfigError(f"dicomweb.{missing}: required when dicomweb.tls_cert or dicomweb.tls_key is set")
-        for key in ("tls_cert", "tls_key"):
-            value = getattr(self, key)
-            if value and not Path(value).is_file():
-                raise ConfigError(f"dicomweb.{key}: file {value} does not exist")
+        _check_https_files("dicomweb", self.tls_cert, self.tls_key)
 
 
 @dataclasses.dataclass(frozen=True)
