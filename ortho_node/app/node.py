@@ -343,8 +343,9 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     from ortho_node.inference.served import ModelLoadError, ServedModel
     from ortho_node.model.registry import ModelRegistry
 
-    session_factory = make_session_factory(make_engine(settings.database_url,
-                                                       busy_timeout=settings.database.busy_timeout))
+    engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+    migrations.upgrade(engine)  # the registry's tables, and the audit trail its "model loaded" event goes to
+    session_factory = make_session_factory(engine)
     registry = ModelRegistry.for_settings(settings, session_factory)
     try:
         return ServedModel(registry, lambda folder: _load_folder(folder, f"the active model ({folder})", model),

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from ortho_node.app.cli.main import main
-from ortho_node.config import BUNDLED_MODEL
+from ortho_node.app.node import load_predictor
+from ortho_node.config import BUNDLED_MODEL, load_settings
 from ortho_node.db.models import ModelActivation, Node, RegisteredModel, StudyResult
 from tests.app.model_registry_helpers import FAST, _cli, _events, _rows
 from tests.assembly.factory import store, study
@@ -142,3 +143,12 @@ def test_a_running_node_takes_each_activation_at_its_next_study(data_dir, models
                       "model #2 Department knee dept-b loaded for the next study (was #1 Department knee dept-a)",
                       "model #1 Department knee dept-a loaded for the next study (was #2 Department knee dept-b)"]
     assert all(r.model_name == "Department knee" for r in _rows(data_dir, StudyResult))
+
+
+def test_a_fresh_node_records_the_model_it_loads_at_start_up(tmp_path):
+    # serve loads its model before the node migrates: the registry's tables and the audit trail must exist then.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir), "model.device": "cpu"})
+    load_predictor(settings).predictor.close()
+    assert [kind for kind, _ in _events(data_dir)] == ["model_loaded"]
