@@ -169,9 +169,9 @@ def manual_node(make_settings):
 
     nodes = []
 
-    def factory(*, pipeline_factory=Pipeline, **overrides):
+    def factory(*, pipeline_factory=Pipeline, store=None, **overrides):
         settings = make_settings(**{"storage.fsync": False, **overrides})
-        node = Node(settings, pipeline_factory=pipeline_factory, time=ManualTime())
+        node = Node(settings, pipeline_factory=pipeline_factory, time=ManualTime(), store=store)
         node.ended = EndedAssociations()
         node.intake.add_listener(node.ended)
         node.prepare()

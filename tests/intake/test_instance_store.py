@@ -11,13 +11,12 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from ortho_node.db.models import Instance
-from ortho_node.intake.storage import InstanceStore, InvalidUID, StoredFile, StorageFull, check_uid
-from tests.assembly.factory import EndedAssociations, advance, assemblies, send, study
+from ortho_node.intake.storage import InvalidUID, StoredFile, StorageFull, check_uid
+from tests.assembly.factory import advance, assemblies, send, study
 
 
 class PrefixedObjectStore:
@@ -90,30 +89,9 @@ class PrefixedObjectStore:
         return len(leftovers)
 
 
-@pytest.fixture
-def node_on(make_settings):
-    from ortho_node.app.node import Node
-    from ortho_node.scheduling.timers import ManualTime
-
-    nodes = []
-
-    def factory(store: InstanceStore):
-        node = Node(make_settings(**{"storage.fsync": False}), time=ManualTime(), store=store)
-        node.ended = EndedAssociations()
-        node.intake.add_listener(node.ended)
-        node.prepare()
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield factory
-    for node in nodes:
-        node.stop()
-
-
-def test_intake_assembly_and_recovery_go_through_the_store_interface(node_on, tmp_path):
+def test_intake_assembly_and_recovery_go_through_the_store_interface(manual_node, tmp_path):
     store = PrefixedObjectStore(tmp_path / "elsewhere")
-    node = node_on(store)
+    node = manual_node(store=store)
     uid, planes = study()
     sent = [ds for group in planes for ds in group]
     send(node, sent)
