@@ -28,17 +28,19 @@ def sessions(postgres_url) -> sessionmaker[Session]:
 
 
 def queue_jobs(sessions: sessionmaker[Session], studies: int, *, jobs_per_study: int = 1,
-               at: dt.datetime) -> list[int]:
-    """``studies`` studies with ``jobs_per_study`` pending jobs each, due at ``at``; returns the job ids."""
+               at: dt.datetime, first: int = 1) -> list[int]:
+    """``studies`` studies (numbered from ``first``) with ``jobs_per_study`` pending jobs each, each later job
+    of a study covering one more instance (as a superseding job queued while none ran), due at ``at``; returns
+    the job ids."""
     ids = []
     with sessions.begin() as session:
-        for n in range(studies):
-            study = Study(study_instance_uid=f"1.2.826.0.1.3680043.10.1234.{n + 1}", first_received_at=at,
+        for n in range(first, first + studies):
+            study = Study(study_instance_uid=f"1.2.826.0.1.3680043.10.1234.{n}", first_received_at=at,
                           last_received_at=at)
             session.add(study)
             session.flush()
-            for _ in range(jobs_per_study):
-                job = Job(study_id=study.id, state="pending", reason="test", last_instance_id=0, attempts=0,
+            for last in range(jobs_per_study):
+                job = Job(study_id=study.id, state="pending", reason="test", last_instance_id=last, attempts=0,
                           next_attempt_at=at, created_at=at)
                 session.add(job)
                 session.flush()

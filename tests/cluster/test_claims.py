@@ -41,7 +41,7 @@ def test_two_claimers_racing_never_get_the_same_job_or_two_jobs_of_one_study(ses
     time = ManualTime()
     # 40 studies with one job and 10 with two (a superseding job queued while none ran): 60 jobs.
     single = queue_jobs(sessions, 40, at=time.now())
-    doubled = _double_jobs(sessions, 10, time.now())
+    doubled = queue_jobs(sessions, 10, jobs_per_study=2, at=time.now(), first=41)
     claimers = {name: _queue(sessions, time, name) for name in ("node-a", "node-b")}
     claimed: dict[str, list[int]] = {name: [] for name in claimers}
     start = threading.Barrier(len(claimers))
@@ -79,25 +79,6 @@ def test_two_claimers_racing_never_get_the_same_job_or_two_jobs_of_one_study(ses
             assert {row.claimed_by for row in rows if row.id in ids} == {name}
     started = Counter(event.details["job_id"] for event in _kinds(sessions, "job_started"))
     assert set(started.values()) == {1}
-
-
-def _double_jobs(sessions, studies: int, at: dt.datetime) -> list[int]:
-    from ortho_node.db.models import Study
-
-    ids = []
-    with sessions.begin() as session:
-        for n in range(studies):
-            study = Study(study_instance_uid=f"1.2.826.0.1.3680043.10.1234.9{n}", first_received_at=at,
-                          last_received_at=at)
-            session.add(study)
-            session.flush()
-            for last in (1, 2):
-                job = Job(study_id=study.id, state="pending", reason="test", last_instance_id=last, attempts=0,
-                          next_attempt_at=at, created_at=at)
-                session.add(job)
-                session.flush()
-                ids.append(job.id)
-    return ids
 
 
 def test_an_expired_lease_is_taken_over_and_the_late_holder_records_nothing(sessions):
