@@ -19,6 +19,9 @@ from tests.node_process import NodeProcess, free_port
 FAST = {"ORTHO_NODE_SCHEDULING_SETTLE_TIME": "0.2", "ORTHO_NODE_SCHEDULING_QUIET_PERIOD": "0.5",
         "ORTHO_NODE_SCHEDULING_LONG_TIMEOUT": "1", "ORTHO_NODE_SCHEDULING_POLL_INTERVAL": "0.2",
         "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0"}
+# The blocking node decides only after the whole association: under CI load a sender can pause for more than
+# FAST's half second between instances, and a study decided early gets a second job for its late instances.
+PATIENT = FAST | {"ORTHO_NODE_SCHEDULING_QUIET_PERIOD": "3", "ORTHO_NODE_SCHEDULING_LONG_TIMEOUT": "10"}
 
 
 def _wait_for(engine, predicate, timeout: float = 60.0):
@@ -33,7 +36,7 @@ def _wait_for(engine, predicate, timeout: float = 60.0):
 
 
 def _start_blocking_node(data_dir, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")} | FAST
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")} | PATIENT
     log = open(data_dir.parent / "blocking-node.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "tests.scheduling.slow_node", str(data_dir), str(port)],
                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
