@@ -201,11 +201,14 @@ class OrthoModel(nn.Module):
         self.segmentation = nn.ModuleDict(
             {p.value: SegmentationDecoder(channels, len(card.structures), widths, skip_channels) for p in MODEL_PLANES}
         )
+        # Heads in Joint order, not the card's: a card read back from JSON lists its joints sorted, and the
+        # parameter order (which an optimiser's saved state follows) must not depend on where the card came from.
         self.diagnosis = nn.ModuleDict(
-            {j.value: DiagnosisHead(channels, len(task.labels), len(MODEL_PLANES), task.fusion)
-             for j, task in card.diagnosis.items()}
+            {j.value: DiagnosisHead(channels, len(card.diagnosis[j].labels), len(MODEL_PLANES),
+                                    card.diagnosis[j].fusion)
+             for j in Joint if j in card.diagnosis}
         )
-        self.evidence = nn.ModuleDict({j.value: self._readout(card, j) for j in card.evidence})
+        self.evidence = nn.ModuleDict({j.value: self._readout(card, j) for j in Joint if j in card.evidence})
 
     @classmethod
     def _readout(cls, card: SystemCard, joint: Joint) -> EvidenceReadout:
