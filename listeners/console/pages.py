@@ -25,9 +25,10 @@ from ortho_node.audit.views import JOINTS, STATUSES
 from ortho_node.cluster.registry import NodeStatus
 from ortho_node.labels import DIAGNOSIS_NAMES
 from listeners.console.charts import bar_chart, line_chart
+from listeners.console.model_history import ModelOverview
 
 NAV = (("/studies", "Studies"), ("/summary", "Daily summary"), ("/deliveries", "Deliveries"),
-       ("/destinations", "Destinations"), ("/nodes", "Nodes"), ("/failures", "Failures"))
+       ("/destinations", "Destinations"), ("/nodes", "Nodes"), ("/models", "Models"), ("/failures", "Failures"))
 REFRESH_SECONDS = 30  # lists reload this often (console.js), unless the user is typing in a form
 PAGE_SIZE = 100  # studies per page of the list
 DELIVERY_STATES = ("pending", "delivered", "failed")
@@ -158,6 +159,12 @@ def nodes_page(rows: Sequence[NodeStatus], *, user: str, **frame: Any) -> str:
     """The processes sharing the node's database (``ortho_node.cluster.registry``): live first, missed ones
     highlighted (their leases have expired and other processes took their work over)."""
     return render("nodes.html", title="Nodes", user=user, rows=rows, refresh=True, **frame)
+
+
+def models_page(overview: ModelOverview, *, user: str, **frame: Any) -> str:
+    """The served and shadow models, every imported one and the activation history
+    (:mod:`listeners.console.model_history`)."""
+    return render("models.html", title="Models", user=user, overview=overview, **frame)
 
 
 def failures_page(rows: Sequence[dict[str, Any]], query: Mapping[str, str], *, user: str, **frame: Any) -> str:

@@ -35,8 +35,10 @@ from ortho_node.config import ConsoleSettings, DestinationSettings
 from ortho_node.cluster.registry import NodeStatus
 from ortho_node.config.users import Role, parse_user
 from ortho_node.delivery.pause import destination_overview
+from ortho_node.model.registry import ModelRegistry
 from listeners.console import pages
 from listeners.console.images import dicom_to_png
+from listeners.console.model_history import model_overview
 from listeners.console.passwords import hash_password, verify_password
 from listeners.console.sessions import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, LoginThrottle, Session, \
     SessionCookies
@@ -66,17 +68,19 @@ class Console:
     def __init__(self, settings: ConsoleSettings, session_factory: sessionmaker[DbSession], audit: AuditTrail, *,
                  warnings: Sequence[str] = (), secret: bytes | None = None,
                  destinations: Sequence[DestinationSettings] = (), actions: OperatorActions | None = None,
-                 nodes: NodeList | None = None) -> None:
+                 nodes: NodeList | None = None, models: ModelRegistry | None = None) -> None:
         """``warnings``: the node's configuration warnings (``audit.status.configuration_warnings``), shown
         on the studies page, where an administrator looks first. ``secret`` signs the cookies; a new random
         one by default, so a restart logs everyone out. ``actions``: what an operator may do (None: nothing,
         a console on a node without a scheduler). ``nodes``: the processes sharing the database with their
-        state now (``NodeRegistry.nodes``; None: the page lists none)."""
+        state now (``NodeRegistry.nodes``; None: the page lists none). ``models``: the node's model registry
+        (None: the Models page says there is none)."""
         self.settings = settings
         self.warnings = tuple(warnings)
         self.destinations = tuple(destinations)
         self.actions = actions
         self.nodes: NodeList = nodes or (lambda: [])
+        self.models = models
         self._session_factory = session_factory
         self._audit = audit
         self._users = {user.name: user for user in map(parse_user, settings.users)}
@@ -254,6 +258,12 @@ def _nodes(request: Request, console: Console, session: Session) -> Response:
     return HTMLResponse(pages.nodes_page(console.nodes(), **console.frame(session, request)))
 
 
+def _models(request: Request, console: Console, session: Session) -> Response:
+    if console.models is None:
+        return _html(404, "This console has no model registry.", console, session)
+    return HTMLResponse(pages.models_page(model_overview(console.models), **console.frame(session, request)))
+
+
 def _failures(request: Request, console: Console, session: Session) -> Response:
     query = _query(request)
     rows = q.list_failures(console.db, _filters(query))
@@ -393,6 +403,7 @@ def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIA
         Route("/console.js", _script, methods=["GET"]),  # public: the same for everyone, no data in it
         Route("/destinations", page(_destinations), methods=["GET"]),
         Route("/nodes", page(_nodes), methods=["GET"]),
+        Route("/models", page(_models), methods=["GET"]),
         Route("/", page(_home), methods=["GET"]),
         Route("/studies", page(_studies), methods=["GET"]), Route("/studies.csv", page(_studies), methods=["GET"]),
         Route("/deliveries", page(_deliveries), methods=["GET"]),

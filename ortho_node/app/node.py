@@ -61,6 +61,7 @@ from ortho_node.cluster.lease import Lease
 from ortho_node.cluster.registry import NodeIdentity, NodeRegistry
 from ortho_node.cluster.roles import Role
 from ortho_node.cluster.wakeup import Channel, Listener
+from ortho_node.model.registry import ModelRegistry
 from ortho_node.retention.purger import Purger
 from ortho_node.retention.superseded import remove_superseded
 
@@ -217,7 +218,8 @@ class Node:
             actions = OperatorActions(self.session_factory, self.audit, reprocess=self.scheduler.reprocess,
                                       deliveries=self.delivery)
             admin = Console(console, self.session_factory, self.audit, warnings=configuration_warnings(self.settings),
-                            destinations=self.settings.destinations, actions=actions, nodes=self.registry.nodes)
+                            destinations=self.settings.destinations, actions=actions, nodes=self.registry.nodes,
+                            models=ModelRegistry.for_settings(self.settings, self.session_factory))
             throttle = admin.throttle  # basic authentication and console logins lock the same user names out
             api = api_app(Api(self.session_factory, self.settings.destinations, actions=actions,
                               nodes=self.registry.nodes), admin.session_actor,
@@ -341,7 +343,6 @@ def load_predictor(settings: Settings) -> StudyPredictor | None:
     if model.path:
         return _load_folder(settings.model_path, f"model.path ({settings.model_path})", model)
     from ortho_node.inference.served import ModelLoadError, ServedModel
-    from ortho_node.model.registry import ModelRegistry
 
     engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
     migrations.upgrade(engine)  # the registry's tables, and the audit trail its "model loaded" event goes to
@@ -446,7 +447,6 @@ def shadow_runner(settings: Settings, locate: Locate, session_factory: sessionma
     from reports.results import build_and_write
 
     from ortho_node.inference.shadow import ShadowRunner
-    from ortho_node.model.registry import ModelRegistry
 
     def write(prediction: StudyPrediction, folder: Path) -> list[Path]:
         if not is_valid_uid(prediction.study_instance_uid):

@@ -140,6 +140,10 @@ class ModelRegistry:
                                                    else session.get(RegisteredModel, row.model_id)),
                                row.action, row.at.isoformat(timespec="seconds"), row.by) for row in rows]
 
+    def card(self, entry: ModelEntry) -> dict:
+        """The model card of ``entry`` as its folder holds it (its figures, its training record)."""
+        return _card_values(entry.folder)
+
     def find(self, reference: str) -> ModelEntry:
         """A model by id (``3`` or ``#3``), by ``NAME@VERSION``, or ``bundled``."""
         if reference == BUNDLED:

@@ -152,3 +152,52 @@ def test_a_fresh_node_records_the_model_it_loads_at_start_up(tmp_path):
     settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir), "model.device": "cpu"})
     load_predictor(settings).predictor.close()
     assert [kind for kind, _ in _events(data_dir)] == ["model_loaded"]
+
+
+def test_the_console_models_page_shows_the_served_model_the_shadow_and_every_change(data_dir, models):
+    import requests
+
+    from listeners.console.passwords import hash_password
+    from listeners.console.routes import Console, console_app
+    from listeners.web.listener import WebListener
+    from ortho_node.audit.trail import AuditTrail
+    from ortho_node.db.engine import make_engine, make_session_factory
+    from ortho_node.model.registry import ModelRegistry
+    from tests.console.forms import login
+
+    for version in ("dept-a", "dept-b"):
+        assert _cli(data_dir, "import", str(models[version]), "--by", "physicist") == 0
+    assert _cli(data_dir, "activate", "2", "--by", "dr-kim") == 0
+    assert _cli(data_dir, "rollback", "--by", "dr-lee") == 0
+    assert _cli(data_dir, "activate", "1", "--by", "dr-lee") == 0
+    assert _cli(data_dir, "shadow", "2", "--by", "dr-kim") == 0
+    settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir),
+                                                    "console.users": [f"ann:{hash_password('a long password')}"]})
+    sessions = make_session_factory(make_engine(settings.database_url))
+    console = Console(settings.console, sessions, AuditTrail(sessions),
+                      models=ModelRegistry.for_settings(settings, sessions))
+    web = WebListener(console_app(console), "127.0.0.1", 0, name="console")
+    web.start()
+    try:
+        browser = requests.Session()
+        assert login(browser, f"http://127.0.0.1:{web.port}", "ann", "a long password").status_code == 200
+        page = browser.get(f"http://127.0.0.1:{web.port}/models", timeout=10)
+    finally:
+        web.stop()
+    assert page.status_code == 200 and '<a href="/models">Models</a>' in page.text
+    served = page.text.split("<dt>Served</dt>")[1].split("</dd>")[0]
+    shadow = page.text.split("<dt>Shadow</dt>")[1].split("</dd>")[0]
+    assert "#1 Department knee dept-a" in served and "#2 Department knee dept-b" in shadow
+    bundled = json.loads((BUNDLED_MODEL / "model_card.json").read_text())
+    imported = page.text.split("<h2>Imported models</h2>")[1].split("</table>")[0]
+    rows = imported.split("<tr>")[2:]  # after the header: bundled, #1, #2
+    assert rows[0].startswith(f"<td>bundled {bundled['name']}</td><td>{bundled['version']}</td>")
+    assert rows[1].startswith("<td>#1 Department knee</td><td>dept-a</td>") and "by physicist" in rows[1]
+    assert f"knee-seg mean Dice {bundled['metrics']['knee-seg/test/score']:.2f}" in rows[0]  # the card's figure
+    assert 'badge delivered">active' in rows[1] and ">shadow<" in rows[2] and "active" not in rows[0] + rows[2]
+    assert json.loads((models["dept-a"] / "model_card.json").read_text())["weights_sha256"][:16] in rows[1]
+    history = page.text.split("<h2>History</h2>")[1].split("</table>")[0]
+    changes = [[cell.split(">", 1)[1] for cell in row.split("</td>")[1:4]] for row in history.split("<tr>")[2:]]
+    assert changes == [["activated", "#1 Department knee dept-a", "dr-lee"],
+                       ["rolled back to", f"bundled {bundled['name']} {bundled['version']}", "dr-lee"],
+                       ["activated", "#2 Department knee dept-b", "dr-kim"]]
