@@ -24,12 +24,11 @@ from ortho_node.inference.agreement import compare
 from ortho_node.inference.batching import DeviceBatcher
 from ortho_node.inference.predictor import Locate
 from ortho_node.inference.served import LoadPredictor
-from ortho_node.model.registry import ModelEntry, ModelRegistry
+from ortho_node.model.registry import SHADOW_FOLDER, ModelEntry, ModelRegistry
 from ortho_node.prediction import StudyPrediction
 
 log = logging.getLogger(__name__)
 
-SHADOW_FOLDER = "shadow"
 #: Writes a prediction's result objects into a folder; returns their paths (``reports.results``, wired by the
 #: composition root).
 WriteObjects = Callable[[StudyPrediction, Path], list[Path]]

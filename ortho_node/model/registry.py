@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
 MODELS_FOLDER = "models"
+SHADOW_FOLDER = "shadow"  # the shadow model's objects, under the data folder (written by inference.shadow)
 MAX_BY = 64
 
 

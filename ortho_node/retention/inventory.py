@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyResult
+from ortho_node.db.models import DeliveryItem, Instance, Job, Series, ShadowResult, Study, StudyResult
 from ortho_node.retention.rules import ACTIVE_STATES, StudyFacts
 
 
@@ -102,3 +102,10 @@ def result_paths(session: Session, result_ids: tuple[int, ...] | list[int]) -> d
     """Each result set's object files, as recorded when they were built."""
     rows = session.execute(select(StudyResult.id, StudyResult.objects).where(StudyResult.id.in_(list(result_ids))))
     return {result_id: [Path(obj["path"]) for obj in objects or () if obj.get("path")] for result_id, objects in rows}
+
+
+def shadow_paths(session: Session, study_uid: str, data_dir: Path) -> list[Path]:
+    """The study's shadow-mode objects (never delivered, kept for the agreement report): they go with its
+    results."""
+    rows = session.scalars(select(ShadowResult.objects).where(ShadowResult.study_instance_uid == study_uid))
+    return [data_dir / path for objects in rows for path in objects or ()]

@@ -29,8 +29,9 @@ from ortho_node.clock import Clock, SystemClock
 from ortho_node.config.schema import Settings
 from ortho_node.db.models import DeliveryItem, Instance, Job, Series, Study, StudyResult
 from ortho_node.intake.storage import InstanceStore, InvalidUID, LocalInstanceStore
+from ortho_node.model.registry import SHADOW_FOLDER
 from ortho_node.retention.deletion import Deletion, delete_files, file_size, remove_empty_folders
-from ortho_node.retention.inventory import instance_files, result_paths, study_facts
+from ortho_node.retention.inventory import instance_files, result_paths, shadow_paths, study_facts
 from ortho_node.retention.rules import (ACTIVE_STATES, Action, StudyFacts, hold_reason, instances_due, results_due,
                                         watermark_eligible)
 from ortho_node.retention.superseded import remove_superseded
@@ -242,7 +243,8 @@ class Purger:
         """Delete the study's result objects under its lease (``leased``: taken already, by its instances)."""
         with self._session_factory() as session:
             paths = result_paths(session, study.results_on_disk)
-        files = [path for group in paths.values() for path in group]
+            shadow = shadow_paths(session, study.uid, self._data_dir)
+        files = [path for group in paths.values() for path in group] + shadow
         size = sum(file_size(path) for path in files)
         if dry_run:
             report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
@@ -256,9 +258,10 @@ class Purger:
             log.error("study %s: result objects could not be deleted: %s", study.uid, exc)
             report.held["deletion failed"] += 1
             return
-        self._emptied[self.results_root].update(path.parent for path in files)
+        self._emptied[self.results_root].update(path.parent for path in files if path not in shadow)
+        self._emptied[self._data_dir / SHADOW_FOLDER].update(path.parent for path in shadow)
         details = {"reason": reason, "files": len(files), "bytes": size, "already_gone": gone,
-                   "result_ids": list(study.results_on_disk)}
+                   "result_ids": list(study.results_on_disk), "shadow_files": len(shadow)}
         with self._session_factory.begin() as session:
             session.execute(update(StudyResult).where(StudyResult.id.in_(study.results_on_disk),
                                                       StudyResult.files_removed_at.is_(None))

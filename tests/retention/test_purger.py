@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 
 from sqlalchemy import select
 
 from ortho_node.db.engine import make_engine, make_session_factory
-from ortho_node.db.models import StudyResult, TimelineEntry
+from ortho_node.db.models import ShadowResult, StudyResult, TimelineEntry
 from ortho_node.retention.purger import MB, Purger
 from tests.retention.conftest import DELETABLE, INSTANCE_BYTES, STATES, T0, FakeClock, folder_bytes
 
@@ -68,20 +69,35 @@ def test_instances_go_after_their_days_and_only_what_may_go(archive, node_settin
     assert Purger(settings, archive.sessions, clock=clock).run().deletions == []
 
 
-def test_results_go_after_results_days(archive, node_settings):
+def _shadow_result(archive, uid: str) -> Path:
+    """A shadow model's stored objects for the study (issue 26), as ``inference.shadow`` records them."""
+    folder = archive.data_dir / "shadow" / uid / "job-1"
+    folder.mkdir(parents=True)
+    (folder / "seg.dcm").write_bytes(b"\0" * 100)
+    with archive.sessions.begin() as session:
+        session.add(ShadowResult(study_instance_uid=uid, model_name="candidate", model_version="2",
+                                 active_model_version="1", findings=[], agreement={},
+                                 objects=[str((folder / "seg.dcm").relative_to(archive.data_dir))]))
+    return folder
+
+
+def test_results_go_after_results_days_with_the_shadow_models_objects(archive, node_settings):
     uid = archive.study("delivered")
     pending = archive.study("delivery_pending")
+    shadow, pending_shadow = _shadow_result(archive, uid), _shadow_result(archive, pending)
     clock = FakeClock()
     clock.advance(days=11)
     Purger(node_settings(results_days=10), archive.sessions, clock=clock).run()
-    assert folder_bytes(archive.data_dir / "results" / pending) > 0
+    assert folder_bytes(archive.data_dir / "results" / pending) > 0 and folder_bytes(pending_shadow) == 100
     assert not (archive.data_dir / "results" / uid).exists()
+    assert not shadow.exists() and not shadow.parent.exists()  # emptied folders go too
     assert len(archive.instance_files(uid)) == 3  # instances have their own rule
     with archive.sessions() as session:
         row = session.scalar(select(StudyResult).where(StudyResult.study_instance_uid == uid))
     assert row.files_removed_at is not None and row.files_removed_reason == "retention"
     assert row.objects  # what was built stays on record
-    assert [e.study_instance_uid for e in archive.events("results_purged")] == [uid]
+    [event] = archive.events("results_purged")
+    assert event.study_instance_uid == uid and event.details["shadow_files"] == 1
 
 
 def test_a_file_already_gone_is_not_an_error(archive, node_settings):
