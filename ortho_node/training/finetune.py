@@ -268,10 +268,12 @@ class EpochCheckpoint:
     path: Path
     stateful: tuple = ()
     generator: torch.Generator | None = None
+    identity: str = ""  # what the run was (its command): a file another run wrote is refused, not continued
 
     def save(self, model: torch.nn.Module, epoch: int, best: tuple | None, best_state: dict | None,
              stale: int) -> None:
-        state = {"epoch": epoch, "model": model.state_dict(), "best": best, "best_state": best_state,
+        state = {"identity": self.identity, "epoch": epoch, "model": model.state_dict(), "best": best,
+                 "best_state": best_state,
                  "stale": stale, "stateful": [item.state_dict() for item in self.stateful],
                  "torch_rng": torch.get_rng_state(),
                  "generator": None if self.generator is None else self.generator.get_state()}
@@ -285,6 +287,9 @@ class EpochCheckpoint:
             return 0, None, None, 0
         # Our own file, written by save(): the best epoch's result objects need the full unpickler.
         state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("identity", "") != self.identity:
+            raise FinetuneError(f"{self.path} holds another run ({state.get('identity') or 'unnamed'}); give that "
+                                "run's flags to continue it, or remove the file to start again")
         model.load_state_dict(state["model"])
         for item, saved in zip(self.stateful, state["stateful"], strict=True):
             item.load_state_dict(saved)
@@ -321,9 +326,10 @@ def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callabl
 
 
 def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings,
-               checkpoint: Path | None = None) -> TaskResult:
+               checkpoint: Path | None = None, identity: str = "") -> TaskResult:
     """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures.
-    ``checkpoint``: the file the loop is kept in after every epoch and resumed from (:class:`EpochCheckpoint`)."""
+    ``checkpoint``: the file the loop is kept in after every epoch and resumed from (:class:`EpochCheckpoint`),
+    ``identity`` the run it belongs to."""
     if task.segmentation and train.segmentation is None:
         raise FinetuneError("knee-seg needs segmentation labels")
     device = resolve_device(settings.device)
@@ -348,7 +354,7 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
         logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, n, np.mean(losses), score)
         return score, TaskResult.of(n, score, {**values, "train_loss": float(np.mean(losses))}, chosen)
 
-    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer,), generator)
+    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer,), generator, identity)
     best = fit(model, settings, task.value, epoch, kept)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -436,6 +442,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--backbone", action="append", default=[], metavar="PLANE=PATH",
                        help="pretrained backbone per plane: a folder (`train pretrain` --out/backbone) or an "
                             "official checkpoint file (.pt, its EMA weights)")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="keep the training loop in FILE after every epoch; the same command run again "
+                             "continues after the last finished epoch (FILE is removed once the model is written)")
     parser.add_argument("--unet", choices=UNET_PRESETS,
                         help="UNet size when --init and backbone folders do not give it (default: official with "
                              "official checkpoint files, else reduced)")
@@ -524,14 +533,21 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.labels is None:
         train_index, val_index = split(len(data), settings.val_fraction, settings.label_fraction, settings.seed)
-    result = train_task(model, task, data.subset(train_index), data.subset(val_index), settings)
-    apply_result(model, task, result, len(train_index), len(val_index))
     command = command_line(args)
+    try:
+        result = train_task(model, task, data.subset(train_index), data.subset(val_index), settings,
+                            checkpoint=args.checkpoint, identity=command)
+    except FinetuneError as error:
+        logger.error("fine-tuning stopped: %s", error)
+        return EXIT_USAGE
+    apply_result(model, task, result, len(train_index), len(val_index))
     version = model.card.version if model.card.version != "untrained" else f"finetuned-{task.value}"
     model.card = dataclasses.replace(model.card, version=version,
                                      training={**model.card.training, task.value: command,
                                                f"{task.value}/split": split_note})
     save_system(args.out, model)
+    if args.checkpoint is not None:
+        args.checkpoint.unlink(missing_ok=True)
     logger.info("%s: best epoch %d, validation score %.4f; model written to %s", task.value, result.epoch,
                 result.score, args.out)
     return EXIT_OK

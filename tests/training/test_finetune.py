@@ -186,6 +186,46 @@ def test_finetune_cli_trains_a_diagnosis_head_and_stores_thresholds(tmp_path):
     assert load_system(out).card.version == card.version
 
 
+def test_finetune_cli_continues_a_stopped_run_from_its_checkpoint_as_if_never_stopped(tmp_path, monkeypatch, caplog):
+    from ortho_node.training import finetune
+
+    def command(name: str) -> list[str]:
+        return ["train", "finetune", "--task", "ankle-dx", "--synthetic", "4", "--data-seed", "7", "--epochs", "2",
+                "--out", str(tmp_path / name), "--checkpoint", str(tmp_path / f"{name}.epochs.pt"), "--device", "cpu"]
+
+    torch.manual_seed(0)
+    assert main(command("whole")) == 0
+    assert not (tmp_path / "whole.epochs.pt").exists()  # gone once the model is written
+
+    class Stopped(Exception):
+        pass
+
+    save = finetune.EpochCheckpoint.save
+
+    def save_then_stop(self, *args):
+        save(self, *args)
+        raise Stopped  # the machine went down after the first epoch was kept
+
+    monkeypatch.setattr(finetune.EpochCheckpoint, "save", save_then_stop)
+    torch.manual_seed(0)
+    with pytest.raises(Stopped):
+        main(command("stopped"))
+    monkeypatch.setattr(finetune.EpochCheckpoint, "save", save)
+    torch.manual_seed(1)  # another start: the weights come from the checkpoint
+    with caplog.at_level("INFO", logger="ortho_node.training.finetune"):
+        assert main(command("stopped")) == 0
+    assert "after epoch 1" in caplog.text
+    whole, resumed = load_system(tmp_path / "whole").state_dict(), load_system(tmp_path / "stopped").state_dict()
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    assert read_system_card(tmp_path / "stopped").diagnosis[Joint.ANKLE].thresholds == \
+        read_system_card(tmp_path / "whole").diagnosis[Joint.ANKLE].thresholds
+
+    torch.save({"identity": "ortho-node train finetune --task knee-dx", "epoch": 1}, tmp_path / "other.epochs.pt")
+    caplog.clear()
+    assert main(command("other")) == 2  # another run's file is refused, not continued
+    assert "holds another run (ortho-node train finetune --task knee-dx)" in caplog.text
+
+
 def test_task_data_is_the_same_from_worker_processes_and_survives_save_and_load(tmp_path):
     from ortho_node.training.taskdata import TaskData, generate_task_data
 
