@@ -1,6 +1,6 @@
 """The admin console as a Starlette application (``[console]``): login, signed session cookies, CSRF tokens on
-every form, the failed-login lock-out, HTML pages, CSV export, key images, and the operator actions. Pages come
-from ``listeners.console.pages``, data from ``ortho_node.audit.views``, actions from ``listeners.web.actions``.
+every form, the failed-login lock-out, and the operator actions. The pages (HTML, CSV export, key images) are
+``listeners.console.views``; actions come from ``listeners.web.actions``.
 
 ``GET`` only reads. Every ``POST`` (login, logout, ``/actions``) checks the form's CSRF token
 (``listeners.console.sessions``) and the Origin header; ``/actions`` also the user's role (``console.users``:
@@ -11,7 +11,6 @@ off the event loop, as they read the database.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import secrets
@@ -34,11 +33,9 @@ from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.config import ConsoleSettings, DestinationSettings
 from ortho_node.cluster.registry import NodeStatus
 from ortho_node.config.users import Role, parse_user
-from ortho_node.delivery.pause import destination_overview
 from ortho_node.model.registry import ModelRegistry
-from listeners.console import pages
-from listeners.console.images import dicom_to_png
-from listeners.console.model_history import model_overview
+from listeners.console import pages, views
+from listeners.console.views import html_error
 from listeners.console.passwords import hash_password, verify_password
 from listeners.console.sessions import CSRF_FIELD, LOGIN_COOKIE, SESSION_COOKIE, LoginThrottle, Session, \
     SessionCookies
@@ -215,116 +212,9 @@ def _page(handler: Page, console: Console) -> Callable[[Request], Response]:
             return handler(request, console, session)
         except Exception:  # noqa: BLE001 - one failing page must not take the console down
             log.exception("console page %s failed", request.url.path)
-            return _html(500, "The page could not be built.", console, session)
+            return html_error(500, "The page could not be built.", console, session)
 
     return endpoint
-
-
-def _html(status: int, message: str, console: Console | None, session: Session | None) -> HTMLResponse:
-    frame = console.frame(session) if console and session else {"user": None}
-    return HTMLResponse(pages.error_page(status, message, **frame), status_code=status)
-
-
-def _query(request: Request) -> dict[str, str]:
-    return dict(request.query_params)
-
-
-def _studies(request: Request, console: Console, session: Session) -> Response:
-    query = _query(request)
-    if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(q.list_studies(console.db, _filters(query)), q.STUDY_COLUMNS), "studies.csv")
-    offset = _int(query.get("offset"), 0, 0, 10**7)
-    # One row more than a page says whether an older page exists.
-    rows = q.list_studies(console.db, _filters(query, limit=pages.PAGE_SIZE + 1, offset=offset))
-    rows, more = rows[:pages.PAGE_SIZE], len(rows) > pages.PAGE_SIZE
-    return HTMLResponse(pages.studies_page(rows, _kept(query), warnings=console.warnings, offset=offset, more=more,
-                                           **console.frame(session, request)))
-
-
-def _deliveries(request: Request, console: Console, session: Session) -> Response:
-    query = _query(request)
-    rows = q.list_deliveries(console.db, _filters(query))
-    if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(rows, q.DELIVERY_COLUMNS), "deliveries.csv")
-    return HTMLResponse(pages.deliveries_page(rows, _kept(query), **console.frame(session, request)))
-
-
-def _destinations(request: Request, console: Console, session: Session) -> Response:
-    rows = destination_overview(console.db, console.destinations)
-    return HTMLResponse(pages.destinations_page(rows, **console.frame(session, request)))
-
-
-def _nodes(request: Request, console: Console, session: Session) -> Response:
-    return HTMLResponse(pages.nodes_page(console.nodes(), **console.frame(session, request)))
-
-
-def _models(request: Request, console: Console, session: Session) -> Response:
-    if console.models is None:
-        return _html(404, "This console has no model registry.", console, session)
-    return HTMLResponse(pages.models_page(model_overview(console.models), **console.frame(session, request)))
-
-
-def _failures(request: Request, console: Console, session: Session) -> Response:
-    query = _query(request)
-    rows = q.list_failures(console.db, _filters(query))
-    if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(rows, q.FAILURE_COLUMNS), "failures.csv")
-    return HTMLResponse(pages.failures_page(rows, _kept(query), **console.frame(session, request)))
-
-
-def _summary(request: Request, console: Console, session: Session) -> Response:
-    days = q.daily_summary(console.db, days=_int(request.query_params.get("days"), 14, 1, 366))
-    if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(days, tuple(days[0])), "summary.csv")
-    return HTMLResponse(pages.summary_page(days, **console.frame(session, request)))
-
-
-def _summary_images(console: Console, uid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    results = q.study_results(console.db, uid)
-    return results, [o for o in (results[0]["objects"] if results else []) if o.get("kind") == "summary"]
-
-
-def _study(request: Request, console: Console, session: Session) -> Response:
-    uid = request.path_params["uid"]
-    row = console.study_row(uid)
-    if row is None:
-        return _html(404, "No such study.", console, session)
-    results, images = _summary_images(console, uid)
-    urls = [(f"/studies/{uid}/images/{o['sop_instance_uid']}.png", f"key image {n}")
-            for n, o in enumerate(images, start=1) if Path(o["path"]).is_file()]
-    deliveries = q.list_deliveries(console.db, study_instance_uid=uid)
-    names = sorted({d.name for d in console.destinations} | {d["destination"] for d in deliveries})
-    body = pages.study_page(row, q.study_timeline(console.db, uid) or [], results, deliveries, urls,
-                            series=q.study_series(console.db, uid), destinations=names,
-                            **console.frame(session, request))
-    return HTMLResponse(body)
-
-
-def _timeline_csv(request: Request, console: Console, session: Session) -> Response:
-    uid = request.path_params["uid"]
-    if console.study_row(uid) is None:
-        return _html(404, "No such study.", console, session)
-    timeline = q.study_timeline(console.db, uid) or []
-    return _csv(q.to_csv(timeline, q.TIMELINE_COLUMNS), f"timeline-{uid}.csv")
-
-
-def _key_image(request: Request, console: Console, session: Session) -> Response:
-    uid, sop_uid = request.path_params["uid"], request.path_params["sop"]
-    if console.study_row(uid) is None:
-        return _html(404, "No such study.", console, session)
-    _, images = _summary_images(console, uid)
-    match = next((o for o in images if o["sop_instance_uid"] == sop_uid), None)
-    if match is None or not Path(match["path"]).is_file():
-        return _html(404, "No such image.", console, session)
-    return Response(dicom_to_png(Path(match["path"])), media_type="image/png")
-
-
-def _not_found(request: Request, console: Console, session: Session) -> Response:
-    return _html(404, "No such page.", console, session)
-
-
-def _home(request: Request, console: Console, session: Session) -> Response:
-    return RedirectResponse("/studies", status_code=303)
 
 
 async def _read_form(request: Request) -> dict[str, str] | None:
@@ -357,22 +247,22 @@ def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIA
 
     async def login(request: Request) -> Response:
         if not _same_origin(request):
-            return _html(403, "Cross-site request refused.", None, None)
+            return html_error(403, "Cross-site request refused.", None, None)
         form = await _read_form(request)
         if form is None:
-            return _html(413, "Form too large.", None, None)
+            return html_error(413, "Form too large.", None, None)
         peer = request.client.host if request.client else "-"
         return await run_in_threadpool(console.login, form, peer, request.cookies.get(LOGIN_COOKIE))
 
     async def logout(request: Request) -> Response:
         if not _same_origin(request):
-            return _html(403, "Cross-site request refused.", None, None)
+            return html_error(403, "Cross-site request refused.", None, None)
         form = await _read_form(request)
         session = console.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             return console.logout(None)
         if form is None or not console.sessions.csrf_ok(f"session:{session.sid}", form.get(CSRF_FIELD)):
-            return _html(403, "The form expired or did not come from this console: reload the page.", console,
+            return html_error(403, "The form expired or did not come from this console: reload the page.", console,
                          session)
         return console.logout(session)
 
@@ -380,16 +270,16 @@ def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIA
         """An operator action from a form: Origin, session, CSRF token, role (in ``OperatorActions``), then
         back to the page the form was on, with the outcome as a notice."""
         if not _same_origin(request):
-            return _html(403, "Cross-site request refused.", None, None)
+            return html_error(403, "Cross-site request refused.", None, None)
         form = await _read_form(request)
         session = console.sessions.read(request.cookies.get(SESSION_COOKIE))
         if session is None:
             return RedirectResponse("/login", status_code=303)
         if form is None:
-            return _html(413, "Form too large.", console, session)
+            return html_error(413, "Form too large.", console, session)
         if not console.sessions.csrf_ok(f"session:{session.sid}", form.get(CSRF_FIELD)):
             log.warning("console action from %s refused: CSRF token missing or wrong", _peer(request))
-            return _html(403, "The form expired or did not come from this console: reload the page.", console,
+            return html_error(403, "The form expired or did not come from this console: reload the page.", console,
                          session)
         return await run_in_threadpool(_act, console, session, form, _peer(request))
 
@@ -401,29 +291,31 @@ def console_app(console: Console, *, api: ASGIApp | None = None, dicomweb: ASGIA
         Route("/logout", logout, methods=["POST"]),
         Route("/actions", act, methods=["POST"]),
         Route("/console.js", _script, methods=["GET"]),  # public: the same for everyone, no data in it
-        Route("/destinations", page(_destinations), methods=["GET"]),
-        Route("/nodes", page(_nodes), methods=["GET"]),
-        Route("/models", page(_models), methods=["GET"]),
-        Route("/", page(_home), methods=["GET"]),
-        Route("/studies", page(_studies), methods=["GET"]), Route("/studies.csv", page(_studies), methods=["GET"]),
-        Route("/deliveries", page(_deliveries), methods=["GET"]),
-        Route("/deliveries.csv", page(_deliveries), methods=["GET"]),
-        Route("/failures", page(_failures), methods=["GET"]),
-        Route("/failures.csv", page(_failures), methods=["GET"]),
-        Route("/summary", page(_summary), methods=["GET"]), Route("/summary.csv", page(_summary), methods=["GET"]),
-        Route("/studies/{uid}", page(_study), methods=["GET"]),
-        Route("/studies/{uid}/timeline.csv", page(_timeline_csv), methods=["GET"]),
-        Route("/studies/{uid}/images/{sop}.png", page(_key_image), methods=["GET"]),
+        Route("/destinations", page(views.destinations), methods=["GET"]),
+        Route("/nodes", page(views.nodes), methods=["GET"]),
+        Route("/models", page(views.models), methods=["GET"]),
+        Route("/", page(views.home), methods=["GET"]),
+        Route("/studies", page(views.studies), methods=["GET"]),
+        Route("/studies.csv", page(views.studies), methods=["GET"]),
+        Route("/deliveries", page(views.deliveries), methods=["GET"]),
+        Route("/deliveries.csv", page(views.deliveries), methods=["GET"]),
+        Route("/failures", page(views.failures), methods=["GET"]),
+        Route("/failures.csv", page(views.failures), methods=["GET"]),
+        Route("/summary", page(views.summary), methods=["GET"]),
+        Route("/summary.csv", page(views.summary), methods=["GET"]),
+        Route("/studies/{uid}", page(views.study), methods=["GET"]),
+        Route("/studies/{uid}/timeline.csv", page(views.timeline_csv), methods=["GET"]),
+        Route("/studies/{uid}/images/{sop}.png", page(views.key_image), methods=["GET"]),
         *([Mount(API_PREFIX, app=api)] if api is not None else []),
         *([Mount(DICOMWEB_PREFIX, app=dicomweb)] if dicomweb is not None else []),
-        Route("/{rest:path}", page(_not_found), methods=["GET"]),
+        Route("/{rest:path}", page(views.not_found), methods=["GET"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = ("Method not allowed." if status == 405 else "No such page." if status == 404 else
                    "Bad request.")
-        return _html(status, message, None, None)
+        return html_error(status, message, None, None)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return DefaultHeaders(app, SECURITY_HEADERS, name="console")
@@ -433,17 +325,17 @@ def _act(console: Console, session: Session, form: Mapping[str, str], peer: str)
     """Run the form's action as the session's user; the outcome goes back as a notice (errors as their page)."""
     next_path = _local_path(form.get("next", "/studies"))
     if console.actions is None:
-        return _html(404, "This console offers no actions.", console, session)
+        return html_error(404, "This console offers no actions.", console, session)
     try:
         action = Action(form.get("action", ""))
     except ValueError:
-        return _html(404, "No such action.", console, session)
+        return html_error(404, "No such action.", console, session)
     actor = Actor(session.user, console.role_of(session.user), "console", peer)
     try:
         done = console.actions.run(actor, action, form.get("target", "").strip(), reason=form.get("reason", "").strip(),
                                    to=form.get("to") or None)
     except ActionFailed as failed:
-        return _html(failed.status, failed.message, console, session)
+        return html_error(failed.status, failed.message, console, session)
     separator = "&" if "?" in next_path else "?"
     return RedirectResponse(f"{next_path}{separator}notice={console.sessions.sign_notice(done)}", status_code=303)
 
@@ -465,38 +357,6 @@ def _local_path(value: str) -> str:
     return value
 
 
-def _int(text: str | None, default: int, low: int, high: int) -> int:
-    try:
-        return min(high, max(low, int(text))) if text else default
-    except ValueError:
-        return default
-
-
-def _day(text: str | None) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-
-
-def _filters(query: Mapping[str, str], *, limit: int | None = None, offset: int = 0) -> q.Filters:
-    """The query's filters; ``limit``: a page's rows (default: the query's ``limit``, else 500)."""
-    return q.Filters(since=_day(query.get("since")), until=_day(query.get("until")),
-                     study_date=_day(query.get("study_date")),
-                     status=query.get("status") or None, joint=query.get("joint") or None,
-                     calling_ae=query.get("ae") or None, search=query.get("search") or None,
-                     limit=limit or _int(query.get("limit"), 500, 1, 10000), offset=offset)
-
-
-def _kept(query: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in query.items()
-            if v and k in ("search", "study_date", "since", "until", "status", "joint", "ae")}
-
-
 def _peer(request: Request) -> str:
     return request.client.host if request.client else "-"
 
-
-def _csv(text: str, name: str) -> Response:
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

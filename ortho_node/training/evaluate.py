@@ -14,6 +14,7 @@ from pathlib import Path
 from ortho_node.clock import utcnow
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_JOINTS, Joint
 from ortho_node.model.runtime import DeviceChoice
+from ortho_node.training import archive
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ CARD_COPY = "model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, metavar="MODEL", help="task model folder (model_card.json + weights)")
-    parser.add_argument("--data", required=True, type=Path, help="folder of DICOM studies")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="folder of DICOM studies")
+    archive.add_arguments(parser, source)
     parser.add_argument("--labels", required=True, type=Path, help="findings CSV (StudyInstanceUID or "
                                                                    "AccessionNumber, one column per label, 0/1/blank)")
     parser.add_argument("--masks", type=Path, help="DICOM-SEG files or <SeriesInstanceUID>.nii.gz masks")
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.model, args.device)
         if joint not in predictor.card.diagnosis:
             raise ValueError(f"model {predictor.card.name} {predictor.card.version} has no {joint.value} head")
-        studies = read_labelled(args.data, args.labels, joint, masks=args.masks,
+        source = args.data if args.archive is None else archive.archive_files(args)
+        studies = read_labelled(source, args.labels, joint, masks=args.masks,
                                 structures=predictor.card.structures)
     except LabelledDataError as error:
         logger.error("nothing evaluated: %s", error)
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
              "data": {"studies": len(studies), "patients": len({s.patient_key for s in studies}),
                       "masked_studies": sum(1 for s in studies if s.masks), "not_analysed": failed},
              "evaluated_at": utcnow().isoformat(timespec="seconds"),
-             "command": f"ortho-node train evaluate {args.model.name} --data {args.data.name} "
+             "command": f"ortho-node train evaluate {args.model.name} "
+                        f"{f'--data {args.data.name}' if args.data else f'--archive {args.archive.name}'} "
                         f"--labels {args.labels.name}" + (f" --masks {args.masks.name}" if args.masks else "")}
     html, json_path = write_report(args.out, records, figures, about)
     logger.info("validation report of %d studies written: %s, %s", len(records), html, json_path)

@@ -30,7 +30,7 @@ from ortho_node.model.runtime import DeviceChoice, autocast, place_model, resolv
 from ortho_node.model.system import OrthoModel, load_system, new_card, save_system
 from ortho_node.model.unet import UNetConfig
 from ortho_node.prediction import OperatingPoint
-from ortho_node.training import calibration
+from ortho_node.training import archive, calibration
 from ortho_node.training import scores as metrics
 from ortho_node.training.flags import add_flags, from_flags, param
 from ortho_node.training.pretrain import UNET_PRESETS
@@ -431,6 +431,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data", type=Path, help="folder written by `ortho-node synth` (NIfTI + findings.json), "
                                                   "or with --labels a folder of DICOM studies")
     source.add_argument("--synthetic", type=int, metavar="N", help="generate N synthetic studies instead")
+    archive.add_arguments(parser, source)
     parser.add_argument("--data-seed", type=int, default=0, help="first seed of --synthetic studies")
     parser.add_argument("--labels", type=Path, help="findings CSV for the DICOM studies of --data (StudyInstanceUID "
                                                     "or AccessionNumber, one column per label, 0/1/blank)")
@@ -484,11 +485,12 @@ def _labelled_data(args: argparse.Namespace, task: Task, spec, settings: Finetun
     patient: (data, (train, validation) indices, how it was split)."""
     from ortho_node.training.labelled import patient_split, read_labelled, task_data
 
-    if args.data is None:
-        raise FinetuneError("--labels needs --data, the folder of DICOM studies")
+    if args.data is None and args.archive is None:
+        raise FinetuneError("--labels needs --data (a folder of DICOM studies) or --archive (studies of the node)")
     if task.segmentation and args.masks is None:
         raise FinetuneError(f"{task.value} needs --masks")
-    studies = read_labelled(args.data, args.labels, task.joint, masks=args.masks)
+    source = args.data if args.archive is None else archive.archive_files(args)
+    studies = read_labelled(source, args.labels, task.joint, masks=args.masks)
     if task.segmentation:
         studies = [s for s in studies if s.masks]
     train, val = patient_split(studies, settings.val_fraction, settings.seed,
@@ -521,6 +523,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = _initial_model(args)
         spec = model.card.preprocessing
+        if args.archive is not None and args.labels is None:
+            raise FinetuneError("--archive needs --labels, the findings CSV of the listed studies")
         if args.labels is not None:
             data, (train_index, val_index), split_note = _labelled_data(args, task, spec, settings)
         elif args.data is not None:

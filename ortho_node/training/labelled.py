@@ -46,6 +46,19 @@ class LabelledDataError(ValueError):
 
 
 @dataclass(frozen=True)
+class StudyFiles:
+    """The DICOM files labelled studies are read from, and where they are (for messages): a folder's files
+    (:meth:`folder`) or the listed studies of a node's archive (:mod:`ortho_node.training.archive`)."""
+
+    files: tuple[Path, ...]
+    where: str
+
+    @classmethod
+    def folder(cls, data: Path) -> StudyFiles:
+        return cls(tuple(sorted(p for p in Path(data).rglob("*") if p.is_file())), str(data))
+
+
+@dataclass(frozen=True)
 class Acquisition:
     """Header facts the validation report breaks results down by."""
 
@@ -199,9 +212,10 @@ def _header_facts(files: Sequence[Path]) -> tuple[str, str, Acquisition]:
     return key, str(ds.get("AccessionNumber", "") or ""), acquisition
 
 
-def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | None = None,
+def read_labelled(data: Path | StudyFiles, labels_csv: Path, joint: Joint, *, masks: Path | None = None,
                   structures: Sequence[str] = KNEE_STRUCTURES) -> list[LabelledStudy]:
-    """Every study of ``data`` with its CSV findings and masks; :class:`LabelledDataError` lists every problem."""
+    """Every study of ``data`` (a folder, or :class:`StudyFiles`) with its CSV findings and masks;
+    :class:`LabelledDataError` lists every problem."""
     from sqlalchemy import select
 
     from ortho_node.db.models import Instance, Series, Study
@@ -209,7 +223,8 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
 
     problems: list[str] = []
     key_column, rows = read_findings(labels_csv, joint, problems)
-    files = sorted(p for p in Path(data).rglob("*") if p.is_file())
+    source = data if isinstance(data, StudyFiles) else StudyFiles.folder(data)
+    files = list(source.files)
     with tempfile.TemporaryDirectory(prefix="ortho-labelled-") as scratch:
         session_factory, counts = catalogue(files, Path(scratch) / "catalog.sqlite")
         with session_factory() as session:
@@ -231,7 +246,7 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
         key = study.study_instance_uid if key_column == "StudyInstanceUID" else accession
         studies.append((study, patient, key, acquisition))
     found = {key for _, _, key, _ in studies}
-    problems += [f"{labels_csv.name}: {key_column} {key} is not a study in {data}" for key in rows if key not in found]
+    problems += [f"{labels_csv.name}: {key_column} {key} is not a study in {source.where}" for key in rows if key not in found]
     mask_maps = _read_masks(masks, [s for s, *_ in studies], every_series, structures, problems)
     labelled = []
     for study, patient, key, acquisition in studies:
@@ -244,7 +259,7 @@ def read_labelled(data: Path, labels_csv: Path, joint: Joint, *, masks: Path | N
                                       study_masks, acquisition, paths[study.study_instance_uid]))
     if problems:
         raise LabelledDataError(problems)
-    logger.info("%d labelled %s studies read from %s", len(labelled), joint.value, data)
+    logger.info("%d labelled %s studies read from %s", len(labelled), joint.value, source.where)
     return labelled
 
 

@@ -165,3 +165,50 @@ def test_slices_a_sparse_seg_leaves_out_are_unlabelled_not_background(department
     data = task_data([labelled[studies[6].study_uid]], Joint.KNEE, PreprocessSpec(depth=16, size=64),
                      segmentation=True)
     assert (data.stacks.labels == UNLABELLED).any()  # carried onto the model grid for the loss to leave out
+
+
+def test_studies_listed_from_the_nodes_archive_read_as_the_exported_folder_does(department, manual_node, tmp_path,
+                                                                                caplog):
+    from pydicom import dcmread
+    from sqlalchemy import select, update
+
+    from ortho_node.app.cli.main import main
+    from ortho_node.clock import utcnow
+    from ortho_node.db.models import Instance, Series, Study
+    from ortho_node.training.archive import read_uids, study_files
+    from tests.assembly.factory import send
+
+    root, studies, _ = department
+    node = manual_node()  # on a manual clock: received and catalogued, never analysed
+    send(node, [dcmread(path) for path in sorted((root / "dicom").rglob("*")) if path.is_file()])
+    listed = tmp_path / "uids.txt"
+    listed.write_text("# the department's validation list\n" + "\n".join(
+        f"{studies[seed].study_uid}  # seed {seed}" for seed in SEEDS) + "\n\n")
+    assert read_uids(listed) == [studies[seed].study_uid for seed in SEEDS]
+    from_archive = {s.uid: s for s in read_labelled(study_files(read_uids(listed), node.settings),
+                                                    root / "labels.csv", Joint.KNEE, masks=root / "masks")}
+    from_folder = {s.uid: s for s in read_labelled(root / "dicom", root / "labels.csv", Joint.KNEE,
+                                                   masks=root / "masks")}
+    assert set(from_archive) == set(from_folder) == {studies[seed].study_uid for seed in SEEDS}
+    for uid, item in from_archive.items():
+        assert item.findings == from_folder[uid].findings and item.patient_key == from_folder[uid].patient_key
+        assert all(path.is_relative_to(node.settings.data_dir) for path in item.sources.values())
+        assert np.array_equal(item.masks[Plane.SAGITTAL], from_folder[uid].masks[Plane.SAGITTAL])
+
+    purged = studies[7].study_uid
+    with node.session_factory.begin() as session:  # as retention leaves a purged study's rows
+        series = select(Series.id).join(Study).where(Study.study_instance_uid == purged)
+        session.execute(update(Instance).where(Instance.series_id.in_(series)).values(purged_at=utcnow()))
+    unknown = "1.2.826.0.1.3680043.8.498.999"
+    with pytest.raises(LabelledDataError) as error:
+        study_files([studies[5].study_uid, purged, unknown, "../x"], node.settings)
+    assert set(error.value.problems) == {f"study {purged}: its instances were purged by retention",
+                                         f"study {unknown}: not in the node's archive",
+                                         "'../x': StudyInstanceUID is not a valid DICOM UID"}
+    listed.write_text(f"{studies[5].study_uid}\n{unknown}\n")
+    argv = ["train", "finetune", "--task", "knee-dx", "--archive", str(listed), "--labels", str(root / "labels.csv"),
+            "--data-dir", str(node.settings.data_dir), "--out", str(tmp_path / "model"), "--device", "cpu"]
+    assert main(argv) == 2 and f"study {unknown}: not in the node's archive" in caplog.text
+    assert main(argv[:6] + argv[8:]) == 2 and "--archive needs --labels" in caplog.text
+    assert not (tmp_path / "model").exists()
+
