@@ -163,11 +163,15 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-_STORE_RESPONSE = {"content": {"application/dicom+json": {"schema": {
-    "type": "object", "description": "Store Instances Response (PS3.18 10.5.3) in the DICOM JSON Model: "
-    "ReferencedSOPSequence (00081199) of the stored instances, FailedSOPSequence (00081198) of the refused ones with "
-    "FailureReason (00081197): the status a C-STORE would have got (A700 out of resources, A900 data set does not "
-    "match, C210 cannot understand, C220/C221 missing or invalid UID, C230 refused by an accept rule)"}}}}
+_STORE_DATASET = ("ReferencedSOPSequence (00081199) of the stored instances, FailedSOPSequence (00081198) of the "
+                  "refused ones with FailureReason (00081197): the status a C-STORE would have got (A700 out of "
+                  "resources, A900 data set does not match, C210 cannot understand, C220/C221 missing or invalid UID, "
+                  "C230 refused by an accept rule)")
+_STORE_RESPONSE = {"content": {
+    "application/dicom+json": {"schema": {"type": "object", "description": "Store Instances Response (PS3.18 "
+                                          f"10.5.3) in the DICOM JSON Model: {_STORE_DATASET}"}},
+    "application/dicom+xml": {"schema": {"type": "string", "description": "the same in the Native DICOM Model "
+                                         "(PS3.19 A.1), when the Accept header prefers it"}}}}
 
 
 def _store_instances(operation_id: str, summary: str, study: bool) -> dict[str, Any]:
@@ -182,6 +186,7 @@ def _store_instances(operation_id: str, summary: str, study: bool) -> dict[str, 
         **{code: {"description": text, **error} for code, text in (
             ("400", "Malformed multipart body (nothing stored)"), ("401", "No valid token or user"),
             ("403", "The role may not store (operator or stow may)"),
+            ("406", "Accept allows neither application/dicom+json nor application/dicom+xml (nothing stored)"),
             ("413", "Body over dicomweb.max_request_mb (nothing stored)"),
             ("415", "Not multipart/related; type=\"application/dicom\""))}}
     parameters = [{"name": "StudyInstanceUID", "in": "path", "required": True, "schema": _STRING,

@@ -1,4 +1,6 @@
-"""The STOW-RS Store Instances Response (PS3.18 10.5.3) in the DICOM JSON Model (PS3.18 F.2), and its HTTP status.
+"""The STOW-RS Store Instances Response (PS3.18 10.5.3) in the DICOM JSON Model (PS3.18 F.2) or, when the request
+asks for it, the Native DICOM Model in XML (PS3.19 A.1); the media type chosen from the Accept header; the HTTP
+status.
 
 Per instance: stored ones (duplicates too, as over DIMSE) in the Referenced SOP Sequence; refused ones in the
 Failed SOP Sequence with Failure Reason, the same status intake gives a C-STORE (0xA700, 0xA900, 0xC210, ...).
@@ -13,10 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from xml.etree import ElementTree
+
+from pydicom.datadict import keyword_for_tag
 
 from listeners.dicomweb.stow import InstanceOutcome
 
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+NATIVE_DICOM_NAMESPACE = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
+# What each Accept media range stands for: application/json and wildcards get the default, DICOM JSON.
+_ACCEPTED = {DICOM_JSON: DICOM_JSON, "application/json": DICOM_JSON, "application/*": DICOM_JSON,
+             "*/*": DICOM_JSON, DICOM_XML: DICOM_XML}
 RETRY_AFTER_S = 30  # what a 503 asks the sender to wait
 
 # PS3.6 tags, as DICOM JSON keys.
@@ -60,3 +70,53 @@ def http_status(instances: Sequence[InstanceOutcome]) -> int:
     if all(0xA700 <= i.status <= 0xA7FF for i in failures):
         return 503
     return 409
+
+
+class NotAcceptable(ValueError):
+    """The Accept header names no response type the node writes (HTTP 406, before anything is stored)."""
+
+
+def response_type(accept: str | None) -> str:
+    """DICOM JSON or DICOM XML, whichever the Accept header ranks first (RFC 9110 quality values; DICOM JSON
+    when it has no preference or no header); :class:`NotAcceptable` when it accepts neither."""
+    if not accept or not accept.strip():
+        return DICOM_JSON
+    ranked = []
+    for position, item in enumerate(accept.split(",")):
+        media_range, *parameters = (piece.strip() for piece in item.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        chosen = _ACCEPTED.get(media_range.lower())
+        if chosen is not None and quality > 0:
+            ranked.append((-quality, chosen != media_range.lower(), position, chosen))
+    if not ranked:
+        raise NotAcceptable(f"the response can be {DICOM_JSON} or {DICOM_XML}; Accept names neither")
+    return min(ranked)[3]
+
+
+def native_xml(body: dict[str, Any]) -> bytes:
+    """A data set of the DICOM JSON Model as the Native DICOM Model (PS3.19 A.1): what an XML client reads."""
+    root = ElementTree.Element("NativeDicomModel", xmlns=NATIVE_DICOM_NAMESPACE)
+    _add_attributes(root, body)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="utf-8",
+                                                                           xml_declaration=False)
+
+
+def _add_attributes(parent: ElementTree.Element, dataset: dict[str, Any]) -> None:
+    for tag in sorted(dataset):
+        element = dataset[tag]
+        attribute = ElementTree.SubElement(parent, "DicomAttribute", tag=tag, vr=element["vr"])
+        keyword = keyword_for_tag(int(tag, 16))
+        if keyword:
+            attribute.set("keyword", keyword)
+        for number, value in enumerate(element.get("Value", ()), start=1):
+            if element["vr"] == "SQ":
+                _add_attributes(ElementTree.SubElement(attribute, "Item", number=str(number)), value)
+            else:
+                ElementTree.SubElement(attribute, "Value", number=str(number)).text = str(value)

@@ -1,10 +1,11 @@
 """The DICOMweb routes: STOW-RS ``POST /studies`` and ``POST /studies/{StudyInstanceUID}`` (mounted at
-``/dicomweb``), answering the Store Instances Response as application/dicom+json.
+``/dicomweb``), answering the Store Instances Response.
 
-Order of checks, each with its HTTP status: credentials (401, 403 for a role that may not store), media type
-(415), declared length (413, before a byte is read), the body spooled to disk (413 once over the limit), the
+Order of checks, each with its HTTP status: credentials (401, 403 for a role that may not store), the response
+type the Accept header allows (406), media type (415), declared length (413, before a byte is read), the body spooled to disk (413 once over the limit), the
 multipart structure (400: located whole before anything is stored, so a cut-short body stores nothing), then each
-instance through intake (200 / 202 / 409 / 503, ``listeners.dicomweb.response``). Every refusal is audited.
+instance through intake (200 / 202 / 409 / 503, ``listeners.dicomweb.response``: DICOM JSON, or XML when the
+Accept header prefers it). Every refusal is audited.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ortho_node.intake.storage import is_valid_uid
 from listeners.dicomweb.access import CHALLENGE, Refused, StowAccess
 from listeners.dicomweb.multipart import (BodyParts, BodyTooLarge, MalformedBody, RelatedType, SpooledBody,
                                           UnsupportedMediaType, parse_content_type)
-from listeners.dicomweb.response import DICOM_JSON, RETRY_AFTER_S, http_status, response_body
+from listeners.dicomweb.response import (DICOM_JSON, DICOM_XML, RETRY_AFTER_S, NotAcceptable, http_status,
+                                         native_xml, response_body, response_type)
 from listeners.dicomweb.stow import Sender, StoreReport, StowReceiver
 from listeners.web.headers import DefaultHeaders
 
@@ -58,20 +60,22 @@ class StowEndpoint:
             return _error(refused.status, refused.message,
                           {"WWW-Authenticate": CHALLENGE} if refused.status == 401 else None)
         try:
+            media_type = response_type(request.headers.get("accept"))
             related = parse_content_type(request.headers.get("content-type"))
             if study is not None and not is_valid_uid(study):
                 raise MalformedBody("the request's StudyInstanceUID is not a valid UID")
             self._check_declared_length(request.headers.get("content-length"))
-        except (UnsupportedMediaType, MalformedBody, BodyTooLarge) as exc:
+        except (NotAcceptable, UnsupportedMediaType, MalformedBody, BodyTooLarge) as exc:
             return self._refused(exc, sender)
-        return await self._receive(request, related, sender, study)
+        return await self._receive(request, related, sender, study, media_type)
 
     def _check_declared_length(self, declared: str | None) -> None:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {self.max_bytes} "
                                "(dicomweb.max_request_mb)")
 
-    async def _receive(self, request: Request, related: RelatedType, sender: Sender, study: str | None) -> Response:
+    async def _receive(self, request: Request, related: RelatedType, sender: Sender, study: str | None,
+                       media_type: str) -> Response:
         try:
             spool = SpooledBody(self.spool_folder, self.max_bytes)
         except OSError as exc:
@@ -93,7 +97,10 @@ class StowEndpoint:
             spool.remove()
         status = http_status(report.instances)
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-        return DicomJsonResponse(response_body(report.instances), status_code=status, headers=headers)
+        body = response_body(report.instances)
+        if media_type == DICOM_XML:
+            return Response(native_xml(body), status_code=status, headers=headers, media_type=DICOM_XML)
+        return DicomJsonResponse(body, status_code=status, headers=headers)
 
     def _store(self, path: Path, related: RelatedType, sender: Sender, study: str | None) -> StoreReport:
         with BodyParts(path, related) as body:
@@ -111,7 +118,7 @@ class StowEndpoint:
         return _error(503, why, {"Retry-After": str(RETRY_AFTER_S)})
 
     def _refused(self, exc: Exception, sender: Sender) -> Response:
-        status = {UnsupportedMediaType: 415, BodyTooLarge: 413}.get(type(exc), 400)
+        status = {NotAcceptable: 406, UnsupportedMediaType: 415, BodyTooLarge: 413}.get(type(exc), 400)
         log.warning("STOW-RS request from %s at %s refused (%d): %s", sender.name, sender.peer_host, status, exc)
         self._audit.record(AuditKind.STOW_REFUSED, f"STOW-RS request refused ({status}): {exc}",
                            severity=Severity.WARNING, calling_ae=sender.ref.calling_ae, peer_host=sender.peer_host,

@@ -100,6 +100,31 @@ def _sop_of(payload: bytes) -> str:
     return str(dcmread(BytesIO(payload), stop_before_pixels=True).SOPInstanceUID)
 
 
+def test_the_response_is_dicom_xml_when_the_client_prefers_it_and_406_when_it_accepts_neither(stow):
+    from xml.etree import ElementTree
+
+    stored, refused = mr_dataset(seed=11), mr_dataset(seed=12)
+    accept = {"Accept": "application/dicom+json;q=0.5, application/dicom+xml"}
+    response = _post(stow, [part10(stored), b"not dicom"], {**stow.bearer("stow"), **accept})
+    assert response.status_code == 202 and response.headers["content-type"].startswith("application/dicom+xml")
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    root = ElementTree.fromstring(response.content)
+    assert root.tag == "{http://dicom.nema.org/PS3.19/models/NativeDICOM}NativeDicomModel"
+    referenced = root.find("d:DicomAttribute[@tag='00081199']", ns)
+    assert referenced.get("keyword") == "ReferencedSOPSequence" and referenced.get("vr") == "SQ"
+    [item] = referenced.findall("d:Item", ns)
+    assert item.find("d:DicomAttribute[@tag='00081155']/d:Value", ns).text == str(stored.SOPInstanceUID)
+    [failed] = root.findall("d:DicomAttribute[@tag='00081198']/d:Item", ns)
+    reason = failed.find("d:DicomAttribute[@keyword='FailureReason']", ns)
+    assert reason.get("vr") == "US" and int(reason.find("d:Value", ns).text) == Status.CANNOT_UNDERSTAND_UNDECODABLE
+    assert _stored(stow.node, [str(stored.SOPInstanceUID)])
+
+    html_only = _post(stow, [part10(refused)], {**stow.bearer("stow"), "Accept": "text/html"})
+    assert html_only.status_code == 406 and "application/dicom+xml" in html_only.json()["error"]
+    assert not _stored(stow.node, [str(refused.SOPInstanceUID)])  # refused before anything is stored
+    assert _events(stow.node, "stow_refused")[-1].details["http_status"] == 406
+
+
 def test_none_stored_is_409_and_the_study_of_the_target_resource_is_enforced(stow):
     study = mr_dataset(seed=5)
     other = mr_dataset(seed=6)
