@@ -1,7 +1,8 @@
-"""What the console's Models page shows (issue 26): the model this node serves, the shadow candidate, every
-imported model with its held-out test figures, and every activation and rollback with who did it. Read from
-the registry (``ortho_node.model.registry``); changes stay with ``ortho-node model``, on the server, where the
-model folders are."""
+"""What the console's Models page shows (issue 26): the model this node serves, the shadow candidate and how
+far it agrees with the active model, every imported model with its held-out test figures, and every activation
+and rollback with who did it. Read from the registry (``ortho_node.model.registry``) and the shadow results
+(``ortho_node.inference.agreement``); changes stay with ``ortho-node model``, on the server, where the model
+folders are."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from ortho_node.inference.agreement import agreement_reports
 from ortho_node.model.registry import ModelEntry, ModelRegistry
 
 #: The card's figure per task, named as the validation report names it.
@@ -40,6 +44,7 @@ class ModelOverview:
     shadow: ModelEntry | None
     models: tuple[ModelRow, ...]
     history: tuple[HistoryRow, ...]
+    agreement: tuple[dict, ...] = ()  # per pair of shadow and active versions (``model agreement --json``)
 
 
 def card_scores(card: dict) -> tuple[tuple[str, str, float], ...]:
@@ -48,7 +53,7 @@ def card_scores(card: dict) -> tuple[tuple[str, str, float], ...]:
                  if isinstance(metrics.get(f"{task}/test/score"), (int, float)))
 
 
-def model_overview(registry: ModelRegistry) -> ModelOverview:
+def model_overview(registry: ModelRegistry, session_factory: sessionmaker[Session]) -> ModelOverview:
     if not registry.installed():  # a database before migration 0010: the bundled model, nothing recorded
         return ModelOverview(registry.pinned, registry.bundled(), None, (), ())
     active, shadow = registry.active(), registry.shadow()
@@ -57,7 +62,9 @@ def model_overview(registry: ModelRegistry) -> ModelOverview:
                           shadow is not None and entry.id == shadow.id)
                  for entry in registry.models())
     history = tuple(HistoryRow(_time(a.at), a.action, a.model, a.by) for a in registry.history())
-    return ModelOverview(registry.pinned, active, shadow, rows, history)
+    with session_factory() as session:
+        agreement = tuple(agreement_reports(session))
+    return ModelOverview(registry.pinned, active, shadow, rows, history, agreement)
 
 
 def _time(iso: str) -> dt.datetime | None:

@@ -63,7 +63,7 @@ def nodes(request: Request, console: Console, session: Session) -> Response:
 def models(request: Request, console: Console, session: Session) -> Response:
     if console.models is None:
         return html_error(404, "This console has no model registry.", console, session)
-    return HTMLResponse(pages.models_page(model_overview(console.models), **console.frame(session, request)))
+    return HTMLResponse(pages.models_page(model_overview(console.models, console.db), **console.frame(session, request)))
 
 
 def failures(request: Request, console: Console, session: Session) -> Response:

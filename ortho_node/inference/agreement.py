@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from ortho_node.db.models import ShadowResult
 from ortho_node.prediction import StudyPrediction
 
 
@@ -66,3 +69,16 @@ def summarize(agreements: Sequence[tuple[int, Mapping]]) -> dict:
             differing.append(result_id)
     return {"studies": len(agreements), "structures": structures, "findings": findings,
             "differing_results": differing}
+
+
+def agreement_reports(session: Session) -> list[dict]:
+    """Every stored shadow result, per pair of shadow and active model versions (in the order each pair first
+    ran): the pair named, then :func:`summarize` of its results."""
+    pairs: dict[tuple[str, str, str], list[tuple[int, Mapping]]] = {}
+    for row in session.execute(select(ShadowResult.id, ShadowResult.model_name, ShadowResult.model_version,
+                                      ShadowResult.active_model_version, ShadowResult.agreement)
+                               .order_by(ShadowResult.id)):
+        pairs.setdefault((row.model_name, row.model_version, row.active_model_version), []).append(
+            (row.id, row.agreement))
+    return [{"shadow_model": name, "shadow_version": version, "active_version": active, **summarize(items)}
+            for (name, version, active), items in pairs.items()]

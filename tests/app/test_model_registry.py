@@ -12,7 +12,7 @@ import pytest
 from ortho_node.app.cli.main import main
 from ortho_node.app.node import load_predictor
 from ortho_node.config import BUNDLED_MODEL, load_settings
-from ortho_node.db.models import ModelActivation, Node, RegisteredModel, StudyResult
+from ortho_node.db.models import ModelActivation, Node, RegisteredModel, ShadowResult, StudyResult
 from tests.app.model_registry_helpers import FAST, _cli, _events, _rows
 from tests.assembly.factory import store, study
 from tests.node_process import NodeProcess
@@ -154,7 +154,7 @@ def test_a_fresh_node_records_the_model_it_loads_at_start_up(tmp_path):
     assert [kind for kind, _ in _events(data_dir)] == ["model_loaded"]
 
 
-def test_the_console_models_page_shows_the_served_model_the_shadow_and_every_change(data_dir, models):
+def test_the_console_models_page_shows_the_served_model_the_shadows_agreement_and_every_change(data_dir, models):
     import requests
 
     from listeners.console.passwords import hash_password
@@ -174,6 +174,14 @@ def test_the_console_models_page_shows_the_served_model_the_shadow_and_every_cha
     settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir),
                                                     "console.users": [f"ann:{hash_password('a long password')}"]})
     sessions = make_session_factory(make_engine(settings.database_url))
+    with sessions.begin() as session:  # two studies the shadow ran on, as inference.shadow records them
+        for both, calls in ((80, (True, False)), (90, (True, True))):
+            session.add(ShadowResult(
+                study_instance_uid="1.2.3", model_name="Department knee", model_version="dept-b",
+                active_model_version="dept-a", findings=[], objects=[],
+                agreement={"structures": {"femur": [both, 100, 100]},
+                           "findings": {"MM": {"active": 0.7, "shadow": 0.6, "active_present": calls[0],
+                                               "shadow_present": calls[1]}}}))
     console = Console(settings.console, sessions, AuditTrail(sessions),
                       models=ModelRegistry.for_settings(settings, sessions))
     web = WebListener(console_app(console), "127.0.0.1", 0, name="console")
@@ -196,6 +204,11 @@ def test_the_console_models_page_shows_the_served_model_the_shadow_and_every_cha
     assert f"knee-seg mean Dice {bundled['metrics']['knee-seg/test/score']:.2f}" in rows[0]  # the card's figure
     assert 'badge delivered">active' in rows[1] and ">shadow<" in rows[2] and "active" not in rows[0] + rows[2]
     assert json.loads((models["dept-a"] / "model_card.json").read_text())["weights_sha256"][:16] in rows[1]
+    agreement = page.text.split("<h2>Shadow Department knee dept-b beside dept-a</h2>")[1].split("<h2>")[0]
+    assert "2 studies analysed by both" in agreement
+    assert '<td>femur</td><td class="num">0.850</td><td class="num">0.850</td><td class="num">2</td>' in agreement
+    assert ('<tr class="missed"><td>medial meniscus tear (MM)</td><td class="num">1</td><td class="num">2</td>'
+            '<td class="num">1</td><td class="num">2</td>') in agreement
     history = page.text.split("<h2>History</h2>")[1].split("</table>")[0]
     changes = [[cell.split(">", 1)[1] for cell in row.split("</td>")[1:4]] for row in history.split("<tr>")[2:]]
     assert changes == [["activated", "#1 Department knee dept-a", "dr-lee"],

@@ -152,20 +152,11 @@ def cmd_shadow(args: argparse.Namespace) -> int:
 
 def cmd_agreement(args: argparse.Namespace) -> int:
     """Per pair of shadow and active model versions: Dice per structure, findings that differ, counts."""
-    from sqlalchemy import select
-
-    from ortho_node.db.models import ShadowResult
-    from ortho_node.inference.agreement import summarize
+    from ortho_node.inference.agreement import agreement_reports
 
     _registry(args)  # the database has the registry's tables (and so the shadow results')
     with session_factory(settings_of(args))() as session:
-        rows = session.scalars(select(ShadowResult).order_by(ShadowResult.id)).all()
-        pairs: dict[tuple[str, str, str], list] = {}
-        for row in rows:
-            pairs.setdefault((row.model_name, row.model_version, row.active_model_version), []).append(
-                (row.id, row.agreement))
-    reports = [{"shadow_model": name, "shadow_version": version, "active_version": active, **summarize(items)}
-               for (name, version, active), items in pairs.items()]
+        reports = agreement_reports(session)
     if args.json:
         print(json.dumps(reports, indent=2))
         return 0
