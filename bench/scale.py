@@ -26,6 +26,7 @@ import datetime as dt
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -103,7 +104,12 @@ def throughput(admin_url: str, processors: int, studies: int, folder: Path) -> f
             for node in nodes:
                 node.wait_ready()
             for path in folders:
-                _storescu(nodes[0].port, path)
+                try:
+                    _storescu(nodes[0].port, path)
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                    output = (exc.stderr or b"").decode(errors="replace")[-800:]
+                    raise RuntimeError(f"storescu of {path.name} failed: {exc}: {output}\nreceiver log: "
+                                       f"{nodes[0].log()[-1500:]}") from None
             engine = make_engine(url)
             sessions = make_session_factory(engine)
             deadline = time.monotonic() + 60 * studies
