@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +44,18 @@ def studies(request: Request, console: Console, session: Session) -> Response:
 
 
 def deliveries(request: Request, console: Console, session: Session) -> Response:
+    return _filtered(request, console, session, q.list_deliveries, q.DELIVERY_COLUMNS, "deliveries",
+                     pages.deliveries_page)
+
+
+def _filtered(request: Request, console: Console, session: Session, listing: Callable, columns: Sequence[str],
+              name: str, page: Callable[..., str]) -> Response:
+    """A list the query's filters select: as CSV (``<name>.csv``) or as its page."""
     query = _query(request)
-    rows = q.list_deliveries(console.db, _filters(query))
+    rows = listing(console.db, _filters(query))
     if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(rows, q.DELIVERY_COLUMNS), "deliveries.csv")
-    return HTMLResponse(pages.deliveries_page(rows, _kept(query), **console.frame(session, request)))
+        return _csv(q.to_csv(rows, columns), f"{name}.csv")
+    return HTMLResponse(page(rows, _kept(query), **console.frame(session, request)))
 
 
 def destinations(request: Request, console: Console, session: Session) -> Response:
@@ -63,15 +70,12 @@ def nodes(request: Request, console: Console, session: Session) -> Response:
 def models(request: Request, console: Console, session: Session) -> Response:
     if console.models is None:
         return html_error(404, "This console has no model registry.", console, session)
-    return HTMLResponse(pages.models_page(model_overview(console.models, console.db), **console.frame(session, request)))
+    overview = model_overview(console.models, console.db)
+    return HTMLResponse(pages.models_page(overview, **console.frame(session, request)))
 
 
 def failures(request: Request, console: Console, session: Session) -> Response:
-    query = _query(request)
-    rows = q.list_failures(console.db, _filters(query))
-    if request.url.path.endswith(".csv"):
-        return _csv(q.to_csv(rows, q.FAILURE_COLUMNS), "failures.csv")
-    return HTMLResponse(pages.failures_page(rows, _kept(query), **console.frame(session, request)))
+    return _filtered(request, console, session, q.list_failures, q.FAILURE_COLUMNS, "failures", pages.failures_page)
 
 
 def summary(request: Request, console: Console, session: Session) -> Response:
