@@ -244,7 +244,8 @@ class Purger:
         with self._session_factory() as session:
             paths = result_paths(session, study.results_on_disk)
             shadow = shadow_paths(session, study.uid, self._data_dir)
-        files = [path for group in paths.values() for path in group] + shadow
+        results = [path for group in paths.values() for path in group]
+        files = results + shadow
         size = sum(file_size(path) for path in files)
         if dry_run:
             report.deletions.append(Deletion(study.uid, Action.RESULTS.value, reason, len(files), size))
@@ -258,7 +259,7 @@ class Purger:
             log.error("study %s: result objects could not be deleted: %s", study.uid, exc)
             report.held["deletion failed"] += 1
             return
-        self._emptied[self.results_root].update(path.parent for path in files if path not in shadow)
+        self._emptied[self.results_root].update(path.parent for path in results)
         self._emptied[self._data_dir / SHADOW_FOLDER].update(path.parent for path in shadow)
         details = {"reason": reason, "files": len(files), "bytes": size, "already_gone": gone,
                    "result_ids": list(study.results_on_disk), "shadow_files": len(shadow)}
