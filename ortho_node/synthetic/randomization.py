@@ -44,6 +44,11 @@ class RandomizedAppearance:
     Attributes:
         mean: range of each class's mean intensity (arbitrary units, SynthSeg's 0-255).
         std: range of each class's intensity standard deviation (same units).
+        texture_amplitude: maximum of each class's smooth texture (trabeculae, muscle striation, fat lobules),
+            relative to its mean; each class draws its own amplitude in [0, this].
+        texture_mm: range of the texture's feature size (one size per series, shared by the classes).
+        shared_muscle_probability: chance that all muscle compartments share one class (as muscles look alike
+            on real images) instead of one each (so no contrast between muscles can be relied on either).
         inversion_probability: chance the normalised image is inverted (1 - x).
         bias_std: maximum standard deviation of the log bias field at its coarse control points.
         slice_thickness_mm: slice thickness simulated along the slice axis (partial-volume blur and
@@ -65,6 +70,9 @@ class RandomizedAppearance:
 
     mean: tuple[float, float] = (0.0, 255.0)
     std: tuple[float, float] = (0.0, 35.0)
+    texture_amplitude: float = 0.35
+    texture_mm: tuple[float, float] = (1.5, 12.0)
+    shared_muscle_probability: float = 0.5
     inversion_probability: float = 0.25
     bias_std: float = 0.4
     slice_thickness_mm: tuple[float, float] = (0.5, 6.0)
@@ -84,14 +92,16 @@ class RandomizedAppearance:
     def __post_init__(self) -> None:
         _ordered("mean", self.mean, 0.0, 1e4)
         _ordered("std", self.std, 0.0, 1e4)
+        _ordered("texture_mm", self.texture_mm, 0.1, 100.0)
         _ordered("slice_thickness_mm", self.slice_thickness_mm, 0.1, 20.0)
         _ordered("pixel_mm", self.pixel_mm, 0.05, 5.0)
         _ordered("noise_std", self.noise_std, 0.0, 1.0)
         _ordered("ghost_amplitude", self.ghost_amplitude, 0.0, 1.0)
         _ordered("fov_mm", self.fov_mm, 20.0, 600.0)
-        for name in ("inversion_probability", "rician_probability", "ghost_probability", "flip_probability"):
+        for name in ("inversion_probability", "rician_probability", "ghost_probability", "flip_probability",
+                     "shared_muscle_probability"):
             _probability(name, getattr(self, name))
-        for name, hi in (("bias_std", 2.0), ("gamma_std", 1.0), ("centre_shift_mm", 100.0), ("rotation_deg", 90.0),
+        for name, hi in (("texture_amplitude", 1.0), ("bias_std", 2.0), ("gamma_std", 1.0), ("centre_shift_mm", 100.0), ("rotation_deg", 90.0),
                          ("axial_rotation_deg", 180.0)):
             if not 0.0 <= getattr(self, name) <= hi:
                 raise ValueError(f"{name} must be in [0, {hi}], got {getattr(self, name)}")
@@ -137,11 +147,27 @@ def _compact(classes: np.ndarray) -> tuple[int, np.ndarray]:
     return len(values), index.reshape(classes.shape)
 
 
-def _mixture_image(classes: np.ndarray, rng: np.random.Generator, appearance: RandomizedAppearance) -> np.ndarray:
-    """Each voxel drawn from its class's Gaussian; classes are numbered in ascending label order."""
+def texture_field(shape: tuple[int, ...], spacing: tuple[float, float, float], rng: np.random.Generator,
+                  appearance: RandomizedAppearance) -> np.ndarray:
+    """A smooth zero-mean field of unit standard deviation whose features are about a random size (mm):
+    a Gaussian grid of that spacing, interpolated trilinearly."""
+    size = rng.uniform(*appearance.texture_mm)
+    coarse = tuple(max(2, round(n * s / size) + 1) for n, s in zip(shape, spacing))
+    field = _resample(rng.standard_normal(coarse).astype(np.float32), shape)
+    field -= np.float32(field.mean())
+    return field / np.float32(max(float(field.std()), 1e-6))
+
+
+def _mixture_image(classes: np.ndarray, spacing: tuple[float, float, float], rng: np.random.Generator,
+                   appearance: RandomizedAppearance) -> np.ndarray:
+    """Each voxel drawn from its class's Gaussian, modulated by the class's share of one smooth texture (real
+    tissue is not uniform: a model must not take a uniform region for bone); classes are numbered in
+    ascending label order."""
     n_classes, index = _compact(classes)
     means, stds = class_intensities(n_classes, rng, appearance)
-    image = means[index] + stds[index] * rng.standard_normal(classes.shape, dtype=np.float32)
+    amplitudes = (means * rng.uniform(0.0, appearance.texture_amplitude, n_classes)).astype(np.float32)
+    image = means[index] + amplitudes[index] * texture_field(classes.shape, spacing, rng, appearance)
+    image += stds[index] * rng.standard_normal(classes.shape, dtype=np.float32)
     return np.maximum(image, 0.0, out=image)  # a magnitude image has no negative values
 
 
@@ -224,7 +250,7 @@ def render_randomized(classes: np.ndarray, spacing: tuple[float, float, float], 
     if min(spacing) <= 0:
         raise ValueError(f"spacing must be positive, got {spacing}")
     appearance = appearance or RandomizedAppearance()
-    image = _mixture_image(classes, rng, appearance)
+    image = _mixture_image(classes, spacing, rng, appearance)
     image = _resolution(image, spacing, rng, appearance)
     if keep_slices is not None:
         image = np.ascontiguousarray(image[keep_slices])

@@ -23,7 +23,7 @@ from ortho_node.synthetic.protocol import PROTOCOLS
 from ortho_node.synthetic.randomization import RandomizedAppearance, render_randomized
 from ortho_node.synthetic.render import SequencePreset
 from ortho_node.synthetic.scene import Scene
-from ortho_node.synthetic.structures import ground_truth_lut
+from ortho_node.synthetic.structures import MUSCLES, Structure, ground_truth_lut
 from ortho_node.synthetic.generator import PLANE_ABBREVIATION, SyntheticSeries, SyntheticStudy, generate_study, stream
 
 #: Step (mm) of the sub-slice samples through each slab: partial volume is resolved to about this.
@@ -118,13 +118,25 @@ def _sample_scene(scene: Scene, geometry: SeriesGeometry, deformation: Deformati
     return labels, signal
 
 
+def intensity_classes(structures: np.ndarray, signal: np.ndarray, rng: np.random.Generator,
+             appearance: RandomizedAppearance) -> np.ndarray:
+    """The intensity class of every voxel: its (structure, appearance) pair, with the muscle compartments
+    merged into one structure in a share of the series."""
+    classes = structures.astype(np.uint16)
+    if rng.random() < appearance.shared_muscle_probability:
+        merge = np.arange(256, dtype=np.uint16)
+        merge[[int(m) for m in MUSCLES]] = int(Structure.MUSCLE)
+        classes = merge[structures]
+    return classes * 256 + signal
+
+
 def _randomize_series(series: SyntheticSeries, scene: Scene, deformation: Deformation, centre: np.ndarray,
                       rng: np.random.Generator, appearance: RandomizedAppearance, uid: str) -> SyntheticSeries:
     geometry = randomize_geometry(series.geometry, rng, appearance)
     fine, own = _fine_geometry(geometry, appearance)
     structures, signal = _sample_scene(scene, fine, deformation, centre)
     # Every (structure, appearance) pair is a class of its own: the femur's cortex, marrow and oedema differ.
-    classes = structures.astype(np.uint16) * 256 + signal
+    classes = intensity_classes(structures, signal, rng, appearance)
     spacing = (fine.slice_spacing, geometry.pixel_spacing, geometry.pixel_spacing)
     image = render_randomized(classes, spacing, rng, appearance, keep_slices=own)
     pixels = np.clip(np.rint(image * rng.uniform(*_GAIN)), 0, 4095).astype(np.uint16)

@@ -67,6 +67,27 @@ class Paint:
         return None if self.label is None else default_signal(self.label)
 
 
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """Fill ``region`` (where it holds one of ``within``) with the nearest of ``parts``: each voxel takes the
+    label of the part whose surface is closest (inside is closest), if that part is within ``reach`` mm, so the
+    parts grow until they meet, the way muscles fill the fascia of a limb."""
+
+    region: Shape
+    parts: tuple[tuple[Structure, Shape], ...]
+    reach: float
+    within: frozenset[Structure] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Septa:
+    """Thin sheets of ``label`` wherever two different ``structures`` touch (the fat between muscles): both
+    voxels of every such pair of neighbours take ``label`` and its default signal (about two voxels thick)."""
+
+    structures: frozenset[Structure]
+    label: Structure
+
+
 @dataclasses.dataclass
 class Scene:
     """Label and appearance volumes (uint8, indexed [i, j, k]) with their placement in the patient."""
@@ -109,6 +130,56 @@ class Scene:
             if len(op.rim) > 2:
                 labels[outer] = int(op.rim[2])  # type: ignore[misc]
 
-    def paint_all(self, ops: Iterable[Paint]) -> None:
+    def partition(self, op: Partition) -> None:
+        """Apply one :class:`Partition` operation in place."""
+        axes = self.grid.axes()
+        sl = _axis_slices(*axes, op.region.bounds())
+        if sl is None:
+            return
+        x, y, z = axes[0][sl[0]], axes[1][:, sl[1]], axes[2][:, :, sl[2]]
+        labels, signal = self.labels[sl], self.signal[sl]
+        nearest = np.full(labels.shape, np.float32(op.reach))
+        which = np.full(labels.shape, len(op.parts), dtype=np.uint8)  # len(parts): no part within reach
+        for index, (_, shape) in enumerate(op.parts):
+            lo, hi = shape.bounds()
+            near = _axis_slices(x, y, z, (lo - op.reach, hi + op.reach))  # farther voxels cannot be closer
+            if near is None:
+                continue
+            distance = shape.sdf(x[near[0]], y[:, near[1]], z[:, :, near[2]])
+            closer = distance < nearest[near]
+            nearest[near][closer] = distance[closer]
+            which[near][closer] = index
+        fill = np.broadcast_to(op.region.sdf(x, y, z) < 0, labels.shape) & (which < len(op.parts))
+        if op.within is not None:
+            allowed = np.zeros(256, dtype=bool)
+            allowed[[int(v) for v in op.within]] = True
+            fill &= allowed[labels]
+        parts = [structure for structure, _ in op.parts]
+        labels[fill] = np.array([int(p) for p in parts], dtype=np.uint8)[which[fill]]
+        signal[fill] = np.array([int(default_signal(p)) for p in parts], dtype=np.uint8)[which[fill]]
+
+    def separate(self, op: Septa) -> None:
+        """Apply one :class:`Septa` operation in place."""
+        allowed = np.zeros(256, dtype=bool)
+        allowed[[int(v) for v in op.structures]] = True
+        member = allowed[self.labels]
+        septum = np.zeros_like(member)
+        for axis in range(3):
+            low = [slice(None)] * 3
+            high = [slice(None)] * 3
+            low[axis], high[axis] = slice(None, -1), slice(1, None)
+            low_t, high_t = tuple(low), tuple(high)
+            edge = member[low_t] & member[high_t] & (self.labels[low_t] != self.labels[high_t])
+            septum[low_t] |= edge
+            septum[high_t] |= edge
+        self.labels[septum] = int(op.label)
+        self.signal[septum] = int(default_signal(op.label))
+
+    def paint_all(self, ops: Iterable[Paint | Partition | Septa]) -> None:
         for op in ops:
-            self.paint(op)
+            if isinstance(op, Septa):
+                self.separate(op)
+            elif isinstance(op, Partition):
+                self.partition(op)
+            else:
+                self.paint(op)

@@ -73,7 +73,8 @@ class Ellipsoid(Shape):
         # Quilez's bound: k0 (k0 - 1) / k1 is a close distance estimate for ellipsoids of any aspect.
         k0 = np.sqrt(sum((d[i] / radii[i]) ** 2 for i in range(3)))
         k1 = np.sqrt(sum((d[i] / radii[i] ** 2) ** 2 for i in range(3)))
-        return (k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)).astype(np.float32)
+        # At the very centre the estimate is 0 / 0 (-0.0, "not inside"): there it is the smallest radius.
+        return np.where(k1 > 1e-9, k0 * (k0 - 1.0) / np.maximum(k1, 1e-9), -min(radii)).astype(np.float32)
 
 
 class SuperEllipsoid(Shape):

@@ -66,6 +66,21 @@ class Structure(enum.IntEnum):
     SASD_BURSA = 52
     BICEPS_SHEATH = 53
     LUNG = 54
+    # Knee muscle compartments: one label each, so fat septa can run between them and the randomised render
+    # can give each its own intensity; all look like muscle (``Signal.MUSCLE``) in realistic renders.
+    VASTUS_INTERMEDIUS = 60  # with rectus femoris
+    VASTUS_MEDIALIS = 61
+    VASTUS_LATERALIS = 62
+    SEMIMEMBRANOSUS = 63
+    SEMITENDINOSUS = 64
+    SARTORIUS = 65
+    BICEPS_FEMORIS = 66
+    GASTROCNEMIUS_MEDIAL = 67
+    GASTROCNEMIUS_LATERAL = 68
+    SOLEUS = 69
+    TIBIALIS_ANTERIOR = 70  # with the long extensors
+    PERONEALS = 71
+    POPLITEUS = 72
 
 
 class Signal(enum.IntEnum):
@@ -99,8 +114,11 @@ _CARTILAGE = (
 _FIBROCARTILAGE = (Structure.MEDIAL_MENISCUS, Structure.LATERAL_MENISCUS, Structure.LABRUM)
 # AC joint, bursa and sheath are fluid-lined spaces: thin and fluid-bright even when normal.
 _FLUID = (Structure.FLUID, Structure.AC_JOINT, Structure.SASD_BURSA, Structure.BICEPS_SHEATH)
+#: Muscle of any compartment (``Structure.MUSCLE`` where a joint has no compartments).
+MUSCLES = frozenset({Structure.MUSCLE, *(Structure(v) for v in range(Structure.VASTUS_INTERMEDIUS,
+                                                                   Structure.POPLITEUS + 1))})
 _OTHER = {
-    Structure.BACKGROUND: Signal.AIR, Structure.LUNG: Signal.AIR, Structure.MUSCLE: Signal.MUSCLE,
+    Structure.BACKGROUND: Signal.AIR, Structure.LUNG: Signal.AIR,
     Structure.FAT: Signal.FAT, Structure.SKIN: Signal.SKIN, Structure.VESSEL: Signal.VESSEL,
     Structure.OEDEMA: Signal.SOFT_OEDEMA,
 }
@@ -116,11 +134,13 @@ def default_signal(structure: Structure) -> Signal:
         return Signal.FIBROCARTILAGE
     if structure in _FLUID:
         return Signal.FLUID
+    if structure in MUSCLES:
+        return Signal.MUSCLE
     return _OTHER.get(structure, Signal.LIGAMENT)
 
 
 #: Filler tissues that anatomy painted later may overwrite (``Paint.within``).
-SOFT_TISSUES = frozenset({Structure.BACKGROUND, Structure.FAT, Structure.MUSCLE, Structure.FLUID, Structure.SKIN})
+SOFT_TISSUES = frozenset({Structure.BACKGROUND, Structure.FAT, Structure.FLUID, Structure.SKIN}) | MUSCLES
 
 #: Ground-truth label sets exported per joint: index = value in an exported label map.
 ANKLE_STRUCTURES: tuple[str, ...] = (

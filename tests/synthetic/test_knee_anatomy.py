@@ -12,8 +12,9 @@ from scipy import ndimage
 from ortho_node.labels import Joint
 from ortho_node.synthetic.anatomy import knee
 from ortho_node.synthetic.generator import stream
-from ortho_node.synthetic.scene import Grid, Scene
-from ortho_node.synthetic.structures import Structure as S
+from ortho_node.synthetic.scene import Grid, Paint, Partition, Scene, Septa
+from ortho_node.synthetic.shapes import Ellipsoid
+from ortho_node.synthetic.structures import MUSCLES, Signal, Structure as S
 
 #: Extension, deep flexion, a child with open physes, patella baja and alta.
 SEEDS = (5, 8, 4, 7, 20)
@@ -202,3 +203,52 @@ def test_anatomy_is_deterministic_per_seed():
     a, b = (_joint_scene(knee.build(_params(9)), 2.0) for _ in range(2))
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.signal, b.signal)
     assert _params(9) == _params(9) and _params(9) != _params(10)
+
+
+def test_septa_separate_touching_compartments_only():
+    scene = Scene.empty(Joint.KNEE, Grid.covering(np.zeros(3), np.full(3, 19.0), 1.0), np.eye(4))
+    scene.paint_all([Paint(Ellipsoid((10, 10, 10), (30, 30, 30)), S.FAT),
+                     Paint(Ellipsoid((0, 10, 10), (8, 30, 30)), S.SOLEUS),  # x 0-7
+                     Paint(Ellipsoid((14, 10, 10), (7, 30, 30)), S.POPLITEUS),  # x 8-19: touches the soleus
+                     Paint(Ellipsoid((4, 10, 10), (2, 30, 30)), S.TIBIA),  # x 3-5, inside the soleus
+                     Septa(MUSCLES, S.FAT)])
+    row = list(scene.labels[:, 10, 10])
+    # One voxel of each compartment turns to fat where they touch; bone next to muscle is left alone.
+    assert row[:10] == [S.SOLEUS] * 3 + [S.TIBIA] * 3 + [S.SOLEUS] + [S.FAT] * 2 + [S.POPLITEUS]
+    assert scene.signal[7, 10, 10] == scene.signal[8, 10, 10] == Signal.FAT
+
+
+def test_partition_gives_each_voxel_the_nearest_part_within_reach():
+    scene = Scene.empty(Joint.KNEE, Grid.covering(np.zeros(3), np.array([39.0, 0.0, 0.0]), 1.0), np.eye(4))
+    scene.paint_all([Paint(Ellipsoid((20, 0, 0), (30, 5, 5)), S.FAT), Paint(Ellipsoid((39, 0, 0), (2, 5, 5)), S.TIBIA),
+                     Partition(Ellipsoid((20, 0, 0), (30, 5, 5)),
+                               ((S.SOLEUS, Ellipsoid((5, 0, 0), (3, 3, 3))),
+                                (S.POPLITEUS, Ellipsoid((21, 0, 0), (3, 3, 3)))),
+                               reach=10.0, within=frozenset({S.FAT}))])
+    row = list(scene.labels[:, 0, 0])
+    # Soleus surface at 2 and 8, popliteus at 18 and 24: they meet half-way (13); beyond 24 + 10 fat remains,
+    # and bone is not within the partition's reach.
+    assert row[:13] == [S.SOLEUS] * 13 and row[14:34] == [S.POPLITEUS] * 20
+    assert row[35:38] == [S.FAT] * 3 and row[38:] == [S.TIBIA] * 2
+
+
+def test_muscle_compartments_fill_the_limb_with_fat_between_them(knees):
+    for p, _, scene in knees.values():
+        labels = scene.labels
+        compartments = np.isin(labels, list(MUSCLES))
+        assert len(np.unique(labels[compartments])) >= 8
+        for axis in range(3):  # no two different compartments are face neighbours: a septum lies between
+            a, b = np.moveaxis(labels, axis, 0)[:-1], np.moveaxis(labels, axis, 0)[1:]
+            both = np.isin(a, list(MUSCLES)) & np.isin(b, list(MUSCLES))
+            assert not np.any(both & (a != b))
+        # Below the joint line a lean limb is mostly muscle (the fat is subcutaneous and in septa).
+        calf = scene.grid.axes()[2][0, 0] < -30.0
+        if p.fat < 10.0:
+            assert compartments[:, :, calf].sum() > (labels[:, :, calf] == S.FAT).sum()
+
+
+def test_an_ellipsoid_contains_its_centre():
+    # The distance estimate is 0 / 0 there: a scene voxel on an ellipsoid's centre used to stay unpainted.
+    shape = Ellipsoid((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    centre = [np.array([v], dtype=np.float32) for v in (1.0, 2.0, 3.0)]
+    assert float(shape.sdf(*centre)[0]) == -4.0

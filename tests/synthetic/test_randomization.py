@@ -14,13 +14,15 @@ from ortho_node.labels import KNEE_STRUCTURES, Joint
 from ortho_node.synthetic import DomainRandomization, generate_study, write_study
 from ortho_node.synthetic.deformation import RandomDeformation, warp_image, warp_labels
 from ortho_node.synthetic.randomization import RandomizedAppearance, class_intensities, render_randomized
-from ortho_node.synthetic.randomized_study import choose_randomized, randomize_study
+from ortho_node.synthetic.randomized_study import choose_randomized, intensity_classes, randomize_study
+from ortho_node.synthetic.structures import Signal, Structure as S
 
 #: A 2 mm scene, 256 matrices and a fixed 150 mm field: small and fast, same code paths.
 SMALL = {"scene_spacing": 2.0, "domain": DomainRandomization(matrices=(256,), fov_mm=(150.0, 150.0))}
 #: Only the class Gaussians: no blur, bias, gamma, inversion, ghosts or noise.
 PLAIN = RandomizedAppearance(inversion_probability=0.0, bias_std=0.0, slice_thickness_mm=(0.5, 0.5),
-                             pixel_mm=(0.1, 0.1), gamma_std=0.0, noise_std=(0.0, 0.0), ghost_probability=0.0)
+                             pixel_mm=(0.1, 0.1), gamma_std=0.0, noise_std=(0.0, 0.0), ghost_probability=0.0,
+                             texture_amplitude=0.0)
 #: PLAIN with flat classes, and the series geometry and the anatomy left as they are.
 STILL = dataclasses.replace(PLAIN, std=(0.0, 0.0), fov_mm=(150.0, 150.0), centre_shift_mm=0.0, rotation_deg=0.0,
                             axial_rotation_deg=0.0, flip_probability=0.0, deformation=RandomDeformation.none())
@@ -105,6 +107,40 @@ def test_intensities_come_from_one_gaussian_per_class():
     assert 0.5 * scale < ratio[0] < 1.5 * scale
 
 
+def test_texture_varies_smoothly_within_each_class_at_its_feature_size():
+    classes = np.zeros((16, 96, 96), dtype=np.uint8)
+    classes[:, :, 48:] = 1
+    textured = dataclasses.replace(PLAIN, std=(0.0, 0.0), mean=(100.0, 200.0), texture_amplitude=0.5)
+    flat = render_randomized(classes, (1.0, 1.0, 1.0), np.random.default_rng(3), dataclasses.replace(textured,
+                                                                                                     texture_amplitude=0.0))
+    for c in (0, 1):  # without texture (and noise) a class is one value
+        assert float(flat[classes == c].std()) < 1e-6
+    fine, coarse = (render_randomized(classes, (1.0, 1.0, 1.0), np.random.default_rng(3),
+                                      dataclasses.replace(textured, texture_mm=(size, size))) for size in (2.0, 12.0))
+    for image in (fine, coarse):
+        assert max(float(image[classes == c].std()) for c in (0, 1)) > 0.01  # the classes are not uniform
+    # Neighbouring voxels differ less, relative to the spread, when the features are larger.
+    def roughness(image: np.ndarray) -> float:
+        inside = image[:, :, :47]
+        return float(np.abs(np.diff(inside, axis=1)).mean() / inside.std())
+    assert roughness(coarse) < 0.5 * roughness(fine)
+
+
+def test_muscle_compartments_share_a_class_in_the_chosen_share_of_series():
+    structures = np.array([[[S.SOLEUS, S.POPLITEUS, S.FAT, S.TIBIA]]], dtype=np.uint8)
+    signal = np.array([[[Signal.MUSCLE, Signal.MUSCLE, Signal.FAT, Signal.MARROW]]], dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    shared, separate = (intensity_classes(structures, signal, rng, dataclasses.replace(PLAIN,
+                                                                                        shared_muscle_probability=p))
+                        for p in (1.0, 0.0))
+    assert shared[0, 0, 0] == shared[0, 0, 1] and separate[0, 0, 0] != separate[0, 0, 1]
+    for classes in (shared, separate):  # other tissues keep a class of their own
+        assert len({int(classes[0, 0, i]) for i in (0, 2, 3)}) == 3
+    choices = [intensity_classes(structures, signal, rng, dataclasses.replace(PLAIN, shared_muscle_probability=0.5))
+               for _ in range(200)]
+    assert 70 < sum(int(c[0, 0, 0] == c[0, 0, 1]) for c in choices) < 130
+
+
 def test_two_seeds_give_different_contrasts():
     classes = np.repeat(np.arange(6, dtype=np.uint8), 64 * 64).reshape(6, 64, 64)
     orders = {tuple(np.argsort(render_randomized(classes, (1.0, 1.0, 1.0), np.random.default_rng(s), PLAIN)
@@ -127,6 +163,10 @@ def test_appearance_validates_and_round_trips():
         RandomizedAppearance(slice_thickness_mm=(6.0, 0.5))
     with pytest.raises(ValueError, match="probability"):
         RandomizedAppearance(ghost_probability=1.5)
+    with pytest.raises(ValueError, match="probability"):
+        RandomizedAppearance(shared_muscle_probability=-0.1)
+    with pytest.raises(ValueError, match="texture_amplitude"):
+        RandomizedAppearance(texture_amplitude=2.0)
     with pytest.raises(ValueError, match="displacement_mm"):
         RandomDeformation(displacement_mm=50.0)
 

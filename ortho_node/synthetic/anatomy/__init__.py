@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from ortho_node.synthetic.scene import Paint
+from ortho_node.synthetic.scene import Paint, Partition, Septa
 from ortho_node.synthetic.shapes import Bounds, Shape
 
 
@@ -19,7 +19,7 @@ from ortho_node.synthetic.shapes import Bounds, Shape
 class AnatomyModel:
     """The built anatomy: paint operations in order, plus the named parts and points findings refer to."""
 
-    paints: list[Paint]
+    paints: list[Paint | Partition | Septa]
     parts: dict[str, Shape]
     points: dict[str, np.ndarray]
     bounds: Bounds  # canonical box the scene grid must cover

@@ -14,11 +14,11 @@ import numpy as np
 
 from ortho_node.synthetic.anatomy import AnatomyModel
 from ortho_node.synthetic.anatomy import knee_bones as kb
-from ortho_node.synthetic.scene import Paint
+from ortho_node.synthetic.scene import Paint, Partition, Septa
 from ortho_node.synthetic.shapes import (
     Capsule, Difference, Ellipsoid, HalfSpace, Intersection, LimbTube, Offset, Shape, Shell, Union, rotation,
 )
-from ortho_node.synthetic.structures import SOFT_TISSUES as SOFT, Signal, Structure as S
+from ortho_node.synthetic.structures import MUSCLES, SOFT_TISSUES as SOFT, Signal, Structure as S
 
 #: Canonical point every field of view is centred near (``protocol.PROTOCOLS``); the scene is cut to a box
 #: about it large enough for the widest randomised field of view.
@@ -62,6 +62,7 @@ class KneeParams:
     medial_meniscus_gap: float  # opening of the C (radians)
     lateral_meniscus_gap: float
     limb_bulk: float
+    muscle_reach: float  # mm from a muscle's core within which its compartment fills the limb's fascia
     fat: float
     acl_angle: float
     physes_open: bool
@@ -95,6 +96,7 @@ def sample_params(rng: np.random.Generator) -> KneeParams:
         medial_meniscus_gap=float(rng.uniform(1.3, 1.9)), lateral_meniscus_gap=float(rng.uniform(0.45, 0.85)),
         limb_bulk=n(0.08, 0.8, 1.2), fat=float(4.0 + 16.0 * rng.beta(2.0, 3.5)), acl_angle=float(rng.normal(0.0, 3.0)),
         physes_open=bool(child and rng.random() < 0.8), effusion=float(rng.uniform(0.6, 1.4)),
+        muscle_reach=float(rng.uniform(15.0, 40.0)),
     )
 
 
@@ -150,22 +152,22 @@ def _limb(f: _Frame, p: KneeParams, pat: kb.Patella) -> tuple[Shape, Shape]:
     return skin, envelope
 
 
-def _muscles(f: _Frame) -> list[Shape]:
+def _muscles(f: _Frame) -> list[tuple[S, Shape]]:
     lc = f.leg_capsule
     return [
-        Capsule(f.pt(0, -30, 84), f.pt(0, -26, 260), 25 * f.s),  # rectus femoris / vastus intermedius
-        Ellipsoid(f.pt(-30, -14, 72), f.r(22, 20, 36)),  # vastus medialis (obliquus reaches the patella)
-        Ellipsoid(f.pt(33, -6, 108), f.r(20, 24, 52)),  # vastus lateralis
-        Capsule(f.pt(-31, 33, 26), f.pt(-22, 36, 260), 9 * f.s, 17 * f.s),  # semimembranosus
-        Capsule(f.pt(-20, 48, 80), f.pt(-16, 50, 260), 9 * f.s),  # semitendinosus
-        Capsule(f.pt(-44, 20, 30), f.pt(-38, 0, 260), 9 * f.s),  # sartorius
-        Capsule(f.pt(34, 31, 34), f.pt(22, 36, 260), 10 * f.s, 17 * f.s),  # biceps femoris
-        Capsule(f.pt(-21, 31, 44), f.leg_pt(-18, 47, -110), 11 * f.s, 21 * f.s),  # gastrocnemius, medial head
-        Capsule(f.pt(21, 29, 40), f.leg_pt(16, 45, -110), 10 * f.s, 17 * f.s),  # lateral head
-        lc((0, 34, -55), (0, 36, -260), 18, 26),  # soleus
-        lc((22, -10, -35), (18, -8, -260), 12),  # tibialis anterior and the extensors
-        lc((40, 14, -45), (34, 16, -260), 9),  # peroneals
-        Ellipsoid(f.leg_pt(-3, 27, -32), f.r(24, 6, 11), f.flex @ rotation((0, 1, 0), -28)),  # popliteus
+        (S.VASTUS_INTERMEDIUS, Capsule(f.pt(0, -30, 84), f.pt(0, -26, 260), 25 * f.s)),  # and rectus femoris
+        (S.VASTUS_MEDIALIS, Ellipsoid(f.pt(-30, -14, 72), f.r(22, 20, 36))),  # obliquus reaches the patella
+        (S.VASTUS_LATERALIS, Ellipsoid(f.pt(33, -6, 108), f.r(20, 24, 52))),
+        (S.SEMIMEMBRANOSUS, Capsule(f.pt(-31, 33, 26), f.pt(-22, 36, 260), 9 * f.s, 17 * f.s)),
+        (S.SEMITENDINOSUS, Capsule(f.pt(-20, 48, 80), f.pt(-16, 50, 260), 9 * f.s)),
+        (S.SARTORIUS, Capsule(f.pt(-44, 20, 30), f.pt(-38, 0, 260), 9 * f.s)),
+        (S.BICEPS_FEMORIS, Capsule(f.pt(34, 31, 34), f.pt(22, 36, 260), 10 * f.s, 17 * f.s)),
+        (S.GASTROCNEMIUS_MEDIAL, Capsule(f.pt(-21, 31, 44), f.leg_pt(-18, 47, -110), 11 * f.s, 21 * f.s)),
+        (S.GASTROCNEMIUS_LATERAL, Capsule(f.pt(21, 29, 40), f.leg_pt(16, 45, -110), 10 * f.s, 17 * f.s)),
+        (S.SOLEUS, lc((0, 34, -55), (0, 36, -260), 18, 26)),
+        (S.TIBIALIS_ANTERIOR, lc((22, -10, -35), (18, -8, -260), 12)),  # and the long extensors
+        (S.PERONEALS, lc((40, 14, -45), (34, 16, -260), 9)),
+        (S.POPLITEUS, Ellipsoid(f.leg_pt(-3, 27, -32), f.r(24, 6, 11), f.flex @ rotation((0, 1, 0), -28))),
     ]
 
 
@@ -186,7 +188,7 @@ def _vessels(f: _Frame) -> list[Paint]:
                                    (4, 48, 2.4, S.TENDON, Signal.MUSCLE)):  # artery, vein, tibial nerve
         knee = f.pt(x, y, 12)
         path = Union(Capsule(f.pt(x - 4, y - 2, 160), knee, r * f.s), Capsule(knee, f.leg_pt(x, y, -70), r * f.s))
-        ops.append(Paint(path, label, signal, within=SOFT | {S.MUSCLE}))
+        ops.append(Paint(path, label, signal, within=SOFT))
     return ops
 
 
@@ -244,8 +246,9 @@ def build(p: KneeParams) -> AnatomyModel:
                                None, Signal.MARROW, within=frozenset({S.FEMUR, S.TIBIA}))]
     paints = [
         Paint(skin, S.FAT, rim=(2.0, Signal.SKIN, S.SKIN)),
-        Paint(Intersection(Union(*_muscles(f)), envelope), S.MUSCLE),
-        Paint(Ellipsoid(f.pt(0, 44, 24), f.r(18, 16, 46)), S.FAT, within=frozenset({S.MUSCLE})),  # popliteal fossa
+        Partition(envelope, tuple(_muscles(f)), p.muscle_reach * f.s, within=frozenset({S.FAT})),
+        Septa(MUSCLES, S.FAT),  # intermuscular fat: on most contrasts the lines that tell muscles from bone
+        Paint(Ellipsoid(f.pt(0, 44, 24), f.r(18, 16, 46)), S.FAT, within=MUSCLES),  # popliteal fossa
         Paint(Intersection(Union(*_tendons(f, p)), Offset(skin, -1.0)), S.TENDON, within=SOFT),
         *_vessels(f),
         Paint(hoffa, S.FAT, within=SOFT),

@@ -7,7 +7,7 @@ import numpy as np
 from ortho_node.synthetic.findings import Lesion
 from ortho_node.synthetic.scene import Paint
 from ortho_node.synthetic.shapes import Capsule, Ellipsoid, Union
-from ortho_node.synthetic.structures import SOFT_TISSUES, Signal, Structure as S
+from ortho_node.synthetic.structures import MUSCLES, SOFT_TISSUES, Signal, Structure as S
 
 SOFT = SOFT_TISSUES
 
@@ -30,7 +30,7 @@ def band_injury(points: np.ndarray, radius: float, structure: S, rng: np.random.
     path = Union(*(Capsule(a, b, radius * 2.6 * scale) for a, b in zip(points, points[1:])))
     thick = Union(*(Capsule(a, b, radius * 1.6 * scale) for a, b in zip(points, points[1:])))
     paints = [
-        Paint(path, S.OEDEMA, Signal.SOFT_OEDEMA, within=frozenset({S.FAT, S.MUSCLE})),
+        Paint(path, S.OEDEMA, Signal.SOFT_OEDEMA, within=MUSCLES | {S.FAT}),
         Paint(thick, structure, Signal.DEGENERATE, within=SOFT | {S.OEDEMA, structure}),
     ]
     description = {1: "sprain with periligamentous oedema", 2: "partial tear, thickened with high signal",
