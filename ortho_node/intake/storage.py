@@ -60,7 +60,16 @@ class InstanceStore(Protocol):
 
     def write(self, key: str, payload: bytes) -> StoredFile:
         """Keep ``payload`` durably before returning (the sender is acknowledged next); :class:`StorageFull`
-        when there is no room, with nothing partial left under ``key``."""
+        when there is no room, with nothing partial left under ``key``. The same as :meth:`put` then
+        :meth:`sync` of the one key."""
+
+    def put(self, key: str, payload: bytes) -> StoredFile:
+        """Keep ``payload`` complete under ``key``, its bytes durable; the key itself is durable only after
+        :meth:`sync` (intake syncs a batch of keys at once, before it acknowledges any). Failures as :meth:`write`."""
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make the keys written by :meth:`put` durable, each container (folder) once; :class:`OSError` when that
+        fails (the objects may still be found by the crash recovery's scan)."""
 
     def read(self, key: str) -> bytes:
         """The stored bytes; :class:`FileNotFoundError` when there are none."""
@@ -116,6 +125,12 @@ class LocalInstanceStore:
 
     def write(self, key: str, payload: bytes) -> StoredFile:
         """Write ``payload`` durably under ``key``; raise :class:`StorageFull` on ENOSPC/EDQUOT."""
+        stored = self.put(key, payload)
+        self.sync([key])
+        return stored
+
+    def put(self, key: str, payload: bytes) -> StoredFile:
+        """Write ``payload`` under ``key``, its data fdatasynced; the rename is durable after :meth:`sync`."""
         parts = key.split("/")
         if key.startswith("/") or ".." in parts or "" in parts:
             raise InvalidUID(f"path {key!r} escapes the data folder")
@@ -137,14 +152,18 @@ class LocalInstanceStore:
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            if self.fsync:
-                fsync_folder(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(exc.errno, "no space left for the instance") from exc
             raise
         return StoredFile(key, len(payload), hashlib.sha256(payload).hexdigest())
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """One fsync per series folder, however many of its files a batch renamed into it."""
+        if self.fsync:
+            for folder in sorted({(self.data_dir / key).parent for key in keys}):
+                fsync_folder(folder)
 
     def exists(self, key: str) -> bool:
         return self.local_path(key).is_file()

@@ -50,6 +50,11 @@ class PrefixedObjectStore:
         partial.replace(self._object(key))
         return StoredFile(key, len(payload), hashlib.sha256(payload).hexdigest())
 
+    put = write
+
+    def sync(self, keys: Iterable[str]) -> None:
+        pass  # flat objects, no folder whose entries need syncing
+
     def read(self, key: str) -> bytes:
         return self._object(key).read_bytes()
 
