@@ -7,7 +7,8 @@ Transfer Syntax UID says how the data set is encoded. The file is stored as rece
 sent without the 128-byte preamble and 'DICM' gets them).
 Intake makes each instance durable (fsynced file, committed row) before the response is sent, refuses what it
 would refuse over DIMSE with the same status, and audits each refusal; the request as a whole is one audit event
-with its counts, as an association's end is.
+with its counts, as an association's end is. The instances go to intake in batches, each made durable together
+(one fsync per series folder, one transaction); a batch's instances are in memory together, the body is not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _PREAMBLE = 128
 _MAGIC = b"DICM"
 _FILE_META_GROUP = b"\x02\x00"  # group 0002, little endian: where a file meta group without preamble opens
 _MEDIA_STORAGE_SOP_CLASS, _MEDIA_STORAGE_SOP_INSTANCE, _TRANSFER_SYNTAX = 0x00020002, 0x00020003, 0x00020010
+#: A batch of a request's instances ends at this many instances or bytes, whichever comes first.
+BATCH_INSTANCES = 64
+BATCH_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,42 +142,68 @@ class StowReceiver:
 
     def store(self, body: BodyParts, parts: Sequence[Part], sender: Sender, *,
               study_instance_uid: str | None = None) -> StoreReport:
-        """Each part through intake, in order; ``study_instance_uid``: the request's target study
-        (``/studies/{StudyInstanceUID}``), which every instance must belong to."""
-        report = StoreReport()
+        """Each part through intake, in batches, its outcome in the parts' order; ``study_instance_uid``: the
+        request's target study (``/studies/{StudyInstanceUID}``), which every instance must belong to."""
+        outcomes: list[InstanceOutcome | None] = []
+        batch: dict[int, IncomingInstance] = {}  # position among the outcomes -> instance read from its part
+        batch_bytes = stored_bytes = 0
         for part in parts:
-            outcome, size = self._store_part(body, part, sender, study_instance_uid)
-            report.instances.append(outcome)
-            if outcome.stored and not outcome.duplicate:
-                report.bytes_stored += size
+            prepared = self._prepare(body, part, sender, study_instance_uid)
+            if isinstance(prepared, InstanceOutcome):
+                outcomes.append(prepared)
+                continue
+            batch[len(outcomes)] = prepared
+            outcomes.append(None)
+            batch_bytes += len(prepared.encoded)
+            if len(batch) >= BATCH_INSTANCES or batch_bytes >= BATCH_BYTES:
+                stored_bytes += self._store_batch(batch, outcomes, sender)
+                batch, batch_bytes = {}, 0
+        stored_bytes += self._store_batch(batch, outcomes, sender)
+        report = StoreReport([outcome for outcome in outcomes if outcome is not None], stored_bytes)
+        if len(report.instances) != len(outcomes):  # an error, not an assert: no part may go unanswered
+            raise RuntimeError("a STOW-RS part left without an outcome")
         self._record(report, sender)
         return report
 
-    def _store_part(self, body: BodyParts, part: Part, sender: Sender,
-                    target_study: str | None) -> tuple[InstanceOutcome, int]:
+    def _prepare(self, body: BodyParts, part: Part, sender: Sender,
+                 target_study: str | None) -> InstanceOutcome | IncomingInstance:
+        """The part as an instance for intake, or its outcome when refused before intake's own checks."""
         ref = sender.ref
         if part.content_type not in (DICOM_MEDIA_TYPE, ""):  # a part without Content-Type: the root type
             refused = self.intake.refuse_undecodable(ref, "", f"a part of type {part.content_type[:64]}, not "
                                                               f"{DICOM_MEDIA_TYPE}")
-            return _outcome(None, None, refused), 0
+            return _outcome(None, None, refused)
         try:
             content = as_part10(body.content(part))
             meta = read_file_meta(content)
         except NotPart10 as exc:
-            return _outcome(None, None, self.intake.refuse_undecodable(ref, "", str(exc))), 0
+            return _outcome(None, None, self.intake.refuse_undecodable(ref, "", str(exc)))
         incoming = self._incoming(content, meta, ref)
         if isinstance(incoming, IntakeResult):
-            return _outcome(meta.sop_class_uid, meta.sop_instance_uid, incoming), 0
+            return _outcome(meta.sop_class_uid, meta.sop_instance_uid, incoming)
         if target_study is not None and incoming.header.study_uid != target_study:
             refused = self.intake.refuse_instance(incoming, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                                   "StudyInstanceUID differs from the STOW-RS request's study")
-            return _outcome(meta.sop_class_uid, meta.sop_instance_uid, refused), 0
+            return _outcome(meta.sop_class_uid, meta.sop_instance_uid, refused)
+        return incoming
+
+    def _store_batch(self, batch: dict[int, IncomingInstance], outcomes: list[InstanceOutcome | None],
+                 sender: Sender) -> int:
+        """The batch through intake, its outcomes put in their places; returns the bytes newly stored."""
+        if not batch:
+            return 0
         try:
-            result = self.intake.receive(incoming)
+            results = self.intake.receive_many(list(batch.values()))
         except Exception:  # noqa: BLE001 - a bug must not be acknowledged as success; the sender retries
-            log.exception("unexpected failure storing a STOW-RS instance from %s; answered 0xA700", sender.name)
-            result = IntakeResult(Status.OUT_OF_RESOURCES, "internal error")
-        return _outcome(meta.sop_class_uid, meta.sop_instance_uid, result), len(content)
+            log.exception("unexpected failure storing %d STOW-RS instances from %s; answered 0xA700", len(batch),
+                          sender.name)
+            results = [IntakeResult(Status.OUT_OF_RESOURCES, "internal error")] * len(batch)
+        stored = 0
+        for (position, incoming), result in zip(batch.items(), results, strict=True):
+            outcomes[position] = _outcome(incoming.affected_sop_class_uid, incoming.affected_sop_instance_uid, result)
+            if result.newly_stored:
+                stored += len(incoming.encoded)
+        return stored
 
     def _incoming(self, content: bytes, meta: FileMeta, ref: AssociationRef) -> IncomingInstance | IntakeResult:
         try:

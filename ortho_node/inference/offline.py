@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def catalogue(files: list[Path], database: Path) -> tuple[object, Counter]:
     """Record every readable DICOM file in a fresh SQLite catalog; returns (session factory, studies)."""
-    from ortho_node.intake.catalog import Catalog
+    from ortho_node.intake.catalog import Catalog, NewInstance
     from ortho_node.db import migrations
     from ortho_node.db.engine import make_engine, make_session_factory
     from ortho_node.intake.header import InstanceHeader
@@ -63,8 +63,8 @@ def catalogue(files: list[Path], database: Path) -> tuple[object, Counter]:
             logger.info("skipping %s: no SOP, study or series UID", path)
             continue
         syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1"))
-        catalog.record(header, path=str(path.resolve()), size=path.stat().st_size, sha256="",
-                       transfer_syntax_uid=syntax, association_id=None, calling_ae=None)
+        catalog.record(NewInstance(header, path=str(path.resolve()), size=path.stat().st_size, sha256="",
+                                   transfer_syntax_uid=syntax, association_id=None, calling_ae=None))
         studies[header.study_uid] += 1
     return make_session_factory(engine), studies
 

@@ -1,7 +1,8 @@
 """The catalog of stored instances: study, series and instance rows, written on the C-STORE hot path.
 
-Core statements (not the ORM unit of work) and a cache of known series keep a new instance to one short
-transaction: insert the instance, bump the series count, touch the study.
+Core statements (not the ORM unit of work) and a cache of known series keep new instances to one short
+transaction: insert the instances, bump each series' count, touch each study; a batch of instances (a STOW-RS
+request, concurrent C-STOREs coalesced by intake's group commit) shares that one transaction.
 
 A study whose received instances the purger deleted (``ortho_node.retention``) is analysable again from what
 arrives after the purge: the first new instance clears the study's purge mark (its history keeps the purge), and
@@ -12,6 +13,10 @@ facts recorded) instead of counting as a duplicate.
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import datetime as dt
 
@@ -28,7 +33,7 @@ from ortho_node.intake.header import InstanceHeader
 # Built once: executing a prepared statement with a parameter dict skips per-call statement compilation.
 _INSERT_INSTANCE = insert(Instance)
 _BUMP_SERIES = update(Series).where(Series.id == bindparam("sid")).values(
-    instance_count=Series.instance_count + 1, last_received_at=bindparam("now"))
+    instance_count=Series.instance_count + bindparam("arrived"), last_received_at=bindparam("now"))
 # Returns the study's purge mark in the same statement: the hot path pays nothing for the purge check.
 # A new arrival also makes the study's completeness decision due (studies.decision_due_at): the truth a receiver
 # reads to take over the decision when the one that received this instance dies before deciding.
@@ -37,7 +42,32 @@ _TOUCH_STUDY = (update(Study).where(Study.id == bindparam("sid"))
                 .returning(Study.instances_purged_at, Study.study_instance_uid))
 _STORED_PATH = select(Instance.file_path).where(Instance.sop_instance_uid == bindparam("uid"),
                                                 Instance.purged_at.is_(None))
+_STORED_PATHS = select(Instance.sop_instance_uid, Instance.file_path).where(
+    Instance.sop_instance_uid.in_(bindparam("uids", expanding=True)), Instance.purged_at.is_(None))
 _RECORDED = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """An instance to record: its header and its stored file's facts; ``ignored_by``: the accept rule that keeps it
+    out of analysis."""
+
+    header: InstanceHeader
+    path: str
+    size: int
+    sha256: str
+    transfer_syntax_uid: str
+    association_id: int | None
+    calling_ae: str | None
+    ignored_by: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        """Its ``instances`` row, less the series and the arrival time."""
+        header = self.header
+        return dict(sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
+                    transfer_syntax_uid=self.transfer_syntax_uid, file_path=self.path, file_size=self.size,
+                    sha256=self.sha256, association_id=self.association_id, calling_ae=self.calling_ae,
+                    ignored_by=self.ignored_by, **header.instance)
 
 
 class Catalog:
@@ -54,37 +84,54 @@ class Catalog:
         with self.engine.connect() as connection:
             return connection.scalar(_STORED_PATH, {"uid": sop_instance_uid})
 
-    def record(self, header: InstanceHeader, *, path: str, size: int, sha256: str, transfer_syntax_uid: str,
-               association_id: int | None, calling_ae: str | None, ignored_by: str | None = None) -> None:
-        """Insert the instance row (creating study and series rows as needed) in one transaction;
-        ``ignored_by``: the accept rule that keeps it out of analysis.
+    def stored_paths(self, sop_instance_uids: Iterable[str]) -> dict[str, str]:
+        """:meth:`stored_path` of several instances in one query: only those stored (known, not purged)."""
+        with self.engine.connect() as connection:
+            return dict(connection.execute(_STORED_PATHS, {"uids": list(sop_instance_uids)}).all())
+
+    def record(self, instance: NewInstance) -> None:
+        """Insert the instance row (creating study and series rows as needed) in one transaction.
 
         Raises ``IntegrityError`` if the SOP Instance UID is already recorded (and its file not purged).
         """
-        values = dict(sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
-                      transfer_syntax_uid=transfer_syntax_uid, file_path=path, file_size=size, sha256=sha256,
-                      association_id=association_id, calling_ae=calling_ae, ignored_by=ignored_by,
-                      **header.instance)
         try:
-            self._record(header, values)
+            self.record_many([instance])
         except IntegrityError:
-            if self._revive(values, _identifiers(header)):
+            if self._revive(instance.values(), _identifiers(instance.header)):
                 return
             with self.engine.connect() as connection:
-                if connection.scalar(_RECORDED, {"uid": header.sop_uid}) is not None:
+                if connection.scalar(_RECORDED, {"uid": instance.header.sop_uid}) is not None:
                     raise
             # Another association created the same study or series between our look-up and insert.
-            self._record(header, values)
+            self.record_many([instance])
 
-    def _record(self, header: InstanceHeader, values: dict) -> None:
+    def record_many(self, instances: Sequence[NewInstance]) -> None:
+        """Insert the rows of several instances (distinct SOP Instance UIDs) in one transaction: each series
+        counted and each study touched once.
+
+        Raises ``IntegrityError`` when any of them cannot be inserted as new (already recorded, a purged row to
+        bring back, a study or series created by another association meanwhile); nothing is recorded then, and
+        :meth:`record` of each sorts out which case it is.
+        """
         now = self._clock.now()
+        ids: dict[str, tuple[int, int]] = {}  # SeriesInstanceUID -> (study id, series id)
         with self.engine.begin() as connection:
-            study_id, series_id = self._ids(connection, header, now)
-            connection.execute(_INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values})
-            connection.execute(_BUMP_SERIES, {"sid": series_id, "now": now})
-            self._touch_study(connection, study_id, now, _identifiers(header))
+            for instance in instances:
+                if instance.header.series_uid not in ids:
+                    ids[instance.header.series_uid] = self._ids(connection, instance.header, now)
+            # Rows in one order (by UID, series, study) in every transaction: two batches written at once by two
+            # receivers of one PostgreSQL database wait for each other instead of deadlocking.
+            ordered = sorted(instances, key=lambda instance: instance.header.sop_uid)
+            connection.execute(_INSERT_INSTANCE, [
+                {"series_id": ids[i.header.series_uid][1], "received_at": now, **i.values()} for i in ordered])
+            arrived = Counter(ids[i.header.series_uid][1] for i in instances)
+            connection.execute(_BUMP_SERIES, [{"sid": series_id, "arrived": count, "now": now}
+                                              for series_id, count in sorted(arrived.items())])
+            studies = {ids[i.header.series_uid][0]: i.header for i in instances}
+            for study_id, header in sorted(studies.items()):
+                self._touch_study(connection, study_id, now, _identifiers(header))
         with self._lock:  # only committed rows are cached
-            self._series_ids[header.series_uid] = (study_id, series_id)
+            self._series_ids.update(ids)
 
     def _revive(self, values: dict, identifiers: dict) -> bool:
         """A re-sent instance whose file the purger deleted: its row takes the new file and is on disk again

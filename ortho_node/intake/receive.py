@@ -1,62 +1,36 @@
-"""Intake: one received instance made durable (file fsynced, row committed) before it is acknowledged.
+"""Intake: received instances checked, then made durable (file fsynced, row committed) before they are acknowledged.
 
 The listener hands over the bytes exactly as received plus the parsed header; intake answers with the DICOM
 status to return. Success means the file is on disk under a validated path and its row is committed; a
-re-sent SOP Instance UID is acknowledged without a second file or row.
+re-sent SOP Instance UID is acknowledged without a second file or row. Instances are made durable in batches
+(``ortho_node.intake.durable``): a STOW-RS request's together, concurrent associations' C-STOREs in group commits.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from pydicom.uid import UID
-
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.intake.accept import ANALYSE_ALL, AcceptRules, Action, Decision, InstanceFacts
 from ortho_node.intake.catalog import Catalog
 from ortho_node.dicom_status import Status
+from ortho_node.intake.durable import Accepted, DurableWriter
 from ortho_node.intake.header import InstanceHeader
-from ortho_node.intake.storage import InstanceStore, StorageFull, is_valid_uid
+from ortho_node.intake.received import AssociationRef, IncomingInstance, IntakeResult, StoredInstance
+from ortho_node.intake.storage import InstanceStore, is_valid_uid
+
+# The types of ``ortho_node.intake.received`` are intake's interface: listeners import them from here.
+__all__ = ["AssociationRef", "IncomingInstance", "Intake", "IntakeListener", "IntakeResult", "StoredInstance"]
 
 log = logging.getLogger(__name__)
 
 #: Series whose ignoring was audited by this process, at most this many remembered (then audited again).
 _NOTED_SERIES_LIMIT = 10000
-
-
-@dataclass(frozen=True)
-class AssociationRef:
-    """Who sent an instance: the association row and its peer, for rows, audit events and logs."""
-
-    id: int | None
-    calling_ae: str
-    peer_host: str
-
-
-@dataclass(frozen=True)
-class IncomingInstance:
-    encoded: bytes  # file meta + data set, as received
-    header: InstanceHeader
-    transfer_syntax_uid: str
-    affected_sop_class_uid: str
-    affected_sop_instance_uid: str
-    association: AssociationRef
-
-
-@dataclass(frozen=True)
-class StoredInstance:
-    """What later stages learn about each newly stored instance (after its row is committed)."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    association_id: int | None
 
 
 class IntakeListener(Protocol):
@@ -65,13 +39,6 @@ class IntakeListener(Protocol):
     def instance_stored(self, instance: StoredInstance) -> None: ...
 
     def association_ended(self, association_id: int | None, state: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class IntakeResult:
-    status: Status
-    reason: str
-    duplicate: bool = False
 
 
 class Intake:
@@ -83,7 +50,7 @@ class Intake:
         self.catalog = catalog
         self.accept = accept or AcceptRules()
         self._audit = audit
-        self._write_locks = _KeyedLocks()
+        self._writer = DurableWriter(store, catalog, audit)
         self._listeners: list[IntakeListener] = []
         self._ignored_series: set[str] = set()
         self._ignored_lock = threading.Lock()
@@ -100,6 +67,31 @@ class Intake:
             listener.association_ended(association_id, state)
 
     def receive(self, incoming: IncomingInstance) -> IntakeResult:
+        """One instance (a C-STORE): its status once it is durable, or why it was refused."""
+        return self.receive_many([incoming])[0]
+
+    def receive_many(self, incomings: Sequence[IncomingInstance]) -> list[IntakeResult]:
+        """Several instances (a STOW-RS request's), each checked, refused, audited or stored as by :meth:`receive`,
+        their statuses in the same order; those stored are made durable together before any status is returned."""
+        checked = [self._check(incoming) for incoming in incomings]
+        first: dict[str, Accepted] = {}
+        repeated: list[Accepted] = []
+        for item in checked:
+            if not isinstance(item, Accepted):
+                continue
+            if item.header.sop_uid in first:
+                repeated.append(item)
+            else:
+                first[item.header.sop_uid] = item
+        self._store(list(first.values()))
+        # The same instance twice in one batch: the later copies after the first is recorded (duplicates then), as
+        # if sent one after another; so a batch never holds the same write lock twice.
+        for item in repeated:
+            self._store([item])
+        return [item if isinstance(item, IntakeResult) else item.answered() for item in checked]
+
+    def _check(self, incoming: IncomingInstance) -> IntakeResult | Accepted:
+        """The instance refused (audited) by its header or an accept rule, or accepted under its store key."""
         header = incoming.header
         problem = _check_identity(header, incoming) or _check_pixel_data(header)
         if problem is not None:
@@ -107,10 +99,7 @@ class Intake:
         decision = self._decide(incoming)
         if decision.action is Action.REFUSE:
             return self._refuse_by_rule(incoming, decision)
-        relative = self.store.key(header.study_uid, header.series_uid, header.sop_uid)
-        # Two associations carrying the same instance must not interleave its write and row.
-        with self._write_locks.hold(header.sop_uid):
-            return self._store_and_record(incoming, header, relative, decision)
+        return Accepted(incoming, decision, self.store.key(header.study_uid, header.series_uid, header.sop_uid))
 
     def _decide(self, incoming: IncomingInstance) -> Decision:
         if self.accept.analyse_all:
@@ -156,36 +145,21 @@ class Intake:
         """A C-STORE request whose command set cannot be used (``problem``: what is wrong, never a value)."""
         return self._refuse(association, status, f"malformed request: {problem}")
 
-    def _store_and_record(self, incoming: IncomingInstance, header: InstanceHeader, relative: str,
-                          decision: Decision) -> IntakeResult:
-        try:
-            if self._already_stored(header.sop_uid):
-                log.info("duplicate SOP instance %s from %s acknowledged, not stored again",
-                         header.sop_uid, incoming.association.calling_ae)
-                return IntakeResult(Status.SUCCESS, "duplicate", duplicate=True)
-        except SQLAlchemyError as exc:
-            return self._database_unavailable(incoming, header, exc)
-        try:
-            stored = self.store.write(relative, incoming.encoded)
-        except StorageFull:
-            return self._storage_failed(incoming, header, "disk full")
-        except OSError as exc:
-            return self._storage_failed(incoming, header, f"write failed: {exc.strerror or exc}")
-        ignored_by = decision.rule if decision.action is Action.IGNORE else None
-        try:
-            self._record(incoming, header, stored.key, stored.size, stored.sha256, ignored_by)
-        except IntegrityError:
-            log.info("SOP instance %s recorded concurrently; acknowledged once", header.sop_uid)
-            return IntakeResult(Status.SUCCESS, "duplicate", duplicate=True)
-        except SQLAlchemyError as exc:
-            # The file stays: it is complete, and start-up recovery indexes it if never re-sent.
-            return self._database_unavailable(incoming, header, exc)
-        if ignored_by is not None:  # kept and recorded; the scheduler never hears of it
-            self._note_ignored(incoming, header, decision)
-            return IntakeResult(Status.SUCCESS, "stored, " + decision.reason)
+    def _store(self, items: list[Accepted]) -> None:
+        if not items:
+            return
+        self._writer.store_all(items)
+        for item in items:  # after the commit: later stages hear only of committed rows
+            if item.answered().newly_stored:
+                self._announce(item)
+
+    def _announce(self, item: Accepted) -> None:
+        header = item.header
+        if item.ignored_by is not None:  # kept and recorded; the scheduler never hears of it
+            self._note_ignored(item.incoming, header, item.decision)
+            return
         self.notify_stored(StoredInstance(header.study_uid, header.series_uid, header.sop_uid,
-                                          incoming.association.id))
-        return IntakeResult(Status.SUCCESS, "stored")
+                                          item.incoming.association.id))
 
     def _note_ignored(self, incoming: IncomingInstance, header: InstanceHeader, decision: Decision) -> None:
         """One log line and audit event per ignored series (not per instance: a CT series has hundreds)."""
@@ -203,17 +177,6 @@ class Intake:
             calling_ae=ref.calling_ae, peer_host=ref.peer_host, study_instance_uid=header.study_uid,
             series_instance_uid=header.series_uid, details={"accept_rule": decision.rule},
         )
-
-    def _already_stored(self, sop_uid: str) -> bool:
-        path = self.catalog.stored_path(sop_uid)
-        return path is not None and self.store.exists(path)
-
-    def _record(self, incoming: IncomingInstance, header: InstanceHeader, path: str, size: int,
-                sha256: str, ignored_by: str | None) -> None:
-        self.catalog.record(header, path=path, size=size, sha256=sha256,
-                            transfer_syntax_uid=incoming.transfer_syntax_uid,
-                            association_id=incoming.association.id, calling_ae=incoming.association.calling_ae,
-                            ignored_by=ignored_by)
 
     def _reject(self, incoming: IncomingInstance, header: InstanceHeader, status: Status,
                 reason: str) -> IntakeResult:
@@ -234,23 +197,6 @@ class Intake:
             series_instance_uid=_safe_uid(series_uid), sop_instance_uid=_safe_uid(sop_uid), details=details,
         )
         return IntakeResult(status, reason)
-
-    def _storage_failed(self, incoming: IncomingInstance, header: InstanceHeader,
-                        reason: str) -> IntakeResult:
-        ref = incoming.association
-        log.error("instance %s not stored (%s); answered 0xA700", header.sop_uid, reason)
-        self._audit.record(
-            AuditKind.STORAGE_FAILED, reason, severity=Severity.ERROR, association_id=ref.id,
-            calling_ae=ref.calling_ae, peer_host=ref.peer_host, study_instance_uid=header.study_uid,
-            sop_instance_uid=header.sop_uid, details={"status": int(Status.OUT_OF_RESOURCES)},
-        )
-        return IntakeResult(Status.OUT_OF_RESOURCES, reason)
-
-    def _database_unavailable(self, incoming: IncomingInstance, header: InstanceHeader,
-                              exc: SQLAlchemyError) -> IntakeResult:
-        log.error("database unavailable while storing %s (%s); answered 0xA700", header.sop_uid,
-                  type(exc.orig if getattr(exc, "orig", None) else exc).__name__)
-        return IntakeResult(Status.OUT_OF_RESOURCES, "database unavailable")
 
 
 def _check_identity(header: InstanceHeader, incoming: IncomingInstance) -> tuple[Status, str] | None:
@@ -294,33 +240,3 @@ def _sop_class_name(uid: str) -> str:
 def _safe_uid(value: str | None) -> str | None:
     """Only valid UIDs go into audit columns (a hostile value is described, not copied)."""
     return value if is_valid_uid(value) else None
-
-
-class _KeyedLocks:
-    """A lock per key, dropped when nobody holds it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, list[Any]] = {}
-
-    def hold(self, key: str):
-        return _KeyedLock(self, key)
-
-
-class _KeyedLock:
-    def __init__(self, owner: _KeyedLocks, key: str) -> None:
-        self._owner, self._key = owner, key
-
-    def __enter__(self) -> None:
-        with self._owner._guard:
-            entry = self._owner._locks.setdefault(self._key, [threading.Lock(), 0])
-            entry[1] += 1
-        entry[0].acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        with self._owner._guard:
-            entry = self._owner._locks[self._key]
-            entry[0].release()
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._owner._locks[self._key]

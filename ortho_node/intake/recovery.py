@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ortho_node.audit.trail import AuditKind, AuditTrail, Severity
 from ortho_node.db.models import Instance
 from ortho_node.intake.accept import AcceptRules, Action, InstanceFacts
-from ortho_node.intake.catalog import Catalog
+from ortho_node.intake.catalog import Catalog, NewInstance
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.intake.storage import InstanceStore, InvalidUID, fsync_folder, write_file_durably
 
@@ -114,11 +114,11 @@ class Recovery:
         payload = self._store.read(relative)
         # The file was acknowledged, so a rule that refuses it now can only keep it out of analysis.
         decision = self._accept.decide(InstanceFacts.of(header, None))
-        self._catalog.record(header, path=relative, size=len(payload),
-                             sha256=hashlib.sha256(payload).hexdigest(),
-                             transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
-                             association_id=None, calling_ae=None,
-                             ignored_by=None if decision.action is Action.ANALYSE else decision.rule)
+        self._catalog.record(NewInstance(header, path=relative, size=len(payload),
+                                         sha256=hashlib.sha256(payload).hexdigest(),
+                                         transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID),
+                                         association_id=None, calling_ae=None,
+                                         ignored_by=None if decision.action is Action.ANALYSE else decision.rule))
         self._audit.record(AuditKind.FILE_RECOVERED, "stored file indexed at start-up", severity=Severity.WARNING,
                            study_instance_uid=header.study_uid, sop_instance_uid=header.sop_uid)
         return True

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +61,16 @@ class InstanceStore(Protocol):
 
     def write(self, key: str, payload: bytes) -> StoredFile:
         """Keep ``payload`` durably before returning (the sender is acknowledged next); :class:`StorageFull`
-        when there is no room, with nothing partial left under ``key``."""
+        when there is no room, with nothing partial left under ``key``. The same as :meth:`put` then
+        :meth:`sync` of the one key."""
+
+    def put(self, key: str, payload: bytes) -> StoredFile:
+        """Keep ``payload`` complete under ``key``, its bytes durable; the key itself is durable only after
+        :meth:`sync` (intake syncs a batch of keys at once, before it acknowledges any). Failures as :meth:`write`."""
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make the keys written by :meth:`put` durable, each container (folder) once; :class:`OSError` when that
+        fails (the objects may still be found by the crash recovery's scan)."""
 
     def read(self, key: str) -> bytes:
         """The stored bytes; :class:`FileNotFoundError` when there are none."""
@@ -96,6 +106,8 @@ class LocalInstanceStore:
         self.instances_dir = self.data_dir / "instances"
         self.tmp_dir = self.data_dir / "tmp"
         self.fsync = fsync
+        self._new_folders: set[Path] = set()  # series folders made, their parents not yet fsynced
+        self._folders_lock = threading.Lock()
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +128,12 @@ class LocalInstanceStore:
 
     def write(self, key: str, payload: bytes) -> StoredFile:
         """Write ``payload`` durably under ``key``; raise :class:`StorageFull` on ENOSPC/EDQUOT."""
+        stored = self.put(key, payload)
+        self.sync([key])
+        return stored
+
+    def put(self, key: str, payload: bytes) -> StoredFile:
+        """Write ``payload`` under ``key``, its data fdatasynced; the rename is durable after :meth:`sync`."""
         parts = key.split("/")
         if key.startswith("/") or ".." in parts or "" in parts:
             raise InvalidUID(f"path {key!r} escapes the data folder")
@@ -123,10 +141,11 @@ class LocalInstanceStore:
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             if not final.parent.is_dir():
+                # Noted before it exists: a thread that finds it made must not skip its parents' fsync in sync().
+                if self.fsync:
+                    with self._folders_lock:
+                        self._new_folders.add(final.parent)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                if self.fsync:  # the new study/series folders must survive a crash too
-                    fsync_folder(final.parent.parent)
-                    fsync_folder(final.parent.parent.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(payload)
@@ -137,14 +156,27 @@ class LocalInstanceStore:
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            if self.fsync:
-                fsync_folder(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(exc.errno, "no space left for the instance") from exc
             raise
         return StoredFile(key, len(payload), hashlib.sha256(payload).hexdigest())
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """One fsync per series folder, however many of its files a batch renamed into it; a folder made since
+        its last sync also has its study folder and the instances folder fsynced, so its link survives a crash."""
+        if not self.fsync:
+            return
+        folders = {(self.data_dir / key).parent for key in keys}
+        with self._folders_lock:
+            new = folders & self._new_folders
+        for parent in sorted({p for folder in new for p in (folder.parent, folder.parent.parent)}):
+            fsync_folder(parent)
+        for folder in sorted(folders):
+            fsync_folder(folder)
+        with self._folders_lock:
+            self._new_folders -= new
 
     def exists(self, key: str) -> bool:
         return self.local_path(key).is_file()

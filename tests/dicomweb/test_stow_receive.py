@@ -8,13 +8,16 @@ import base64
 
 import httpx
 from openapi_spec_validator import validate
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from listeners.dicomweb.stow import BATCH_INSTANCES
 from ortho_node.db.models import AuditEvent, Instance
 from ortho_node.dicom_status import Status
 from tests.dicom_factory import UNTERMINATED_SEQUENCE, mr_dataset
 from tests.dicomweb.conftest import OPERATOR, ROUTER, VIEWER, stow_node
 from tests.dicomweb.stow_client import multipart, part10
+from tests.intake.contention import instance_commits
 
 REFERENCED, FAILED, FAILURE_REASON = "00081199", "00081198", "00081197"
 SOP_CLASS, SOP_INSTANCE = "00081150", "00081155"
@@ -90,6 +93,42 @@ def test_a_malformed_instance_fails_alone_with_its_failure_reason(stow):
     assert "Value" not in failures[1][SOP_INSTANCE]
     assert set(_stored(stow.node, [str(good.SOPInstanceUID), _sop_of(cut)])) == {str(good.SOPInstanceUID)}
     assert len(_events(stow.node, "instance_rejected")) == 3  # intake's own audit, as for C-STORE
+
+
+def test_a_request_is_made_durable_in_batches_of_one_transaction_each(stow):
+    study, series = generate_uid(), generate_uid()
+    datasets = [mr_dataset(study_uid=study, series_uid=series, seed=i, instance_number=i + 1)
+                for i in range(BATCH_INSTANCES + 6)]
+    payloads = [part10(ds) for ds in datasets]
+    with instance_commits(stow.node.engine) as commits:
+        response = _post(stow, payloads, stow.bearer("stow"))
+
+    assert response.status_code == 200, response.text
+    sent = [str(ds.SOPInstanceUID) for ds in datasets]
+    assert _uids(response, REFERENCED) == sent
+    assert len(commits) == 2, f"{BATCH_INSTANCES} instances, then 6: one transaction each"
+    rows = _stored(stow.node, sent)
+    assert all(stow.node.store.read(rows[uid].file_path) == payload for uid, payload in zip(sent, payloads))
+    assert "70 stored, 0 duplicates, 0 failed" in _events(stow.node, "stow_request")[-1].message
+
+
+def test_refusals_and_duplicates_keep_their_places_in_the_response(stow):
+    study = generate_uid()
+    earlier, new1, new2 = (mr_dataset(study_uid=study, seed=20 + i) for i in range(3))
+    other_study = mr_dataset(seed=23)
+    assert _post(stow, [part10(earlier)], stow.bearer("stow")).status_code == 200
+    parts = [part10(new1), part10(earlier), b"not dicom", part10(new1), part10(other_study), part10(new2)]
+    response = _post(stow, parts, stow.bearer("stow"), path=f"/studies/{study}")
+
+    assert response.status_code == 202, response.text
+    assert _uids(response, REFERENCED) == [str(ds.SOPInstanceUID) for ds in (new1, earlier, new1, new2)]
+    failures = response.json()[FAILED]["Value"]
+    assert _uids(response, FAILED) == [None, str(other_study.SOPInstanceUID)]
+    assert [item[FAILURE_REASON]["Value"][0] for item in failures] == [Status.CANNOT_UNDERSTAND_UNDECODABLE,
+                                                                      Status.DATASET_DOES_NOT_MATCH_SOP_CLASS]
+    assert set(_stored(stow.node, _uids(response, REFERENCED))) == {str(ds.SOPInstanceUID)
+                                                                    for ds in (earlier, new1, new2)}
+    assert "2 stored, 2 duplicates, 2 failed" in _events(stow.node, "stow_request")[-1].message
 
 
 def _sop_of(payload: bytes) -> str:

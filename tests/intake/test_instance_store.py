@@ -50,6 +50,11 @@ class PrefixedObjectStore:
         partial.replace(self._object(key))
         return StoredFile(key, len(payload), hashlib.sha256(payload).hexdigest())
 
+    put = write
+
+    def sync(self, keys: Iterable[str]) -> None:
+        pass  # flat objects, no folder whose entries need syncing
+
     def read(self, key: str) -> bytes:
         return self._object(key).read_bytes()
 
@@ -114,3 +119,23 @@ def test_intake_assembly_and_recovery_go_through_the_store_interface(manual_node
     assert node.recovery.recover_unrecorded_files() == 1
     assert node.catalog.stored_path(late.SOPInstanceUID) == key
     assert node.recovery.recover_unrecorded_files() == 0
+
+
+def test_a_new_series_folder_has_its_parents_fsynced_by_whoever_syncs_it_first(tmp_path, monkeypatch):
+    # Two receivers' threads: the one that finds the folder made must not acknowledge before its link is durable.
+    from ortho_node.intake import storage
+
+    synced: list[Path] = []
+    real = storage.fsync_folder
+    monkeypatch.setattr(storage, "fsync_folder", lambda path: (synced.append(Path(path)), real(path)))
+    store = storage.LocalInstanceStore(tmp_path)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    first, second = (store.key(study_uid, series_uid, generate_uid()) for _ in range(2))
+    store.put(first, b"one")  # made the folder, not synced yet
+    store.put(second, b"two")  # found it made
+    store.sync([second])
+    series = store.data_dir / second
+    assert set(synced) == {series.parent, series.parent.parent, series.parent.parent.parent}
+    synced.clear()
+    store.sync([first])  # the parents are durable now: only the series folder again
+    assert synced == [series.parent]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from ortho_node.db.models import Study
-from ortho_node.intake.catalog import Catalog
+from ortho_node.intake.catalog import Catalog, NewInstance
 from ortho_node.intake.header import InstanceHeader
 from ortho_node.retention.purger import Purger
 from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, mr_dataset
@@ -39,8 +39,8 @@ def test_purge_clears_the_patient_identifiers_and_a_new_arrival_restores_them(ar
     catalog = Catalog(archive.sessions.kw["bind"])
     header = InstanceHeader.from_dataset(mr_dataset(study_uid=studies["delivered"], series_uid="1.2.3.99.1",
                                                     instance_number=1))
-    catalog.record(header, path="instances/again.dcm", size=10, sha256="0" * 64,
-                   transfer_syntax_uid="1.2.840.10008.1.2.1", association_id=None, calling_ae="MR1")
+    catalog.record(NewInstance(header, path="instances/again.dcm", size=10, sha256="0" * 64,
+                               transfer_syntax_uid="1.2.840.10008.1.2.1", association_id=None, calling_ae="MR1"))
     again = archive.study_row(studies["delivered"])
     assert again.instances_purged_at is None
     assert (again.patient_id, again.patient_name) == (PATIENT_ID, PATIENT_NAME)
