@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -432,6 +433,20 @@ class BundleError(RuntimeError):
 PHASES = ("generate", "pretrain", "finetune", "refine_segmentation", "calibrate")
 
 
+def source_commit() -> str:
+    """The git commit of the code running (``+modified`` when the checkout has uncommitted changes), so a card says
+    which generator and trainer made it; "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+modified" if changed else "")
+
+
 class RunState:
     """The resumable state of one ``train bundle`` run, in its own folder (``--state``, default OUT.state):
     ``run.json`` (what the run is - profile, seeds, device - and each finished phase's figures and seconds),
@@ -449,15 +464,17 @@ class RunState:
             if saved["identity"] != identity:
                 raise BundleError(f"{folder} holds a run of {saved['identity']}, not {identity}")
             self.phases: dict[str, dict[str, float]] = saved["phases"]
+            self.commits: dict[str, str] = saved.get("commits", {})
             logger.info("resuming the run in %s after %s", folder, ", ".join(self.phases) or "no phase")
         else:
-            self.phases = {}
+            self.phases, self.commits = {}, {}
             folder.mkdir(parents=True, exist_ok=True)
             self._write()
 
     def _write(self) -> None:
         tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"identity": self.identity, "phases": self.phases}, indent=1))
+        tmp.write_text(json.dumps({"identity": self.identity, "phases": self.phases, "commits": self.commits},
+                                  indent=1))
         tmp.replace(self.record)
 
     def done(self, phase: str) -> bool:
@@ -471,6 +488,7 @@ class RunState:
         if model is not None:
             save_system(self.folder / phase, model)
         self.phases[phase] = dict(figures)
+        self.commits[phase] = source_commit()
         self._write()
         self.epochs(phase).unlink(missing_ok=True)
         logger.info("phase %s finished (%.0f s)", phase, figures.get(f"seconds/{phase}", 0.0))
@@ -576,6 +594,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     phases["seconds/total"] = time.perf_counter() - mark + sum(v for k, v in phases.items() if k.startswith("seconds/"))
     training = {
         "command": command, "profile": profile_name, "profile_sizes": profile.sizes(),
+        "code_commits": dict(state.commits),  # per phase: a resumed run may span commits
         "data_seed": data_seed, "training_seed": seed, "device": device.type,
         "threads": torch.get_num_threads(),
         "data": "ortho_node.synthetic.generate_study(joint, seed, findings='random', domain=DomainRandomization(), "

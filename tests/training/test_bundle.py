@@ -102,6 +102,9 @@ def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads_and_r
         card.training["command"]
     assert card.training["randomized_ratio"] == tiny.randomized_ratio  # the mix's recipe (issue 21)
     assert RandomizedAppearance.from_dict(card.training["randomized_appearance"]) == tiny.appearance
+    # Which code made each phase: this checkout's commit (a card must say which generator and trainer made it).
+    assert card.training["code_commits"].keys() == set(bundle.PHASES)
+    assert set(card.training["code_commits"].values()) == {bundle.source_commit()} != {"unknown"}
     for phase in ("generate", "pretrain", "finetune", "refine_segmentation", "structure_scales", "evidence_readout"):
         assert card.metrics[f"seconds/{phase}"] > 0, phase
     assert card.metrics["seconds/total"] >= sum(card.metrics[f"seconds/{p}"] for p in ("pretrain", "finetune"))
