@@ -242,7 +242,10 @@ def test_findings_read_the_first_draw_unscaled_whatever_the_masks_use(evidence_p
     torch.testing.assert_close(drawn.evidence_inputs(knee_study), evidence_predictor.evidence_inputs(knee_study),
                                rtol=0, atol=0, equal_nan=True)
     single, averaged = evidence_predictor.predict(knee_study), drawn.predict(knee_study)
-    assert [f.probability for f in averaged.findings] == [f.probability for f in single.findings]
+    # Equal up to float rounding: three draws run the backbone on a batch of three, whose convolutions may sum in
+    # another order than a batch of one (about 1e-5 with the model shipped 2026-12-06).
+    assert [f.probability for f in averaged.findings] == pytest.approx([f.probability for f in single.findings],
+                                                                       abs=1e-4)
     meniscus = KNEE_STRUCTURES.index("medial meniscus")
     assert sum((s.mask >= meniscus).sum() for s in averaged.segmentations) > \
         sum((s.mask >= meniscus).sum() for s in single.segmentations)

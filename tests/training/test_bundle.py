@@ -51,6 +51,9 @@ def test_bundle_profile_sets_the_decoder_widths():
 def test_shipped_model_follows_the_full_recipe():
     # The one documented command must rebuild what ships: a recipe change without a retrain fails here.
     card = read_system_card(BUNDLED_MODEL)
+    full = PROFILES["full"]
+    assert card.training["randomized_ratio"] == full.randomized_ratio
+    assert card.preprocessing.normalisation == full.normalisation and card.preprocessing.crop_mm == full.crop_mm
     assert card.segmentation_widths == PROFILES["full"].decoder_widths
     assert card.evidence == READOUT_STRUCTURES
     assert card.segmentation_draws == PROFILES["full"].segmentation_draws
