@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,3 +51,14 @@ def tiny_model() -> GaussianDiffusion:
 def smooth_volume() -> Callable[[tuple[int, int, int], int], np.ndarray]:
     """Factory: ``smooth_volume(shape, seed)`` -> float32 (slices, rows, cols)."""
     return blob_volume
+
+
+@pytest.fixture()
+def old_card_folder(tmp_path: Path) -> Path:
+    """A model folder holding a card as models shipped before 2026-12-06 wrote it (no ``kind``, no operating
+    points, min-max preprocessing): a kept copy of the card, without its weights."""
+    from ortho_node.model.card import CARD_FILE
+
+    kept = Path(__file__).resolve().parents[1] / "data" / "model_card_minmax_2026.json"
+    (tmp_path / CARD_FILE).write_text(kept.read_text())
+    return tmp_path

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from ortho_node.config import BUNDLED_MODEL
 from ortho_node.labels import Plane
 from ortho_node.model.card import CARD_FILE, WEIGHTS_FILE, CardKind, CheckpointError, card_kind
 from ortho_node.model.checkpoint import ModelCard, preprocess_spec_for, read_card, save_checkpoint
@@ -31,15 +30,15 @@ def test_saved_backbone_card_names_its_kind_and_is_readable_by_all(tiny_model, t
         read_system_card(tmp_path)
 
 
-def test_cards_without_kind_load_by_their_keys(tiny_model):
+def test_cards_without_kind_load_by_their_keys(tiny_model, old_card_folder):
     text = _backbone_card(tiny_model).to_json()
     older = {k: v for k, v in json.loads(text).items() if k != "kind"}
     assert card_kind(older) is CardKind.BACKBONE and ModelCard.from_json(json.dumps(older)).step == 1
-    shipped = json.loads((BUNDLED_MODEL / CARD_FILE).read_text())
+    shipped = json.loads((old_card_folder / CARD_FILE).read_text())
     assert "kind" not in shipped and card_kind(shipped) is CardKind.SYSTEM
-    assert isinstance(read_system_card(BUNDLED_MODEL), SystemCard)
+    assert isinstance(read_system_card(old_card_folder), SystemCard)
     with pytest.raises(CheckpointError, match="not a backbone card"):
-        read_card(BUNDLED_MODEL)
+        read_card(old_card_folder)
 
 
 def test_the_predictor_imports_neither_training_nor_the_generator():
