@@ -2,8 +2,9 @@
 
 1. Throughput: one receiver and 1, then 2, processors (``ortho-node serve --role ...`` subprocesses, the bundled
    model on the CPU, one torch thread each) on a fresh database, Orthanc as the PACS; ``--studies`` small
-   synthetic knee studies (3 planes x 8 slices of 32 x 32) sent with dcmtk ``storescu`` once every process
-   serves. Studies per hour from the first job queued to the last result acknowledged by Orthanc.
+   synthetic knee studies (3 planes x 8 slices of 32 x 32) sent with dcmtk ``storescu`` to the receiver and
+   queued before the processors start. Studies per hour from the first job started to the last result
+   acknowledged by Orthanc: what the processors drain, not how fast one sender delivers studies.
    Goal: 2 processors >= 1.7x one (on a machine with a core per processor to spare).
 2. Claim latency with ``--queued`` jobs waiting: two claimers (separate processes) drain them one claim at a time;
    each claim transaction's time (p50, p95). Then the wake-up: jobs queued one at a time to an idle processor
@@ -77,11 +78,47 @@ def fresh_database(admin_url: str):
 # -- 1. throughput -----------------------------------------------------------------------------------------------
 
 def throughput(admin_url: str, processors: int, studies: int, folder: Path) -> float:
+    """Studies per hour that ``processors`` drain: every study is received and queued first, so the senders,
+    the receiver and the completeness timers do not pace the processors (live, one ``storescu`` after another
+    delivered a study every ~1.4 s on this machine, less than two processors take)."""
     from tests.cluster.processes import ServeProcess
-    from tests.cluster.test_scale_out import _storescu
+    from tests.reports.orthanc import Orthanc
+
+    folders = _write_studies(studies, folder)
+    with fresh_database(admin_url) as url:
+        pacs = Orthanc(folder / "orthanc")
+        env = {"ORTHO_NODE_DATABASE_URL": url,
+               "ORTHO_NODE_DESTINATIONS": f"PACS={Orthanc.AE_TITLE}@127.0.0.1:{pacs.dicom_port}",
+               "ORTHO_NODE_CLUSTER_HEARTBEAT_INTERVAL": "5"}
+        (folder / "logs").mkdir()
+        receiver = ServeProcess("recv-1", "receive", folder / "data", folder / "logs", env)
+        nodes = [receiver]
+        engine = make_engine(url)
+        sessions = make_session_factory(engine)
+        try:
+            receiver.start().wait_ready()
+            _send_all(receiver, folders)
+            _wait(sessions, lambda session: session.scalar(select(func.count(Job.id))) == studies,
+                  60 + 2 * studies, "studies queued")
+            nodes += [ServeProcess(f"proc-{k + 1}", "process", folder / "data", folder / "logs", env)
+                      for k in range(processors)]
+            for node in nodes[1:]:
+                node.start()
+            _wait(sessions, lambda session: _drained(session, studies), 60 * studies, "studies delivered")
+            with sessions() as session:
+                first = session.scalar(select(func.min(Job.started_at)))
+                last = session.scalar(select(func.max(DeliveryItem.delivered_at)))
+        finally:
+            engine.dispose()
+            for node in nodes:
+                node.stop()
+            pacs.stop()
+    return studies / (last - first).total_seconds() * 3600
+
+
+def _write_studies(studies: int, folder: Path) -> list[Path]:
     from tests.assembly.factory import study
     from tests.dicom_factory import write
-    from tests.reports.orthanc import Orthanc
 
     folders = []
     for n in range(studies):
@@ -89,50 +126,35 @@ def throughput(admin_url: str, processors: int, studies: int, folder: Path) -> f
         for k, ds in enumerate(ds for plane in planes for ds in plane):
             write(ds, folder / f"study-{n}" / f"{k}.dcm")
         folders.append(folder / f"study-{n}")
-    with fresh_database(admin_url) as url:
-        pacs = Orthanc(folder / "orthanc")
-        env = {"ORTHO_NODE_DATABASE_URL": url,
-               "ORTHO_NODE_DESTINATIONS": f"PACS={Orthanc.AE_TITLE}@127.0.0.1:{pacs.dicom_port}",
-               "ORTHO_NODE_CLUSTER_HEARTBEAT_INTERVAL": "5"}
-        (folder / "logs").mkdir()
-        nodes = [ServeProcess("recv-1", "receive", folder / "data", folder / "logs", env)]
-        nodes += [ServeProcess(f"proc-{k + 1}", "process", folder / "data", folder / "logs", env)
-                  for k in range(processors)]
+    return folders
+
+
+def _send_all(receiver, folders: list[Path]) -> None:
+    from tests.cluster.test_scale_out import _storescu
+
+    for path in folders:
         try:
-            for node in nodes:
-                node.start()
-            for node in nodes:
-                node.wait_ready()
-            for path in folders:
-                try:
-                    _storescu(nodes[0].port, path)
-                except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-                    output = (exc.stderr or b"").decode(errors="replace")[-800:]
-                    raise RuntimeError(f"storescu of {path.name} failed: {exc}: {output}\nreceiver log: "
-                                       f"{nodes[0].log()[-1500:]}") from None
-            engine = make_engine(url)
-            sessions = make_session_factory(engine)
-            deadline = time.monotonic() + 60 * studies
-            while time.monotonic() < deadline:
-                with sessions() as session:
-                    done = session.scalar(select(func.count(Job.id)).where(Job.state == "succeeded"))
-                    pending = session.scalar(select(func.count(DeliveryItem.id)).where(
-                        DeliveryItem.state != "delivered"))
-                if done == studies and pending == 0:
-                    break
-                time.sleep(0.5)
-            else:
-                raise RuntimeError(f"not every study delivered: {done} of {studies} jobs done")
-            with sessions() as session:
-                first = session.scalar(select(func.min(Job.created_at)))
-                last = session.scalar(select(func.max(DeliveryItem.delivered_at)))
-            engine.dispose()
-        finally:
-            for node in nodes:
-                node.stop()
-            pacs.stop()
-    seconds = (last - first).total_seconds()
-    return studies / seconds * 3600
+            _storescu(receiver.port, path)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            output = (exc.stderr or b"").decode(errors="replace")[-800:]
+            raise RuntimeError(f"storescu of {path.name} failed: {exc}: {output}\nreceiver log: "
+                               f"{receiver.log()[-1500:]}") from None
+
+
+def _drained(session, studies: int) -> bool:
+    done = session.scalar(select(func.count(Job.id)).where(Job.state == "succeeded"))
+    pending = session.scalar(select(func.count(DeliveryItem.id)).where(DeliveryItem.state != "delivered"))
+    return done == studies and pending == 0
+
+
+def _wait(sessions, condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            if condition(session):
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"timed out waiting for every study: {what}")
 
 
 # -- 2. claim latency ----------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
+from ortho_node.inference.orientation import IDENTITY, Reorientation, study_orientations
 from ortho_node.inference.windows import WindowAverage, window_starts
 from ortho_node.labels import MODEL_PLANES, Joint, Plane
 from ortho_node.model.evidence import STATISTICS, plane_statistics, stack_inputs
@@ -114,6 +115,7 @@ class _PlanePlan:
     draws: int
     crop: CropBox | None
     slices: torch.Tensor | None = None
+    orientation: Reorientation = IDENTITY
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class _PlaneRun:
     first_draw_maps: torch.Tensor | None = None
     slices: torch.Tensor | None = None
     crop: CropBox | None = None
+    orientation: Reorientation = IDENTITY
 
 
 class Predictor:
@@ -221,6 +224,7 @@ class Predictor:
         segment = self._segments(joint)
         skipped: dict[Plane, str] = {p: "plane absent from the study" for p in MODEL_PLANES if p not in study.planes}
         plans = []
+        orientations = study_orientations(study, self.card.preprocessing.orientation)
         for plane in MODEL_PLANES:
             volume = study.planes.get(plane)
             if volume is None:
@@ -228,7 +232,7 @@ class Predictor:
             if float(volume.pixels.min()) == float(volume.pixels.max()):
                 skipped[plane] = f"no image: every pixel is {float(volume.pixels.min())}"
                 continue
-            plans.append(self._plan(plane, volume, segment, draws or len(self._noise)))
+            plans.append(self._plan(plane, volume, segment, draws or len(self._noise), orientations[plane]))
         if not plans:
             raise PredictionError("no analysable plane: " + "; ".join(f"{p.value}: {r}" for p, r in skipped.items()))
         return PreparedStudy(study, joint, tuple(plans), skipped, started)
@@ -255,11 +259,13 @@ class Predictor:
                 if k not in centres:  # the centre window always holds an image (min < max was checked)
                     raise RuntimeError(f"{plan.plane.value}: the centre window was not among the windows run")
                 if plan.slices is None:
-                    runs[owners[k]][plan.plane] = _PlaneRun(centres[k], plan.window_starts, crop=plan.crop)
+                    runs[owners[k]][plan.plane] = _PlaneRun(centres[k], plan.window_starts, crop=plan.crop,
+                                                            orientation=plan.orientation)
                     continue
                 maps = averages[k].average()
                 runs[owners[k]][plan.plane] = _PlaneRun(centres[k], plan.window_starts, maps.mean(dim=0), maps[0],
-                                                        plan.slices[: plan.slices_count], plan.crop)
+                                                        plan.slices[: plan.slices_count], plan.crop,
+                                                        plan.orientation)
         return runs
 
     def finish(self, prepared: PreparedStudy, runs: Mapping[Plane, _PlaneRun], *, locate: Locate | None = None
@@ -323,14 +329,16 @@ class Predictor:
             raise PredictionError(f"no model for joint {study.joint.value!r} (this model knows: {known})")
         return study.joint
 
-    def _plan(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int) -> _PlanePlan:
+    def _plan(self, plane: Plane, volume: PlaneVolume, segment: bool, draws: int,
+              orientation: Reorientation) -> _PlanePlan:
         spec = self.card.preprocessing
-        pixels = volume.pixels
+        pixels = orientation.apply(volume.pixels)
         n = pixels.shape[0]
-        crop = plan_crop(pixels, spec, volume.geometry.pixel_spacing)
+        crop = plan_crop(pixels, spec, orientation.pixel_spacing(volume.geometry.pixel_spacing))
         if not segment:  # diagnosis reads the centre window alone
             centre_input, mapping = preprocess_volume(pixels, spec, crop=crop)
-            return _PlanePlan(plane, ((mapping.start, 0, centre_input),), (mapping.start,), mapping.start, n, 1, crop)
+            return _PlanePlan(plane, ((mapping.start, 0, centre_input),), (mapping.start,), mapping.start, n, 1, crop,
+                              orientation=orientation)
         # Every slice resized once, then cut into windows (the training data's way): equal to preprocessing each
         # window on its own, without resizing the overlaps again.
         slices = slices_to_model_grid(pixels, spec, crop=crop)
@@ -346,7 +354,7 @@ class Predictor:
                 logger.debug("%s window at slice %d carries no image: background", plane.value, start)
                 continue
             windows += [(start, draw, window) for draw in range(draws)]
-        return _PlanePlan(plane, tuple(windows), starts, centre_start, n, draws, crop, slices)
+        return _PlanePlan(plane, tuple(windows), starts, centre_start, n, draws, crop, slices, orientation)
 
     def _pass(self, plane: Plane, segmented: bool, batch: Sequence[tuple[int, int, int, torch.Tensor]],
               plans: Sequence[_PlanePlan], averages: Mapping[int, WindowAverage], centres: dict[int, torch.Tensor]
@@ -392,15 +400,17 @@ class Predictor:
         for plane, run in runs.items():
             if run.class_maps is None:  # every run of a segmenting joint has its maps
                 raise RuntimeError(f"{plane.value}: a segmenting run without class maps")
-            for chunk, mapping in self._restore_chunks(study.planes[plane], run.crop):
-                maps = run.class_maps[:, chunk] * self._scales
-                yield plane, chunk.start, torch.from_numpy(restore_probabilities(maps, mapping))
+            n = study.planes[plane].pixels.shape[0]
+            for chunk, mapping in self._restore_chunks(study.planes[plane], run):
+                maps = restore_probabilities(run.class_maps[:, chunk] * self._scales, mapping)
+                stored = run.orientation.stored_slices(chunk.start, chunk.stop - chunk.start, n)
+                yield plane, stored.start, torch.from_numpy(run.orientation.invert(maps))
 
-    def _restore_chunks(self, volume: PlaneVolume, crop: CropBox | None) -> Iterator[tuple[slice, GridMapping]]:
-        """(slices, mapping) of each RESTORE_CHUNK slices of ``volume``, model grid (covering ``crop``) -> source
-        grid."""
-        n, rows, cols = volume.pixels.shape
-        spec = self.card.preprocessing
+    def _restore_chunks(self, volume: PlaneVolume, run: _PlaneRun) -> Iterator[tuple[slice, GridMapping]]:
+        """(slices, mapping) of each RESTORE_CHUNK slices of ``volume`` laid out as the run read it, model grid
+        (covering the run's crop) -> that layout's grid."""
+        n, rows, cols = run.orientation.shape(volume.pixels.shape)
+        spec, crop = self.card.preprocessing, run.crop
         for start in range(0, n, RESTORE_CHUNK):
             count = min(n, start + RESTORE_CHUNK) - start
             chunk = PreprocessSpec(count, spec.size, spec.rot90_k)
@@ -409,11 +419,11 @@ class Predictor:
     def _segmentation(self, plane: Plane, volume: PlaneVolume, run: _PlaneRun, locate: Locate) -> SeriesSegmentation:
         if run.class_maps is None:
             raise RuntimeError(f"{plane.value}: a segmenting run without class maps")
-        mask = np.zeros(volume.pixels.shape, dtype=np.uint8)
-        for chunk, mapping in self._restore_chunks(volume, run.crop):
+        mask = np.zeros(run.orientation.shape(volume.pixels.shape), dtype=np.uint8)
+        for chunk, mapping in self._restore_chunks(volume, run):
             mask[chunk] = restore_argmax(run.class_maps[:, chunk] * self._scales, mapping)
-        return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate), mask,
-                                  tuple(self.card.structures))
+        return SeriesSegmentation(volume.geometry.series_instance_uid, plane, self._slice_refs(volume, locate),
+                                  run.orientation.invert(mask), tuple(self.card.structures))
 
     def _head(self, joint: Joint, runs: Mapping[Plane, _PlaneRun], study: AssembledStudy) -> DiagnosisOutput:
         clinical = clinical_from_facts(study.clinical)[None].to(self.device)

@@ -51,6 +51,13 @@ class ConstantVolumeError(ValueError):
     """The volume has a single intensity (typically all zero): there is nothing to analyse."""
 
 
+class Orientation(str, enum.Enum):
+    """How a series' stored array is laid out before it goes on the model grid."""
+
+    STORED = "stored"  # official: as the scanner stored it
+    CANONICAL = "canonical"  # one patient-aligned layout per plane, a left joint mirrored (inference.orientation)
+
+
 class Normalisation(str, enum.Enum):
     """How a window's intensities become [-1, 1]."""
 
@@ -62,8 +69,9 @@ class Normalisation(str, enum.Enum):
 class PreprocessSpec:
     """The model input: ``depth`` slices of ``size`` x ``size`` pixels, slices turned by ``rot90_k``;
     intensities by ``normalisation`` (``percentiles`` for ``PERCENTILE``); ``crop_mm``: the in-plane extent
-    around the joint the grid covers (None: the whole field of view). Defaults: the official preprocessing,
-    which cards written before these fields existed keep."""
+    around the joint the grid covers (None: the whole field of view); ``orientation``: the series as stored or
+    in the canonical layout. Defaults: the official preprocessing, which cards written before these fields
+    existed keep."""
 
     depth: int = 16
     size: int = 256
@@ -71,10 +79,16 @@ class PreprocessSpec:
     normalisation: Normalisation = Normalisation.MINMAX
     percentiles: tuple[float, float] = (0.5, 99.5)
     crop_mm: float | None = None
+    orientation: Orientation = Orientation.STORED
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.size < 1:
             raise ValueError(f"preprocessing depth and size must be positive, got {self.depth} and {self.size}")
+        try:
+            object.__setattr__(self, "orientation", Orientation(self.orientation))
+        except ValueError:
+            known = ", ".join(repr(o.value) for o in Orientation)
+            raise ValueError(f"unknown orientation {self.orientation!r} (known: {known})") from None
         try:
             object.__setattr__(self, "normalisation", Normalisation(self.normalisation))
         except ValueError:
@@ -100,6 +114,7 @@ class PreprocessSpec:
             **dataclasses.asdict(self),
             "normalisation": self.normalisation.value,
             "percentiles": list(self.percentiles),
+            "orientation": self.orientation.value,
             "slice_window": "centre, start = max(0, n//2 - depth//2), zero-pad after",
             "image_interpolation": "bilinear, align_corners=False, no antialias",
             "label_interpolation": "nearest-exact (pixel centres)",

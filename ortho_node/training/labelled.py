@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
+from ortho_node.inference.orientation import study_orientations
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, UNLABELLED, Joint, Plane
 from ortho_node.model.heads import clinical_from_facts
 from ortho_node.model.preprocessing import PreprocessSpec
@@ -335,5 +336,5 @@ def task_data(studies: Sequence[LabelledStudy], joint: Joint, spec: PreprocessSp
         labels = {p: s.masks[p] for p in planes} if segmentation else None
         findings = {label: math.nan if value is None else value for label, value in s.findings.items()}
         examples.append(_example(joint, s.uid, volumes, labels, findings, clinical_from_facts(s.study.clinical), spec,
-                                 spacings))
+                                 spacings, study_orientations(s.study, spec.orientation)))
     return _stack(joint, examples)

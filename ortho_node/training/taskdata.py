@@ -26,11 +26,13 @@ from pydicom.uid import generate_uid
 from ortho_node.assembly.anatomy import Laterality
 from ortho_node.assembly.contrast import Contrast, Weighting
 from ortho_node.assembly.study import AssembledStudy, ClinicalFacts, PlaneVolume, VolumeGeometry
+from ortho_node.inference.orientation import Reorientation, study_orientations
 from ortho_node.labels import DIAGNOSIS_LABELS, MODEL_PLANES, Joint, Plane
 from ortho_node.model.heads import CLINICAL_INPUTS, clinical_from_facts
 from ortho_node.model.preprocessing import (
     ConstantVolumeError,
     CropBox,
+    Orientation,
     PreprocessSpec,
     label_slices_to_model_grid,
     labels_to_model_grid,
@@ -209,11 +211,19 @@ class _Example:
 
 def _example(joint: Joint, uid: str, volumes: Mapping[Plane, np.ndarray], labels: Mapping[Plane, np.ndarray] | None,
              diagnosis: Mapping[str, int], clinical: torch.Tensor, spec: PreprocessSpec,
-             spacings: Mapping[Plane, tuple[float, float]] | None = None) -> _Example:
+             spacings: Mapping[Plane, tuple[float, float]] | None = None,
+             orientations: Mapping[Plane, Reorientation] | None = None) -> _Example:
     """One study on the model grid; ``spacings`` (per plane, DICOM pixel spacing in mm) place the crop of a spec
-    with ``crop_mm``."""
+    with ``crop_mm``; ``orientations`` (per plane, from :func:`study_orientations`) lay the series out as a spec
+    with the canonical orientation reads them."""
     if spec.crop_mm is not None and (spacings is None or not set(volumes) <= set(spacings)):
         raise ValueError("a cropping preprocessing needs every series' pixel spacing")
+    if spec.orientation is not Orientation.STORED:
+        if orientations is None or not set(volumes) <= set(orientations):
+            raise ValueError(f"a {spec.orientation.value} orientation needs every series' geometry")
+        volumes = {p: orientations[p].apply(v) for p, v in volumes.items()}
+        labels = None if labels is None else {p: orientations[p].apply(v) for p, v in labels.items()}
+        spacings = None if spacings is None else {p: orientations[p].pixel_spacing(v) for p, v in spacings.items()}
     shape = (spec.depth, spec.size, spec.size)
     images = torch.zeros((len(MODEL_PLANES), 1, *shape))
     segmentation = torch.zeros((len(MODEL_PLANES), *shape), dtype=torch.uint8) if labels is not None else None
@@ -255,7 +265,8 @@ def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmenta
     labels = {s.plane: s.labels for s in study.series} if segmentation else None
     spacings = {p: v.geometry.pixel_spacing for p, v in assembled.planes.items()}
     return _example(study.joint, study.study_uid, volumes, labels, study.diagnosis,
-                    clinical_from_facts(assembled.clinical), spec, spacings)
+                    clinical_from_facts(assembled.clinical), spec, spacings,
+                    study_orientations(assembled, spec.orientation))
 
 
 def synthetic_training_study(joint: Joint, seed: int, *, domain: DomainRandomization | None = None,
