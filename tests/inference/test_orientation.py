@@ -13,7 +13,7 @@ import torch
 
 from ortho_node.assembly.anatomy import Laterality
 from ortho_node.assembly.study import AssembledStudy, PlaneVolume
-from ortho_node.inference.orientation import IDENTITY, Reorientation, mirrored_side, reorientation, study_orientations
+from ortho_node.inference.orientation import IDENTITY, Reorientation, mirrored_side, study_orientations
 from ortho_node.inference.predictor import Predictor
 from ortho_node.labels import Joint, Plane
 from ortho_node.model.preprocessing import Orientation, PreprocessSpec
