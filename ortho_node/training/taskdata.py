@@ -349,6 +349,9 @@ def _clinical_from_dicom(root: Path) -> torch.Tensor:
 
 def read_synth_folder(root: Path, joint: Joint, spec: PreprocessSpec, *, segmentation: bool | None = None) -> TaskData:
     """Every ``<joint>_<seed>/`` study written by ``ortho-node synth`` (NIfTI + findings.json) under ``root``."""
+    if spec.orientation is not Orientation.STORED:
+        raise ValueError(f"a model whose card reads series in the {spec.orientation.value} orientation needs their "
+                         f"DICOM geometry and laterality, which NIfTI folders do not carry: use the DICOM studies")
     segmentation = joint is Joint.KNEE if segmentation is None else segmentation
     examples = []
     for summary_path in sorted(Path(root).glob(f"{joint.value}_*/findings.json")):

@@ -159,3 +159,10 @@ def test_a_canonical_spec_refuses_series_without_their_geometry():
     with pytest.raises(ValueError, match="canonical orientation needs every series' geometry"):
         _example(Joint.KNEE, "1.2.3", {Plane.SAGITTAL: volume}, None, {}, torch.zeros(4),
                  PreprocessSpec(depth=4, size=8, orientation=Orientation.CANONICAL))
+
+
+def test_nifti_folders_are_refused_for_a_canonical_card(tmp_path):
+    from ortho_node.training.taskdata import read_synth_folder
+
+    with pytest.raises(ValueError, match="NIfTI folders do not carry"):
+        read_synth_folder(tmp_path, Joint.KNEE, PreprocessSpec(orientation=Orientation.CANONICAL))
