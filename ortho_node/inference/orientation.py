@@ -97,7 +97,8 @@ def study_orientations(study: AssembledStudy, orientation: Orientation) -> dict[
     if orientation is Orientation.STORED:
         return {plane: IDENTITY for plane in study.planes}
     mirror, side = mirrored_side(study.laterality, study.planes.values())
-    logger.debug("study %s: %s joint", study.study_instance_uid, side)
+    if study.laterality is Laterality.UNKNOWN:  # an assumption worth a line: medial and lateral depend on it
+        logger.info("study %s: the model reads the joint as %s", study.study_instance_uid, side)
     return {plane: reorientation(plane, volume.geometry, mirror) for plane, volume in study.planes.items()}
 
 
