@@ -11,7 +11,7 @@ console port and a ``stow`` API token; Orthanc with its DICOMweb plugin (its sto
 
 Prints the median and range over ``--repeat`` runs, and our STOW-RS rate over Orthanc's (goal >= 1.0x).
 
-    python3 bench/stow.py [--instances 60] [--per-request 10] [--rows 256] [--repeat 3] [--clients 1,4]
+    python3 bench/stow.py [--instances 60] [--per-request 10] [--rows 256] [--repeat 3] [--clients 1,4] [--workers 1]
 """
 
 from __future__ import annotations
@@ -111,18 +111,37 @@ def run_cstore(port: int, files: list[bytes], clients: int, folder: Path) -> flo
     return elapsed
 
 
-def start_node(folder: Path) -> tuple[NodeProcess, str, str]:
-    """Our node with STOW-RS on its console port; (process, STOW-RS URL, bearer token)."""
-    console_port = free_port()
+def start_node(folder: Path, workers: int = 1) -> tuple[NodeProcess, str, str]:
+    """Our node with STOW-RS on its console port, or with ``workers`` > 1 on a DICOMweb listener of its own served
+    by that many processes; (process, STOW-RS URL, bearer token)."""
+    console_port, port = free_port(), free_port()
     user = f"admin:{hash_password(uuid.uuid4().hex)}"  # the console needs a user; the bench signs in by token
-    node = NodeProcess(folder / "node", log_level="WARNING", extra_env={
-        "ORTHO_NODE_MODEL_ENABLED": "false", "ORTHO_NODE_CONSOLE_ENABLED": "true",
-        "ORTHO_NODE_CONSOLE_PORT": str(console_port), "ORTHO_NODE_CONSOLE_USERS": user,
-        "ORTHO_NODE_DICOMWEB_MAX_REQUEST_MB": "4096"})
+    env = {"ORTHO_NODE_MODEL_ENABLED": "false", "ORTHO_NODE_CONSOLE_ENABLED": "true",
+           "ORTHO_NODE_CONSOLE_PORT": str(console_port), "ORTHO_NODE_CONSOLE_USERS": user,
+           "ORTHO_NODE_DICOMWEB_MAX_REQUEST_MB": "4096"}
+    if workers > 1:
+        env.update({"ORTHO_NODE_DICOMWEB_OWN_LISTENER": "true", "ORTHO_NODE_DICOMWEB_PORT": str(port),
+                    "ORTHO_NODE_DICOMWEB_WORKERS": str(workers)})
+    node = NodeProcess(folder / "node", log_level="WARNING", extra_env=env)
     created = subprocess.run([sys.executable, "-m", "ortho_node.app.cli.main", "api-token", "create", "bench",
                               "--role", "stow", "--data-dir", str(folder / "node")], capture_output=True, text=True,
                              check=True, env={k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")})
-    return node, f"http://127.0.0.1:{console_port}/dicomweb/studies", created.stdout.strip()
+    _wait_listening(port if workers > 1 else console_port)  # the web listeners start after the DICOM port
+    return node, f"http://127.0.0.1:{port if workers > 1 else console_port}/dicomweb/studies", created.stdout.strip()
+
+
+def _wait_listening(port: int, timeout: float = 120.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port}") from None
+            time.sleep(0.2)
 
 
 def summary(rates: list[float]) -> str:
@@ -136,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--workers", type=int, default=1, help="dicomweb.workers of the node (> 1: own listener)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-stow-") as tmp:
         folder = Path(tmp)
-        node, node_url, token = start_node(folder)
+        node, node_url, token = start_node(folder, args.workers)
         orthanc = Orthanc(folder / "orthanc", dicomweb=True)
         rates: dict[tuple[str, int], list[float]] = {}
         try:
@@ -162,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             orthanc.remove()
     size_kb = args.rows * args.rows * 2 / 1024
     print(f"{args.instances} instances of {size_kb:.0f} KiB, {args.per_request} per STOW-RS request, "
-          f"{args.repeat} runs (median, range)")
+          f"{args.repeat} runs (median, range); node dicomweb.workers = {args.workers}")
     for (name, count), values in rates.items():
         print(f"  {name:16} {count} client{'s' if count > 1 else ' '}: {summary(values)}")
     for count in clients:

@@ -1,11 +1,13 @@
-"""Several processes serving one DICOM port: the parent accepts, worker processes run the associations.
+"""Several processes serving one port: the DICOM port (``dicom.workers``) or the DICOMweb one (``dicomweb.workers``).
 
-pynetdicom runs associations on threads that share one interpreter lock, so one process uses about one
-core. With ``dicom.workers`` > 1 the parent accepts each connection and hands it, round robin, to a worker
-process (file-descriptor passing over a Unix socket pair). Workers store through their own intake and
-database connections and send intake notifications back over the same socket pair to the parent, where the
-scheduler lives. A worker that dies is restarted; a worker whose parent goes away finishes its associations
-and exits.
+A Python process runs its requests on threads that share one interpreter lock, so it uses about one core.
+With workers, the parent binds the port and worker processes serve it. For DICOM the parent accepts each
+connection and hands it, round robin, to a worker (file-descriptor passing over a Unix socket pair), which
+keeps the association limit exact; an HTTP server accepts on its own, so for DICOMweb each worker gets the
+listening socket itself once (``share_listener``) and the kernel spreads the connections. Workers store
+through their own intake and database connections and send intake notifications back over the same socket
+pair to the parent, where the scheduler lives. A worker that dies is restarted; a worker whose parent goes
+away finishes its requests and exits.
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ class _Worker:
     relay: threading.Thread | None = field(default=None, repr=False)
 
 
-class WorkerPoolSCP:
-    """The parent side: listening socket, hand-over, event relay, restarts."""
+class WorkerPool:
+    """The parent side: listening socket, hand-over, event relay, restarts. ``address``: (host, port) to listen
+    on (default the DICOM port's); ``share_listener``: workers accept on the listening socket themselves;
+    ``name``: what the log calls the service."""
 
-    def __init__(self, settings: Settings, *, workers: int, intake: Intake, target: WorkerTarget) -> None:
+    def __init__(self, settings: Settings, *, workers: int, intake: Intake, target: WorkerTarget,
+                 address: tuple[str, int] | None = None, share_listener: bool = False,
+                 name: str = "Storage SCP") -> None:
         self.settings = settings
         self._count = workers
         self._intake = intake
         self._target = target
+        self._address = address or (settings.dicom.host, settings.dicom.port)
+        self._share_listener = share_listener
+        self.name = name
         self._workers: dict[int, _Worker] = {}
         self._active = SharedCounter.create()
         self._ready = threading.Semaphore(0)
@@ -69,15 +78,14 @@ class WorkerPoolSCP:
         return self._listener.getsockname()[1]
 
     def start(self, *, ready_timeout: float = 120.0) -> None:
-        dicom = self.settings.dicom
-        self._listener = socket.create_server((dicom.host, dicom.port), backlog=128)
+        self._listener = socket.create_server(self._address, backlog=128)
         for index in range(self._count):
             self._workers[index] = self._spawn(index)
         self._wait_ready(ready_timeout)
-        for target, name in ((self._accept_loop, "accept"), (self._monitor_loop, "monitor")):
-            threading.Thread(target=target, name=f"storescp-{name}", daemon=True).start()
-        log.info("Storage SCP %s listening on %s:%d with %d worker processes", dicom.ae_title, dicom.host,
-                 self.port, self._count)
+        loops = [(self._monitor_loop, "monitor")] + ([] if self._share_listener else [(self._accept_loop, "accept")])
+        for target, name in loops:
+            threading.Thread(target=target, name=f"workers-{name}", daemon=True).start()
+        log.info("%s listening on %s:%d with %d worker processes", self.name, self._address[0], self.port, self._count)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
@@ -100,16 +108,18 @@ class WorkerPoolSCP:
                 worker.relay.join(timeout)
             worker.channel.close()
         self._active.remove()
-        log.info("Storage SCP stopped")
+        log.info("%s stopped", self.name)
 
     def _spawn(self, index: int) -> _Worker:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        process = _CONTEXT.Process(target=self._target, name=f"ortho-node-storescp-{index}", daemon=False,
+        process = _CONTEXT.Process(target=self._target, name=f"ortho-node-worker-{index}", daemon=False,
                                    args=(self.settings, child_end, self._active, index))
         process.start()
         child_end.close()
+        if self._share_listener and self._listener is not None:
+            socket.send_fds(parent_end, [b"listener"], [self._listener.fileno()])
         worker = _Worker(index, process, parent_end)
-        worker.relay = threading.Thread(target=self._relay_loop, args=(worker,), name=f"storescp-relay-{index}",
+        worker.relay = threading.Thread(target=self._relay_loop, args=(worker,), name=f"worker-relay-{index}",
                                         daemon=True)
         worker.relay.start()
         return worker
@@ -118,7 +128,7 @@ class WorkerPoolSCP:
         deadline = time.monotonic() + timeout
         for ready in range(self._count):
             if not self._ready.acquire(timeout=max(0.1, deadline - time.monotonic())):
-                raise RuntimeError(f"only {ready} of {self._count} storage workers started")
+                raise RuntimeError(f"only {ready} of {self._count} {self.name} workers started")
 
     def _accept_loop(self) -> None:
         turns = itertools.count()
@@ -166,7 +176,7 @@ class WorkerPoolSCP:
         elif kind == "ready":
             self._ready.release()
         else:
-            log.error("unknown event %r from storage worker %d", kind, index)
+            log.error("unknown event %r from %s worker %d", kind, self.name, index)
 
     def _monitor_loop(self) -> None:
         while not self._stopping.is_set():
@@ -176,7 +186,7 @@ class WorkerPoolSCP:
                 if self._stopping.is_set():
                     return
                 dead = sentinels[sentinel]
-                log.error("storage worker %d exited with code %s; restarting it", dead.index,
+                log.error("%s worker %d exited with code %s; restarting it", self.name, dead.index,
                           dead.process.exitcode)
                 _shutdown(dead.channel, socket.SHUT_RDWR)
                 dead.channel.close()
@@ -231,3 +241,21 @@ def serve_handed_over_connections(channel: socket.socket, serve: Callable[[socke
             return
         host, port = json.loads(message)
         serve(socket.socket(fileno=fds[0]), (host, port))
+
+
+def shared_listener(channel: socket.socket) -> socket.socket:
+    """Worker side of a ``share_listener`` pool: the listening socket the parent sends first."""
+    message, fds, _, _ = socket.recv_fds(channel, 64, 1)
+    if message != b"listener" or len(fds) != 1:
+        raise RuntimeError("the parent sent no listening socket")
+    return socket.socket(fileno=fds[0])
+
+
+def wait_for_parent(channel: socket.socket) -> None:
+    """Worker side: blocks until the parent closes its end (it is stopping, or gone)."""
+    while True:
+        try:
+            if not channel.recv(4096):
+                return
+        except OSError:
+            return

@@ -43,14 +43,17 @@ class TlsFiles:
 
 
 class WebListener:
-    """``app`` on ``host``:``port`` (0 picks a free port; :attr:`port` tells which after :meth:`start`)."""
+    """``app`` on ``host``:``port`` (0 picks a free port; :attr:`port` tells which after :meth:`start`), or on
+    ``sock``, a listening socket bound elsewhere (a worker process of a shared port)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, tls: TlsFiles | None = None) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, tls: TlsFiles | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.name = name
         self.tls = tls
+        self._given = sock
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -67,7 +70,7 @@ class WebListener:
     def start(self) -> None:
         if self.tls is not None:
             self.tls.context()  # a bad file fails here, in the caller's thread, not inside uvicorn's
-        self._socket = _bind(self.host, self.port)
+        self._socket = self._given if self._given is not None else _bind(self.host, self.port)
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(
             self.app, loop="asyncio", http="h11", ws="none", lifespan="off", log_config=None, log_level="warning",

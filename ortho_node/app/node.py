@@ -24,7 +24,7 @@ from listeners.web.actions import OperatorActions
 from listeners.web.listener import TlsFiles, WebListener
 from listeners.web.operations import operations_app
 from listeners.storescp import StorageSCP
-from listeners.worker_pool import WorkerPoolSCP
+from listeners.worker_pool import WorkerPool
 from ortho_node import __version__
 from ortho_node.clock import utcnow
 from ortho_node.assembly.assembler import Assembler
@@ -55,7 +55,7 @@ from ortho_node.app.checks import serves_own_dicomweb
 
 if TYPE_CHECKING:  # torch is imported only by a node that runs the model
     from ortho_node.inference.batching import DeviceBatcher
-from ortho_node.app.storage_worker import run_storage_worker, server_ssl_context, storage_policy
+from ortho_node.app.storage_worker import run_storage_worker, run_stow_worker, server_ssl_context, storage_policy
 from ortho_node.cluster.heartbeat import Heartbeat
 from ortho_node.cluster.lease import Lease
 from ortho_node.cluster.registry import NodeIdentity, NodeRegistry
@@ -125,10 +125,10 @@ class Node:
         self.wakeups = (Listener(self.engine, {Channel.JOBS: self.scheduler.wake,
                                                Channel.DELIVERIES: self.delivery.worker.wake})
                         if self.lease.shared and self.role.processes else None)
-        self.scp: StorageSCP | WorkerPoolSCP | None = None
+        self.scp: StorageSCP | WorkerPool | None = None
         self.console: WebListener | None = None
         self.metrics: WebListener | None = None
-        self.dicomweb: WebListener | None = None
+        self.dicomweb: WebListener | WorkerPool | None = None
         self._registered = False  # the nodes row is ours (never mark another live process's row stopped)
 
     def prepare(self) -> None:
@@ -138,7 +138,7 @@ class Node:
         if self.role.receives:
             self.recovery.prepare()
 
-    def start(self) -> StorageSCP | WorkerPoolSCP | None:
+    def start(self) -> StorageSCP | WorkerPool | None:
         """Register this process, start the scheduler (recovering interrupted jobs and timers), then the Storage
         SCP (receivers) and the delivery worker (processors); returns the Storage SCP, None for a processor."""
         self._register()
@@ -200,8 +200,8 @@ class Node:
     def _start_scp(self) -> None:
         dicom = self.settings.dicom
         if dicom.workers > 1:
-            self.scp = WorkerPoolSCP(self.settings, workers=dicom.workers, intake=self.intake,
-                                     target=run_storage_worker)
+            self.scp = WorkerPool(self.settings, workers=dicom.workers, intake=self.intake, target=run_storage_worker,
+                                  name=f"Storage SCP {dicom.ae_title}")
         else:
             self.scp = StorageSCP(self.settings, intake=self.intake,
                                   association_log=AssociationLog(self.session_factory),
@@ -255,12 +255,18 @@ class Node:
 
     def _start_dicomweb(self, throttle: LoginThrottle) -> None:
         dicomweb = self.settings.dicomweb
-        endpoint = self._stow_endpoint(throttle)
-        if endpoint is None:
+        if not self._receives_stow:
             return
         tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
-        self.dicomweb = WebListener(dicomweb_listener_app(endpoint), dicomweb.host, dicomweb.port, name="DICOMweb",
-                                    tls=tls)
+        if dicomweb.workers > 1:  # each worker authenticates, stores and audits on its own (ortho_node.app.storage_worker)
+            if tls is not None:
+                tls.context()  # a bad file fails the start here, once, rather than in every worker
+            self.dicomweb = WorkerPool(self.settings, workers=dicomweb.workers, intake=self.intake,
+                                       target=run_stow_worker, address=(dicomweb.host, dicomweb.port),
+                                       share_listener=True, name="DICOMweb")
+        else:
+            self.dicomweb = WebListener(dicomweb_listener_app(self._stow_endpoint(throttle)), dicomweb.host,
+                                        dicomweb.port, name="DICOMweb", tls=tls)
         self.dicomweb.start()
 
     def _receiving(self) -> bool:

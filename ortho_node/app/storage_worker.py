@@ -1,4 +1,5 @@
-"""A storage worker process (``dicom.workers`` > 1): intake only, no scheduler, model or console.
+"""Worker processes: a storage worker (``dicom.workers`` > 1) and a STOW-RS worker (``dicomweb.workers`` > 1),
+intake only, no scheduler, model or console.
 
 Kept apart from :mod:`ortho_node.app.node` so a spawned worker imports only what receiving needs; ``app`` uses
 the same policy and TLS builders. The module itself imports nothing heavy: the worker's imports happen in
@@ -35,34 +36,73 @@ def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int
     """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
     _without_pixel_libraries()
     from listeners.storescp import StorageSCP
-    from listeners.worker_pool import EventRelay, serve_handed_over_connections
+    from listeners.worker_pool import serve_handed_over_connections
     from ortho_node.intake.associations import AssociationLog
-    from ortho_node.audit.trail import AuditTrail
-    from ortho_node.intake.catalog import Catalog
-    from ortho_node.db.engine import make_engine, make_session_factory
-    from ortho_node.intake.accept import AcceptRules
-    from ortho_node.intake.receive import Intake
-    from ortho_node.app.logs import configure_logging
-    from ortho_node.intake.storage import LocalInstanceStore
 
-    configure_logging(settings.logging.level, settings.logging.format)
-    engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
-    session_factory = make_session_factory(engine)
-    # A spawned worker builds its own store from the settings: the file system the node's store is on.
-    store = LocalInstanceStore(settings.data_dir, fsync=settings.storage.fsync)
-    intake = Intake(store, Catalog(engine), AuditTrail(session_factory),
-                    accept=AcceptRules.from_settings(settings.accept))
-    relay = EventRelay(channel)
-    intake.add_listener(relay)
-    scp = StorageSCP(settings, intake=intake, association_log=AssociationLog(session_factory),
-                     policy=storage_policy(settings, store), ssl_context=server_ssl_context(settings.tls),
+    worker = _WorkerIntake(settings, channel)
+    scp = StorageSCP(settings, intake=worker.intake, association_log=AssociationLog(worker.session_factory),
+                     policy=storage_policy(settings, worker.store), ssl_context=server_ssl_context(settings.tls),
                      active_associations=active)
     scp.start_without_listening()
-    relay.ready(index)
+    worker.relay.ready(index)
     serve_handed_over_connections(channel, scp.serve_connection)
     scp.drain(timeout=settings.dicom.network_timeout)
     scp.stop()
-    engine.dispose()
+    worker.engine.dispose()
+
+
+def run_stow_worker(settings: Settings, channel: Any, active: Any, index: int) -> None:
+    """Main function of a STOW-RS worker process (``dicomweb.workers`` > 1): the DICOMweb listener's routes on
+    the listening socket the parent shares, intake only. Failed basic-auth logins are counted per process."""
+    _without_pixel_libraries()
+    from listeners.console.sessions import LoginThrottle
+    from listeners.dicomweb.access import StowAccess
+    from listeners.dicomweb.routes import StowEndpoint, dicomweb_listener_app
+    from listeners.dicomweb.stow import StowReceiver
+    from listeners.web.listener import TlsFiles, WebListener
+    from listeners.worker_pool import shared_listener, wait_for_parent
+    from listeners.api.routes import token_check
+
+    worker = _WorkerIntake(settings, channel)
+    dicomweb, console = settings.dicomweb, settings.console
+    throttle = LoginThrottle(console.max_failed_logins, console.lockout_minutes * 60)
+    access = StowAccess(console.users, token_check(worker.session_factory), worker.audit, throttle)
+    endpoint = StowEndpoint(StowReceiver(worker.intake, worker.audit), access, worker.audit,
+                            spool_folder=worker.store.tmp_dir, max_bytes=dicomweb.max_request_mb * 1024 * 1024)
+    tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
+    listener = WebListener(dicomweb_listener_app(endpoint), dicomweb.host, dicomweb.port, name=f"DICOMweb worker {index}",
+                           tls=tls, sock=shared_listener(channel))
+    listener.start()
+    worker.relay.ready(index)
+    wait_for_parent(channel)
+    listener.stop()  # requests in flight finish first
+    worker.engine.dispose()
+
+
+class _WorkerIntake:
+    """What every worker process stores through: its own engine, store, audit trail and intake, whose
+    notifications go to the parent over ``channel``."""
+
+    def __init__(self, settings: Settings, channel: Any) -> None:
+        from listeners.worker_pool import EventRelay
+        from ortho_node.app.logs import configure_logging
+        from ortho_node.audit.trail import AuditTrail
+        from ortho_node.db.engine import make_engine, make_session_factory
+        from ortho_node.intake.accept import AcceptRules
+        from ortho_node.intake.catalog import Catalog
+        from ortho_node.intake.receive import Intake
+        from ortho_node.intake.storage import LocalInstanceStore
+
+        configure_logging(settings.logging.level, settings.logging.format)
+        self.engine = make_engine(settings.database_url, busy_timeout=settings.database.busy_timeout)
+        self.session_factory = make_session_factory(self.engine)
+        # A spawned worker builds its own store from the settings: the file system the node's store is on.
+        self.store = LocalInstanceStore(settings.data_dir, fsync=settings.storage.fsync)
+        self.audit = AuditTrail(self.session_factory)
+        self.intake = Intake(self.store, Catalog(self.engine), self.audit,
+                             accept=AcceptRules.from_settings(settings.accept))
+        self.relay = EventRelay(channel)
+        self.intake.add_listener(self.relay)
 
 
 def _without_pixel_libraries() -> None:

@@ -324,6 +324,9 @@ class DicomwebSettings:
     tls_key: str = _field("", "PEM private key of tls_cert.")
     max_request_mb: int = _field(2048, "Largest STOW-RS request body (MiB); a larger one is refused with 413 "
                                        "before anything is stored.", min=1, max=1024 * 1024)
+    workers: int = _field(1, "Processes serving the DICOMweb listener of its own (own_listener; 1: the node's own "
+                             "process). Set to the number of cores for many simultaneous STOW-RS senders.",
+                          min=1, max=64)
 
     @property
     def tls(self) -> bool:
@@ -331,6 +334,9 @@ class DicomwebSettings:
 
     def check(self) -> None:
         _check_https_files("dicomweb", self.tls_cert, self.tls_key)
+        if self.workers > 1 and not self.own_listener:
+            raise ConfigError("dicomweb.workers > 1 needs dicomweb.own_listener = true: the console's port is "
+                              "served by the node's own process")
 
 
 @dataclasses.dataclass(frozen=True)
