@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -123,16 +124,15 @@ def start_node(folder: Path, workers: int = 1) -> tuple[NodeProcess, str, str]:
         env.update({"ORTHO_NODE_DICOMWEB_OWN_LISTENER": "true", "ORTHO_NODE_DICOMWEB_PORT": str(port),
                     "ORTHO_NODE_DICOMWEB_WORKERS": str(workers)})
     node = NodeProcess(folder / "node", log_level="WARNING", extra_env=env)
+    web_port = port if workers > 1 else console_port
     created = subprocess.run([sys.executable, "-m", "ortho_node.app.cli.main", "api-token", "create", "bench",
                               "--role", "stow", "--data-dir", str(folder / "node")], capture_output=True, text=True,
                              check=True, env={k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")})
-    _wait_listening(port if workers > 1 else console_port)  # the web listeners start after the DICOM port
-    return node, f"http://127.0.0.1:{port if workers > 1 else console_port}/dicomweb/studies", created.stdout.strip()
+    _wait_listening(web_port)  # the web listeners start after the DICOM port
+    return node, f"http://127.0.0.1:{web_port}/dicomweb/studies", created.stdout.strip()
 
 
 def _wait_listening(port: int, timeout: float = 120.0) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while True:
         try:

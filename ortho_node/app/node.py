@@ -17,9 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from listeners.api.routes import Api, api_app, token_check
 from listeners.console.routes import Console, console_app
 from listeners.console.sessions import LoginThrottle
-from listeners.dicomweb.access import StowAccess
 from listeners.dicomweb.routes import StowEndpoint, dicomweb_app, dicomweb_listener_app
-from listeners.dicomweb.stow import StowReceiver
 from listeners.web.actions import OperatorActions
 from listeners.web.listener import TlsFiles, WebListener
 from listeners.web.operations import operations_app
@@ -55,7 +53,13 @@ from ortho_node.app.checks import serves_own_dicomweb
 
 if TYPE_CHECKING:  # torch is imported only by a node that runs the model
     from ortho_node.inference.batching import DeviceBatcher
-from ortho_node.app.storage_worker import run_storage_worker, run_stow_worker, server_ssl_context, storage_policy
+from ortho_node.app.storage_worker import (
+    run_storage_worker,
+    run_stow_worker,
+    server_ssl_context,
+    storage_policy,
+    stow_endpoint,
+)
 from ortho_node.cluster.heartbeat import Heartbeat
 from ortho_node.cluster.lease import Lease
 from ortho_node.cluster.registry import NodeIdentity, NodeRegistry
@@ -246,19 +250,16 @@ class Node:
         return self.settings.dicomweb.enabled and self.role.receives
 
     def _stow_endpoint(self, throttle: LoginThrottle) -> StowEndpoint | None:
-        dicomweb = self.settings.dicomweb
         if not self._receives_stow:
             return None
-        access = StowAccess(self.settings.console.users, token_check(self.session_factory), self.audit, throttle)
-        return StowEndpoint(StowReceiver(self.intake, self.audit), access, self.audit,
-                            spool_folder=self.store.tmp_dir, max_bytes=dicomweb.max_request_mb * 1024 * 1024)
+        return stow_endpoint(self.settings, self.intake, self.audit, self.session_factory, self.store, throttle)
 
     def _start_dicomweb(self, throttle: LoginThrottle) -> None:
         dicomweb = self.settings.dicomweb
         if not self._receives_stow:
             return
         tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
-        if dicomweb.workers > 1:  # each worker authenticates, stores and audits on its own (ortho_node.app.storage_worker)
+        if dicomweb.workers > 1:  # each worker authenticates, stores and audits on its own (app.storage_worker)
             if tls is not None:
                 tls.context()  # a bad file fails the start here, once, rather than in every worker
             self.dicomweb = WorkerPool(self.settings, workers=dicomweb.workers, intake=self.intake,

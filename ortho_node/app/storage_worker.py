@@ -56,27 +56,35 @@ def run_stow_worker(settings: Settings, channel: Any, active: Any, index: int) -
     the listening socket the parent shares, intake only. Failed basic-auth logins are counted per process."""
     _without_pixel_libraries()
     from listeners.console.sessions import LoginThrottle
-    from listeners.dicomweb.access import StowAccess
-    from listeners.dicomweb.routes import StowEndpoint, dicomweb_listener_app
-    from listeners.dicomweb.stow import StowReceiver
+    from listeners.dicomweb.routes import dicomweb_listener_app
     from listeners.web.listener import TlsFiles, WebListener
     from listeners.worker_pool import shared_listener, wait_for_parent
-    from listeners.api.routes import token_check
 
     worker = _WorkerIntake(settings, channel)
     dicomweb, console = settings.dicomweb, settings.console
     throttle = LoginThrottle(console.max_failed_logins, console.lockout_minutes * 60)
-    access = StowAccess(console.users, token_check(worker.session_factory), worker.audit, throttle)
-    endpoint = StowEndpoint(StowReceiver(worker.intake, worker.audit), access, worker.audit,
-                            spool_folder=worker.store.tmp_dir, max_bytes=dicomweb.max_request_mb * 1024 * 1024)
+    endpoint = stow_endpoint(settings, worker.intake, worker.audit, worker.session_factory, worker.store, throttle)
     tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
-    listener = WebListener(dicomweb_listener_app(endpoint), dicomweb.host, dicomweb.port, name=f"DICOMweb worker {index}",
-                           tls=tls, sock=shared_listener(channel))
+    listener = WebListener(dicomweb_listener_app(endpoint), dicomweb.host, dicomweb.port,
+                           name=f"DICOMweb worker {index}", tls=tls, sock=shared_listener(channel))
     listener.start()
     worker.relay.ready(index)
     wait_for_parent(channel)
     listener.stop()  # requests in flight finish first
     worker.engine.dispose()
+
+
+def stow_endpoint(settings: Settings, intake: Any, audit: Any, session_factory: Any, store: InstanceStore,
+                  throttle: Any) -> Any:
+    """The STOW-RS endpoint over ``intake``: the node's own, or a STOW-RS worker's."""
+    from listeners.api.routes import token_check
+    from listeners.dicomweb.access import StowAccess
+    from listeners.dicomweb.routes import StowEndpoint
+    from listeners.dicomweb.stow import StowReceiver
+
+    access = StowAccess(settings.console.users, token_check(session_factory), audit, throttle)
+    return StowEndpoint(StowReceiver(intake, audit), access, audit, spool_folder=store.tmp_dir,
+                        max_bytes=settings.dicomweb.max_request_mb * 1024 * 1024)
 
 
 class _WorkerIntake:
