@@ -57,6 +57,7 @@ from ortho_node.training.finetune import (
     evaluate,
     split,
     train_joint,
+    trained_seconds,
     train_task,
 )
 from ortho_node.training.pretrain import Backbone, PretrainSettings, train_backbone
@@ -495,7 +496,7 @@ class RunState:
         self.commits[phase] = source_commit()
         self._write()
         self.epochs(phase).unlink(missing_ok=True)
-        logger.info("phase %s finished (%.0f s)", phase, figures.get(f"seconds/{phase}", 0.0))
+        logger.info("phase %s finished (%.0f s)", phase, sum(v for k, v in figures.items() if k.startswith("seconds/")))
 
     def model(self, device: torch.device) -> OrthoModel | None:
         """The model of the last finished phase that saved one (None: no such phase yet)."""
@@ -569,17 +570,16 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     settings = FinetuneSettings(epochs=profile.epochs, patience=profile.patience,
                                 lr=profile.lr, seed=seed, device=DeviceChoice(device.type))
     if not state.done("finetune"):
-        mark = time.perf_counter()
         for task, result in train_joint(model, splits, settings, state.epochs("finetune")).items():
             apply_result(model, task, result, *sizes[task])
-        state.finish("finetune", {"seconds/finetune": time.perf_counter() - mark}, model)
+        state.finish("finetune", {"seconds/finetune": trained_seconds(state.epochs("finetune"))}, model)
 
     if not state.done("refine_segmentation"):
-        mark = time.perf_counter()
         refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile,
                                       state.epochs("refine_segmentation"))
         apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
-        state.finish("refine_segmentation", {"seconds/refine_segmentation": time.perf_counter() - mark}, model)
+        state.finish("refine_segmentation",
+                     {"seconds/refine_segmentation": trained_seconds(state.epochs("refine_segmentation"))}, model)
 
     if not state.done("calibrate"):
         torch.manual_seed(seed)

@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,20 +272,20 @@ class EpochCheckpoint:
     identity: str = ""  # what the run was (its command): a file another run wrote is refused, not continued
 
     def save(self, model: torch.nn.Module, epoch: int, best: tuple | None, best_state: dict | None,
-             stale: int) -> None:
+             stale: int, seconds: float) -> None:
         state = {"identity": self.identity, "epoch": epoch, "model": model.state_dict(), "best": best,
-                 "best_state": best_state,
-                 "stale": stale, "stateful": [item.state_dict() for item in self.stateful],
+                 "best_state": best_state, "stale": stale, "seconds": seconds, "stateful": [item.state_dict() for item in self.stateful],
                  "torch_rng": torch.get_rng_state(),
                  "generator": None if self.generator is None else self.generator.get_state()}
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
 
-    def restore(self, model: torch.nn.Module) -> tuple[int, tuple | None, dict | None, int]:
-        """(last finished epoch, best, best weights, stale epochs); (0, None, None, 0) without a file."""
+    def restore(self, model: torch.nn.Module) -> tuple[int, tuple | None, dict | None, int, float]:
+        """(last finished epoch, best, best weights, stale epochs, seconds the finished epochs took);
+        (0, None, None, 0, 0.0) without a file."""
         if not self.path.exists():
-            return 0, None, None, 0
+            return 0, None, None, 0, 0.0
         # Our own file, written by save(): the best epoch's result objects need the full unpickler.
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         if state.get("identity", "") != self.identity:
@@ -297,7 +298,13 @@ class EpochCheckpoint:
         if self.generator is not None:
             self.generator.set_state(state["generator"])
         logger.info("resumed from %s after epoch %d", self.path, state["epoch"])
-        return state["epoch"], state["best"], state["best_state"], state["stale"]
+        return state["epoch"], state["best"], state["best_state"], state["stale"], state.get("seconds", 0.0)
+
+
+def trained_seconds(path: Path) -> float:
+    """The seconds the epochs kept in an :class:`EpochCheckpoint` file took, summed over every process that
+    trained them: a stopped and resumed run's pause is not part of what the training cost."""
+    return float(torch.load(path, map_location="cpu", weights_only=False).get("seconds", 0.0))
 
 
 def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callable[[int], tuple[float, Result]],
@@ -306,11 +313,14 @@ def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callabl
     result); the best-scoring epoch's weights are restored (a NaN score never beats a number) and training
     stops after ``settings.patience`` epochs without improvement. Returns the kept epoch's result. With a
     ``checkpoint`` the loop is saved after every epoch and continues from the saved one."""
-    done, best, best_state, stale = (0, None, None, 0) if checkpoint is None else checkpoint.restore(model)
+    done, best, best_state, stale, seconds = (0, None, None, 0, 0.0) if checkpoint is None \
+        else checkpoint.restore(model)
     for n in range(done + 1, settings.epochs + 1):
         if best is not None and stale >= settings.patience:
             break
+        mark = time.perf_counter()
         score, result = epoch(n)
+        seconds += time.perf_counter() - mark
         if best is None or (not math.isnan(score) and (math.isnan(best[0]) or score > best[0])):
             best, best_state, stale = (score, n, result), copy.deepcopy(model.state_dict()), 0
         else:
@@ -318,7 +328,7 @@ def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callabl
             if stale >= settings.patience:
                 logger.info("%s: early stop after epoch %d (best epoch %d)", name, n, best[1])
         if checkpoint is not None:
-            checkpoint.save(model, n, best, best_state, stale)
+            checkpoint.save(model, n, best, best_state, stale, seconds)
     if best is None or best_state is None:
         raise FinetuneError(f"{name}: no epoch trained (epochs {settings.epochs})")
     model.load_state_dict(best_state)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
 
-from ortho_node.training.finetune import EpochCheckpoint, FinetuneSettings, fit
+from ortho_node.training import finetune
+from ortho_node.training.finetune import EpochCheckpoint, FinetuneSettings, fit, trained_seconds
 
 
 def _run(scores: list[float], patience: int = 3) -> tuple[int, list[int], float]:
@@ -79,3 +81,25 @@ def test_an_early_stopped_fit_resumed_trains_no_further_epoch(tmp_path):
     kept, seen, _ = _trained(checkpoint, patience=1)  # 0.1, 0.5, then 0.3 is stale: stops after epoch 3
     assert kept == 2 and seen == [1, 2, 3]
     assert _trained(checkpoint, patience=1)[:2] == (2, [])
+
+
+def test_a_resumed_fit_counts_the_seconds_of_its_epochs_not_the_pause(tmp_path, monkeypatch):
+    # The card's training seconds are what the recipe costs: each epoch's time, summed over the processes that
+    # trained them; the hours a stopped run waited before its resume are not part of it.
+    now = [0.0]
+    monkeypatch.setattr(finetune, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def epoch(n: int) -> tuple[float, int]:
+        if n == 3 and not (tmp_path / "resumed").exists():
+            raise _Stopped
+        now[0] += 10.0 * n  # epoch n takes 10 n seconds
+        return 0.1 * n, n
+
+    model, settings = torch.nn.Linear(1, 1), FinetuneSettings(epochs=4, patience=10)
+    with pytest.raises(_Stopped):
+        fit(model, settings, "test", epoch, EpochCheckpoint(tmp_path / "fit.pt"))
+    assert trained_seconds(tmp_path / "fit.pt") == 30.0
+    now[0] += 3600.0
+    (tmp_path / "resumed").touch()
+    assert fit(model, settings, "test", epoch, EpochCheckpoint(tmp_path / "fit.pt")) == 4
+    assert trained_seconds(tmp_path / "fit.pt") == 100.0
