@@ -73,13 +73,15 @@ class KneeParams:
 
 
 def sample_params(rng: np.random.Generator) -> KneeParams:
-    """One knee: children (open physes) to large adults, extension to 30 degrees of flexion."""
+    """One knee: children (open physes) to large adults, extension to 30 degrees of flexion, most knees in the
+    slight flexion of a knee coil (median 7.5 degrees, 71% under 15: the square of a uniform draw, one draw as
+    before, so every other parameter of a seed stays as it was)."""
     child = rng.random() < 0.12
     scale = float(rng.uniform(0.75, 0.9)) if child else float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.15))
     n = lambda sd, lo, hi: float(np.clip(rng.normal(1.0, sd), lo, hi))  # noqa: E731
     return KneeParams(
         scale=scale, width=n(0.03, 0.93, 1.07), depth=n(0.03, 0.93, 1.07), length=n(0.04, 0.9, 1.1),
-        flexion=float(rng.uniform(0.0, 30.0)), tibial_slope=float(rng.uniform(3.0, 10.0)),
+        flexion=30.0 * float(rng.uniform(0.0, 1.0)) ** 2, tibial_slope=float(rng.uniform(3.0, 10.0)),
         plateau_width=n(0.03, 0.92, 1.08), spines=n(0.1, 0.75, 1.25), tuberosity=n(0.15, 0.7, 1.3),
         fibula_drop=float(rng.uniform(-4.0, 2.0)),
         condyle_width=(n(0.05, 0.88, 1.12), n(0.05, 0.88, 1.12)),
@@ -133,7 +135,9 @@ def _limb(f: _Frame, p: KneeParams, pat: kb.Patella) -> tuple[Shape, Shape]:
     b, fat = p.limb_bulk, p.fat
     # z, anterior y, posterior y, half width of the muscle envelope (bulk 1, before the fat).
     thigh = [(10, -40, 52, 45), (40, -46, 55, 47), (80, -48, 62, 52), (140, -54, 66, 60)]
-    leg = [(-150, -22, 50, 34), (-110, -24, 60, 40), (-60, -24, 62, 44), (-20, -28, 50, 42)]
+    # The calf behind the tibia: popliteus, soleus and both gastrocnemius heads, 50-60 mm of muscle behind the
+    # tibial cortex of an average adult below the joint line.
+    leg = [(-150, -22, 72, 38), (-110, -24, 82, 44), (-60, -24, 80, 46), (-20, -28, 62, 44)]
     knots = []
     cos = np.cos(np.deg2rad(p.flexion))
     for rows, moved in ((leg, True), (thigh, False)):
@@ -162,9 +166,9 @@ def _muscles(f: _Frame) -> list[tuple[S, Shape]]:
         (S.SEMITENDINOSUS, Capsule(f.pt(-20, 48, 80), f.pt(-16, 50, 260), 9 * f.s)),
         (S.SARTORIUS, Capsule(f.pt(-44, 20, 30), f.pt(-38, 0, 260), 9 * f.s)),
         (S.BICEPS_FEMORIS, Capsule(f.pt(34, 31, 34), f.pt(22, 36, 260), 10 * f.s, 17 * f.s)),
-        (S.GASTROCNEMIUS_MEDIAL, Capsule(f.pt(-21, 31, 44), f.leg_pt(-18, 47, -110), 11 * f.s, 21 * f.s)),
-        (S.GASTROCNEMIUS_LATERAL, Capsule(f.pt(21, 29, 40), f.leg_pt(16, 45, -110), 10 * f.s, 17 * f.s)),
-        (S.SOLEUS, lc((0, 34, -55), (0, 36, -260), 18, 26)),
+        (S.GASTROCNEMIUS_MEDIAL, Capsule(f.pt(-21, 31, 44), f.leg_pt(-18, 58, -110), 11 * f.s, 24 * f.s)),
+        (S.GASTROCNEMIUS_LATERAL, Capsule(f.pt(21, 29, 40), f.leg_pt(16, 55, -110), 10 * f.s, 20 * f.s)),
+        (S.SOLEUS, lc((0, 38, -55), (0, 42, -260), 20, 28)),
         (S.TIBIALIS_ANTERIOR, lc((22, -10, -35), (18, -8, -260), 12)),  # and the long extensors
         (S.PERONEALS, lc((40, 14, -45), (34, 16, -260), 9)),
         (S.POPLITEUS, Ellipsoid(f.leg_pt(-3, 27, -32), f.r(24, 6, 11), f.flex @ rotation((0, 1, 0), -28))),
