@@ -20,7 +20,7 @@ from ortho_node.synthetic.domain import DomainRandomization
 from ortho_node.synthetic.export import OutputFormat, label_row, write_labels_csv, write_study
 from ortho_node.synthetic.randomization import RandomizedAppearance
 from ortho_node.synthetic.randomized_study import (StudyContrast, choose_randomized, generate_contrast_study,
-                                                  generate_randomized_study, randomize_study)
+                                                  generate_randomized_study, randomize_study, training_weightings)
 from ortho_node.synthetic.render import SequencePreset
 from ortho_node.synthetic.structures import Structure, structure_names
 from ortho_node.synthetic.generator import SyntheticSeries, SyntheticStudy, generate_study
@@ -29,5 +29,5 @@ __all__ = [
     "DomainRandomization", "OutputFormat", "Structure", "SyntheticSeries", "SyntheticStudy", "SequencePreset",
     "generate_study", "label_row", "structure_names", "write_labels_csv", "write_study",
     "RandomDeformation", "RandomizedAppearance", "choose_randomized", "generate_randomized_study", "randomize_study",
-    "StudyContrast", "generate_contrast_study",
+    "StudyContrast", "generate_contrast_study", "training_weightings",
 ]

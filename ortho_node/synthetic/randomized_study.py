@@ -46,6 +46,23 @@ def choose_randomized(seed: int, ratio: float) -> bool:
     return bool(stream(seed, "randomized-recipe").random() < ratio)
 
 
+def training_weightings(joint: Joint | str, seed: int, unsuppressed_ratio: float) -> dict[Plane, SequencePreset] | None:
+    """The weighting of each series of the realistic training study of ``seed``: each plane, with probability
+    ``unsuppressed_ratio``, PD without fat suppression, else the joint protocol's own; None (the protocol's, as
+    ``generate_study`` draws by default) for a ratio of 0. Deterministic per seed, independent of every other
+    stream. Why: every protocol renders with fat suppression, so a model trained on realistic renders alone
+    learns dark marrow, and on a knee without it (fatty marrow bright, muscle the darkest tissue) paints muscle
+    as bone."""
+    if not 0.0 <= unsuppressed_ratio <= 1.0:
+        raise ValueError(f"unsuppressed_ratio must be in [0, 1], got {unsuppressed_ratio}")
+    if unsuppressed_ratio == 0.0:
+        return None
+    rng = stream(seed, "training-weighting")
+    protocol = PROTOCOLS[Joint(joint)].default_weighting
+    return {plane: SequencePreset.PD if rng.random() < unsuppressed_ratio else weighting
+            for plane, weighting in sorted(protocol.items(), key=lambda item: item[0].value)}
+
+
 def randomize_geometry(geometry: SeriesGeometry, rng: np.random.Generator,
                        appearance: RandomizedAppearance) -> SeriesGeometry:
     """Same matrix and slices, new field of view, centre shift, in-plane rotation and (row) flip."""

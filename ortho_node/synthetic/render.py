@@ -28,6 +28,8 @@ class SequencePreset(str, enum.Enum):
     """A prescribed sequence: its weighting (``assembly.contrast.Weighting``) with or without fat suppression."""
 
     PD_FS = "PD_FS"
+    #: Without fat suppression: fat and fatty marrow bright (the sagittal PD of many knee protocols).
+    PD = "PD"
     T1 = "T1"
     T2 = "T2"
     T2_FS = "T2_FS"
@@ -70,6 +72,7 @@ class SequenceParams:
 # (TR range, TE range, echo train length) per weighting for fast spin echo.
 _PROTOCOL: dict[SequencePreset, tuple[tuple[float, float], tuple[float, float], int]] = {
     SequencePreset.PD_FS: ((2500.0, 4000.0), (25.0, 40.0), 8),
+    SequencePreset.PD: ((2500.0, 4000.0), (25.0, 40.0), 8),
     SequencePreset.T1: ((450.0, 700.0), (9.0, 16.0), 3),
     SequencePreset.T2: ((3000.0, 5000.0), (70.0, 100.0), 14),
     SequencePreset.T2_FS: ((3000.0, 5000.0), (55.0, 80.0), 12),

@@ -121,6 +121,9 @@ class Profile:
     #: Share of the training studies (every joint) rendered by the SynthSeg-style randomisation instead of the
     #: realistic render, chosen per seed (card ``training.randomized_ratio``); held-out studies stay realistic.
     randomized_ratio: float = 0.0
+    #: Share of the realistic training series rendered as PD without fat suppression instead of the protocol's
+    #: fat-suppressed weighting, drawn per seed and plane (card ``training.unsuppressed_ratio``).
+    unsuppressed_ratio: float = 0.0
     #: Ranges of that randomisation, deformation included (card ``training.randomized_appearance``).
     appearance: RandomizedAppearance = field(default_factory=RandomizedAppearance)
     #: The card's preprocessing: intensity normalisation, the joint-centred crop (None: whole field of view) and
@@ -149,11 +152,13 @@ PROFILES = {
     # Issue 21: half the training studies are randomised renders (about 2.5x the realistic render's time each,
     # so generation takes about 1.75x as long); the shipped model predates this and its card has no ratio.
     # The canonical orientation: the model shipped before it swapped medial and lateral menisci on up to 41% of
-    # their voxels (synthetic left and right knees).
+    # their voxels (synthetic left and right knees). Realistic series without fat suppression: a retrain with
+    # fat-suppressed realistic renders only painted the muscles of a knee without it as bone.
     "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
                     epochs=50, patience=8, decoder_epochs=40, decoder_patience=8, evidence=80,
                     segmentation_draws=4, decoder_widths=(32, 32, 16, 16), randomized_ratio=0.5,
-                    normalisation=Normalisation.PERCENTILE, crop_mm=160.0, orientation=Orientation.CANONICAL),
+                    unsuppressed_ratio=0.5, normalisation=Normalisation.PERCENTILE, crop_mm=160.0,
+                    orientation=Orientation.CANONICAL),
     "quick": Profile(knee=12, ankle=8, shoulder=8, test=4, pretrain_steps=40, pretrain_batch=4,
                      epochs=2, patience=2, decoder_epochs=1, decoder_patience=1, evidence=6, segmentation_draws=2),
 }
@@ -182,8 +187,10 @@ def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, w
     """The profile's training mix of realistic and randomised studies; held-out (``test``) studies and a missing
     profile: realistic only."""
     start = first_seed + JOINT_OFFSET[joint] + (TEST_OFFSET if test else 0)
-    ratio = 0.0 if test or profile is None else profile.randomized_ratio
-    return generate_task_data(joint, range(start, start + count), spec, workers=workers, randomized_ratio=ratio,
+    training = not test and profile is not None
+    return generate_task_data(joint, range(start, start + count), spec, workers=workers,
+                              randomized_ratio=profile.randomized_ratio if training else 0.0,
+                              unsuppressed_ratio=profile.unsuppressed_ratio if training else 0.0,
                               appearance=None if profile is None else profile.appearance)
 
 
@@ -606,6 +613,7 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
                 "training seeds with choose_randomized(seed, randomized_ratio): randomize_study(generate_study(..., "
                 "keep_scene=True), seed, RandomizedAppearance.from_dict(randomized_appearance)); held-out: realistic",
         "randomized_ratio": profile.randomized_ratio,
+        "unsuppressed_ratio": profile.unsuppressed_ratio,
         "randomized_appearance": profile.appearance.to_dict(),
         "held_out_note": "held-out metrics are on the model grid (16 x 64 x 64 centre window); "
                          "bench/quality.py measures masks on the source grid",

@@ -48,6 +48,7 @@ from ortho_node.synthetic import (
     choose_randomized,
     generate_study,
     randomize_study,
+    training_weightings,
 )
 
 logger = logging.getLogger(__name__)
@@ -271,22 +272,27 @@ def example_from_synthetic(study: SyntheticStudy, spec: PreprocessSpec, segmenta
 
 def synthetic_training_study(joint: Joint, seed: int, *, domain: DomainRandomization | None = None,
                              scene_spacing: float = 1.0, randomized_ratio: float = 0.0,
-                             appearance: RandomizedAppearance | None = None) -> SyntheticStudy:
+                             appearance: RandomizedAppearance | None = None,
+                             unsuppressed_ratio: float = 0.0) -> SyntheticStudy:
     """The training study of ``seed``: the randomised render of the realistic study's scene (``randomize_study``
-    with ``seed``) when :func:`choose_randomized` picks it for this ratio, else the realistic study itself
-    (exactly today's ``generate_study`` call: a ratio of 0 changes nothing)."""
+    with ``seed``) when :func:`choose_randomized` picks it for this ratio, else the realistic study itself, its
+    series without fat suppression as :func:`training_weightings` draws them for ``unsuppressed_ratio`` (both
+    ratios 0: exactly today's ``generate_study`` call)."""
+    weighting = training_weightings(joint, seed, unsuppressed_ratio)
     if choose_randomized(seed, randomized_ratio):
         realistic = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
-                                   keep_scene=True)
+                                   keep_scene=True, weighting=weighting)
         return randomize_study(realistic, seed, appearance)
-    return generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing)
+    return generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
+                          weighting=weighting)
 
 
 def _synthetic_example(joint: Joint, seed: int, spec: PreprocessSpec, domain: DomainRandomization | None,
                        segmentation: bool, scene_spacing: float, randomized_ratio: float,
-                       appearance: RandomizedAppearance | None) -> _Example:
+                       appearance: RandomizedAppearance | None, unsuppressed_ratio: float) -> _Example:
     study = synthetic_training_study(joint, seed, domain=domain, scene_spacing=scene_spacing,
-                                     randomized_ratio=randomized_ratio, appearance=appearance)
+                                     randomized_ratio=randomized_ratio, appearance=appearance,
+                                     unsuppressed_ratio=unsuppressed_ratio)
     return example_from_synthetic(study, spec, segmentation)
 
 
@@ -304,24 +310,27 @@ def rendering_pool(workers: int) -> ProcessPoolExecutor:
 def generate_task_data(joint: Joint, seeds: Iterable[int], spec: PreprocessSpec, *,
                        domain: DomainRandomization | None = None, segmentation: bool | None = None,
                        scene_spacing: float = 1.0, workers: int = 1, randomized_ratio: float = 0.0,
-                       appearance: RandomizedAppearance | None = None) -> TaskData:
+                       appearance: RandomizedAppearance | None = None, unsuppressed_ratio: float = 0.0) -> TaskData:
     """Generate one synthetic study per seed (random findings, domain randomisation) and preprocess it.
 
     ``randomized_ratio`` of the studies (chosen per seed, :func:`synthetic_training_study`) are SynthSeg-style
     randomised renders with ``appearance``'s ranges (default ``RandomizedAppearance()``); 0: today's data,
-    bit for bit. ``workers`` > 1 renders in that many processes (:func:`rendering_pool`); a study depends only
-    on its seed, so the result is the same.
+    bit for bit. ``unsuppressed_ratio``: the share of the realistic series rendered without fat suppression.
+    ``workers`` > 1 renders in that many processes (:func:`rendering_pool`); a study depends only on its seed,
+    so the result is the same.
     """
     if not 0.0 <= randomized_ratio <= 1.0:
         raise ValueError(f"randomized_ratio must be in [0, 1], got {randomized_ratio}")
     segmentation = joint is Joint.KNEE if segmentation is None else segmentation
-    jobs = [(joint, seed, spec, domain, segmentation, scene_spacing, randomized_ratio, appearance) for seed in seeds]
+    jobs = [(joint, seed, spec, domain, segmentation, scene_spacing, randomized_ratio, appearance, unsuppressed_ratio)
+            for seed in seeds]
     if workers > 1 and len(jobs) > 1:
         with rendering_pool(min(workers, len(jobs))) as pool:
             examples = list(pool.map(_synthetic_example, *zip(*jobs)))
     else:
         examples = [_synthetic_example(*job) for job in jobs]
-    logger.info("generated %d %s studies (randomised ratio %g)", len(examples), joint.value, randomized_ratio)
+    logger.info("generated %d %s studies (randomised ratio %g, without fat suppression %g)", len(examples),
+                joint.value, randomized_ratio, unsuppressed_ratio)
     return _stack(joint, examples)
 
 

@@ -11,11 +11,14 @@ import pytest
 from scipy import ndimage
 
 from ortho_node.labels import KNEE_STRUCTURES, Joint
-from ortho_node.synthetic import DomainRandomization, generate_study, write_study
+from ortho_node.synthetic import DomainRandomization, SequencePreset, generate_study, training_weightings, write_study
 from ortho_node.synthetic.deformation import RandomDeformation, warp_image, warp_labels
 from ortho_node.synthetic.randomization import RandomizedAppearance, class_intensities, render_randomized
 from ortho_node.synthetic.randomized_study import choose_randomized, intensity_classes, randomize_study
 from ortho_node.synthetic.structures import Signal, Structure as S
+from ortho_node.training.taskdata import synthetic_training_study
+
+from .conftest import FAST
 
 #: A 2 mm scene, 256 matrices and a fixed 150 mm field: small and fast, same code paths.
 SMALL = {"scene_spacing": 2.0, "domain": DomainRandomization(matrices=(256,), fov_mm=(150.0, 150.0))}
@@ -229,3 +232,19 @@ def test_randomized_study_writes_readable_dicom(randomized, tmp_path):
         np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient],
                                    series.geometry.slice_position(middle), atol=1e-3)
         assert ds.SeriesDescription == series.description and ds.StudyInstanceUID == randomized.study_uid
+
+
+def test_training_weightings_turn_fat_suppression_off_per_seed_and_plane_at_the_ratio():
+    # Realistic training series without fat suppression (issue 21): fatty marrow bright, as on many real knees.
+    assert training_weightings(Joint.KNEE, 3, 0.0) is None  # today's protocol weightings, bit for bit
+    assert set(training_weightings(Joint.SHOULDER, 3, 1.0).values()) == {SequencePreset.PD}
+    draws = [training_weightings(Joint.KNEE, seed, 0.5) for seed in range(300)]
+    assert draws[7] == training_weightings(Joint.KNEE, 7, 0.5)  # deterministic per seed
+    chosen = [w for d in draws for w in d.values()]
+    assert set(chosen) == {SequencePreset.PD, SequencePreset.PD_FS}
+    assert 0.43 < chosen.count(SequencePreset.PD) / len(chosen) < 0.57
+    assert any(len(set(d.values())) > 1 for d in draws)  # drawn per plane, not per study
+    with pytest.raises(ValueError):
+        training_weightings(Joint.KNEE, 1, 1.5)
+    study = synthetic_training_study(Joint.KNEE, 11, unsuppressed_ratio=1.0, **FAST)
+    assert all(series.description.endswith(" PD") for series in study.series)

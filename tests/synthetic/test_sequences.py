@@ -97,3 +97,20 @@ def test_dess_instances_pass_dciodvfy(dess, dciodvfy, tmp_path):
         result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
         errors = [line for line in (result.stdout + result.stderr).splitlines() if "Error" in line]
         assert not errors, f"{path.name}: {errors}"
+
+
+def test_pd_without_fat_suppression_renders_fat_and_marrow_bright_and_reads_as_pd():
+    # The training mix's realistic series without fat suppression (issue 21): fat and fatty marrow above muscle,
+    # where PD FS puts them below it.
+    for weighting, suppressed in ((SequencePreset.PD, False), (SequencePreset.PD_FS, True)):
+        study = generate_study(Joint.KNEE, 7, weighting=weighting, findings=None, keep_scene=True, **FAST)
+        series = study.series[0]
+        m = _core_means(study, series)
+        assert (m[Signal.MARROW] < m[Signal.MUSCLE]) is suppressed and (m[Signal.FAT] < m[Signal.MUSCLE]) is suppressed
+        if not suppressed:
+            assert min(m[Signal.MARROW], m[Signal.FAT]) > 1.5 * m[Signal.MUSCLE]
+        ds = instances(study, series)[0]
+        contrast = characterize(SequenceFacts(ds.SeriesDescription, ds.ProtocolName, ds.ScanningSequence,
+                                              ds.ScanOptions, float(ds.EchoTime), float(ds.RepetitionTime), None,
+                                              float(ds.FlipAngle)))
+        assert (contrast.weighting, contrast.fat_suppressed) == (Weighting.PD, suppressed), ds.SeriesDescription
