@@ -503,7 +503,8 @@ class RunState:
         self.commits[phase] = source_commit()
         self._write()
         self.epochs(phase).unlink(missing_ok=True)
-        logger.info("phase %s finished (%.0f s)", phase, sum(v for k, v in figures.items() if k.startswith("seconds/")))
+        seconds = sum(v for k, v in figures.items() if k.startswith("seconds/"))
+        logger.info("phase %s finished (%.0f s)", phase, seconds)
 
     def model(self, device: torch.device) -> OrthoModel | None:
         """The model of the last finished phase that saved one (None: no such phase yet)."""

@@ -274,7 +274,8 @@ class EpochCheckpoint:
     def save(self, model: torch.nn.Module, epoch: int, best: tuple | None, best_state: dict | None,
              stale: int, seconds: float) -> None:
         state = {"identity": self.identity, "epoch": epoch, "model": model.state_dict(), "best": best,
-                 "best_state": best_state, "stale": stale, "seconds": seconds, "stateful": [item.state_dict() for item in self.stateful],
+                 "best_state": best_state, "stale": stale, "seconds": seconds,
+                 "stateful": [item.state_dict() for item in self.stateful],
                  "torch_rng": torch.get_rng_state(),
                  "generator": None if self.generator is None else self.generator.get_state()}
         tmp = self.path.with_suffix(".tmp")
