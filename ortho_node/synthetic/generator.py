@@ -150,13 +150,15 @@ def _weightings(joint: Joint, weighting: SequencePreset | Mapping[Plane, Sequenc
 
 
 def _acquire(study_seed: int, scene: Scene, plane: Plane, weighting: SequencePreset, field: float, centre: np.ndarray,
-             limb_rotation: np.ndarray, bias: np.ndarray, dr: DomainRandomization) -> tuple[SeriesGeometry,
-                                                                                          SequenceParams, np.ndarray,
-                                                                                          np.ndarray]:
-    """Prescribe, render and sample one series: geometry, sequence, uint16 pixels, scene labels."""
+             limb_rotation: np.ndarray, bias: np.ndarray, dr: DomainRandomization, render_pixels: bool = True
+             ) -> tuple[SeriesGeometry, SequenceParams, np.ndarray, np.ndarray]:
+    """Prescribe, render and sample one series: geometry, sequence, uint16 pixels, scene labels (the last two
+    empty without ``render_pixels``: the series' own stream, so nothing else changes)."""
     rng = stream(study_seed, "series", plane.value)
     geometry = acquisition.plan_series(plane, centre, limb_rotation, PROTOCOLS[scene.joint].coverage[plane], rng, dr)
     sequence = render.sample_sequence(weighting, field, rng)
+    if not render_pixels:
+        return geometry, sequence, np.zeros((0, 0, 0), np.uint16), np.zeros((0, 0, 0), np.uint8)
     lut = render.tissue_signal(sequence, rng, dr.contrast_jitter)
     image = acquisition.sample_intensity(scene, lut[scene.signal], geometry)
     labels, signal = acquisition.sample_nearest(scene, (scene.labels, scene.signal), geometry)
@@ -172,7 +174,7 @@ def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | s
                    weighting: SequencePreset | Mapping[Plane, SequencePreset] | None = None,
                    domain: DomainRandomization | None = None, laterality: str | None = None,
                    planes: Sequence[Plane] = MODEL_PLANES, scene_spacing: float = 0.6,
-                   keep_scene: bool = False) -> SyntheticStudy:
+                   keep_scene: bool = False, render_pixels: bool = True) -> SyntheticStudy:
     """Generate one study deterministically from ``seed``.
 
     Args:
@@ -186,6 +188,8 @@ def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | s
         planes: series to acquire, one per plane.
         scene_spacing: voxel size (mm) of the 3D scene the series are resampled from.
         keep_scene: keep the 3D scene (labels, appearance) on the result.
+        render_pixels: False leaves every series' pixels and labels empty (its geometry and sequence drawn as
+            usual): for a study only ``randomize_study`` renders, which reads the scene and the geometries.
     """
     joint = Joint(joint)
     dr = domain or DomainRandomization()
@@ -215,7 +219,7 @@ def generate_study(joint: Joint | str, seed: int, *, findings: Iterable[str] | s
     series = []
     for number, plane in enumerate(planes, start=1):
         geometry, sequence, pixels, labels = _acquire(seed, scene, plane, weightings[plane], field, centre,
-                                                      limb_rotation, bias, dr)
+                                                      limb_rotation, bias, dr, render_pixels)
         description = f"{PLANE_ABBREVIATION[plane]} {sequence.weighting.label}"
         series.append(SyntheticSeries(plane, number, description, _uid(joint, seed, "series", plane.value),
                                       geometry, sequence, pixels, gt[labels]))

@@ -178,8 +178,9 @@ def _moved_to_world(study: SyntheticStudy, deformation: Deformation, centre: np.
 
 def randomize_study(study: SyntheticStudy, seed: int, appearance: RandomizedAppearance | None = None
                     ) -> SyntheticStudy:
-    """A randomised version of ``study`` (generated with ``keep_scene=True``): same patient, findings, planes,
-    matrices and slices; new UIDs, geometry, deformed anatomy, random contrast; ``scene`` is not kept.
+    """A randomised version of ``study`` (generated with ``keep_scene=True``; its pixels are not read, so
+    ``render_pixels=False`` may skip them): same patient, findings, planes, matrices and slices; new UIDs,
+    geometry, deformed anatomy, random contrast; ``scene`` is not kept.
 
     ``seed`` picks the randomisation (different seeds: different renders of one study). Finding regions
     follow the affine part of the deformation (``to_world``), not its few-mm non-linear part.
@@ -207,7 +208,7 @@ def generate_randomized_study(joint: Joint | str, seed: int, *, variant: int = 0
     """``generate_study(joint, seed, **generate_kwargs)`` rendered by :func:`randomize_study` (``variant`` is its
     seed); the realistic study of the same seed has the same anatomy and findings."""
     generate_kwargs.pop("keep_scene", None)
-    study = generate_study(joint, seed, keep_scene=True, **generate_kwargs)
+    study = generate_study(joint, seed, keep_scene=True, render_pixels=False, **generate_kwargs)
     return randomize_study(study, variant, appearance)
 
 

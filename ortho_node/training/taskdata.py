@@ -280,9 +280,9 @@ def synthetic_training_study(joint: Joint, seed: int, *, domain: DomainRandomiza
     ratios 0: exactly today's ``generate_study`` call)."""
     weighting = training_weightings(joint, seed, unsuppressed_ratio)
     if choose_randomized(seed, randomized_ratio):
-        realistic = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
-                                   keep_scene=True, weighting=weighting)
-        return randomize_study(realistic, seed, appearance)
+        scene = generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
+                               keep_scene=True, weighting=weighting, render_pixels=False)
+        return randomize_study(scene, seed, appearance)
     return generate_study(joint, seed, findings="random", domain=domain, scene_spacing=scene_spacing,
                           weighting=weighting)
 

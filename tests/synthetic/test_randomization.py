@@ -207,6 +207,19 @@ def test_randomized_study_is_deterministic(knee, randomized):
     assert again.study_uid == randomized.study_uid
 
 
+def test_randomized_study_does_not_need_the_realistic_pixels(knee, randomized):
+    # Training skips the realistic render of the studies it randomises: the same study, bit for bit.
+    unrendered = generate_study(Joint.KNEE, 41, findings=None, keep_scene=True, render_pixels=False, **SMALL)
+    assert all(series.pixels.size == 0 for series in unrendered.series)
+    again = randomize_study(unrendered, 3)
+    for a, b in zip(randomized.series, again.series):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.uid == b.uid
+        np.testing.assert_array_equal(a.geometry.index_to_world(), b.geometry.index_to_world())
+    assert again.study_uid == randomized.study_uid and again.diagnosis == randomized.diagnosis
+
+
 def test_realistic_render_is_unchanged(knee, randomized):
     plain = generate_study(Joint.KNEE, 41, findings=None, **SMALL)  # without keep_scene, as everyone calls it
     for a, b in zip(plain.series, knee.series):
