@@ -138,24 +138,23 @@ class Profile:
 
 
 PROFILES = {
-    # Sized from unit costs on 2 cores with channels-last training (1.5 s per generated study and process,
-    # 0.5 s per pretraining step, about 61 s per joint epoch, 18 s per decoder refinement epoch, 8.5 minutes
-    # of calibration: structure scales 1.6, evidence readouts 7): at most about 119 minutes. The shipped model
-    # took 94 + 8.5: the joint phase stopped after epoch 55 (best 45), the refinement ran its 60 epochs (best
-    # 58); its calibration ran afterwards with --calibrate-only (80 fresh studies a joint fit the readouts as
-    # well as 120 and saved 7 minutes). Four noise draws: soft-structure Dice +0.007 over one, six no more.
-    # Decoder stages (32, 32, 16, 16) instead of halving to
-    # (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and menisci back
-    # (bench/decoder_widths.py; source-grid Dice of soft structures 0.65 -> 0.695 in bench/quality.py).
-    # 40 joint epochs left soft structures lower. A 96-pixel grid (pretraining 400 steps, 30 epochs:
-    # 99 minutes) came out worse on every figure of bench/quality.py: it needs more epochs than the budget leaves.
-    # Issue 21: half the training studies are randomised renders (about 2.5x the realistic render's time each,
-    # so generation takes about 1.75x as long); the shipped model predates this and its card has no ratio.
-    # The canonical orientation: the model shipped before it swapped medial and lateral menisci on up to 41% of
-    # their voxels (synthetic left and right knees). Realistic series without fat suppression: a retrain with
-    # fat-suppressed realistic renders only painted the muscles of a knee without it as bone.
-    "full": Profile(knee=160, ankle=100, shoulder=100, test=30, pretrain_steps=500, pretrain_batch=4,
-                    epochs=50, patience=8, decoder_epochs=40, decoder_patience=8, evidence=80,
+    # Sized to run whole within about two hours on 2 idle cores, so a retrain, its measurements and its release
+    # fit one sitting (--resume remains for pieces). Unit costs measured 2026-12-07 (2 cores,
+    # channels-last training): 4.5-5.5 s per generated study (2 processes), 1.9 s per pretraining step, a joint
+    # epoch about 65 s plus 0.5 s per knee training study, a decoder refinement epoch about 35 s, calibration
+    # about 9 minutes for 50 evidence studies a joint: about 115 minutes in all. The model shipped 2026-12-06
+    # was built by the earlier sizes (160 / 100 / 100 studies, 500 pretraining steps, 50 + 40 epochs, 80
+    # evidence studies: 4.3 hours, its card's profile_sizes); the recipe trial at a fifth of that size
+    # (bench/recipe_trial.py full-scaled, 20 joint epochs) already put the bones on the real knee's bones.
+    # Four noise draws: soft-structure Dice +0.007 over one, six no more. Decoder stages (32, 32, 16, 16)
+    # instead of halving to (32, 16, 8, 8): the 8-channel stages at full resolution held the cartilage and
+    # menisci back (bench/decoder_widths.py). A 96-pixel grid came out worse on every figure of
+    # bench/quality.py for the same time: it needs more epochs than the budget leaves.
+    # Issue 21: half the training studies are randomised renders; the canonical orientation (the model before
+    # it swapped medial and lateral menisci on up to 41% of their voxels); half the realistic series without
+    # fat suppression (a retrain with fat-suppressed realistic renders only painted a real knee's muscles as bone).
+    "full": Profile(knee=120, ankle=60, shoulder=60, test=30, pretrain_steps=250, pretrain_batch=4,
+                    epochs=25, patience=8, decoder_epochs=15, decoder_patience=5, evidence=50,
                     segmentation_draws=4, decoder_widths=(32, 32, 16, 16), randomized_ratio=0.5,
                     unsuppressed_ratio=0.5, normalisation=Normalisation.PERCENTILE, crop_mm=160.0,
                     orientation=Orientation.CANONICAL),
@@ -180,6 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when the bundle is written")
     parser.add_argument("--resume", action="store_true",
                         help="continue the stopped run kept in --state, at the phase and epoch where it stopped")
+    parser.add_argument("--snapshots", type=Path, default=None,
+                        help="folder that gets the model after every epoch of the joint phase and the decoder "
+                             "refinement (<phase>-epoch-NNN, a model folder for the benches' --model): to watch "
+                             "a run on real images, e.g. bench/real_knee.py, while it learns")
 
 
 def _data(joint: Joint, count: int, first_seed: int, spec, test: bool = False, workers: int = 1,
@@ -218,7 +221,7 @@ def pretrain_backbones(model: OrthoModel, knee: TaskData, profile: Profile, seed
 
 
 def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint: FinetuneSettings,
-                        profile: Profile, checkpoint: Path | None = None) -> TaskResult:
+                        profile: Profile, checkpoint: Path | None = None, snapshots: Path | None = None) -> TaskResult:
     """Train only the segmentation decoders, on the joint phase's frozen backbones, with the cross-entropy
     weighted by structure rarity. The joint phase's plain loss leaves thin structures to their large
     neighbours (the shipped model before this stage never marked the fibula on an axial slice); the
@@ -226,7 +229,7 @@ def refine_segmentation(model: OrthoModel, train: TaskData, val: TaskData, joint
     """
     settings = dataclasses.replace(joint, epochs=profile.decoder_epochs, patience=profile.decoder_patience,
                                    backbone_lr_factor=0.0, balance_classes=True, lr=DECODER_LR)
-    return train_task(model, Task.KNEE_SEG, train, val, settings, checkpoint)
+    return train_task(model, Task.KNEE_SEG, train, val, settings, checkpoint, snapshots=snapshots)
 
 
 def _fresh_study(joint: Joint, seed: int) -> tuple[AssembledStudy, Mapping[str, int], dict[Plane, np.ndarray]]:
@@ -554,9 +557,11 @@ def _task_splits(data: Mapping[Joint, TaskData], seed: int
 
 
 def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device: torch.device,
-                 command: str, workers: int = 1, state_dir: Path | None = None, resume: bool = False) -> OrthoModel:
+                 command: str, workers: int = 1, state_dir: Path | None = None, resume: bool = False,
+                 snapshots: Path | None = None) -> OrthoModel:
     """Every phase of the bundle into ``out``; each finished phase (and every epoch of the fit loops) is kept
-    in ``state_dir`` (default ``out`` + ``.state``), from which ``resume`` continues a stopped run."""
+    in ``state_dir`` (default ``out`` + ``.state``), from which ``resume`` continues a stopped run;
+    ``snapshots``: a folder that gets the model after every epoch of the fit loops."""
     profile = PROFILES[profile_name]
     identity = {"profile": profile_name, "profile_sizes": profile.sizes(), "appearance": profile.appearance.to_dict(),
                 "data_seed": data_seed, "seed": seed, "device": device.type}
@@ -578,13 +583,13 @@ def build_bundle(out: Path, profile_name: str, data_seed: int, seed: int, device
     settings = FinetuneSettings(epochs=profile.epochs, patience=profile.patience,
                                 lr=profile.lr, seed=seed, device=DeviceChoice(device.type))
     if not state.done("finetune"):
-        for task, result in train_joint(model, splits, settings, state.epochs("finetune")).items():
+        for task, result in train_joint(model, splits, settings, state.epochs("finetune"), snapshots).items():
             apply_result(model, task, result, *sizes[task])
         state.finish("finetune", {"seconds/finetune": trained_seconds(state.epochs("finetune"))}, model)
 
     if not state.done("refine_segmentation"):
         refined = refine_segmentation(model, *splits[Task.KNEE_SEG], settings, profile,
-                                      state.epochs("refine_segmentation"))
+                                      state.epochs("refine_segmentation"), snapshots)
         apply_result(model, Task.KNEE_SEG, refined, *sizes[Task.KNEE_SEG])
         state.finish("refine_segmentation",
                      {"seconds/refine_segmentation": trained_seconds(state.epochs("refine_segmentation"))}, model)
@@ -649,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         try:
             build_bundle(args.out, args.profile, args.data_seed, args.seed, device, command, args.workers,
-                         args.state, args.resume)
+                         args.state, args.resume, args.snapshots)
         except BundleError as error:
             logger.error("%s", error)
             return 2

@@ -264,12 +264,15 @@ class EpochCheckpoint:
 
     ``stateful``: the loop's other state besides the model (optimiser, schedule: ``state_dict`` objects); the
     generator and torch's global stream are kept too. The file is written whole (temporary file, rename).
+    ``snapshots``: a folder that also gets each epoch's model as a model folder of its own
+    (``<phase>-epoch-NNN``, for the benches' ``--model``), to watch a long run on real images as it learns.
     """
 
     path: Path
     stateful: tuple = ()
     generator: torch.Generator | None = None
     identity: str = ""  # what the run was (its command): a file another run wrote is refused, not continued
+    snapshots: Path | None = None
 
     def save(self, model: torch.nn.Module, epoch: int, best: tuple | None, best_state: dict | None,
              stale: int, seconds: float) -> None:
@@ -281,6 +284,8 @@ class EpochCheckpoint:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
+        if self.snapshots is not None:
+            save_system(self.snapshots / f"{self.path.name.split('.')[0]}-epoch-{epoch:03d}", model)
 
     def restore(self, model: torch.nn.Module) -> tuple[int, tuple | None, dict | None, int, float]:
         """(last finished epoch, best, best weights, stale epochs, seconds the finished epochs took);
@@ -337,10 +342,10 @@ def fit(model: OrthoModel, settings: FinetuneSettings, name: str, epoch: Callabl
 
 
 def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, settings: FinetuneSettings,
-               checkpoint: Path | None = None, identity: str = "") -> TaskResult:
+               checkpoint: Path | None = None, identity: str = "", snapshots: Path | None = None) -> TaskResult:
     """Train ``task`` in place on ``model`` (its best validation epoch is restored); returns its figures.
     ``checkpoint``: the file the loop is kept in after every epoch and resumed from (:class:`EpochCheckpoint`),
-    ``identity`` the run it belongs to."""
+    ``identity`` the run it belongs to, ``snapshots`` where each epoch's model is also kept (with a checkpoint)."""
     if task.segmentation and train.segmentation is None:
         raise FinetuneError("knee-seg needs segmentation labels")
     device = resolve_device(settings.device)
@@ -365,7 +370,7 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
         logger.info("%s epoch %d: train loss %.4f, validation score %.4f", task.value, n, np.mean(losses), score)
         return score, TaskResult.of(n, score, {**values, "train_loss": float(np.mean(losses))}, chosen)
 
-    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer,), generator, identity)
+    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer,), generator, identity, snapshots)
     best = fit(model, settings, task.value, epoch, kept)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -373,14 +378,15 @@ def train_task(model: OrthoModel, task: Task, train: TaskData, val: TaskData, se
 
 
 def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskData]],
-                settings: FinetuneSettings, checkpoint: Path | None = None) -> dict[Task, TaskResult]:
+                settings: FinetuneSettings, checkpoint: Path | None = None, snapshots: Path | None = None
+                ) -> dict[Task, TaskResult]:
     """Every task at once on shared backbones: each step sums one batch of every task (smaller training sets
     cycle), heads at ``settings.lr`` and backbones at ``backbone_lr_factor`` of it. One model serves all
     joints, and a backbone tuned for one task alone serves the others poorly (frozen features do not separate
     the findings), so the backbones learn from every task together. Both rates decay on a cosine over the
     planned epochs. Segmentation trains on windows anywhere in each series (``TaskData.segmentation_batch``).
     The epoch with the best mean validation score is kept; each task's figures and thresholds come from it.
-    ``checkpoint``: as :func:`train_task`'s."""
+    ``checkpoint`` and ``snapshots``: as :func:`train_task`'s."""
     device = resolve_device(settings.device)
     place_model(model, device)
     torch.manual_seed(settings.seed)
@@ -417,7 +423,8 @@ def train_joint(model: OrthoModel, splits: Mapping[Task, tuple[TaskData, TaskDat
                     ", ".join(f"{t.value} {r.score:.3f}" for t, r in results.items()), score)
         return score, results
 
-    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer, schedule), generator)
+    kept = None if checkpoint is None else EpochCheckpoint(checkpoint, (optimizer, schedule), generator,
+                                                           snapshots=snapshots)
     return fit(model, settings, "joint", epoch, kept)
 
 

@@ -1,4 +1,5 @@
-"""The one fit loop of fine-tuning: keeps the best epoch's weights, never prefers a NaN score, stops early."""
+"""The one fit loop of fine-tuning: keeps the best epoch's weights, never prefers a NaN score, stops early,
+resumes a stopped run, and keeps each epoch's model where asked."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import types
 import pytest
 import torch
 
+from ortho_node.labels import Joint
+from ortho_node.model.system import OrthoModel, load_system, new_card
+from ortho_node.model.unet import UNetConfig
 from ortho_node.training import finetune
 from ortho_node.training.finetune import EpochCheckpoint, FinetuneSettings, fit, trained_seconds
 
@@ -103,3 +107,24 @@ def test_a_resumed_fit_counts_the_seconds_of_its_epochs_not_the_pause(tmp_path, 
     (tmp_path / "resumed").touch()
     assert fit(model, settings, "test", epoch, EpochCheckpoint(tmp_path / "fit.pt")) == 4
     assert trained_seconds(tmp_path / "fit.pt") == 100.0
+
+
+def test_snapshots_keep_each_epochs_model_as_a_model_folder(tmp_path):
+    # A long run is watched on real images while it learns (bench/real_knee.py --model FOLDER): each epoch's
+    # weights, not only the best one's, as a folder the node loads.
+    model = OrthoModel(new_card(UNetConfig.reduced(), joints=(Joint.KNEE,)))
+    weights: dict[int, torch.Tensor] = {}
+    first = next(iter(model.head_parameters()))
+
+    def epoch(n: int) -> tuple[float, int]:
+        with torch.no_grad():
+            first.fill_(float(n))
+        weights[n] = first.detach().clone()
+        return [0.5, 0.9, 0.1][n - 1], n
+
+    checkpoint = EpochCheckpoint(tmp_path / "finetune.epochs.pt", snapshots=tmp_path / "snapshots")
+    assert fit(model, FinetuneSettings(epochs=3, patience=10), "test", epoch, checkpoint) == 2
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [f"finetune-epoch-00{n}" for n in (1, 2, 3)]
+    for n in (1, 3):
+        kept = load_system(tmp_path / "snapshots" / f"finetune-epoch-00{n}")
+        assert torch.equal(next(iter(kept.head_parameters())), weights[n])
