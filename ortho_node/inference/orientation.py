@@ -88,7 +88,9 @@ def _swap_in_plane(array):
 def _flip(array, flips: tuple[bool, bool, bool]):
     axes = [axis - 3 for axis, flipped in enumerate(flips) if flipped]
     if isinstance(array, np.ndarray):
-        return np.ascontiguousarray(np.flip(array, axis=axes) if axes else array)
+        # A copy, not ascontiguousarray: a flipped axis of length 1 keeps its negative stride under the
+        # C-contiguous flag, and torch.from_numpy refuses negative strides.
+        return np.flip(array, axis=axes).copy() if axes else np.ascontiguousarray(array)
     return torch.flip(array, dims=axes) if axes else array
 
 

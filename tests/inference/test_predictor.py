@@ -13,7 +13,10 @@ import torch
 from ortho_node.inference.predictor import PredictionError, Predictor
 from ortho_node.inference.windows import slice_weights, window_starts
 from ortho_node.labels import DIAGNOSIS_LABELS, KNEE_STRUCTURES, MODEL_PLANES, Joint, Plane
+from ortho_node.assembly.anatomy import Laterality
+from ortho_node.inference.orientation import study_orientations
 from ortho_node.model.evidence import STATISTICS, readout_inputs
+from ortho_node.model.preprocessing import Orientation
 from ortho_node.model.system import load_system
 from tests.inference.conftest import locate, with_planes
 
@@ -249,6 +252,20 @@ def test_findings_read_the_first_draw_unscaled_whatever_the_masks_use(evidence_p
     meniscus = KNEE_STRUCTURES.index("medial meniscus")
     assert sum((s.mask >= meniscus).sum() for s in averaged.segmentations) > \
         sum((s.mask >= meniscus).sum() for s in single.segmentations)
+
+
+def test_source_class_maps_of_a_canonical_card_are_what_its_masks_are_the_arg_max_of(model_dir, knee_study):
+    # The bundle's structure-scale calibration reads these maps; in the canonical layout they come back to the
+    # stored grid through a flipped (negative-stride) view, which torch cannot take as it is.
+    card = load_system(model_dir).card
+    canonical = _with_card(model_dir, preprocessing=dataclasses.replace(card.preprocessing,
+                                                                        orientation=Orientation.CANONICAL))
+    left = dataclasses.replace(knee_study, laterality=Laterality.LEFT)  # read as its mirror image: flips
+    assert any(any(o.flips) for o in study_orientations(left, Orientation.CANONICAL).values())
+    maps = _source_maps(canonical, left)
+    for segmentation in canonical.predict(left).segmentations:
+        assert maps[segmentation.plane].shape[1:] == segmentation.mask.shape
+        assert (maps[segmentation.plane].argmax(dim=0).numpy() == segmentation.mask).mean() > 0.999
 
 
 def test_source_class_maps_are_refused_for_joints_without_masks(predictor, knee_study):
