@@ -138,11 +138,12 @@ class Profile:
 
 
 PROFILES = {
-    # Sized to run whole in one sitting of about three hours on 2 idle cores (--resume remains for pieces). Run
+    # Sized to run whole in one sitting of about 2.5 hours on 2 idle cores (--resume remains for pieces). Run
     # whole 2026-12-07 (2 cores, channels-last training): generate 1,117 s (about 3.7 s a study, 2 processes),
     # pretrain 1,729 s (2.3 s a step), a joint epoch 165-210 s (about 0.9 s per training study of any joint;
     # the estimate of 65 s plus 0.5 s per knee study, from the smaller trial, left out the ankle and shoulder
-    # studies' share), a decoder refinement epoch and the calibration phases as the card's times record.
+    # studies' share), decoder refinement 740 s, calibration about 17 minutes: 8,681 s in all. Not shipped:
+    # better on the real knee, worse on the synthetic figures and findings (README, "Build the next one").
     # The model shipped 2026-12-06
     # was built by the earlier sizes (160 / 100 / 100 studies, 500 pretraining steps, 50 + 40 epochs, 80
     # evidence studies: 4.3 hours, its card's profile_sizes); the recipe trial at a fifth of that size
