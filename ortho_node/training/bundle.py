@@ -144,8 +144,7 @@ PROFILES = {
     # the estimate of 65 s plus 0.5 s per knee study, from the smaller trial, left out the ankle and shoulder
     # studies' share), decoder refinement 740 s, calibration about 17 minutes: 8,681 s in all. Not shipped:
     # better on the real knee, worse on the synthetic figures and findings (README, "Build the next one").
-    # The model shipped 2026-12-06
-    # was built by the earlier sizes (160 / 100 / 100 studies, 500 pretraining steps, 50 + 40 epochs, 80
+    # The model shipped 2026-12-06 was built by the earlier sizes (160 / 100 / 100 studies, 500 pretraining steps, 50 + 40 epochs, 80
     # evidence studies: 4.3 hours, its card's profile_sizes); the recipe trial at a fifth of that size
     # (bench/recipe_trial.py full-scaled, 20 joint epochs) already put the bones on the real knee's bones.
     # Four noise draws: soft-structure Dice +0.007 over one, six no more. Decoder stages (32, 32, 16, 16)

@@ -38,9 +38,10 @@ def test_every_reorientation_inverts_exactly_on_arrays_and_tensors(orientation):
     assert orientation.pixel_spacing((0.5, 0.7)) == ((0.7, 0.5) if orientation.transpose else (0.5, 0.7))
     for start, count in ((0, 2), (1, 2), (2, 1)):  # a chunk of canonical slices and the stored slices it holds
         chunk = orientation.invert(canonical[start : start + count])
-        assert np.array_equal(chunk, array[orientation.stored_slices(start, count, 3)])
+        stored = array[orientation.stored_slices(start, count, 3)]
+        assert np.array_equal(chunk, stored)
         # The class maps go to torch this way (Predictor.source_class_maps), one-slice chunks included.
-        assert torch.equal(torch.from_numpy(chunk), torch.from_numpy(array[orientation.stored_slices(start, count, 3)]))
+        assert torch.equal(torch.from_numpy(chunk), torch.from_numpy(stored))
 
 
 def _centroid(labels: np.ndarray, name: str) -> np.ndarray:

@@ -255,8 +255,8 @@ def test_findings_read_the_first_draw_unscaled_whatever_the_masks_use(evidence_p
 
 
 def test_source_class_maps_of_a_canonical_card_are_what_its_masks_are_the_arg_max_of(model_dir, knee_study):
-    # The bundle's structure-scale calibration reads these maps; in the canonical layout they come back to the
-    # stored grid through a flipped (negative-stride) view, which torch cannot take as it is.
+    # The bundle's structure-scale calibration reads these maps: for a left knee in the canonical layout they
+    # come back to the stored grid through flips, and must still be the maps the masks are chosen from.
     card = load_system(model_dir).card
     canonical = _with_card(model_dir, preprocessing=dataclasses.replace(card.preprocessing,
                                                                         orientation=Orientation.CANONICAL))
