@@ -69,7 +69,7 @@ def assert_same_outcome(outcome, alone, predictor, study: AssembledStudy) -> Non
         assert batched.series_instance_uid == single.series_instance_uid
         differ = batched.mask != single.mask
         if differ.any():
-            maps = maps or _source_maps(predictor, study)
+            maps = maps or source_maps(predictor, study)
             top = maps[batched.plane].topk(2, dim=0).values
             assert ((top[0] - top[1])[torch.from_numpy(differ)] < 1e-4).all()
             assert differ.mean() < 1e-3
@@ -77,7 +77,8 @@ def assert_same_outcome(outcome, alone, predictor, study: AssembledStudy) -> Non
         assert batched.label == single.label and batched.probability == pytest.approx(single.probability, abs=1e-4)
 
 
-def _source_maps(predictor, study: AssembledStudy) -> dict[Plane, torch.Tensor]:
+def source_maps(predictor, study: AssembledStudy) -> dict[Plane, torch.Tensor]:
+    """The predictor's class maps of each plane on the source grid, its chunks joined along the slices."""
     chunks: dict[Plane, list[torch.Tensor]] = {}
     for plane, _, maps in predictor.source_class_maps(study):
         chunks.setdefault(plane, []).append(maps)

@@ -18,7 +18,7 @@ from ortho_node.inference.orientation import study_orientations
 from ortho_node.model.evidence import STATISTICS, readout_inputs
 from ortho_node.model.preprocessing import Orientation
 from ortho_node.model.system import load_system
-from tests.inference.conftest import locate, with_planes
+from tests.inference.conftest import locate, source_maps, with_planes
 
 
 @pytest.fixture(scope="module")
@@ -199,20 +199,13 @@ def _with_card(model_dir, **changes) -> Predictor:
     return Predictor(model, torch.device("cpu"), locate=locate)
 
 
-def _source_maps(predictor: Predictor, study) -> dict[Plane, torch.Tensor]:
-    maps: dict[Plane, list[torch.Tensor]] = {}
-    for plane, _, chunk in predictor.source_class_maps(study):
-        maps.setdefault(plane, []).append(chunk)
-    return {plane: torch.cat(chunks, dim=1) for plane, chunks in maps.items()}
-
-
 def test_noise_draws_average_the_masks_maps_and_leave_the_diagnosis_on_the_first_draw(predictor, model_dir,
                                                                                       knee_study):
     drawn = _with_card(model_dir, segmentation_draws=2)
     assert torch.equal(drawn._noise[:1], predictor._noise)  # the first draw is the single-draw model's eps
     second = _with_card(model_dir)
     second._noise = drawn._noise[1:]
-    one, two, both = (_source_maps(p, knee_study) for p in (predictor, second, drawn))
+    one, two, both = (source_maps(p, knee_study) for p in (predictor, second, drawn))
     for plane in both:
         assert not torch.allclose(one[plane], two[plane], atol=1e-4)  # the draws differ...
         assert torch.allclose(both[plane], (one[plane] + two[plane]) / 2, atol=1e-5)  # ...and are averaged
@@ -225,7 +218,7 @@ def test_noise_draws_average_the_masks_maps_and_leave_the_diagnosis_on_the_first
 def test_structure_scales_multiply_each_structures_map_before_the_arg_max(predictor, model_dir, knee_study):
     scales = (1.0,) * 8 + (50.0,) + (1.0,) * 3  # the medial meniscus
     scaled = _with_card(model_dir, structure_scales=scales)
-    plain, weighted = _source_maps(predictor, knee_study), _source_maps(scaled, knee_study)
+    plain, weighted = source_maps(predictor, knee_study), source_maps(scaled, knee_study)
     factor = torch.tensor(scales)[:, None, None, None]
     meniscus = KNEE_STRUCTURES.index("medial meniscus")
     before, after = predictor.predict(knee_study), scaled.predict(knee_study)
@@ -262,7 +255,7 @@ def test_source_class_maps_of_a_canonical_card_are_what_its_masks_are_the_arg_ma
                                                                         orientation=Orientation.CANONICAL))
     left = dataclasses.replace(knee_study, laterality=Laterality.LEFT)  # read as its mirror image: flips
     assert any(any(o.flips) for o in study_orientations(left, Orientation.CANONICAL).values())
-    maps = _source_maps(canonical, left)
+    maps = source_maps(canonical, left)
     for segmentation in canonical.predict(left).segmentations:
         assert maps[segmentation.plane].shape[1:] == segmentation.mask.shape
         assert (maps[segmentation.plane].argmax(dim=0).numpy() == segmentation.mask).mean() > 0.999
