@@ -229,12 +229,16 @@ class StorageSCP:
         return Status.SUCCESS
 
     def _on_store(self, event: evt.Event) -> int:
-        state = self._states.get(event.assoc)
-        ref = self._ref(state)
         request = event.request
-        sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-        received = request.DataSet.getvalue()
-        transfer_syntax = str(event.context.transfer_syntax)
+        return self.store(event.assoc, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                          str(event.context.transfer_syntax), request.DataSet.getvalue())
+
+    def store(self, assoc: Any, sop_class: str, sop_instance: str, transfer_syntax: str, received: bytes) -> int:
+        """The status of one received instance (``received``: its data set as encoded on the wire), stored through
+        intake; called for ``EVT_C_STORE`` and by the reactor that serves C-STOREs on the receiving thread
+        (:class:`listeners.fastpath.reactor.StoreHandler`)."""
+        state = self._states.get(assoc)
+        ref = self._ref(state)
         try:
             header = InstanceHeader.from_dataset(EncodedHeader(received, transfer_syntax))
         except Exception as exc:  # noqa: BLE001 - pydicom signals corrupt data with many exception types
@@ -364,7 +368,9 @@ class _GuardedRequestHandler(RequestHandler):
     association runs on the event-driven reactors (:mod:`listeners.fastpath.reactor`)."""
 
     def _create_association(self) -> EventDrivenAssociation:
-        return create_acceptor(self, self.server.acceptor_contexts, faults=self.server.faults)
+        scp = self.server.faults
+        return create_acceptor(self, self.server.acceptor_contexts, faults=scp,
+                               store=scp.store if scp is not None else None)
 
     def handle(self) -> None:
         host, port = self.client_address[0], self.client_address[1]

@@ -35,7 +35,9 @@ _NO_DATA_SET = 0x0101
 _IMPLICIT_ELEMENT = struct.Struct("<HHI")  # group, element, value length
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _EXPLICIT_LONG = struct.Struct("<HH2s2xI")  # group, element, VR, reserved, 32-bit length
-_PDU_HEADER_SIZE = 6  # PDU type, reserved, PDU length
+_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
+_PDU_HEADER_SIZE = _PDU_HEADER.size
+_P_DATA_TF = 0x04
 _PDV_ITEM = struct.Struct(">LB")  # item length, presentation context ID
 _US = struct.Struct("<H")
 #: Command elements a C-STORE-RQ may carry (PS3.7 table 9.3-1), with the length each allows (None: any).
@@ -252,15 +254,26 @@ def store_response_command(rsp: Any) -> bytes | None:
     message_id, status = rsp.MessageIDBeingRespondedTo, rsp.Status
     if not sop_class or not sop_instance or message_id is None or status is None:
         return None
+    return plain_store_response_command(str(sop_class), str(sop_instance), message_id, status)
+
+
+def plain_store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
+    """The command set of a C-STORE-RSP with only its status, message ID and the two affected UIDs."""
     body = b"".join((
-        _implicit(0x0002, _padded(str(sop_class), b"\0")),
+        _implicit(0x0002, _padded(sop_class_uid, b"\0")),
         _implicit(0x0100, struct.pack("<H", _C_STORE_RSP)),
         _implicit(0x0120, struct.pack("<H", message_id)),
         _implicit(0x0800, struct.pack("<H", _NO_DATA_SET)),
         _implicit(0x0900, struct.pack("<H", status)),
-        _implicit(0x1000, _padded(str(sop_instance), b"\0")),
+        _implicit(0x1000, _padded(sop_instance_uid, b"\0")),
     ))
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
+
+
+def command_pdu(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying ``command`` whole: one PDV, a command's last fragment (PS3.8 9.3.5, E.2)."""
+    item = _PDV_ITEM.pack(len(command) + 2, context_id) + b"\x03" + command
+    return _PDU_HEADER.pack(_P_DATA_TF, 0, len(item)) + item
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
@@ -342,8 +355,11 @@ class DirectStoreMessages(DIMSEServiceProvider):
         if not pdv[0] & 2:
             return  # more data set fragments follow
         self._request = None
-        request.DataSet = BytesIO(b"".join(self._fragments))
+        data = b"".join(self._fragments)
         self._fragments = []
+        if self.assoc.store_directly(request, data):
+            return
+        request.DataSet = BytesIO(data)
         self.msg_queue.put((request._context_id, request))
 
     def _discard_data(self, fault: CommandFault, pdv: Any) -> None:
@@ -372,7 +388,7 @@ class DirectStoreMessages(DIMSEServiceProvider):
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = store_response_command(primitive)
-        if command is None or self._dimse_sent_observed() or len(command) + 7 > self._pdv_room():
+        if command is None or self._dimse_sent_observed() or len(command) + 7 > self.pdv_room():
             super().send_msg(primitive, context_id)
             return
         pdata = P_DATA()
@@ -382,7 +398,8 @@ class DirectStoreMessages(DIMSEServiceProvider):
     def _dimse_sent_observed(self) -> bool:
         return bool(self.assoc.get_handlers(evt.EVT_DIMSE_SENT))
 
-    def _pdv_room(self) -> int:
+    def pdv_room(self) -> int:
+        """Bytes one P-DATA-TF PDU to the peer holds after its header (the peer's maximum PDU length)."""
         limit = self.maximum_pdu_size
         return limit - 6 if limit else 1 << 31
 

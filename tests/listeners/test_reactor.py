@@ -7,11 +7,13 @@ import io
 import queue
 import socket
 import struct
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.transport import RequestHandler
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
@@ -53,6 +55,51 @@ def test_no_wake_up_is_lost(start_node, tmp_path, monkeypatch):
     assert echo(_remote(node), calling_ae="SCU") == 0
     assert [r.status for r in results] == [0] * 5
     assert time.monotonic() - started < 4.0
+
+
+def _recording_store(node, calls, delay=0.0):
+    """Wrap the node's store handler (bound per association) to note the thread each instance is stored on."""
+    original = node.scp.store
+
+    def store(*args):
+        calls.append(threading.current_thread())
+        time.sleep(delay)
+        return original(*args)
+
+    node.scp.store = store
+
+
+def test_c_stores_are_served_on_the_receiving_thread(start_node, tmp_path):
+    node = start_node()
+    calls = []
+    _recording_store(node, calls)
+    files = [write(mr_dataset(seed=i, instance_number=i + 1), tmp_path / f"{i}.dcm") for i in range(4)]
+    results = send_files(_remote(node), files, calling_ae="SCU")
+    assert [r.status for r in results] == [0] * 4
+    assert len(calls) == 4 and all(isinstance(thread, reactor.WakeableDUL) for thread in calls)
+    assert len(list(Path(node.settings.storage.data_dir, "instances").rglob("*.dcm"))) == 4
+    assert echo(_remote(node), calling_ae="SCU") == 0  # other services still go pynetdicom's way
+
+
+def test_observed_sends_keep_pynetdicoms_path(start_node, tmp_path):
+    node = start_node()
+    calls, sent = [], []
+    _recording_store(node, calls)
+    node.scp._server.bind(evt.EVT_DIMSE_SENT, lambda event: sent.append(type(event.message).__name__))
+    files = [write(mr_dataset(seed=i, instance_number=i + 1), tmp_path / f"{i}.dcm") for i in range(2)]
+    assert [r.status for r in send_files(_remote(node), files, calling_ae="SCU")] == [0, 0]
+    assert sent == ["C_STORE_RSP", "C_STORE_RSP"]
+    assert calls and not any(isinstance(thread, reactor.WakeableDUL) for thread in calls)
+
+
+def test_a_store_longer_than_the_network_timeout_is_answered(start_node, tmp_path):
+    # The peer waits for our response: a slow store (a database failing over) is not the peer idling.
+    node = start_node(**{"dicom.network_timeout": 1.0})
+    calls = []
+    _recording_store(node, calls, delay=1.6)
+    files = [write(mr_dataset(seed=i, instance_number=i + 1), tmp_path / f"{i}.dcm") for i in range(2)]
+    assert [r.status for r in send_files(_remote(node), files, calling_ae="SCU")] == [0, 0]
+    assert len(calls) == 2
 
 
 def test_idle_association_sleeps(start_node, monkeypatch):
@@ -210,6 +257,9 @@ class _Association:
 
     def get_handlers(self, event):
         return []
+
+    def store_directly(self, request, data_set):
+        return False  # as an association with no store handler: the message is queued
 
 
 def _provider() -> DirectStoreMessages:

@@ -162,12 +162,16 @@ class Senders:
                 continue
             statuses = []
             for ds in datasets:
+                if not assoc.is_established:  # ended under us (a response timed out, or the node aborted): resend later
+                    statuses.append(None)
+                    break
                 response = assoc.send_c_store(ds)
                 statuses.append(int(response.Status) if "Status" in response else None)
                 with self._lock:
                     self.datasets[ds.SOPInstanceUID] = ds
                     self.answers.append((time.monotonic(), ds.SOPInstanceUID, statuses[-1]))
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
             if any(status != 0 for status in statuses):
                 time.sleep(0.5)  # as a modality or PACS backs off after a failure
 
