@@ -24,7 +24,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import threading
 from dataclasses import replace
 from datetime import datetime
@@ -43,8 +42,8 @@ from pynetdicom.transport import AssociationSocket
 
 from ortho_node.dicom_status import Status
 from listeners.fastpath.wire import (
-    CommandFault, DirectStoreMessages, ReceivedPData, command_pdu, plain_store_response_command,
-    refused_store_response_command,
+    LONGEST_STORE_RESPONSE, P_DATA_TF, PDU_HEADER, CommandFault, DirectStoreMessages, ReceivedPData, command_pdu,
+    plain_store_response_command, refused_store_response_command,
 )
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,6 @@ log = logging.getLogger(__name__)
 MAX_WAIT = 0.02
 #: Largest single ``recv_into`` while reading a PDU (pynetdicom reads 4 KiB at a time).
 _RECV_CHUNK = 1024 * 1024
-_PDU_HEADER = struct.Struct(">BBL")
-_P_DATA_TF = 0x04
 #: pynetdicom's logging handlers, bound to every association; with its logger quiet they only cost time.
 _STANDARD_LOG_HANDLERS = (
     (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
@@ -198,7 +195,7 @@ class WakeableDUL(DULServiceProvider):
         """Read one PDU with a few large reads (pynetdicom's loop reads 4 KiB at a time); the events
         are pynetdicom's: Evt17 when the connection breaks, Evt19 for an unknown or undecodable PDU."""
         sock = cast(AssociationSocket, self.socket)
-        pdu = bytearray(_PDU_HEADER.size)
+        pdu = bytearray(PDU_HEADER.size)
         try:
             complete = _receive_into(sock.socket, memoryview(pdu))
         except (OSError, TimeoutError) as exc:
@@ -208,15 +205,15 @@ class WakeableDUL(DULServiceProvider):
         if not complete:
             self.event_queue.put("Evt17")
             return
-        pdu_type, _, length = _PDU_HEADER.unpack(pdu)
+        pdu_type, _, length = PDU_HEADER.unpack(pdu)
         if not 0x01 <= pdu_type <= 0x07:
             log.error("unknown PDU type 0x%02X received", pdu_type)
             self.event_queue.put("Evt19")
             return
-        header, pdu = pdu, bytearray(_PDU_HEADER.size + length)  # length checked by the PDU guard
-        pdu[: _PDU_HEADER.size] = header
+        header, pdu = pdu, bytearray(PDU_HEADER.size + length)  # length checked by the PDU guard
+        pdu[: PDU_HEADER.size] = header
         try:
-            complete = _receive_into(sock.socket, memoryview(pdu)[_PDU_HEADER.size:])
+            complete = _receive_into(sock.socket, memoryview(pdu)[PDU_HEADER.size:])
         except (OSError, TimeoutError) as exc:
             log.error("connection closed before the entire PDU was received (%s)", type(exc).__name__)
             complete = False
@@ -239,7 +236,7 @@ class WakeableDUL(DULServiceProvider):
     def _decode(self, pdu_type: int, pdu: bytearray) -> tuple[Any, str]:
         """pynetdicom's ``_decode_pdu``, except that a P-DATA-TF PDU (Evt10) is split into its items directly
         when no handler listens to the received bytes or PDUs."""
-        if pdu_type == _P_DATA_TF and not self._pdus_observed():
+        if pdu_type == P_DATA_TF and not self._pdus_observed():
             return ReceivedPData(pdu), "Evt10"
         return self._decode_pdu(pdu)
 
@@ -332,10 +329,10 @@ class EventDrivenAssociation(Association):
                 or not self.dul.to_provider_queue.empty() or self._sends_observed()
                 or self._unservable_store(request, context_id) is not None):
             return False
+        if LONGEST_STORE_RESPONSE + 7 > self.dimse.pdv_room():
+            return False  # a peer whose PDUs cannot hold the response whole: pynetdicom fragments it
         sop_class, sop_instance = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
         message_id = cast(int, request.MessageID)
-        if len(plain_store_response_command(sop_class, sop_instance, message_id, 0)) + 7 > self.dimse.pdv_room():
-            return False  # a peer whose PDUs cannot hold the response whole: pynetdicom fragments it
         self._storing = True
         try:
             status = self.store_handler(self, sop_class, sop_instance, str(context.transfer_syntax[0]), data_set)

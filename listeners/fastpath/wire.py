@@ -35,9 +35,9 @@ _NO_DATA_SET = 0x0101
 _IMPLICIT_ELEMENT = struct.Struct("<HHI")  # group, element, value length
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _EXPLICIT_LONG = struct.Struct("<HH2s2xI")  # group, element, VR, reserved, 32-bit length
-_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, PDU length
-_PDU_HEADER_SIZE = _PDU_HEADER.size
-_P_DATA_TF = 0x04
+#: Every PDU's header (PS3.8 9.3.1): PDU type, reserved, PDU length.
+PDU_HEADER = struct.Struct(">BBL")
+P_DATA_TF = 0x04
 _PDV_ITEM = struct.Struct(">LB")  # item length, presentation context ID
 _US = struct.Struct("<H")
 #: Command elements a C-STORE-RQ may carry (PS3.7 table 9.3-1), with the length each allows (None: any).
@@ -51,7 +51,7 @@ class ReceivedPData:
 
     def __init__(self, pdu: bytearray) -> None:
         """``pdu``: the whole PDU, header included; raises ``ValueError`` if its items do not add up."""
-        view, offset, pdvs = memoryview(pdu), _PDU_HEADER_SIZE, []
+        view, offset, pdvs = memoryview(pdu), PDU_HEADER.size, []
         while offset < len(view):
             if len(view) - offset < _PDV_ITEM.size + 1:
                 raise ValueError("truncated presentation data value item")
@@ -257,6 +257,11 @@ def store_response_command(rsp: Any) -> bytes | None:
     return plain_store_response_command(str(sop_class), str(sop_instance), message_id, status)
 
 
+#: Length of the longest command set :func:`plain_store_response_command` writes: both UIDs at their 64-character
+#: maximum (a request with a longer one is refused before it is served).
+LONGEST_STORE_RESPONSE = 196
+
+
 def plain_store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
     """The command set of a C-STORE-RSP with only its status, message ID and the two affected UIDs."""
     body = b"".join((
@@ -273,7 +278,7 @@ def plain_store_response_command(sop_class_uid: str, sop_instance_uid: str, mess
 def command_pdu(context_id: int, command: bytes) -> bytes:
     """A P-DATA-TF PDU carrying ``command`` whole: one PDV, a command's last fragment (PS3.8 9.3.5, E.2)."""
     item = _PDV_ITEM.pack(len(command) + 2, context_id) + b"\x03" + command
-    return _PDU_HEADER.pack(_P_DATA_TF, 0, len(item)) + item
+    return PDU_HEADER.pack(P_DATA_TF, 0, len(item)) + item
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:

@@ -25,8 +25,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 import listeners.fastpath.reactor as reactor
-from listeners.fastpath.wire import (DirectStoreMessages, ReceivedPData, part10_header, store_request,
-                            store_response_command)
+from listeners.fastpath.wire import (LONGEST_STORE_RESPONSE, DirectStoreMessages, ReceivedPData, part10_header,
+                                     plain_store_response_command, store_request, store_response_command)
 from ortho_node.delivery.scu import RemoteNode, echo, send_files
 from tests.dicom_factory import mr_dataset, write
 
@@ -234,6 +234,10 @@ def test_other_command_sets_are_left_to_pynetdicom():
     assert store_request(command + status) is None
     assert store_request(command[:-3]) is None  # truncated
     assert store_request(command.replace(b"498.12", b"498.\xe9\xe9")) is None  # not ASCII
+
+
+def test_longest_store_response_is_that_of_two_64_character_uids():
+    assert len(plain_store_response_command("1" * 64, "2" * 64, 0xFFFF, 0xFFFF)) == LONGEST_STORE_RESPONSE
 
 
 def test_received_pdata_equals_pynetdicoms():
