@@ -87,9 +87,17 @@ def build_report(prediction: StudyPrediction, sources: Sequence[SourceSeries],
         imaging_measurements=groups,
         referenced_images=referenced,
     )
-    return Comprehensive3DSR(
-        evidence=[*referenced, *(seg.dataset for seg in segmentations)],
-        content=report,
+    evidence_datasets = [*referenced, *(seg.dataset for seg in segmentations)]
+    root = report[0]
+    _check_evidence(root, evidence_datasets)
+    # highdicom's document constructor deep-copies, re-parses and searches the whole content tree (about two
+    # thirds of the SR's build time, which is most of a study's result building); the tree is already built
+    # and checked by highdicom's template classes, so the document is made around the root container alone
+    # and the tree attached to it. Its ``content`` therefore holds the root only: read the document back with
+    # ``highdicom.sr.srread`` for the parsed tree.
+    document = Comprehensive3DSR(
+        evidence=evidence_datasets,
+        content=_without_children(root),
         series_instance_uid=result_uid(prediction, "sr-series"),
         series_number=settings.sr_series_number,
         sop_instance_uid=result_uid(prediction, "sr"),
@@ -105,6 +113,31 @@ def build_report(prediction: StudyPrediction, sources: Sequence[SourceSeries],
         software_versions=software_versions(prediction.model),
         device_serial_number=settings.device_serial_number,
     )
+    document.ContentSequence = root.ContentSequence
+    return document
+
+
+def _without_children(item: Dataset) -> Dataset:
+    shallow = Dataset()
+    for element in item:
+        if element.keyword != "ContentSequence":
+            shallow.add(element)
+    shallow.ContentSequence = []
+    return shallow
+
+
+def _check_evidence(root: Dataset, evidence_datasets: Sequence[Dataset]) -> None:
+    """Every image or object the content references is listed as evidence (the check highdicom makes)."""
+    known = {ds.SOPInstanceUID for ds in evidence_datasets}
+    pending, missing = list(root.ContentSequence), set()
+    while pending:
+        item = pending.pop()
+        if item.ValueType in ("IMAGE", "COMPOSITE"):
+            missing.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        pending.extend(item.get("ContentSequence", []))
+    missing -= known
+    if missing:
+        raise ValueError(f"SR content references instances not listed as evidence: {sorted(missing)}")
 
 
 def _referenced_images(groups: Sequence[_ROIGroup], images: Sequence[Dataset]) -> list[Dataset]:

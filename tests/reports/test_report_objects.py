@@ -5,7 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from tests.reports.conftest import dciodvfy_errors
@@ -76,6 +76,36 @@ def test_sr_is_a_tid_1500_report_with_located_groups(result_files, knee):
     assert {g.tracking_uid for g in groups} == planar
     volumes = [g.get_measurements()[0] for g in sr.content.get_volumetric_roi_measurement_groups()]
     assert all(m.unit.value == "cm3" and m.value > 0 for m in volumes)
+
+
+def _referenced_in_content(item) -> set[str]:
+    found = set()
+    for child in item.get("ContentSequence", []):
+        if child.ValueType in ("IMAGE", "COMPOSITE"):
+            found.add(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        found |= _referenced_in_content(child)
+    return found
+
+
+def test_sr_lists_every_instance_its_content_references_as_evidence(result_files):
+    sr = dcmread(_by_class(result_files, Comprehensive3DSRStorage)[0])
+    listed = {ref.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+              for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    referenced = _referenced_in_content(sr)
+    assert referenced and referenced <= listed
+
+
+def test_sr_refuses_content_that_references_an_instance_not_listed_as_evidence(result_objects):
+    from reports.sr import _check_evidence
+
+    sr = next(ds for ds in result_objects if ds.SOPClassUID == Comprehensive3DSRStorage)
+    referenced = _referenced_in_content(sr)
+    evidence = [Dataset() for _ in referenced]
+    for ds, uid in zip(evidence, sorted(referenced)):
+        ds.SOPInstanceUID = uid
+    _check_evidence(sr, evidence)
+    with pytest.raises(ValueError, match="not listed as evidence"):
+        _check_evidence(sr, evidence[1:])
 
 
 def test_sr_findings_carry_presence_certainty_threshold_and_weights(result_files, knee):
