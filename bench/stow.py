@@ -102,8 +102,11 @@ def run_cstore(port: int, files: list[bytes], clients: int, folder: Path) -> flo
             (share / f"{index}.dcm").write_bytes(payload)
         shares.append(share)
     start = time.perf_counter()
+    # TCP_NODELAY as bench/ingest.py sets it: without it storescu's last short segment of an instance can wait
+    # for the receiver's delayed ACK, which made this row bimodal in earlier runs (about 40 or 117 instances/s).
+    env = {**os.environ, "TCP_NODELAY": "1"}
     processes = [subprocess.Popen(["/usr/bin/storescu", "-aec", "ORTHODIFF", "127.0.0.1", str(port), "+sd",
-                                   str(share)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   str(share)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
                  for share in shares]
     outputs = [process.communicate()[0] for process in processes]
     elapsed = time.perf_counter() - start

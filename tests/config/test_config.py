@@ -80,3 +80,4 @@ def test_deployment_example_configuration_is_valid():
     assert "PACS@10.10.0.5" in settings.dicom.allowed_calling_aets
     assert settings.model.enabled and settings.model_path.name == "bundled" and settings.model.device == "auto"
     assert [(d.name, d.ae_title, d.port) for d in settings.destinations] == [("PACS", "MAINPACS", 104)]
+    assert settings.dicom.workers == 2 and settings.dicomweb.own_listener and settings.dicomweb.workers == 2
