@@ -22,20 +22,24 @@ def free_port() -> int:
 
 class NodeProcess:
     def __init__(self, data_dir: Path, *, port: int | None = None, log_level: str = "INFO",
-                 extra_env: dict[str, str] | None = None, ready_tls: ssl.SSLContext | None = None) -> None:
-        """``ready_tls``: the client context to probe a node serving DICOM TLS with."""
+                 extra_env: dict[str, str] | None = None, ready_tls: ssl.SSLContext | None = None,
+                 new_session: bool = False) -> None:
+        """``ready_tls``: the client context to probe a node serving DICOM TLS with; ``new_session``: the node
+        and its workers in a process group of their own (``os.killpg`` reaches them all, as a terminal would)."""
         self.data_dir = data_dir
         self._ready_tls = ready_tls
         self.port = port or free_port()
         self.log_path = data_dir.parent / f"node-{self.port}-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")}
-        env.update({"ORTHO_NODE_LOGGING_LEVEL": log_level, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0"})
+        # One receiving process unless a test asks for more (tests/reliability runs 1 and 2).
+        env.update({"ORTHO_NODE_LOGGING_LEVEL": log_level, "ORTHO_NODE_STORAGE_MIN_FREE_MB": "0",
+                    "ORTHO_NODE_DICOM_WORKERS": "1"})
         env.update(extra_env or {})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ortho_node.app.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(data_dir)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=new_session,
         )
         self.remote = RemoteNode("ORTHODIFF", "127.0.0.1", self.port)
         try:

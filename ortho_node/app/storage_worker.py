@@ -9,6 +9,7 @@ the same policy and TLS builders. The module itself imports nothing heavy: the w
 
 from __future__ import annotations
 
+import signal
 import ssl
 import sys
 from typing import TYPE_CHECKING, Any
@@ -32,8 +33,16 @@ def storage_policy(settings: Settings, store: InstanceStore) -> AssociationPolic
     )
 
 
+def _leave_interrupts_to_the_parent() -> None:
+    """A terminal's Ctrl-C reaches every process of the node; the parent stops the workers in order (they finish
+    their associations and requests first), so a worker that took the SIGINT itself would cut them and print a
+    traceback. SIGTERM keeps its default: the parent terminates a worker that does not stop in time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int) -> None:
     """Main function of a storage worker process (``dicom.workers`` > 1): intake only, no scheduler."""
+    _leave_interrupts_to_the_parent()
     _without_pixel_libraries()
     from listeners.storescp import StorageSCP
     from listeners.worker_pool import serve_handed_over_connections
@@ -54,6 +63,7 @@ def run_storage_worker(settings: Settings, channel: Any, active: Any, index: int
 def run_stow_worker(settings: Settings, channel: Any, active: Any, index: int) -> None:
     """Main function of a STOW-RS worker process (``dicomweb.workers`` > 1): the DICOMweb listener's routes on
     the listening socket the parent shares, intake only. Failed basic-auth logins are counted per process."""
+    _leave_interrupts_to_the_parent()
     _without_pixel_libraries()
     from listeners.console.sessions import LoginThrottle
     from listeners.dicomweb.routes import dicomweb_listener_app

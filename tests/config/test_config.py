@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -81,3 +82,16 @@ def test_deployment_example_configuration_is_valid():
     assert settings.model.enabled and settings.model_path.name == "bundled" and settings.model.device == "auto"
     assert [(d.name, d.ae_title, d.port) for d in settings.destinations] == [("PACS", "MAINPACS", 104)]
     assert settings.dicom.workers == 2 and settings.dicomweb.own_listener and settings.dicomweb.workers == 2
+
+
+def test_dicom_workers_zero_means_two_processes_where_two_cores_are_usable(monkeypatch):
+    from ortho_node.config import schema
+
+    assert 1 <= schema.usable_cores() <= (os.cpu_count() or 1)
+    dicom = load_settings(environ={}).dicom
+    assert dicom.workers == 0
+    for cores, processes in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(schema, "usable_cores", lambda cores=cores: cores)
+        assert dicom.receiving_processes == processes
+    for workers in (1, 3):
+        assert load_settings(environ={}, overrides={"dicom.workers": workers}).dicom.receiving_processes == workers

@@ -59,7 +59,7 @@ class Seeded:
 def _settings(folder: Path, **overrides):
     values = {"dicom.host": "127.0.0.1", "dicom.port": 0, "storage.data_dir": str(folder),
               "storage.min_free_mb": 0, "storage.fsync": False, "dicom.acse_timeout": 5.0,
-              "dicom.network_timeout": 10.0, "delivery.timeout": 5.0}
+              "dicom.network_timeout": 10.0, "delivery.timeout": 5.0, "dicom.workers": 1}
     values.update(overrides)
     return load_settings(environ={}, overrides=values)
 

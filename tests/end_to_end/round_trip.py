@@ -54,6 +54,7 @@ class RoundTrip:
                "ORTHO_NODE_DESTINATIONS": f"PACS={Orthanc.AE_TITLE}@127.0.0.1:{self.orthanc.dicom_port}",
                # Only the PACS sends, as in a department; PROBE is NodeProcess's readiness C-ECHO.
                "ORTHO_NODE_DICOM_ALLOWED_CALLING_AETS": f"{Orthanc.AE_TITLE}@127.0.0.1,PROBE@127.0.0.1",
+               "ORTHO_NODE_DICOM_WORKERS": "0",  # the shipped default: two receiving processes on two cores
                **(node_env or {})}
         try:
             self.node = NodeProcess(folder / "node", port=node_port, extra_env=env)

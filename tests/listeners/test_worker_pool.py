@@ -49,6 +49,23 @@ def test_workers_store_relay_and_share_the_association_limit(start_node, tmp_pat
         assoc.release()
 
 
+def test_by_default_two_processes_receive_where_two_cores_are_usable(start_node, tmp_path, monkeypatch):
+    from listeners.worker_pool import WorkerPool
+    from ortho_node.config import schema
+
+    monkeypatch.setattr(schema, "usable_cores", lambda: 2)
+    node = start_node(**{"dicom.workers": 0})  # the built-in default (the fixture pins 1)
+    assert isinstance(node.scp, WorkerPool) and len(node.scp._workers) == 2
+    remote = RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port)
+    files = [write(mr_dataset(seed=i, instance_number=i), tmp_path / f"{i}.dcm") for i in range(2)]
+    assert [r.status for r in send_files(remote, files, calling_ae="SCU")] == [0, 0]
+    assert _count(node) == 2
+
+    monkeypatch.setattr(schema, "usable_cores", lambda: 1)
+    one_core = start_node(**{"dicom.workers": 0, "storage.data_dir": str(tmp_path / "one-core")})
+    assert not isinstance(one_core.scp, WorkerPool)  # in the node's own process
+
+
 def test_killed_worker_is_restarted(start_node):
     node = start_node(**{"dicom.workers": 2})
     remote = RemoteNode("ORTHODIFF", "127.0.0.1", node.scp.port)
@@ -62,6 +79,34 @@ def test_killed_worker_is_restarted(start_node):
         time.sleep(0.1)
     assert victims[0] not in [w.process.pid for w in node.scp._workers.values()]
     assert all(echo(remote, calling_ae=f"SCU{i}") == 0 for i in range(4))
+
+
+def test_ctrl_c_stops_a_node_with_workers_in_order(tmp_path):
+    from tests.node_process import NodeProcess
+
+    node = NodeProcess(tmp_path / "data", extra_env={"ORTHO_NODE_DICOM_WORKERS": "2"}, new_session=True)
+    try:
+        files = [write(mr_dataset(seed=i, instance_number=i), tmp_path / f"{i}.dcm") for i in range(2)]
+        assert [r.status for r in send_files(node.remote, files, calling_ae="SCU")] == [0, 0]
+        os.killpg(node.process.pid, signal.SIGINT)  # a terminal's Ctrl-C: every process of the group
+        assert node.process.wait(timeout=60) == 0
+    finally:
+        node.stop()
+    log = node.log()
+    assert "with 2 worker processes" in log and "Storage SCP ORTHODIFF stopped" in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    assert _group_ends(node.process.pid, within=10.0)  # no worker (nor multiprocessing's tracker) outlives it
+
+
+def _group_ends(group: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _bump(counter, times: int) -> None:

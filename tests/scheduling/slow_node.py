@@ -21,7 +21,8 @@ class BlockingPipeline(Pipeline):
 
 def main() -> None:
     data_dir, port = sys.argv[1], int(sys.argv[2])
-    settings = load_settings(overrides={"storage.data_dir": data_dir, "dicom.port": port, "dicom.host": "127.0.0.1"})
+    settings = load_settings(overrides={"storage.data_dir": data_dir, "dicom.port": port, "dicom.host": "127.0.0.1",
+                                        "dicom.workers": 1})
     configure_logging("INFO")
     node = Node(settings, pipeline_factory=BlockingPipeline)
     node.prepare()
