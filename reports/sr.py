@@ -128,14 +128,13 @@ def _without_children(item: Dataset) -> Dataset:
 
 def _check_evidence(root: Dataset, evidence_datasets: Sequence[Dataset]) -> None:
     """Every image or object the content references is listed as evidence (the check highdicom makes)."""
-    known = {ds.SOPInstanceUID for ds in evidence_datasets}
-    pending, missing = list(root.ContentSequence), set()
+    pending, referenced = list(root.ContentSequence), set()
     while pending:
         item = pending.pop()
         if item.ValueType in ("IMAGE", "COMPOSITE"):
-            missing.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            referenced.add(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         pending.extend(item.get("ContentSequence", []))
-    missing -= known
+    missing = referenced - {ds.SOPInstanceUID for ds in evidence_datasets}
     if missing:
         raise ValueError(f"SR content references instances not listed as evidence: {sorted(missing)}")
 

@@ -70,9 +70,8 @@ class DicomSettings:
 
     @property
     def receiving_processes(self) -> int:
-        """``workers`` resolved: with one process, Python's one interpreter serves every association, and four
-        senders at once get about 0.9x of Orthanc's rate on two cores; two processes get about 1.0-1.1x
-        (README, bench/ingest.py)."""
+        """``workers`` resolved: with one process, one Python interpreter serves every association; several
+        senders at once are served faster by two (README, bench/ingest.py)."""
         return self.workers or (2 if usable_cores() >= 2 else 1)
 
     def check(self) -> None:
