@@ -203,9 +203,10 @@ class Node:
 
     def _start_scp(self) -> None:
         dicom = self.settings.dicom
-        if dicom.receiving_processes > 1:
-            self.scp = WorkerPool(self.settings, workers=dicom.receiving_processes, intake=self.intake,
-                                  target=run_storage_worker, name=f"Storage SCP {dicom.ae_title}")
+        processes = dicom.receiving_processes
+        if processes > 1:
+            self.scp = WorkerPool(self.settings, workers=processes, intake=self.intake, target=run_storage_worker,
+                                  name=f"Storage SCP {dicom.ae_title}")
         else:
             self.scp = StorageSCP(self.settings, intake=self.intake,
                                   association_log=AssociationLog(self.session_factory),
