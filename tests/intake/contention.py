@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+
+from ortho_node.intake import catalog as catalog_module
 
 
 class InstancesLocked:
@@ -50,11 +53,13 @@ class InstancesLocked:
 
 @contextmanager
 def instance_commits(engine: Engine) -> Iterator[list[int]]:
-    """Yields a list that gets one entry per transaction committed on ``engine`` that inserted instance rows."""
+    """Yields a list that gets one entry per transaction committed on ``engine`` that inserted instance rows, on
+    either of the catalog's paths: SQLAlchemy's execution (its events) and the driver's cursor
+    (``ortho_node.db.driver.driver_transaction``, observed by wrapping it where the catalog calls it)."""
     commits: list[int] = []
 
     def on_execute(connection, cursor, statement, parameters, context, executemany) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO INSTANCES"):
+        if _inserts_instances(statement):
             connection.info["inserted_instances"] = True
 
     def on_commit(connection) -> None:
@@ -64,11 +69,45 @@ def instance_commits(engine: Engine) -> Iterator[list[int]]:
     def on_rollback(connection) -> None:
         connection.info.pop("inserted_instances", None)
 
+    real_transaction = catalog_module.driver_transaction
+
+    @contextmanager
+    def observed_transaction(on: Engine):
+        with real_transaction(on) as cursor:
+            watched = _WatchedCursor(cursor)
+            yield watched
+        if on is engine and watched.inserted_instances:  # reached only when the transaction committed
+            commits.append(1)
+
     listeners = (("before_cursor_execute", on_execute), ("commit", on_commit), ("rollback", on_rollback))
     for name, listener in listeners:
         event.listen(engine, name, listener)
     try:
-        yield commits
+        with mock.patch.object(catalog_module, "driver_transaction", observed_transaction):
+            yield commits
     finally:
         for name, listener in listeners:
             event.remove(engine, name, listener)
+
+
+def _inserts_instances(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("INSERT INTO INSTANCES")
+
+
+class _WatchedCursor:
+    """A driver cursor that notes whether an instance row was inserted through it."""
+
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+        self.inserted_instances = False
+
+    def execute(self, statement, *args):
+        self.inserted_instances |= _inserts_instances(statement)
+        return self._cursor.execute(statement, *args)
+
+    def executemany(self, statement, *args):
+        self.inserted_instances |= _inserts_instances(statement)
+        return self._cursor.executemany(statement, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
