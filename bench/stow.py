@@ -6,12 +6,14 @@ process per client, keep-alive, one multipart/related request per ``--per-reques
 before the clock starts) for STOW-RS, dcmtk ``storescu`` (one association per client) for C-STORE. Every run
 sends instances with fresh UIDs (nothing is a duplicate) of ``--rows`` x ``--rows`` 16-bit MR images, and checks
 that every request answered 200 (every C-STORE success). Receivers are started once and used for every run: our
-node as ``ortho-node serve`` (bundled settings, ``model.enabled = false``, fsync on, SQLite) with STOW-RS on its
-console port and a ``stow`` API token; Orthanc with its DICOMweb plugin (its storage fsynced as by default).
+node as ``ortho-node serve`` (bundled settings, ``model.enabled = false``, fsync on, SQLite) with STOW-RS on a
+listener of its own as ``deploy/node.example.toml`` serves it (``--console-port``: on the console's port) and a
+``stow`` API token; Orthanc with its DICOMweb plugin (its storage fsynced as by default).
 
 Prints the median and range over ``--repeat`` runs, and our STOW-RS rate over Orthanc's (goal >= 1.0x).
 
-    python3 bench/stow.py [--instances 60] [--per-request 10] [--rows 256] [--repeat 3] [--clients 1,4] [--workers 1]
+    python3 bench/stow.py [--instances 60] [--per-request 10] [--rows 256] [--repeat 3] [--clients 1,4]
+                          [--workers N | --console-port]
 """
 
 from __future__ import annotations
@@ -115,19 +117,19 @@ def run_cstore(port: int, files: list[bytes], clients: int, folder: Path) -> flo
     return elapsed
 
 
-def start_node(folder: Path, workers: int = 1) -> tuple[NodeProcess, str, str]:
-    """Our node with STOW-RS on its console port, or with ``workers`` > 1 on a DICOMweb listener of its own served
-    by that many processes; (process, STOW-RS URL, bearer token)."""
+def start_node(folder: Path, workers: int = 0, *, console_port_only: bool = False) -> tuple[NodeProcess, str, str]:
+    """Our node with STOW-RS on a DICOMweb listener of its own served by ``workers`` processes (0: the node's
+    default, two on two cores or more), or on its console port (one process); (process, STOW-RS URL, token)."""
     console_port, port = free_port(), free_port()
     user = f"admin:{hash_password(uuid.uuid4().hex)}"  # the console needs a user; the bench signs in by token
     env = {"ORTHO_NODE_MODEL_ENABLED": "false", "ORTHO_NODE_CONSOLE_ENABLED": "true",
            "ORTHO_NODE_CONSOLE_PORT": str(console_port), "ORTHO_NODE_CONSOLE_USERS": user,
            "ORTHO_NODE_DICOMWEB_MAX_REQUEST_MB": "4096"}
-    if workers > 1:
+    if not console_port_only:
         env.update({"ORTHO_NODE_DICOMWEB_OWN_LISTENER": "true", "ORTHO_NODE_DICOMWEB_PORT": str(port),
                     "ORTHO_NODE_DICOMWEB_WORKERS": str(workers)})
     node = NodeProcess(folder / "node", log_level="WARNING", extra_env=env)
-    web_port = port if workers > 1 else console_port
+    web_port = console_port if console_port_only else port
     created = subprocess.run([sys.executable, "-m", "ortho_node.app.cli.main", "api-token", "create", "bench",
                               "--role", "stow", "--data-dir", str(folder / "node")], capture_output=True, text=True,
                              check=True, env={k: v for k, v in os.environ.items() if not k.startswith("ORTHO_NODE_")})
@@ -158,12 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--clients", default="1,4")
-    parser.add_argument("--workers", type=int, default=1, help="dicomweb.workers of the node (> 1: own listener)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="dicomweb.workers of the node's own DICOMweb listener (0: the node's default)")
+    parser.add_argument("--console-port", action="store_true",
+                        help="STOW-RS on the console's port instead (the node's own process)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-stow-") as tmp:
         folder = Path(tmp)
-        node, node_url, token = start_node(folder, args.workers)
+        node, node_url, token = start_node(folder, args.workers, console_port_only=args.console_port)
         orthanc = Orthanc(folder / "orthanc", dicomweb=True)
         rates: dict[tuple[str, int], list[float]] = {}
         try:
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             orthanc.remove()
     size_kb = args.rows * args.rows * 2 / 1024
     print(f"{args.instances} instances of {size_kb:.0f} KiB, {args.per_request} per STOW-RS request, "
-          f"{args.repeat} runs (median, range); node dicomweb.workers = {args.workers}")
+          f"{args.repeat} runs (median, range); node STOW-RS "
+          f"{'on the console port' if args.console_port else f'on its own listener, dicomweb.workers = {args.workers}'}")
     for (name, count), values in rates.items():
         print(f"  {name:16} {count} client{'s' if count > 1 else ' '}: {summary(values)}")
     for count in clients:

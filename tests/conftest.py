@@ -79,10 +79,11 @@ def make_settings(tmp_path):
     from ortho_node.config import load_settings
 
     def factory(**overrides):
-        # One receiving process (not the default's two on two cores): these tests read the in-process SCP.
+        # One receiving process (not the default's two on two cores): these tests read the in-process SCP
+        # and DICOMweb listener.
         values = {"dicom.host": "127.0.0.1", "dicom.port": 0, "storage.data_dir": str(tmp_path / "data"),
                   "storage.min_free_mb": 0, "dicom.acse_timeout": 5.0, "dicom.network_timeout": 10.0,
-                  "dicom.workers": 1}
+                  "dicom.workers": 1, "dicomweb.workers": 1}
         values.update(overrides)
         return load_settings(environ={}, overrides=values)
 

@@ -260,10 +260,11 @@ class Node:
         if not self._receives_stow:
             return
         tls = TlsFiles(dicomweb.tls_cert, dicomweb.tls_key) if dicomweb.tls else None
-        if dicomweb.workers > 1:  # each worker authenticates, stores and audits on its own (app.storage_worker)
+        processes = dicomweb.serving_processes
+        if processes > 1:  # each worker authenticates, stores and audits on its own (app.storage_worker)
             if tls is not None:
                 tls.context()  # a bad file fails the start here, once, rather than in every worker
-            self.dicomweb = WorkerPool(self.settings, workers=dicomweb.workers, intake=self.intake,
+            self.dicomweb = WorkerPool(self.settings, workers=processes, intake=self.intake,
                                        target=run_stow_worker, address=(dicomweb.host, dicomweb.port),
                                        share_listener=True, name="DICOMweb")
         else:

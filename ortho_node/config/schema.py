@@ -339,13 +339,22 @@ class DicomwebSettings:
     tls_key: str = _field("", "PEM private key of tls_cert.")
     max_request_mb: int = _field(2048, "Largest STOW-RS request body (MiB); a larger one is refused with 413 "
                                        "before anything is stored.", min=1, max=1024 * 1024)
-    workers: int = _field(1, "Processes serving the DICOMweb listener of its own (own_listener; 1: the node's own "
-                             "process). Set to the number of cores for many simultaneous STOW-RS senders.",
-                          min=1, max=64)
+    workers: int = _field(0, "Processes serving the DICOMweb listener of its own (own_listener): 1 the node's own "
+                             "process, N > 1 that many (e.g. the number of cores for many simultaneous STOW-RS "
+                             "senders); 0: two where the node may use two cores or more, else one. On the "
+                             "console's port: the node's own process.", min=0, max=64)
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def serving_processes(self) -> int:
+        """``workers`` resolved: one Python process serves STOW-RS on about one core whatever the number of
+        senders; several at once are served faster by two (README, bench/stow.py)."""
+        if not self.own_listener:
+            return 1
+        return self.workers or (2 if usable_cores() >= 2 else 1)
 
     def check(self) -> None:
         _check_https_files("dicomweb", self.tls_cert, self.tls_key)

@@ -71,6 +71,8 @@ class DurableWriter:
         self._audit = audit
         self._write_locks = _KeyedLocks()
         self._group_commit = GroupCommit(self._make_durable, limit=GROUP_COMMIT_LIMIT)
+        self._writers: ThreadPoolExecutor | None = None
+        self._writers_lock = threading.Lock()
 
     def store_all(self, items: list[Accepted]) -> None:
         """Sets each item's result: a duplicate, a failure, or stored (file and row durable). SOP Instance UIDs
@@ -104,8 +106,15 @@ class DurableWriter:
             for item in items:
                 self._write_file(item)
             return
-        with ThreadPoolExecutor(min(len(items), _FILE_WRITERS), thread_name_prefix="intake-write") as pool:
-            list(pool.map(self._write_file, items))
+        list(self._file_writers().map(self._write_file, items))
+
+    def _file_writers(self) -> ThreadPoolExecutor:
+        """The writer threads, started with the first batch and kept: starting eight threads for every STOW-RS
+        request was a twentieth of a receiving process's interpreter time. Idle, they wait on a queue."""
+        with self._writers_lock:
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(_FILE_WRITERS, thread_name_prefix="intake-write")
+            return self._writers
 
     def _write_file(self, item: Accepted) -> None:
         try:

@@ -95,3 +95,17 @@ def test_dicom_workers_zero_means_two_processes_where_two_cores_are_usable(monke
         assert dicom.receiving_processes == processes
     for workers in (1, 3):
         assert load_settings(environ={}, overrides={"dicom.workers": workers}).dicom.receiving_processes == workers
+
+
+def test_dicomweb_workers_zero_means_two_processes_on_a_listener_of_its_own_where_two_cores_are_usable(monkeypatch):
+    from ortho_node.config import schema
+
+    console_port = load_settings(environ={}).dicomweb
+    own = load_settings(environ={}, overrides={"dicomweb.own_listener": True}).dicomweb
+    assert console_port.workers == own.workers == 0
+    for cores, processes in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(schema, "usable_cores", lambda cores=cores: cores)
+        assert own.serving_processes == processes
+        assert console_port.serving_processes == 1  # the console's port is served by the node's own process
+    settings = load_settings(environ={}, overrides={"dicomweb.own_listener": True, "dicomweb.workers": 3})
+    assert settings.dicomweb.serving_processes == 3

@@ -1,4 +1,5 @@
-"""STOW-RS served by several processes on the DICOMweb listener of its own (``dicomweb.workers`` > 1)."""
+"""STOW-RS served by several processes on the DICOMweb listener of its own (``dicomweb.workers``: two by default
+where two cores are usable)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,19 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(start_node):
 def test_workers_need_a_listener_of_their_own():
     with pytest.raises(ConfigError, match="dicomweb.workers > 1 needs dicomweb.own_listener"):
         load_settings(environ={}, overrides={"dicomweb.workers": 2})
+
+
+def test_by_default_two_processes_serve_a_listener_of_its_own_where_two_cores_are_usable(start_node, tmp_path,
+                                                                                          monkeypatch):
+    from listeners.worker_pool import WorkerPool
+    from ortho_node.config import schema
+
+    monkeypatch.setattr(schema, "usable_cores", lambda: 2)
+    # The built-in default (the fixture pins 1): two processes on the listener of its own ...
+    stow = stow_node(start_node, **{"dicomweb.own_listener": True, "dicomweb.port": 0, "dicomweb.workers": 0})
+    assert isinstance(stow.node.dicomweb, WorkerPool) and len(stow.node.dicomweb._workers) == 2
+    assert _post(stow, [mr_dataset(seed=200)], stow.bearer("stow")).status_code == 200
+    # ... and the node's own process on the console's port.
+    console = stow_node(start_node, **{"dicomweb.workers": 0, "storage.data_dir": str(tmp_path / "console")})
+    assert console.node.dicomweb is None  # no listener of its own: the console serves STOW-RS
+    assert _post(console, [mr_dataset(seed=201)], console.bearer("stow")).status_code == 200
