@@ -34,6 +34,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
@@ -137,6 +138,10 @@ class WakeableDUL(DULServiceProvider):
         finally:
             self._wake_r.close()
             self._wake_w.close()
+            # The association thread may still wait for the A-ASSOCIATE-RQ primitive (a connection that sent
+            # garbage and was aborted): wake it now rather than after the ACSE timeout, which held a thread and
+            # a socket per such connection for 30 s (hundreds under a stream of bad connections).
+            self.to_user_queue.put(None)
 
     def _run_event_driven(self) -> None:
         self._idle_timer.start()
@@ -148,10 +153,13 @@ class WakeableDUL(DULServiceProvider):
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
             try:
-                # One outgoing primitive or one incoming PDU per loop, as pynetdicom does.
+                # One outgoing primitive or one incoming PDU per loop, as pynetdicom does; but the next PDU is
+                # read only once the events of the last one are acted on: a peer that sent a request and, in
+                # the same segment, part of another PDU left the read blocked on the rest while the request's
+                # answer waited in the queue.
                 if self._process_recv_primitive():
                     pass
-                elif self._is_transport_event():
+                elif self.event_queue.empty() and self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:  # noqa: BLE001 - pynetdicom's contract: any failure aborts the association
                 log.error("exception in the DUL reactor (%s); aborting the association", type(exc).__name__)
@@ -163,19 +171,35 @@ class WakeableDUL(DULServiceProvider):
             except queue.Empty:
                 self._wait_for_work()
                 continue
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:  # noqa: BLE001 - pynetdicom would end the thread on a traceback
+                # What the peer sent broke an action (a presentation context ID that is even, an event out of
+                # sequence because its PDUs crossed our accept): bad input, aborted with one line.
+                problem = "out of sequence" if isinstance(exc, InvalidEventError) else f"failed ({exc})"
+                log.error("event %s in state %s %s; aborting the association", event,
+                          self.state_machine.current_state, problem)
+                log.debug("state machine failure", exc_info=True)
+                self._abort_hard()
+                return
 
     def _abort_hard(self) -> None:
-        """Send an A-ABORT bypassing the state machine, whose state can no longer be trusted."""
+        """Send an A-ABORT and close the connection bypassing the state machine, whose state can no longer be
+        trusted; the connection-closed event is triggered as the state machine's own close does, so that the
+        association's slot and record are released (without it the node waited for the association forever)."""
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
         abort_pdu.reason_diagnostic = 0x00
         sock = cast(AssociationSocket, self.socket)
         sock.send(abort_pdu.encode())
+        sock.close()
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        remote = self.assoc.requestor if self.assoc.is_acceptor else self.assoc.acceptor
+        address = remote.address_info.as_tuple if remote.address_info is not None else ("", 0)
+        evt.trigger(self.assoc, evt.EVT_CONN_CLOSE, {"address": address})
 
     def _is_transport_event(self) -> bool:
         sock = cast(AssociationSocket, self.socket)
@@ -312,6 +336,21 @@ class EventDrivenAssociation(Association):
         self.store_handler: StoreHandler | None = None
         self._serving = False  # the association thread is serving a request (pynetdicom's way)
         self._storing = False  # the DUL thread is storing an instance (store_directly)
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        except Exception as exc:  # noqa: BLE001 - either way the association is aborted, and the thread ends
+            if self.is_established:  # a failure while serving: ours to find, with its traceback
+                log.exception("association thread failed; aborting the association")
+            else:
+                # pynetdicom decoded the request but its negotiation raised on it (a presentation context without
+                # an abstract syntax): the peer's fault, answered with an A-ABORT and one line, no traceback.
+                log.error("association request not negotiable (%s: %s); aborted", type(exc).__name__, exc)
+            self.abort()
+            sock = cast(AssociationSocket, self.dul.socket)
+            if self._server and sock.socket:
+                self._server.shutdown_request(sock.socket)
 
     def store_directly(self, request: C_STORE, data_set: bytes) -> bool:
         """Serve a complete C-STORE request on the DUL thread that received it: store, then send the response

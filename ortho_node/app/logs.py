@@ -24,6 +24,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class _NoTraceback(logging.Filter):
+    """Bad input from a peer gets one log line, not a traceback: pynetdicom logs one for every AE title or UID sent
+    in bytes that are not ASCII (``pynetdicom.utils``) and for every state machine action a received PDU breaks
+    (``pynetdicom.fsm``; the receiving reactor then logs what it did about it). Their lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_NO_TRACEBACK = _NoTraceback()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
@@ -47,6 +60,10 @@ def silence_identifier_sources() -> None:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     # pynetdicom's INFO/DEBUG output describes PDUs and data sets; our own lines cover what matters.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for name in ("pynetdicom.utils", "pynetdicom.fsm"):
+        peer_input = logging.getLogger(name)
+        if _NO_TRACEBACK not in peer_input.filters:
+            peer_input.addFilter(_NO_TRACEBACK)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every timer at INFO

@@ -49,7 +49,10 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
     it raises. Driver errors are raised as SQLAlchemy's (``IntegrityError``, ``OperationalError``, ...); a
     connection the driver reports lost is discarded from the pool, as SQLAlchemy's own execution does."""
     dialect = engine.dialect
-    connection = engine.raw_connection()
+    try:
+        connection = engine.raw_connection()
+    except dialect.loaded_dbapi.Error as exc:  # the database is unreachable: as SQLAlchemy's connect() raises it
+        raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
     cursor = None
     try:
         cursor = connection.cursor()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import bindparam, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, create_engine, insert, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ortho_node.db import migrations
 from ortho_node.db.driver import DriverStatement, driver_transaction
@@ -88,3 +88,12 @@ def test_a_statement_that_needs_python_side_defaults_is_refused(engine):
     with pytest.raises(ValueError, match="Python-side defaults"):
         DriverStatement(engine, insert(Series), column_keys=["series_instance_uid", "study_id"])
     DriverStatement(engine, select(Series.id).where(Series.series_instance_uid == bindparam("uid")))
+
+
+def test_an_unreachable_database_raises_sqlalchemys_error(tmp_path):
+    # The intake maps SQLAlchemy's errors to 0xA700; a driver error escaping here was logged as an unexpected
+    # failure with its traceback (found by the PostgreSQL outage test).
+    unreachable = create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'ortho-node.db'}")
+    with pytest.raises(OperationalError):
+        with driver_transaction(unreachable):
+            pass

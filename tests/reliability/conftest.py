@@ -26,6 +26,20 @@ class ServedNode:
         finally:
             engine.dispose()
 
+    def rss(self) -> int:
+        """Resident bytes of the node and its worker processes."""
+        import psutil
+
+        node = psutil.Process(self.process.process.pid)
+        return sum(p.memory_info().rss for p in (node, *node.children(recursive=True)))
+
+    def threads(self) -> int:
+        """Threads of the node and its worker processes."""
+        import psutil
+
+        node = psutil.Process(self.process.process.pid)
+        return sum(p.num_threads() for p in (node, *node.children(recursive=True)))
+
     def alive(self) -> bool:
         from ortho_node.delivery.scu import echo
 

@@ -1,9 +1,11 @@
-"""Fuzzing the receive path: a valid knee MR instance's command set and data set, mutated by hypothesis (bit
-flips, truncation, length fields, spliced bytes), sent to a served node over loopback.
+"""Fuzzing the receive path: a valid knee MR instance's command set and data set, and a real scanner's slice
+(``tests/data/ge_knee_slice``), mutated by hypothesis (bit flips, truncation, length fields, spliced bytes), sent
+to a served node over loopback.
 
 Every request whose command set still reads as a C-STORE-RQ with a Message ID gets a status for that
-Message ID; anything else gets a status or an A-ABORT; the node stays up, logs no traceback and writes
-nothing outside its data folder. ``ORTHO_FUZZ_EXAMPLES`` sets how many inputs (300 in CI, under a minute).
+Message ID; anything else gets a status or an A-ABORT; the node stays up, logs no traceback, writes
+nothing outside its data folder and grows by less than 50 MB. ``ORTHO_FUZZ_EXAMPLES`` sets how many inputs (300
+in CI, under a minute).
 """
 
 from __future__ import annotations
@@ -12,17 +14,24 @@ import os
 import struct
 
 import pytest
+from pydicom import dcmread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listeners.fastpath.wire import command_elements
+from tests.conftest import REPO
 from tests.dicom_factory import mr_dataset
+from tests.reliability.mutations import RSS_GROWTH_LIMIT, mutate
 from tests.reliability.raw_client import RawStoreClient, encode_dataset, store_command
 
 EXAMPLES = int(os.environ.get("ORTHO_FUZZ_EXAMPLES", "300"))
 _KNEE = mr_dataset(rows=64, columns=64, seed=23)
 COMMAND = store_command(_KNEE.SOPInstanceUID)
 DATA = encode_dataset(_KNEE)
+# A GE scanner's slice, re-encoded in the negotiated Explicit VR Little Endian with every element it had.
+_REAL = dcmread(REPO / "tests" / "data" / "ge_knee_slice" / "E3655S8I001.MR.dcm")
+REAL_COMMAND = store_command(_REAL.SOPInstanceUID)
+REAL_DATA = encode_dataset(_REAL)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
 _LENGTHS = [0, 1, 2, 3, 63, 64, 65, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFE, 0xFFFFFFFF]
 
@@ -50,29 +59,18 @@ def _data_length_fields(data: bytes) -> list[tuple[int, int]]:
     return fields
 
 
-FIELDS = {"command": _command_length_fields(COMMAND), "data": _data_length_fields(DATA)}
+FIELDS = {"command": _command_length_fields(COMMAND), "data": _data_length_fields(DATA),
+          "real": _data_length_fields(REAL_DATA)}
 
 
 @st.composite
 def mutated_requests(draw) -> tuple[bytes, bytes]:
-    target = draw(st.sampled_from(["command", "data", "data"]))
-    buffer = bytearray(COMMAND if target == "command" else DATA)
-    kind = draw(st.sampled_from(["flip", "truncate", "length", "splice"]))
-    if kind == "flip":
-        for position in draw(st.lists(st.integers(0, len(buffer) - 1), min_size=1, max_size=8)):
-            buffer[position] ^= 1 << draw(st.integers(0, 7))
-    elif kind == "truncate":
-        del buffer[draw(st.integers(0, len(buffer) - 1)):]
-    elif kind == "length":
-        offset, size = draw(st.sampled_from(FIELDS[target]))
-        value = draw(st.sampled_from(_LENGTHS) | st.integers(0, 2 ** (8 * size) - 1)) % 2 ** (8 * size)
-        buffer[offset : offset + size] = value.to_bytes(size, "little")
-    else:
-        position = draw(st.integers(0, len(buffer)))
-        buffer[position:position] = draw(st.binary(min_size=1, max_size=64))
+    target = draw(st.sampled_from(["command", "data", "data", "real"]))
+    seed = {"command": COMMAND, "data": DATA, "real": REAL_DATA}[target]
+    mutated = mutate(draw, seed, FIELDS[target], _LENGTHS, "little")
     if target == "command":
-        return bytes(buffer), DATA
-    return COMMAND, bytes(buffer)
+        return mutated, DATA
+    return (REAL_COMMAND if target == "real" else COMMAND), mutated
 
 
 def _identified_store(command: bytes) -> int | None:
@@ -107,6 +105,9 @@ class _Connection:
 def test_mutated_instances_are_answered_and_the_node_stays_up(served_node):
     connection = _Connection(served_node.port)
     outcomes: dict[str, int] = {}
+    for command, data in ((COMMAND, DATA), (REAL_COMMAND, REAL_DATA)):  # both seeds are stored as they are
+        assert connection.get(timeout=10).store(command, data).status == 0
+    rss_before = served_node.rss()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -128,8 +129,10 @@ def test_mutated_instances_are_answered_and_the_node_stays_up(served_node):
         send()
     finally:
         connection.drop()
-    print("fuzz outcomes:", dict(sorted(outcomes.items())))
+    growth = served_node.rss() - rss_before
+    print("fuzz outcomes:", dict(sorted(outcomes.items())), f"RSS growth {growth / 1e6:.1f} MB")
     assert served_node.alive()
+    assert growth < RSS_GROWTH_LIMIT
     log = served_node.process.log()
     assert "Traceback" not in log
     folder = served_node.data_dir.parent
