@@ -36,10 +36,51 @@ def parse_dicom_address(text: str) -> tuple[str, str, int]:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """Cores this process may keep busy: its CPU affinity (a container's cpuset), else the machine's, and no more
+    than its cgroup's CPU quota allows (a container's ``--cpus`` or Kubernetes CPU limit), whole cores, at least
+    one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+                     ) -> float | None:
+    """CPUs per period this process's cgroup (or the tightest of its parents) may use, from cgroup v2's
+    ``cpu.max`` or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; None when unlimited or unreadable."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        relative = Path(path.lstrip("/"))
+        if controllers == "" and path:  # v2: every level from the process's group up to the root may set cpu.max
+            for level in (relative, *relative.parents):
+                quota, _, period = _read(root / level / "cpu.max").partition(" ")
+                limits.append(_ratio(quota, period))
+        elif "cpu" in controllers.split(","):
+            for mount in {root / controllers, root / "cpu", root / "cpu,cpuacct"}:
+                limits.append(_ratio(_read(mount / relative / "cpu.cfs_quota_us"),
+                                     _read(mount / relative / "cpu.cfs_period_us")))
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    """quota / period in CPUs; None for "max", -1 (v1's unlimited), a missing file or anything unreadable."""
+    try:
+        value = int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 else None
 
 
 def _field(default: Any, doc: str, **checks: Any) -> Any:

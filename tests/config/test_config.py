@@ -109,3 +109,37 @@ def test_dicomweb_workers_zero_means_two_processes_on_a_listener_of_its_own_wher
         assert console_port.serving_processes == 1  # the console's port is served by the node's own process
     settings = load_settings(environ={}, overrides={"dicomweb.own_listener": True, "dicomweb.workers": 3})
     assert settings.dicomweb.serving_processes == 3
+
+
+def test_usable_cores_keep_to_a_containers_cpu_quota(tmp_path, monkeypatch):
+    from ortho_node.config import schema
+
+    def limit(membership: str, files: dict[str, str]) -> float | None:
+        root = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (root / "self.cgroup").write_text(membership)
+        return schema.cgroup_cpu_limit(root, root / "self.cgroup")
+
+    # cgroup v2: the process's group and its parents; the tightest wins; "max" is no limit.
+    assert limit("0::/kubepods/pod1/node\n", {"kubepods/pod1/node/cpu.max": "max 100000\n",
+                                             "kubepods/pod1/cpu.max": "150000 100000\n",
+                                             "kubepods/cpu.max": "400000 100000\n"}) == 1.5
+    assert limit("0::/\n", {"cpu.max": "max 100000\n"}) is None
+    assert limit("0::/\n", {"cpu.max": "200000 100000\n"}) == 2.0
+    # cgroup v1: quota / period of the cpu controller; -1 is unlimited.
+    v1 = "cpu,cpuacct/docker/abc/"
+    assert limit("3:cpuset:/\n2:cpu,cpuacct:/docker/abc\n", {v1 + "cpu.cfs_quota_us": "50000\n",
+                                                              v1 + "cpu.cfs_period_us": "100000\n"}) == 0.5
+    assert limit("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}) is None
+    # Missing or unreadable: no limit known (the affinity alone decides).
+    assert limit("garbage\n", {}) is None
+    assert limit("0::/\n", {"cpu.max": "lots 0\n"}) is None
+    assert schema.cgroup_cpu_limit(tmp_path / "none", tmp_path / "none" / "cgroup") is None
+
+    for quota, cores in ((None, 2), (0.5, 1), (1.5, 1), (2.0, 2), (8.0, 2)):
+        monkeypatch.setattr(schema, "cgroup_cpu_limit", lambda quota=quota: quota)
+        monkeypatch.setattr(schema.os, "sched_getaffinity", lambda pid: {0, 1})
+        assert schema.usable_cores() == cores, quota
