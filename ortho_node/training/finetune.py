@@ -33,6 +33,7 @@ from ortho_node.model.unet import UNetConfig
 from ortho_node.prediction import OperatingPoint
 from ortho_node.training import archive, calibration
 from ortho_node.training import scores as metrics
+from ortho_node.training.augmentation import WindowAugmentation
 from ortho_node.training.flags import add_flags, from_flags, param
 from ortho_node.training.pretrain import UNET_PRESETS
 from ortho_node.training.taskdata import TaskData, generate_task_data, read_synth_folder
@@ -77,6 +78,9 @@ class FinetuneSettings:
     patience: int = param(3, "epochs without improvement to stop")
     plane_dropout: float = param(0.2, "diagnosis: chance of hiding each plane of a training study")
     balance_classes: bool = param(False, "knee-seg: weigh the cross-entropy by structure rarity (thin structures)")
+    augment_windows: bool = param(False, "knee-seg: a new pose and look of every training window (in-plane affine, "
+                                         "intensity transfer curve, gamma, bias, blur, noise; "
+                                         "training.augmentation.WindowAugmentation's ranges)")
     seed: int = param(0)
     device: DeviceChoice = param(DeviceChoice.AUTO)
 
@@ -178,7 +182,8 @@ def _batch_loss(model: OrthoModel, task: Task, data: TaskData, index: torch.Tens
                 weights: torch.Tensor | None, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     present = data.present[index]
     if task.segmentation:
-        images, labels = data.segmentation_batch(index, generator, model.card.preprocessing)
+        augmentation = WindowAugmentation() if settings.augment_windows else None
+        images, labels = data.segmentation_batch(index, generator, model.card.preprocessing, augmentation)
         images = images.to(device)
         with autocast(device):
             losses = [segmentation_loss(logits, labels[rows, i].long().to(device), weights)

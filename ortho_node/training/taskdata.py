@@ -50,6 +50,7 @@ from ortho_node.synthetic import (
     randomize_study,
     training_weightings,
 )
+from ortho_node.training.augmentation import WindowAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,11 @@ class SliceStacks:
         return self.labels[within]
 
     def random_windows(self, index: torch.Tensor, depth: int, generator: torch.Generator,
-                       spec: PreprocessSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       spec: PreprocessSpec | None = None, augmentation: WindowAugmentation | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, P, 1, D, S, S], labels [B, P, D, S, S]): one window of ``depth`` slices per study and
-        plane, starting anywhere in the series, scaled as :func:`preprocess_volume` scales a window by ``spec``
-        (default: the official min-max).
+        plane, starting anywhere in the series, each through ``augmentation`` (if given) and then scaled as
+        :func:`preprocess_volume` scales a window by ``spec`` (default: the official min-max).
 
         Inference covers a series with overlapping windows; a model that only ever saw the centre window
         learns where in the window the joint sits and segments shifted windows poorly.
@@ -122,11 +124,15 @@ class SliceStacks:
                 if not length:
                     continue
                 start = int(torch.randint(max(1, length - depth + 1), (1,), generator=generator))
+                window = self.images[n, plane, start : start + depth]
+                window_labels = self.labels[n, plane, start : start + depth]
+                if augmentation is not None:
+                    window, window_labels = augmentation.apply(window, window_labels, length - start, generator)
                 try:
-                    images[row, plane] = scale_intensity(self.images[n, plane, start : start + depth], spec)
+                    images[row, plane] = scale_intensity(window, spec)
                 except ConstantVolumeError:
                     continue  # an image-less window: learnt as background on a blank input
-                labels[row, plane] = self.labels[n, plane, start : start + depth]
+                labels[row, plane] = window_labels
         return images, labels
 
     @staticmethod
@@ -173,15 +179,16 @@ class TaskData:
                         self.clinical[index], tuple(self.study_uids[int(i)] for i in index), stacks)
 
     def segmentation_batch(self, index: torch.Tensor, generator: torch.Generator | None,
-                           spec: PreprocessSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, labels) to train segmentation on: random windows (scaled by ``spec``'s normalisation, the
-        one the data was made with) where the stacks are kept (and a generator is given), else the centre
-        windows."""
+                           spec: PreprocessSpec | None = None, augmentation: WindowAugmentation | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) to train segmentation on: random windows (through ``augmentation`` if given, and
+        scaled by ``spec``'s normalisation, the one the data was made with) where the stacks are kept (and a
+        generator is given), else the centre windows as stored."""
         if self.segmentation is None:
             raise ValueError(f"{self.joint.value} data carries no segmentation labels")
         if self.stacks is None or generator is None:
             return self.images[index], self.segmentation[index]
-        return self.stacks.random_windows(index, self.images.shape[3], generator, spec)
+        return self.stacks.random_windows(index, self.images.shape[3], generator, spec, augmentation)
 
     def save(self, path: Path) -> None:
         stacks = None if self.stacks is None else {

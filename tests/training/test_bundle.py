@@ -20,6 +20,7 @@ from ortho_node.training.bundle import (
     PROFILES, READOUT_STRUCTURES, STRUCTURE_SCALES, main, new_bundle_model, pretrain_backbones, recalibrate,
 )
 from ortho_node.model.system import OrthoModel, load_system, new_card, read_system_card, save_system
+from ortho_node.training.augmentation import WindowAugmentation
 from ortho_node.training.taskdata import TaskData, assembled_from_synthetic
 from ortho_node.model.unet import UNetConfig
 from ortho_node.synthetic import RandomizedAppearance, generate_study
@@ -96,7 +97,7 @@ def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads_and_r
     # `ortho-node train bundle` end to end on a tiny profile: every phase's seconds and figures in the card, the
     # calibration's draws, scales and readouts, and a model folder that predicts.
     tiny = dataclasses.replace(PROFILES["quick"], knee=5, ankle=3, shoulder=3, test=2, pretrain_steps=2, epochs=1,
-                               evidence=3)
+                               evidence=3, augment_windows=True)
     monkeypatch.setitem(PROFILES, "tiny", tiny)
     flags = ["--profile", "tiny", "--workers", "1", "--threads", "2"]
     assert main([*flags, "--out", str(tmp_path)]) == 0
@@ -105,6 +106,7 @@ def test_the_one_command_runs_every_phase_into_a_model_the_predictor_loads_and_r
         card.training["command"]
     assert card.training["randomized_ratio"] == tiny.randomized_ratio  # the mix's recipe (issue 21)
     assert RandomizedAppearance.from_dict(card.training["randomized_appearance"]) == tiny.appearance
+    assert WindowAugmentation.from_dict(card.training["window_augmentation"]) == WindowAugmentation()
     # Which code made each phase: this checkout's commit (a card must say which generator and trainer made it).
     assert card.training["code_commits"].keys() == set(bundle.PHASES)
     assert set(card.training["code_commits"].values()) == {bundle.source_commit()} != {"unknown"}
